@@ -1,0 +1,1 @@
+"""fieldgate collectors: one package per field protocol, plus what they share (core) and the forwarder."""

@@ -1,0 +1,1 @@
+"""What every collector shares: the reading and quality model, config types, the hand-off."""

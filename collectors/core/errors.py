@@ -1,0 +1,26 @@
+"""The one exception base of the collectors package."""
+
+
+class FieldgateError(Exception):
+    """Base of every error fieldgate raises on purpose."""
+
+
+class ConfigError(FieldgateError):
+    """A config that cannot run."""
+
+
+class DeviceError(FieldgateError):
+    """A device did not answer, or answered with an error.
+
+    `reason` is short and stable (it becomes the `bad` reading's reason), `detail` is for logs.
+    """
+
+    def __init__(self, device: str, reason: str, detail: str | None = None) -> None:
+        self.device = device
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{device}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class WriteError(FieldgateError):
+    """A write was refused (not writable, wrong type, out of range) or failed at the device."""

@@ -1,0 +1,17 @@
+"""Names that end up in MQTT topics and Sparkplug ids."""
+
+from typing import Annotated
+
+from pydantic import Field
+
+# No '/', '+', '#' (MQTT topic levels and wildcards) and no spaces: a name is one topic level.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+Name = Annotated[
+    str,
+    Field(
+        pattern=NAME_PATTERN,
+        max_length=64,
+        description="letters, digits and _ . : - (one MQTT topic level: no / + # or spaces)",
+    ),
+]

@@ -1,0 +1,105 @@
+"""The forwarder's config slice: identity, broker, buffer, metrics, and the catalog of devices.
+
+The `mqtt`, `buffer` and `metrics` models are also the keys of gateway.yaml (SPEC.md); the
+gateway composes them into its own model and renders this slice for the forwarder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from collectors.core.config import ByteSize, Duration, HandoffConfig, StrictModel
+from collectors.core.names import Name
+
+
+class Identity(StrictModel):
+    id: Name = Field(description="edge node id; used in topics")
+    group: Name = Field("fieldgate", description="Sparkplug group id")
+
+
+class TlsConfig(StrictModel):
+    ca_file: Path | None = Field(None, description="CA certificate(s) that signed the broker's certificate (PEM)")
+    cert_file: Path | None = Field(None, description="client certificate (PEM), for brokers that require one")
+    key_file: Path | None = Field(None, description="private key of the client certificate (PEM)")
+    verify_hostname: bool = Field(True, description="check the broker's certificate names the host")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with tls)")
+    client_id: str | None = Field(None, description="MQTT client id; default fieldgate-{gateway.id}")
+    username: str | None = Field(None, description="user name, e.g. ${MQTT_USER}")
+    password: SecretStr | None = Field(None, description="password, usually ${MQTT_PASSWORD}; never logged")
+    password_file: Path | None = Field(None, description="file holding the password (docker secret)")
+    tls: TlsConfig | None = Field(None, description="TLS towards the broker: {ca_file, cert_file, key_file}")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of readings in json mode (Sparkplug data is QoS 0)")
+    format: Literal["json", "sparkplug"] = Field("json", description="json | sparkplug")
+    topic_prefix: str | None = Field(None, description="json mode topic prefix; default fieldgate/{gateway.id}")
+    layout: Literal["tag", "device"] = Field(
+        "tag", description="json mode: tag (one message per reading) | device (one per device and batch)"
+    )
+    retain: bool = Field(False, description="retain readings (json mode)")
+    keepalive: Duration = Field(30.0, gt=0, description="MQTT keep-alive")
+    primary_host: str | None = Field(None, description="sparkplug: host application id whose STATE gates births")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+
+class BufferConfig(StrictModel):
+    dir: Path = Field(Path("/var/lib/fieldgate/buffer"), description="where the store-and-forward buffer lives")
+    max_bytes: ByteSize = Field(256 * 1024**2, description="oldest readings are dropped past this, and counted")
+    durability: Literal["outage", "always"] = Field(
+        "outage", description="outage: disk only while the broker is away | always: disk before every ack"
+    )
+
+
+class MetricsConfig(StrictModel):
+    port: int | None = Field(9108, description="Prometheus /metrics and /healthz port of the forwarder")
+
+
+class CatalogTag(StrictModel):
+    name: str
+    type: str | None = Field(None, description="data type when known from config (Modbus), e.g. float32")
+    unit: str | None = None
+    writable: bool = False
+
+
+class CatalogDevice(StrictModel):
+    name: str
+    collector: str = Field(description="the collector that owns this device: modbus | opcua")
+    tags: list[CatalogTag]
+
+
+class ForwarderConfig(StrictModel):
+    """What `python -m collectors.forwarder --config FILE` runs: rendered by the gateway."""
+
+    gateway: Identity
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    devices: list[CatalogDevice] = Field(default_factory=list, description="every configured device and tag")
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix or f"fieldgate/{self.gateway.id}"
+
+
+def load_forwarder_config(path: Path) -> ForwarderConfig:
+    import yaml
+
+    return ForwarderConfig.model_validate(yaml.safe_load(path.read_text()))

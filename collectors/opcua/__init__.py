@@ -1,0 +1,1 @@
+"""The OPC UA collector: subscriptions and polled reads through asyncua."""
