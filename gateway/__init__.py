@@ -1,0 +1,1 @@
+"""fieldgate gateway: the supervisor, config loading and validation, compose rendering, the CLI."""

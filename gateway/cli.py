@@ -1,0 +1,96 @@
+"""The `fieldgate` command: argument parsing only; each verb lives in the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# verb -> "module:function"; the function takes the parsed args and returns the exit code.
+VERBS = {
+    "validate": "gateway.config:main_validate",
+    "schema": "gateway.config:main_schema",
+    "plan": "gateway.requests:main_plan",
+    "render": "gateway.compose:main_render",
+    "up": "gateway.supervisor:main_up",
+    "status": "gateway.supervisor:main_status",
+    "update": "gateway.supervisor:main_update",
+    "simulate": "gateway.simulate:main_simulate",
+    "opcua": "collectors.opcua.browse:main_browse",
+    "demo": "gateway.demo:main_demo",
+    "images": "gateway.images:main_images",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fieldgate", description="Modbus and OPC UA devices to MQTT (JSON or Sparkplug B)."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("validate", help="check a config directory; exit 1 with every error listed")
+    p.add_argument("dir", type=Path)
+
+    verbs.add_parser("schema", help="print the JSON Schema of gateway.yaml and device files")
+
+    p = verbs.add_parser("plan", help="show the exact requests each collector will make")
+    p.add_argument("dir", type=Path)
+
+    p = verbs.add_parser("render", help="write the compose project (docker-compose.yml and configs)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("-o", "--out", type=Path, required=True)
+
+    p = verbs.add_parser("up", help="run the supervisor in the foreground; applies config changes")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--runtime", choices=["docker", "process"], default=None,
+                   help="default: runtime in gateway.yaml")
+
+    p = verbs.add_parser("status", help="one row per collector: state, health, readings/s, buffered, restarts")
+    p.add_argument("dir", type=Path)
+
+    p = verbs.add_parser("update", help="hot update of one collector, health-gated, rolled back on failure")
+    p.add_argument("dir", type=Path)
+    p.add_argument("collector")
+    p.add_argument("--image", required=True)
+
+    p = verbs.add_parser("simulate", help="serve the devices described by device files")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--host", default="127.0.0.1", help="address TCP and OPC UA simulators listen on")
+
+    p = verbs.add_parser("opcua", help="OPC UA tools")
+    opcua = p.add_subparsers(dest="opcua_verb", required=True, metavar="VERB")
+    b = opcua.add_parser("browse", help="print tag entries for the variables of a server, ready to paste")
+    b.add_argument("endpoint")
+    b.add_argument("--depth", type=int, default=5)
+    b.add_argument("--node", default="i=85", help="where to start (default: the Objects folder)")
+    b.add_argument("--security", default=None,
+                   help="POLICY,MODE e.g. Basic256Sha256,SignAndEncrypt (default: None)")
+    b.add_argument("--username", default=None)
+    b.add_argument("--password-file", type=Path, default=None)
+
+    p = verbs.add_parser("demo", help="simulators, a broker, collectors and a live view; Ctrl-C stops all")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--no-view", action="store_true", help="print readings as lines instead of the live table")
+
+    p = verbs.add_parser("images", help="build, save and load the collector images")
+    images = p.add_subparsers(dest="images_verb", required=True, metavar="VERB")
+    b = images.add_parser("build", help="build the images from wheels built on this machine")
+    b.add_argument("--base", default=None, help="base image (default python:3.11-slim)")
+    b.add_argument("--tag", default=None, help="image tag (default: the package version)")
+    s = images.add_parser("save", help="write an offline bundle (docker save tar + manifest)")
+    s.add_argument("out", type=Path)
+    lo = images.add_parser("load", help="load an offline bundle, checking its sha256")
+    lo.add_argument("bundle", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, function_name = VERBS[args.verb].split(":")
+    handler = getattr(importlib.import_module(module_name), function_name)
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
