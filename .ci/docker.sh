@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Docker for the `docker` test tier, on a machine without a registry (as root, safe to run again):
+#   1. install docker.io and debootstrap, start dockerd when no engine answers;
+#   2. build the base image from Debian packages (debootstrap) unless it exists: it is cached
+#      as an image and as a tarball, because debootstrap takes about a minute;
+#   3. build the fieldgate images on that base from wheels built on this host.
+# Where a registry is reachable, `fieldgate images build` alone (base python:3.11-slim) does step 3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_IMAGE="${FIELDGATE_BASE_IMAGE:-fieldgate/base:bookworm}"
+CACHE="${FIELDGATE_CACHE:-/var/cache/fieldgate}"
+DOCKERD_LOG="${DOCKERD_LOG:-/var/log/fieldgate-dockerd.log}"
+
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null && systemctl start docker >/dev/null 2>&1; then
+    :
+  else
+    # No init system (containers, CI runners): run the daemon in the background.
+    setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+  fi
+  for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see $DOCKERD_LOG" >&2; tail -20 "$DOCKERD_LOG" >&2; exit 1; }
+fi
+
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  mkdir -p "$CACHE"
+  tarball="$CACHE/base-bookworm.tar"
+  if [ ! -s "$tarball" ]; then
+    mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
+    rootfs="$CACHE/rootfs.tmp"
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" \
+      "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
+      || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    # What a runtime image never needs: package lists and caches, docs, man pages, locales.
+    rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc \
+      "$rootfs"/usr/share/man "$rootfs"/usr/share/info "$rootfs"/usr/share/locale "$rootfs"/var/log/*
+    tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+    rm -rf "$rootfs"
+  fi
+  docker import -c 'CMD ["python3"]' "$tarball" "$BASE_IMAGE" >/dev/null
+fi
+
+python3 -m gateway.cli images build --base "$BASE_IMAGE"
