@@ -1,0 +1,227 @@
+"""The supervisor's decisions, as tables: desired + observed (+ time, backoff) -> steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.plan import (
+    BackoffState,
+    Observed,
+    Policy,
+    Recreate,
+    Remove,
+    Restart,
+    ServiceSpec,
+    Start,
+    Step,
+    Stop,
+    Wait,
+    config_hash,
+    describe_state,
+    next_wake,
+    plan,
+    plan_shutdown,
+)
+
+pytestmark = pytest.mark.unit
+
+POLICY = Policy(backoff_initial=1, backoff_factor=2, backoff_cap=30, stable_after=60,
+                crash_loop_after=3, unhealthy_grace=10, start_grace=20)
+
+
+def spec(name: str, hash_: str = "h1", image: str | None = None, update: str = "stop-first") -> ServiceSpec:
+    return ServiceSpec(name=name, command=("python", "-m", f"collectors.{name}"), config_hash=hash_,
+                       image=image, update=update)  # type: ignore[arg-type]
+
+
+def obs(name: str, state: str = "running", hash_: str = "h1", since: float = 0.0, **kw: object) -> Observed:
+    return Observed(name=name, state=state, config_hash=hash_, since=since, **kw)  # type: ignore[arg-type]
+
+
+def summary(steps: list[Step]) -> list[tuple[str, str]]:
+    return [(type(s).__name__, s.name) for s in steps]
+
+
+def desired(*specs: ServiceSpec) -> dict[str, ServiceSpec]:
+    return {s.name: s for s in specs}
+
+
+def observed(*items: Observed) -> dict[str, Observed]:
+    return {o.name: o for o in items}
+
+
+ALL = desired(spec("opcua"), spec("modbus"), spec("forwarder"))
+
+CASES = [
+    ("nothing runs: forwarder first, then collectors by name",
+     ALL, observed(),
+     [("Start", "forwarder"), ("Start", "modbus"), ("Start", "opcua")]),
+    ("everything runs as wanted: nothing to do",
+     ALL, observed(obs("forwarder"), obs("modbus"), obs("opcua")),
+     []),
+    ("one collector's config changed: only it is recreated",
+     ALL, observed(obs("forwarder"), obs("modbus", hash_="h0"), obs("opcua")),
+     [("Recreate", "modbus")]),
+    ("protocol no longer used: removed before anything starts",
+     desired(spec("forwarder"), spec("modbus")),
+     observed(obs("forwarder"), obs("opcua")),
+     [("Remove", "opcua"), ("Start", "modbus")]),
+    ("everything unwanted: collectors removed before the forwarder",
+     {}, observed(obs("forwarder"), obs("modbus"), obs("opcua")),
+     [("Remove", "modbus"), ("Remove", "opcua"), ("Remove", "forwarder")]),
+    ("created but never started",
+     desired(spec("forwarder")), observed(obs("forwarder", state="created")),
+     [("Start", "forwarder")]),
+    ("stopping: left alone until it has stopped",
+     desired(spec("forwarder", hash_="h2")), observed(obs("forwarder", state="stopping")),
+     []),
+    ("crashed and its config changed: recreated at once, no backoff",
+     desired(spec("modbus", hash_="h2")), observed(obs("modbus", state="exited", since=99.9, exit_code=1)),
+     [("Recreate", "modbus")]),
+    ("healthy and unknown health are left alone",
+     desired(spec("forwarder"), spec("modbus")),
+     observed(obs("forwarder", health="healthy"), obs("modbus", health=None)),
+     []),
+]
+
+
+@pytest.mark.parametrize(("title", "want", "have", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_plan_table(title: str, want: dict[str, ServiceSpec], have: dict[str, Observed],
+                    expected: list[tuple[str, str]]) -> None:
+    assert summary(plan(want, have, now=100.0, backoff=BackoffState(POLICY))) == expected
+
+
+def test_image_change_recreates_with_the_services_update_order() -> None:
+    want = desired(spec("modbus", image="c-modbus:2", update="stop-first"),
+                   spec("opcua", image="c-opcua:2", update="start-first"))
+    have = observed(obs("modbus", image="c-modbus:1"), obs("opcua", image="c-opcua:1"))
+    steps = plan(want, have, 100.0, BackoffState(POLICY))
+    assert steps == [
+        Recreate(want["modbus"], "stop-first", "image c-modbus:1 -> c-modbus:2"),
+        Recreate(want["opcua"], "start-first", "image c-opcua:1 -> c-opcua:2"),
+    ]
+
+
+def test_process_specs_without_image_ignore_the_observed_image() -> None:
+    have = observed(obs("modbus", image="whatever"))
+    assert plan(desired(spec("modbus")), have, 1.0, BackoffState(POLICY)) == []
+
+
+def test_crash_waits_for_the_backoff_then_restarts() -> None:
+    want = desired(spec("modbus"))
+    crashed = observed(obs("modbus", state="exited", since=100.0, exit_code=137))
+    backoff = BackoffState(POLICY)
+    early = plan(want, crashed, 100.5, backoff)
+    assert early == [Wait("modbus", 101.0, "exited with code 137; restart 1 due")]
+    assert next_wake(early, default=200.0) == 101.0
+    assert plan(want, crashed, 101.0, backoff) == [Restart(want["modbus"], "exited with code 137", 1)]
+
+
+def test_backoff_grows_to_the_cap_and_never_gives_up() -> None:
+    want = desired(spec("modbus"))
+    backoff = BackoffState(POLICY)
+    now = 0.0
+    delays = []
+    for _ in range(12):
+        crashed = observed(obs("modbus", state="exited", since=now, exit_code=1))
+        (wait,) = plan(want, crashed, now, backoff)
+        assert isinstance(wait, Wait)
+        delays.append(wait.until - now)
+        now = wait.until
+        steps = plan(want, crashed, now, backoff)
+        assert summary(steps) == [("Restart", "modbus")]
+        backoff = backoff.record(steps, now)
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30, 30, 30, 30, 30]
+    assert backoff.count("modbus") == 12
+    # a huge failure count neither overflows nor stops restarting
+    assert Policy().delay(10_000) == Policy().backoff_cap
+
+
+def test_crash_loop_is_visible_and_a_stable_run_forgets_it() -> None:
+    backoff = BackoffState(POLICY)
+    spec_ = spec("modbus")
+    for n in range(3):
+        assert not backoff.crash_looping("modbus")
+        backoff = backoff.record([Restart(spec_, "exited", n + 1)], now=float(n))
+    assert backoff.crash_looping("modbus")
+    crashed = obs("modbus", state="exited", since=10.0, exit_code=2)
+    assert describe_state(crashed, backoff, now=10.0) == "crash-looping (exited with code 2; restart in 8s)"
+    running = obs("modbus", since=10.0, health="starting", health_since=10.0)
+    assert describe_state(running, backoff, now=11.0) == "crash-looping (3 failures)"
+    # healthy, but not for long enough: the count stays
+    healthy = obs("modbus", since=10.0, health="healthy", health_since=12.0)
+    assert backoff.settle(observed(healthy), now=60.0).count("modbus") == 3
+    assert describe_state(healthy, backoff, now=60.0) == "running"
+    settled = backoff.settle(observed(healthy), now=72.0)
+    assert settled.count("modbus") == 0
+    assert not settled.crash_looping("modbus")
+
+
+def test_unhealthy_beyond_the_grace_is_restarted() -> None:
+    want = desired(spec("forwarder"))
+    backoff = BackoffState(POLICY)
+    sick = observed(obs("forwarder", since=0.0, health="unhealthy", health_since=50.0))
+    assert plan(want, sick, 55.0, backoff) == [Wait("forwarder", 60.0, "unhealthy for 5s")]
+    assert plan(want, sick, 60.0, backoff) == [Restart(want["forwarder"], "unhealthy for 10s", 1)]
+
+
+def test_never_healthy_after_start_is_restarted_after_the_start_grace() -> None:
+    want = desired(spec("opcua"))
+    slow = observed(obs("opcua", since=100.0, health="starting", health_since=100.0))
+    assert summary(plan(want, slow, 119.0, BackoffState(POLICY))) == [("Wait", "opcua")]
+    assert summary(plan(want, slow, 120.0, BackoffState(POLICY))) == [("Restart", "opcua")]
+
+
+def test_unhealthy_restarts_back_off_too() -> None:
+    want = desired(spec("modbus"))
+    backoff = BackoffState(POLICY)
+    for n in range(5):
+        backoff = backoff.record([Restart(want["modbus"], "unhealthy", n + 1)], now=100.0)
+    # grace passed long ago, but the last restart was at 100 and 5 failures mean 30s (capped)
+    sick = observed(obs("modbus", since=100.0, health="unhealthy", health_since=0.0))
+    assert plan(want, sick, 110.0, backoff) == [Wait("modbus", 130.0, "unhealthy for 110s")]
+
+
+def test_a_recreate_starts_the_failure_count_afresh() -> None:
+    backoff = BackoffState(POLICY).record([Restart(spec("modbus"), "x", 1)] * 4, now=1.0)
+    assert backoff.count("modbus") == 4
+    backoff = backoff.record([Recreate(spec("modbus", "h2"), "stop-first", "config")], now=2.0)
+    assert backoff.count("modbus") == 0
+
+
+def test_shutdown_stops_collectors_before_the_forwarder_and_skips_exited() -> None:
+    have = observed(obs("forwarder"), obs("opcua"), obs("modbus"), obs("x", state="exited"))
+    assert plan_shutdown(have) == [
+        Stop("modbus", "supervisor stopping"),
+        Stop("opcua", "supervisor stopping"),
+        Stop("forwarder", "supervisor stopping"),
+    ]
+
+
+def test_remove_forgets_the_backoff() -> None:
+    backoff = BackoffState(POLICY).record([Restart(spec("opcua"), "x", 1)], now=1.0)
+    assert backoff.record([Remove("opcua", "gone")], now=2.0).count("opcua") == 0
+
+
+def test_steps_read_as_log_lines() -> None:
+    assert str(Start(spec("modbus"), "not running")) == "start modbus (not running)"
+    assert str(Restart(spec("modbus"), "exited with code 1", 2)) == (
+        "restart modbus (exited with code 1; attempt 2)")
+    assert str(Recreate(spec("opcua"), "start-first", "config a -> b")) == (
+        "recreate opcua start-first (config a -> b)")
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    assert config_hash({"b": 1, "a": [1, 2]}, ("x",)) == config_hash({"a": [1, 2], "b": 1}, ["x"])
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    assert len(config_hash("x")) == 16
+
+
+def test_plan_is_deterministic() -> None:
+    want = desired(spec("opcua", "h9"), spec("modbus", "h9"), spec("forwarder", "h9"))
+    have = observed(obs("opcua"), obs("forwarder", state="exited", since=0.0), obs("gone"), obs("modbus"))
+    first = plan(want, have, 50.0, BackoffState(POLICY))
+    shuffled = plan(dict(reversed(want.items())), dict(reversed(have.items())), 50.0, BackoffState(POLICY))
+    assert first == shuffled
+    assert summary(first) == [("Remove", "gone"), ("Recreate", "forwarder"), ("Recreate", "modbus"),
+                              ("Recreate", "opcua")]
