@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("simulate", help="serve the devices described by device files")
     p.add_argument("files", type=Path, nargs="+")
-    p.add_argument("--host", default="127.0.0.1", help="address TCP and OPC UA simulators listen on")
+    p.add_argument("--host", default=None,
+                   help="listen on this address instead of each file's (e.g. 127.0.0.1, or 0.0.0.0 for all)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every client write and connection")
 
     p = verbs.add_parser("opcua", help="OPC UA tools")
     opcua = p.add_subparsers(dest="opcua_verb", required=True, metavar="VERB")

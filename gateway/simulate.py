@@ -1,0 +1,105 @@
+"""`fieldgate simulate FILE...`: serve the devices that device files describe, for tests and demos.
+
+Modbus devices are served by collectors.modbus.simulator (TCP, or RTU on a serial port or a
+pty pair it creates), OPC UA devices by collectors.opcua.simulator when it is installed.
+One line per device says where it listens; Ctrl-C (or SIGTERM) stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from collectors.core.errors import ConfigError, FieldgateError
+from collectors.core.service import run_service, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def load_device_files(paths: Sequence[Path]) -> list[Any]:
+    """Each file's device model (ModbusDevice or OpcuaDevice), by its `protocol` key.
+
+    A small loader until gateway.config's device-file loading (positions, ${VAR}) can take over.
+    """
+    devices: list[Any] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        protocol = raw.get("protocol") if isinstance(raw, dict) else None
+        if protocol == "modbus":
+            from collectors.modbus.config import ModbusDevice as model
+        elif protocol == "opcua":
+            from collectors.opcua.config import OpcuaDevice as model  # type: ignore[assignment]
+        else:
+            errors.append(f"{path}: protocol must be modbus or opcua, not {protocol!r}")
+            continue
+        try:
+            devices.append(model.model_validate(raw))
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(str(part) for part in err["loc"]) or "(file)"
+                errors.append(f"{path}: {where}: {err['msg']}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return devices
+
+
+async def simulate(devices: Sequence[Any], host: str | None, ready: asyncio.Event | None = None) -> None:
+    """Serve `devices` until cancelled, printing where each one listens."""
+    modbus = [d for d in devices if d.protocol == "modbus"]
+    opcua = [d for d in devices if d.protocol == "opcua"]
+    async with contextlib.AsyncExitStack() as stack:
+        if modbus:
+            from collectors.modbus.simulator import ModbusSimulator
+
+            sim = await stack.enter_async_context(ModbusSimulator(modbus, host=host))
+            for device in modbus:
+                print(sim.describe(device.name), flush=True)
+        if opcua:
+            await _serve_opcua(stack, opcua, host)
+        print(f"simulating {len(devices)} device(s); Ctrl-C stops", flush=True)
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+
+
+async def _serve_opcua(stack: contextlib.AsyncExitStack, devices: Sequence[Any], host: str | None) -> None:
+    if importlib.util.find_spec("collectors.opcua.simulator") is None:
+        for device in devices:
+            print(f"{device.name}: opcua simulator not available in this build: not served", flush=True)
+        return
+    opcua_simulator = importlib.import_module("collectors.opcua.simulator")
+    sim = await stack.enter_async_context(opcua_simulator.OpcuaSimulator(devices, host=host))
+    for device in devices:
+        print(f"{device.name}: opcua {sim.endpoints[device.name]}", flush=True)
+
+
+def main_simulate(args: argparse.Namespace) -> int:
+    setup_logging("INFO" if getattr(args, "verbose", False) else "WARNING", name="simulate")
+    try:
+        devices = load_device_files(args.files)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        run_service(simulate(devices, args.host))
+    except FieldgateError as exc:
+        print(f"fieldgate simulate: {exc}", file=sys.stderr)
+        return 1
+    print("simulator stopped", flush=True)
+    return 0

@@ -1,0 +1,82 @@
+"""`fieldgate simulate FILE` as a user runs it: it prints where each device listens, serves,
+and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pymodbus.client import ModbusTcpClient
+
+from tests.support.broker import free_port
+
+pytestmark = pytest.mark.sim
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DEVICE = """\
+name: meter-{n}
+protocol: modbus
+connection:
+  tcp: {{host: 127.0.0.1, port: {port}}}
+unit: {n}
+tags:
+  - name: energy
+    table: input
+    address: 0
+    type: uint32
+    simulate: {{kind: constant, value: 123456}}
+"""
+
+
+def fieldgate(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def test_simulate_prints_endpoints_serves_and_stops_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    files = []
+    for n in (1, 2):  # two devices on one endpoint: one server answering two unit ids
+        files.append(tmp_path / f"meter-{n}.yaml")
+        files[-1].write_text(DEVICE.format(n=n, port=port))
+    proc = fieldgate("simulate", *map(str, files))
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert re.match(rf"meter-1: modbus tcp 127\.0\.0\.1:{port}, unit 1$", lines[0]), lines
+        assert re.match(rf"meter-2: modbus tcp 127\.0\.0\.1:{port}, unit 2$", lines[1]), lines
+        assert "Ctrl-C" in lines[2]
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=2)
+        assert client.connect()
+        try:
+            for unit in (1, 2):
+                assert client.read_input_registers(0, count=2, device_id=unit).registers == [1, 57920]
+        finally:
+            client.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert "simulator stopped" in out
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_simulate_names_the_file_of_an_invalid_device(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEVICE.format(n=1, port=1502).replace("type: uint32", "type: uint33"))
+    proc = fieldgate("simulate", str(bad))
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert f"{bad}: tags.0.type:" in err
