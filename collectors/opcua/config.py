@@ -16,20 +16,29 @@ class Security(StrictModel):
     policy: Literal["None", "Basic128Rsa15", "Basic256", "Basic256Sha256"] = Field(
         "None", description="None | Basic128Rsa15 | Basic256 | Basic256Sha256"
     )
-    mode: Literal["None", "Sign", "SignAndEncrypt"] = Field("None", description="None | Sign | SignAndEncrypt")
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = Field(
+        "None", description="None | Sign | SignAndEncrypt"
+    )
     username: str | None = Field(None, description="user name; with password or password_file")
     password: SecretStr | None = Field(None, description="password, usually ${VAR}; never logged")
     password_file: Path | None = Field(None, description="file holding the password (docker secret)")
     user_certificate: Path | None = Field(None, description="X.509 user certificate (PEM or DER)")
     user_private_key: Path | None = Field(None, description="private key of the user certificate")
     trust: Literal["tofu", "strict"] = Field(
-        "tofu", description="tofu: pin the first server certificate seen | strict: it must be in the trust dir"
+        "tofu",
+        description="tofu: pin the first server certificate seen | strict: it must be in the trust dir",
+    )
+    trust_dir: Path | None = Field(
+        None,
+        description="certificates (or CAs) trusted under strict; default {state_dir}/opcua/trusted",
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> Security:
         if (self.policy == "None") != (self.mode == "None"):
-            raise ValueError("policy None goes with mode None, and a signing policy with Sign or SignAndEncrypt")
+            raise ValueError(
+                "policy None goes with mode None, and a signing policy with Sign or SignAndEncrypt"
+            )
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
         if (self.password is not None or self.password_file is not None) and self.username is None:
@@ -44,7 +53,9 @@ class Security(StrictModel):
 class Subscription(StrictModel):
     publishing_interval: Duration = Field(0.5, gt=0, description="how often the server sends changes")
     sampling_interval: Duration = Field(0.1, ge=0, description="how often the server samples each value")
-    queue_size: int = Field(10, ge=1, le=10000, description="changes the server keeps per item between publishes")
+    queue_size: int = Field(
+        10, ge=1, le=10000, description="changes the server keeps per item between publishes"
+    )
 
 
 class OpcuaTag(StrictModel):
@@ -53,13 +64,17 @@ class OpcuaTag(StrictModel):
         description='NodeId, e.g. "ns=2;s=Oven.Temperature", "ns=2;i=1042" or "nsu=urn:...;s=Name"'
     )
     mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe (default) | poll")
-    poll: Duration | None = Field(None, gt=0, description="poll interval for mode: poll; default: the device's")
+    poll: Duration | None = Field(
+        None, gt=0, description="poll interval for mode: poll; default: the device's"
+    )
     deadband: float = Field(0.0, ge=0, description="server-side deadband (0 = every change)")
     deadband_type: Literal["absolute", "percent"] = Field(
         "absolute", description="absolute | percent (of the EURange; where the server supports it)"
     )
     unit: str | None = Field(None, description="engineering unit, e.g. degC")
-    max_silence: Duration | None = Field(None, description="publish at least this often; default: the device's")
+    max_silence: Duration | None = Field(
+        None, description="publish at least this often; default: the device's"
+    )
     writable: bool = Field(False, description="accept writes")
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")
@@ -75,7 +90,9 @@ class OpcuaDevice(StrictModel):
     subscription: Subscription = Field(default_factory=Subscription, description="subscription parameters")
     poll: Duration = Field(5.0, gt=0, description="default interval for mode: poll tags")
     timeout: Duration = Field(5.0, gt=0, description="request timeout")
-    max_silence: Duration = Field(60.0, gt=0, description="publish every tag at least this often, even unchanged")
+    max_silence: Duration = Field(
+        60.0, gt=0, description="publish every tag at least this often, even unchanged"
+    )
     description: str | None = Field(None, description="free text for people")
     tags: list[OpcuaTag] = Field(min_length=1, description="the values to read")
 
