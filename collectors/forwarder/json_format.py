@@ -1,0 +1,143 @@
+"""SPEC.md "MQTT, json format": readings as JSON, writes on `/set`, gateway status.
+
+layout tag:    {prefix}/{device}/{tag}  {"value": 21.5, "ts": "...Z", "quality": "good", "unit": "degC"}
+layout device: {prefix}/{device}        {"ts": "...Z", "readings": {"temperature": {...}, ...}}
+writes:        {prefix}/{device}/{tag}/set  {"value": 1, "id": "abc"}
+               -> {prefix}/{device}/{tag}/set/result
+                  {"id": "abc", "ok": true} | {"id": "abc", "ok": false, "error": "..."}
+status:        {prefix}/status  `online` retained on connect, `offline` retained as the last will
+A reading that is not good also carries `"reason"` when the collector gave one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, iso_ms
+from collectors.forwarder.config import ForwarderConfig
+from collectors.forwarder.formats import Incoming, OutMessage
+
+log = logging.getLogger(__name__)
+
+
+class JsonFormat:
+    """The json payload format (see the module docstring)."""
+
+    clean_session = True  # our buffer, not the broker's session, carries what was not delivered
+    resend_window = 0.0  # readings go at QoS >= 1 and leave the buffer on PUBACK/PUBCOMP
+
+    def __init__(self, config: ForwarderConfig) -> None:
+        self._prefix = config.topic_prefix
+        self._qos = config.mqtt.qos
+        self._retain = config.mqtt.retain
+        self._layout = config.mqtt.layout
+        self._status = f"{self._prefix}/status"
+        self._units: dict[tuple[str, str], str | None] = {
+            (device.name, tag.name): tag.unit for device in config.devices for tag in device.tags
+        }
+        # Topic strings are built once per tag, not once per reading.
+        self._topics: dict[tuple[str, str], str] = {}
+        self._set_levels = self._prefix.count("/") + 1
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(f"{self._prefix}/+/+/set", 1)]
+
+    def will(self) -> OutMessage | None:
+        return OutMessage(self._status, b"offline", 1, True)
+
+    def connected(self) -> list[OutMessage]:
+        return [OutMessage(self._status, b"online", 1, True)]
+
+    def connection_lost(self, graceful: bool) -> None:
+        pass
+
+    def disconnecting(self) -> list[OutMessage]:
+        return [OutMessage(self._status, b"offline", 1, True)]
+
+    def device_state(self, state: DeviceState) -> list[OutMessage]:
+        return []  # collectors send each tag's `bad` reading themselves (SPEC.md)
+
+    # -- readings
+
+    def _payload(self, reading: Reading) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "value": reading.value,
+            "ts": iso_ms(reading.ts_ms),
+            "quality": str(reading.quality),
+            "unit": self._units.get((reading.device, reading.tag)),
+        }
+        if reading.reason is not None and reading.quality != "good":
+            body["reason"] = reading.reason
+        return body
+
+    def encode(self, readings: list[Reading], historical: bool) -> list[OutMessage]:
+        if self._layout == "device":
+            return self._encode_devices(readings)
+        qos, retain, topics, payload = self._qos, self._retain, self._topics, self._payload
+        dumps = orjson.dumps
+        out = []
+        for reading in readings:
+            key = (reading.device, reading.tag)
+            topic = topics.get(key)
+            if topic is None:
+                topic = topics[key] = f"{self._prefix}/{reading.device}/{reading.tag}"
+            out.append(OutMessage(topic, dumps(payload(reading)), qos, retain))
+        return out
+
+    def _encode_devices(self, readings: list[Reading]) -> list[OutMessage]:
+        """One message per run of one device's readings; a tag read twice in a batch splits it."""
+        out: list[OutMessage] = []
+        device: str | None = None
+        group: dict[str, Any] = {}
+        latest = 0
+
+        def flush() -> None:
+            if device is not None and group:
+                body = orjson.dumps({"ts": iso_ms(latest), "readings": group})
+                out.append(OutMessage(f"{self._prefix}/{device}", body, self._qos, self._retain))
+
+        for reading in readings:
+            if reading.device != device or reading.tag in group:
+                flush()
+                device, group, latest = reading.device, {}, 0
+            group[reading.tag] = self._payload(reading)
+            latest = max(latest, reading.ts_ms)
+        flush()
+        return out
+
+    # -- writes
+
+    def handle_incoming(self, topic: str, payload: bytes) -> Incoming:
+        levels = topic.split("/")
+        if len(levels) != self._set_levels + 3 or levels[-1] != "set":
+            log.debug("ignoring message on %s", topic)
+            return Incoming()
+        device, tag = levels[-3], levels[-2]
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return self._refuse(device, tag, "", 'payload is not JSON: send {"value": ..., "id": "..."}')
+        if not isinstance(body, dict):
+            return self._refuse(device, tag, "", 'payload must be an object: {"value": ..., "id": "..."}')
+        write_id = body.get("id", "")
+        write_id = write_id if isinstance(write_id, str) else str(write_id)
+        if "value" not in body:
+            return self._refuse(device, tag, write_id, 'no "value" in the payload')
+        return Incoming(writes=[WriteRequest(write_id, device, tag, body["value"])])
+
+    def _refuse(self, device: str, tag: str, write_id: str, error: str) -> Incoming:
+        return Incoming(messages=self.write_result(WriteResult(write_id, device, tag, False, error)))
+
+    def write_result(self, result: WriteResult) -> list[OutMessage]:
+        body: dict[str, Any] = {"id": result.id, "ok": result.ok}
+        if not result.ok:
+            body["error"] = result.error or "write failed"
+        topic = f"{self._prefix}/{result.device}/{result.tag}/set/result"
+        return [OutMessage(topic, orjson.dumps(body), 1, False)]
