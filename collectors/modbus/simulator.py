@@ -77,6 +77,11 @@ class _SimTag:
     last: object = None  # last payload written; None forces the next write
 
     @property
+    def still(self) -> bool:
+        """A constant needs writing only once (and again after a write's hold ends)."""
+        return self.signal.spec.kind == "constant"
+
+    @property
     def span(self) -> tuple[int, int]:
         return self.tag.address, self.tag.address + self.tag.registers
 
@@ -412,6 +417,7 @@ class ModbusSimulator:
                 self._check_encodes(st)
                 tags.append(st)
                 self._tags[(device.name, tag.name)] = st
+            tags.sort(key=lambda st: (st.tag.table.value, st.tag.address))
             link.units[device.unit] = _Unit(device, tags)
             self._link_of[device.name] = link
 
@@ -507,22 +513,26 @@ class ModbusSimulator:
         return ", ".join(unit.device.name for unit in link.units.values())
 
     async def _put(self, link: _Link, st: _SimTag, payload: list[int] | bool) -> None:
-        """Write a tag's payload into the datastore without it counting as a client's write."""
+        """Write one tag's payload into the datastore."""
         assert link.store is not None
         tag, unit = st.tag, st.device.unit
-        fc = _STORE_FC[tag.table]
         values: list[int] | list[bool]
         if isinstance(payload, bool) and tag.bit is not None:
             # One bit of a register that other bits (other tags) share: read, modify, write.
-            current = await link.store.async_getValues(unit, fc, tag.address, 1)
+            current = await link.store.async_getValues(unit, _STORE_FC[tag.table], tag.address, 1)
             values = codec.encode(tag, st.device, payload, current=[int(w) for w in current])
         elif isinstance(payload, bool):
             values = [payload] if tag.table.is_bits else [int(payload)]
         else:
             values = payload
+        await self._write(link, unit, tag.table, tag.address, values)
+
+    async def _write(self, link: _Link, unit: int, table: Table, address: int, values: Any) -> None:
+        """Write into the datastore without it counting as a client's write."""
+        assert link.store is not None
         self._internal = True
         try:
-            await link.store.async_setValues(unit, fc, tag.address, values)
+            await link.store.async_setValues(unit, _STORE_FC[table], address, values)
         finally:
             self._internal = False
 
@@ -548,24 +558,40 @@ class ModbusSimulator:
         next_tick = loop.time()
         while True:
             now = loop.time()
-            t = now - self._t0
             for link in self.links:
                 for unit in link.units.values():
-                    for st in unit.tags:
-                        if st.held_until > now:
-                            continue
-                        try:
-                            payload = st.payload(t)
-                        except (WriteError, ValueError, TypeError, OverflowError, struct.error) as exc:
-                            log.error("%s.%s: cannot encode its simulated value, holding it: %s",
-                                      st.device.name, st.tag.name, exc)
-                            st.held_until = math.inf
-                            continue
-                        if payload != st.last:
-                            await self._put(link, st, payload)
-                            st.last = payload
+                    await self._tick(link, unit, now, now - self._t0)
             next_tick = max(next_tick + self.interval, loop.time())
             await asyncio.sleep(next_tick - loop.time())
+
+    async def _tick(self, link: _Link, unit: _Unit, now: float, t: float) -> None:
+        """Write the unit's changed tags, neighbouring registers in one write (tags are in
+        address order), so thousands of tags cost a few datastore calls, not thousands."""
+        run_table, run_start = Table.HOLDING, 0
+        run: list[int] = []  # the registers of the run being gathered, from run_start on
+        for st in unit.tags:
+            if st.held_until > now or (st.still and st.last is not None):
+                continue
+            try:
+                payload = st.payload(t)
+            except (WriteError, ValueError, TypeError, OverflowError, struct.error) as exc:
+                log.error("%s.%s: cannot encode its simulated value, holding it: %s",
+                          st.device.name, st.tag.name, exc)
+                st.held_until = math.inf
+                continue
+            if payload == st.last:
+                continue
+            st.last = payload
+            if isinstance(payload, bool):
+                await self._put(link, st, payload)
+            elif run and st.tag.table is run_table and st.tag.address == run_start + len(run):
+                run.extend(payload)
+            else:
+                if run:
+                    await self._write(link, unit.id, run_table, run_start, run)
+                run_table, run_start, run = st.tag.table, st.tag.address, list(payload)
+        if run:
+            await self._write(link, unit.id, run_table, run_start, run)
 
 
 def _placeholder() -> SimDevice:

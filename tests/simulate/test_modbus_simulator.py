@@ -31,6 +31,16 @@ tags:
     address: 0
     type: float32
     simulate: {kind: constant, value: 21.5}
+  - name: flow
+    table: holding
+    address: 2
+    type: int16
+    simulate: {kind: ramp, min: -50, max: 50, period: 2s}
+  - name: speed
+    table: holding
+    address: 3
+    type: uint16
+    simulate: {kind: sine, min: 1000, max: 2000, period: 3s}
   - name: alarm_bits
     table: holding
     address: 10
@@ -114,9 +124,15 @@ async def test_a_plain_client_reads_what_the_device_file_describes(press: Modbus
             assert count_b > count_a and count_b % 10 == 0
             assert ramp_a != ramp_b and 0 <= ramp_a <= 1000 and 0 <= ramp_b <= 1000  # raw = value / 0.1
 
+            # neighbouring tags, written together, each hold their own value
+            block = (await client.read_holding_registers(0, count=4, device_id=1)).registers
+            assert cdab_float(block[:2]) == 21.5
+            assert -50 <= struct.unpack(">h", block[2].to_bytes(2, "big"))[0] <= 50
+            assert 1000 <= block[3] <= 2000
+
             # a gap between tags reads as zeros (collectors coalesce across gaps); past the end is illegal
-            gap = await client.read_holding_registers(2, count=8, device_id=1)
-            assert gap.registers == [0] * 8
+            gap = await client.read_holding_registers(4, count=6, device_id=1)
+            assert gap.registers == [0] * 6
             past = await client.read_holding_registers(31, count=1, device_id=1)
             assert past.isError()
 
