@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pymodbus.client import ModbusTcpClient
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.framer import FramerType
 
 from tests.support.broker import free_port
 
@@ -80,3 +81,31 @@ def test_simulate_names_the_file_of_an_invalid_device(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert f"{bad}: tags.0.type:" in err
+
+
+def test_simulate_creates_and_prints_the_serial_port_of_an_rtu_device(tmp_path: Path) -> None:
+    port = tmp_path / "ttyUSB0"
+    device = tmp_path / "drive-1.yaml"
+    device.write_text(
+        DEVICE.format(n=4, port=0).replace("tcp: {host: 127.0.0.1, port: 0}", f"rtu: {{port: {port}}}")
+    )
+    proc = fieldgate("simulate", str(device))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        expected = f"meter-4: modbus rtu {port} (pty pair, simulator on {port}.sim), unit 4"
+        assert line.rstrip("\n") == expected, line
+        client = ModbusSerialClient(str(port), framer=FramerType.RTU, timeout=2, retries=0)
+        assert client.connect()
+        try:
+            assert client.read_input_registers(0, count=2, device_id=4).registers == [1, 57920]
+        finally:
+            client.close()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert not port.is_symlink()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
