@@ -1,0 +1,433 @@
+"""`fieldgate up`, `status` and `update`: the supervisor loop around the pure planner.
+
+`up` validates DIR (a bad config is refused with its errors and nothing starts), then runs::
+
+    observe -> plan -> execute -> write status -> sleep (~1 s, or until a child changes)
+
+with either runtime behind the `Runtime` protocol (process: gateway.runtime.process; docker:
+gateway.runtime.docker). It polls DIR's files every second; a changed config is validated
+first: an invalid one is refused with its errors and what runs stays untouched; a valid one
+replaces the desired services, and since every service carries the hash of its own config
+slice, only the services whose slice changed are recreated.
+
+The running supervisor rewrites `run/status.json` in its run directory atomically (on every
+change, and every 10 s for the rates); `fieldgate status DIR` prints it as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from gateway.plan import (
+    BackoffState,
+    Observed,
+    Policy,
+    ServiceSpec,
+    Step,
+    Wait,
+    describe_state,
+    next_wake,
+    plan,
+    plan_shutdown,
+    start_order,
+)
+from gateway.runtime.process import ProcessRuntime, RunDir, write_atomic
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+LOOP_INTERVAL = 1.0  # how often the loop observes and DIR is polled
+STATUS_REFRESH = 10.0  # rewrite the status file at least this often (rates), else only on change
+
+
+class Runtime(Protocol):
+    """What the supervisor needs from a runtime; the planner decides, the runtime executes."""
+
+    kind: str  # "process" | "docker"
+    changed: asyncio.Event  # set by the runtime when something it runs changes state
+
+    def desired(self, config: GatewayConfig, config_dir: Path) -> dict[str, ServiceSpec]: ...
+
+    async def observe(self) -> dict[str, Observed]: ...
+
+    async def execute(self, step: Step) -> None: ...
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        """Extra status columns per service (pid, readings_per_s, buffered, cpu, memory, ...)."""
+        ...
+
+    async def __aenter__(self) -> Runtime: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+def make_runtime(kind: str, config_dir: Path, run_dir: RunDir) -> Runtime:
+    """The runtime named by --runtime or gateway.yaml. The docker one lives in gateway.runtime.docker."""
+    if kind == "process":
+        return ProcessRuntime(run_dir)
+    from gateway.runtime import docker as docker_runtime
+
+    factory = getattr(docker_runtime, "make_runtime", None)
+    if factory is None:
+        raise SystemExit("fieldgate: the docker runtime is not available here; use --runtime process")
+    runtime: Runtime = factory(config_dir, run_dir)
+    return runtime
+
+
+# ------------------------------------------------------------------ config loading and watching
+
+
+def load(config_dir: Path) -> tuple[GatewayConfig | None, str]:
+    """The validated config, or None and every error (file:line:column: message) as text."""
+    from gateway.config import load_config
+
+    try:
+        return load_config(config_dir), ""
+    except Exception as exc:  # every config error is reported; nothing runs on a bad config
+        from collectors.core.errors import FieldgateError
+
+        if isinstance(exc, FieldgateError | ValueError | OSError):
+            return None, str(exc)
+        raise
+
+
+class ConfigWatcher:
+    """Notices edits in DIR by polling mtimes (no inotify dependency; works on every mount).
+
+    A change is reported once the files have stayed the same for one poll, so an editor that
+    writes a file in several steps is read once, whole.
+    """
+
+    def __init__(self, config_dir: Path) -> None:
+        self._dir = config_dir
+        self._applied = self.snapshot()
+        self._pending: dict[str, tuple[int, int]] | None = None
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        files = [self._dir / "gateway.yaml", self._dir / "gateway.yml"]
+        devices = self._dir / "devices"
+        if devices.is_dir():
+            files += sorted(devices.glob("**/*.yaml")) + sorted(devices.glob("**/*.yml"))
+        seen: dict[str, tuple[int, int]] = {}
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                seen[str(path)] = (st.st_mtime_ns, st.st_size)
+        return seen
+
+    def poll(self) -> bool:
+        """True once per settled change."""
+        now = self.snapshot()
+        if now == self._applied:
+            self._pending = None
+            return False
+        if now != self._pending:
+            self._pending = now
+            return False
+        self._applied, self._pending = now, None
+        return True
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Supervisor:
+    """The observe -> plan -> execute loop for one config directory."""
+
+    config_dir: Path
+    runtime: Runtime
+    run_dir: RunDir
+    desired: dict[str, ServiceSpec]
+    policy: Policy = field(default_factory=Policy)
+    out: IO[str] = field(default_factory=lambda: sys.stderr)
+
+    def __post_init__(self) -> None:
+        self.backoff = BackoffState(self.policy)
+        self.stopping = asyncio.Event()
+        self.config_error = ""
+        self.config_applied = time.time()
+        self._watcher = ConfigWatcher(self.config_dir)
+        self._last_status = ""
+        self._status_written = 0.0
+        self._observed: dict[str, Observed] = {}
+
+    def say(self, text: str) -> None:
+        print(f"fieldgate: {text}", file=self.out, flush=True)
+
+    async def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self._check_config()
+                wake = await self.step()
+                await self._sleep(wake)
+        finally:
+            await self.shutdown()
+
+    async def step(self) -> float:
+        """One round: observe, plan, execute. Returns when to look again (monotonic)."""
+        observed = await self.runtime.observe()
+        now = time.monotonic()
+        self.backoff = self.backoff.settle(observed, now)
+        steps = plan(self.desired, observed, now, self.backoff)
+        for step in steps:
+            if self.stopping.is_set():
+                break
+            if not isinstance(step, Wait):
+                self.say(str(step))
+                await self.runtime.execute(step)
+        self.backoff = self.backoff.record([s for s in steps if not isinstance(s, Wait)], now)
+        self._observed = await self.runtime.observe()
+        self.write_status()
+        return next_wake(steps, time.monotonic() + LOOP_INTERVAL)
+
+    async def _sleep(self, until: float) -> None:
+        self.runtime.changed.clear()
+        timeout = max(0.05, min(LOOP_INTERVAL, until - time.monotonic()))
+        waiters = [asyncio.ensure_future(event.wait()) for event in (self.stopping, self.runtime.changed)]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    def _check_config(self) -> None:
+        if not self._watcher.poll():
+            return
+        config, errors = load(self.config_dir)
+        if config is None:
+            self.config_error = errors
+            self.say(f"config change refused; what runs stays as it is:\n{errors}")
+            self.write_status(force=True)
+            return
+        desired = self.runtime.desired(config, self.config_dir)
+        changed = sorted(
+            (name for name in set(desired) | set(self.desired)
+             if (desired.get(name) is None) != (self.desired.get(name) is None)
+             or (name in desired and desired[name].config_hash != self.desired[name].config_hash)),
+            key=start_order,
+        )
+        self.config_error = ""
+        self.config_applied = time.time()
+        self.desired = desired
+        self.say(f"config change applied: {', '.join(changed) if changed else 'no service affected'}")
+
+    async def shutdown(self) -> None:
+        observed = await self.runtime.observe()
+        for step in plan_shutdown(observed):
+            self.say(str(step))
+            await self.runtime.execute(step)
+        self._observed = await self.runtime.observe()
+        self.write_status(force=True, running=False)
+
+    def write_status(self, force: bool = False, running: bool = True) -> None:
+        """Rewrite run/status.json when it changed, or every STATUS_REFRESH seconds for the rates."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        details = self.runtime.details()
+        services = []
+        for name in sorted(set(self.desired) | set(self._observed), key=start_order):
+            obs = self._observed.get(name)
+            spec = self.desired.get(name)
+            services.append({
+                "name": name,
+                "state": describe_state(obs, self.backoff, now_mono),
+                "health": obs.health if obs else None,
+                "restarts": obs.restarts if obs else 0,
+                "since": round(now_wall - (now_mono - obs.since), 3) if obs else None,
+                "image": (obs.image if obs and obs.image else spec.image if spec else None),
+                "config_hash": obs.config_hash if obs else None,
+                "crash_looping": self.backoff.crash_looping(name),
+                "metrics_port": spec.metrics_port if spec else None,
+                **details.get(name, {}),
+            })
+        status = {
+            "supervisor": {"pid": os.getpid(), "running": running, "runtime": self.runtime.kind,
+                           "config_dir": str(self.config_dir.absolute())},
+            "config": {"applied_at": round(self.config_applied, 3), "error": self.config_error or None},
+            "services": services,
+        }
+        text = json.dumps(status, indent=2, sort_keys=True)
+        if not force and text == self._last_status and now_mono - self._status_written < STATUS_REFRESH:
+            return
+        status["updated_at"] = round(now_wall, 3)
+        write_atomic(self.run_dir.status_file, json.dumps(status, indent=2), mode=0o644)
+        self._last_status, self._status_written = text, now_mono
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: RunDir) -> Iterator[None]:
+    """One supervisor per config directory: a second `up` on the same DIR is refused."""
+    run_dir.run.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.lock_file, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"fieldgate: another supervisor already runs {run_dir.root}") from None
+        yield
+
+
+async def _up(config_dir: Path, kind: str, run_dir: RunDir, config: GatewayConfig, policy: Policy) -> None:
+    async with make_runtime(kind, config_dir, run_dir) as runtime:
+        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), policy)
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                supervisor.say("stopping (again to kill at once)")
+                supervisor.stopping.set()
+            else:
+                _kill_now(runtime)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await supervisor.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _kill_now(runtime: Runtime) -> None:
+    if isinstance(runtime, ProcessRuntime):
+        for child in runtime.children().values():
+            if child.exited is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+
+
+def main_up(args: argparse.Namespace) -> int:
+    config_dir: Path = args.dir
+    config, errors = load(config_dir)
+    if config is None:
+        print(errors, file=sys.stderr)
+        print(f"fieldgate: {config_dir} is not valid; nothing started", file=sys.stderr)
+        return 1
+    kind = args.runtime or getattr(config, "runtime", "process")
+    run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
+    with run_dir_lock(run_dir):
+        asyncio.run(_up(config_dir, kind, run_dir, config, Policy()))
+    return 0
+
+
+# ------------------------------------------------------------------ status
+
+
+def read_status(run_dir: RunDir) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(run_dir.status_file.read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def supervisor_alive(status: Mapping[str, Any]) -> bool:
+    sup = status.get("supervisor", {})
+    if not sup.get("running"):
+        return False
+    try:
+        os.kill(int(sup["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+def _num(value: Any, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
+    """The `fieldgate status` table: header row first."""
+    rows = [["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME", "IMAGE"]]
+    for svc in status.get("services", []):
+        running = svc.get("state") not in ("absent",) and not str(svc.get("state", "")).startswith(
+            ("exited", "crash-looping (exited"))
+        uptime = _age(now - svc["since"]) if svc.get("since") and running else "-"
+        image = svc.get("image") or (f"pid {svc['pid']}" if svc.get("pid") else "-")
+        rows.append([
+            svc["name"], svc.get("state", "?"), svc.get("health") or "-",
+            _num(svc.get("readings_per_s"), "{:.1f}"), _num(svc.get("buffered")),
+            str(svc.get("restarts", 0)), uptime, image,
+        ])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(lines)
+
+
+def main_status(args: argparse.Namespace) -> int:
+    """Print one row per service from the running supervisor's status file; exit 1 when none runs."""
+    run_dir = RunDir.for_config(args.dir, getattr(args, "state", None))
+    status = read_status(run_dir)
+    if status is None:
+        print(f"fieldgate: no supervisor has run for {args.dir} (no {run_dir.status_file})", file=sys.stderr)
+        return 1
+    alive = supervisor_alive(status)
+    sup = status.get("supervisor", {})
+    updated = status.get("updated_at", 0.0)
+    age = _age(time.time() - updated)
+    if alive:
+        print(f"supervisor pid {sup.get('pid')} ({sup.get('runtime')} runtime), updated {age} ago")
+    else:
+        print(f"supervisor not running; last known state from {age} ago")
+    error = status.get("config", {}).get("error")
+    if error:
+        print(f"config change refused (the running services keep the previous config):\n{error}")
+    print(format_table(status_rows(status, time.time())))
+    return 0 if alive else 1
+
+
+def main_update(args: argparse.Namespace) -> int:
+    """Image updates apply to the docker runtime; the process runtime runs the installed package."""
+    config, errors = load(args.dir)
+    if config is None:
+        print(errors, file=sys.stderr)
+        return 1
+    kind = getattr(config, "runtime", "process")
+    if kind == "docker":
+        from gateway.runtime import docker as docker_runtime
+
+        update = getattr(docker_runtime, "main_update", None)
+        if update is not None:
+            return int(update(args))
+    print(
+        f"fieldgate: {args.dir} uses the process runtime, which runs the installed fieldgate package; "
+        "image updates apply to the docker runtime. To update it, upgrade the package "
+        "(pip install -U fieldgate) and restart `fieldgate up`.",
+        file=sys.stderr,
+    )
+    return 2

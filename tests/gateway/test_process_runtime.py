@@ -1,0 +1,192 @@
+"""The process runtime and the supervisor loop, with real child processes.
+
+First with stand-in services (a few lines serving /healthz and /metrics), to pin the
+mechanics: start order, health, restart after kill -9, SIGKILL after the stop timeout,
+nothing left behind. Then `fieldgate up DIR --runtime process` as a user runs it, with the
+real forwarder and Modbus collector, a Modbus simulator and a real Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.plan import Policy, ServiceSpec
+from gateway.runtime.process import ProcessRuntime, RunDir, http_get, parse_metrics
+from gateway.supervisor import Supervisor, format_table, read_status, status_rows
+from tests.support.broker import free_port
+
+STAND_IN = """
+import asyncio, signal, sys
+from collectors.core.metrics import Metrics
+
+port, mode = int(sys.argv[1]), sys.argv[2]
+count = 0
+
+async def main():
+    global count
+    metrics = Metrics()
+    metrics.counter("readings_total", "readings", lambda: count)
+    metrics.health_check(lambda: "sick on purpose" if mode == "unhealthy" else None)
+    await metrics.serve(port, "127.0.0.1")
+    if mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"stand-in up on {port}", flush=True)
+    if mode == "crash":
+        await asyncio.sleep(0.2)
+        sys.exit(3)
+    while True:
+        count += 100
+        await asyncio.sleep(0.1)
+
+asyncio.run(main())
+"""
+
+
+def stand_in(tmp_path: Path, name: str, mode: str = "ok", port: int | None = None) -> ServiceSpec:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    port = port or free_port()
+    return ServiceSpec(name=name, command=(sys.executable, str(script), str(port), mode),
+                       config_hash=f"{name}-{mode}", metrics_port=port)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+FAST = Policy(backoff_initial=0.2, backoff_factor=2, backoff_cap=1, stable_after=60, unhealthy_grace=1.5,
+              start_grace=10)
+
+
+@pytest.mark.sim
+async def test_supervisor_starts_restarts_and_stops_real_processes(tmp_path: Path) -> None:
+    lines: list[str] = []
+    relay = io.StringIO()
+    run_dir = RunDir(tmp_path / "state")
+    desired = {s.name: s for s in (stand_in(tmp_path, "modbus"), stand_in(tmp_path, "forwarder"))}
+    async with ProcessRuntime(run_dir, printer=lines.append, relay=relay, health_interval=0.2) as runtime:
+        sup = Supervisor(tmp_path, runtime, run_dir, desired, FAST, out=io.StringIO())
+        task = asyncio.create_task(sup.run())
+        children = runtime.children
+        await until(lambda: all(c.health == "healthy" for c in children().values()) and len(children()) == 2,
+                    what="both healthy")
+        # forwarder first: collectors dial its hand-off socket
+        assert [line.split()[0] for line in lines[:2]] == ["forwarder", "modbus"]
+        assert "stand-in up on" in relay.getvalue() and "modbus    | " in relay.getvalue()
+
+        first = children()["modbus"].pid
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: children()["modbus"].pid != first and children()["modbus"].health == "healthy",
+                    what="modbus restarted")
+        assert children()["modbus"].restarts == 1
+        assert any("modbus    exited with code -9" in line for line in lines)
+
+        await until(lambda: (read_status(run_dir) or {}).get("services", [{}])[-1].get("restarts") == 1,
+                    what="status file shows the restart")
+        status = read_status(run_dir)
+        assert status is not None
+        rows = {row[0]: row for row in status_rows(status, time.time())}
+        assert rows["modbus"][1:3] == ["running", "healthy"]
+        assert rows["modbus"][5] == "1"
+        assert "SERVICE" in format_table(status_rows(status, time.time()))
+
+        pids = [c.pid for c in children().values()]
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
+    assert not any(alive(pid) for pid in pids)
+    final = read_status(run_dir)
+    assert final is not None and final["supervisor"]["running"] is False
+
+
+@pytest.mark.sim
+async def test_crash_loop_backs_off_and_shows_in_status(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "state")
+    crashing = stand_in(tmp_path, "modbus", "crash")
+    async with ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2) as rt:
+        sup = Supervisor(tmp_path, rt, run_dir, {"modbus": crashing}, FAST, out=io.StringIO())
+        task = asyncio.create_task(sup.run())
+        await until(lambda: sup.backoff.crash_looping("modbus"), what="crash loop detected")
+        await until(lambda: "crash-looping" in json.dumps(read_status(run_dir)), what="crash loop in status")
+        restarts = rt.children()["modbus"].restarts
+        await until(lambda: rt.children()["modbus"].restarts >= restarts + 2, what="keeps restarting")
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.mark.sim
+async def test_unhealthy_service_is_restarted(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "state")
+    sick = stand_in(tmp_path, "opcua", "unhealthy")
+    async with ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2) as rt:
+        sup = Supervisor(tmp_path, rt, run_dir, {"opcua": sick}, FAST, out=io.StringIO())
+        task = asyncio.create_task(sup.run())
+        await until(lambda: "opcua" in rt.children() and rt.children()["opcua"].restarts >= 1,
+                    what="unhealthy service restarted")
+        answers = []
+        for _ in range(50):  # it may be between two lives right now
+            try:
+                answers.append(await http_get(sick.metrics_port or 0, "/healthz"))
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        assert [(status, body.strip()) for status, body in answers] == [(503, "sick on purpose")]
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.mark.sim
+async def test_a_child_ignoring_sigterm_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "state")
+    stubborn = stand_in(tmp_path, "forwarder", "ignore-term")
+    lines: list[str] = []
+    async with ProcessRuntime(run_dir, printer=lines.append, relay=io.StringIO(), stop_timeout=1.0,
+                              health_interval=0.2) as rt:
+        sup = Supervisor(tmp_path, rt, run_dir, {"forwarder": stubborn}, FAST, out=io.StringIO())
+        task = asyncio.create_task(sup.run())
+        await until(lambda: "forwarder" in rt.children() and rt.children()["forwarder"].health == "healthy")
+        pid = rt.children()["forwarder"].pid
+        started = time.monotonic()
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
+        assert 0.9 <= time.monotonic() - started < 10
+    assert not alive(pid)
+    assert any("sending SIGKILL" in line for line in lines)
+
+
+@pytest.mark.sim
+async def test_metrics_are_scraped_into_readings_per_second(tmp_path: Path) -> None:
+    spec = stand_in(tmp_path, "modbus")
+    run_dir = RunDir(tmp_path / "state")
+    async with ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2) as rt:
+        sup = Supervisor(tmp_path, rt, run_dir, {"modbus": spec}, FAST, out=io.StringIO())
+        task = asyncio.create_task(sup.run())
+        await until(lambda: "modbus" in rt.children() and rt.children()["modbus"].readings_per_s is not None,
+                    timeout=30, what="a rate")
+        rate = rt.children()["modbus"].readings_per_s or 0
+        assert 300 < rate < 1500  # the stand-in counts ~1000/s
+        _, text = await http_get(spec.metrics_port or 0, "/metrics")
+        assert parse_metrics(text)["fieldgate_readings_total"] > 0
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
