@@ -1,7 +1,8 @@
 """`fieldgate simulate FILE...`: serve the devices that device files describe, for tests and demos.
 
 Modbus devices are served by collectors.modbus.simulator (TCP, or RTU on a serial port or a
-pty pair it creates), OPC UA devices by collectors.opcua.simulator when it is installed.
+pty pair it creates), OPC UA devices by collectors.opcua.simulator (which listens on --host,
+default 127.0.0.1, and the port of the device's endpoint).
 One line per device says where it listens; Ctrl-C (or SIGTERM) stops everything.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -79,12 +78,15 @@ async def simulate(devices: Sequence[Any], host: str | None, ready: asyncio.Even
 
 
 async def _serve_opcua(stack: contextlib.AsyncExitStack, devices: Sequence[Any], host: str | None) -> None:
-    if importlib.util.find_spec("collectors.opcua.simulator") is None:
+    try:
+        from collectors.opcua.simulator import OpcuaSimulator
+    except ImportError as exc:  # a Modbus-only install (no asyncua): serve what we can, say so
         for device in devices:
-            print(f"{device.name}: opcua simulator not available in this build: not served", flush=True)
+            print(f"{device.name}: not served: the opcua simulator needs fieldgate[opcua] ({exc})",
+                  flush=True)
         return
-    opcua_simulator = importlib.import_module("collectors.opcua.simulator")
-    sim = await stack.enter_async_context(opcua_simulator.OpcuaSimulator(devices, host=host))
+    logging.getLogger("asyncua").setLevel(logging.WARNING)  # it logs every session at INFO
+    sim = await stack.enter_async_context(OpcuaSimulator(devices, host=host))
     for device in devices:
         print(f"{device.name}: opcua {sim.endpoints[device.name]}", flush=True)
 

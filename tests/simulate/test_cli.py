@@ -14,7 +14,7 @@ import pytest
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.framer import FramerType
 
-from tests.support.broker import free_port
+from tests.support.broker import free_port, wait_port
 
 pytestmark = pytest.mark.sim
 
@@ -105,6 +105,37 @@ def test_simulate_creates_and_prints_the_serial_port_of_an_rtu_device(tmp_path: 
         _out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         assert not port.is_symlink()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+OVEN = """\
+name: oven-2
+protocol: opcua
+endpoint: opc.tcp://127.0.0.1:{port}/oven
+tags:
+  - name: temperature
+    node: "ns=2;s=Oven.Temperature"
+    simulate: {{kind: constant, value: 180.5}}
+"""
+
+
+def test_simulate_serves_modbus_and_opcua_files_together(tmp_path: Path) -> None:
+    modbus_port, opcua_port = free_port(), free_port()
+    (tmp_path / "meter-1.yaml").write_text(DEVICE.format(n=1, port=modbus_port))
+    (tmp_path / "oven-2.yaml").write_text(OVEN.format(port=opcua_port))
+    proc = fieldgate("simulate", str(tmp_path / "meter-1.yaml"), str(tmp_path / "oven-2.yaml"))
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[0] == f"meter-1: modbus tcp 127.0.0.1:{modbus_port}, unit 1\n", lines
+        assert lines[1] == f"oven-2: opcua opc.tcp://127.0.0.1:{opcua_port}/oven\n", lines
+        wait_port(opcua_port)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
             proc.kill()
