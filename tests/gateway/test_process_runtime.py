@@ -68,12 +68,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def until(check: Callable[[], bool], within: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met after {timeout}s")
+            raise TimeoutError(f"{what} not met after {within}s")
         await asyncio.sleep(0.05)
+
+
+def quiet_runtime(run_dir: RunDir) -> ProcessRuntime:
+    return ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2)
 
 
 FAST = Policy(backoff_initial=0.2, backoff_factor=2, backoff_cap=1, stable_after=60, unhealthy_grace=1.5,
@@ -124,7 +128,7 @@ async def test_supervisor_starts_restarts_and_stops_real_processes(tmp_path: Pat
 async def test_crash_loop_backs_off_and_shows_in_status(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "state")
     crashing = stand_in(tmp_path, "modbus", "crash")
-    async with ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2) as rt:
+    async with quiet_runtime(run_dir) as rt:
         sup = Supervisor(tmp_path, rt, run_dir, {"modbus": crashing}, FAST, out=io.StringIO())
         task = asyncio.create_task(sup.run())
         await until(lambda: sup.backoff.crash_looping("modbus"), what="crash loop detected")
@@ -139,7 +143,7 @@ async def test_crash_loop_backs_off_and_shows_in_status(tmp_path: Path) -> None:
 async def test_unhealthy_service_is_restarted(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "state")
     sick = stand_in(tmp_path, "opcua", "unhealthy")
-    async with ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2) as rt:
+    async with quiet_runtime(run_dir) as rt:
         sup = Supervisor(tmp_path, rt, run_dir, {"opcua": sick}, FAST, out=io.StringIO())
         task = asyncio.create_task(sup.run())
         await until(lambda: "opcua" in rt.children() and rt.children()["opcua"].restarts >= 1,
@@ -179,11 +183,11 @@ async def test_a_child_ignoring_sigterm_is_killed_after_the_stop_timeout(tmp_pat
 async def test_metrics_are_scraped_into_readings_per_second(tmp_path: Path) -> None:
     spec = stand_in(tmp_path, "modbus")
     run_dir = RunDir(tmp_path / "state")
-    async with ProcessRuntime(run_dir, printer=lambda _: None, relay=io.StringIO(), health_interval=0.2) as rt:
+    async with quiet_runtime(run_dir) as rt:
         sup = Supervisor(tmp_path, rt, run_dir, {"modbus": spec}, FAST, out=io.StringIO())
         task = asyncio.create_task(sup.run())
         await until(lambda: "modbus" in rt.children() and rt.children()["modbus"].readings_per_s is not None,
-                    timeout=30, what="a rate")
+                    within=30, what="a rate")
         rate = rt.children()["modbus"].readings_per_s or 0
         assert 300 < rate < 1500  # the stand-in counts ~1000/s
         _, text = await http_get(spec.metrics_port or 0, "/metrics")
