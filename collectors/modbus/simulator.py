@@ -561,6 +561,7 @@ class ModbusSimulator:
             for link in self.links:
                 for unit in link.units.values():
                     await self._tick(link, unit, now, now - self._t0)
+                    await asyncio.sleep(0)  # let waiting requests in between devices
             next_tick = max(next_tick + self.interval, loop.time())
             await asyncio.sleep(next_tick - loop.time())
 
