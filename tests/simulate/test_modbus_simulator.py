@@ -251,3 +251,22 @@ async def test_refuses_what_it_cannot_serve(press: ModbusDevice, tmp_path: Path)
     })
     with pytest.raises(SimulatorError, match=r"x\.t: cannot simulate 'high' as int16"):
         ModbusSimulator([bad])
+
+
+async def test_rtu_framing_over_tcp_for_serial_servers() -> None:
+    device = ModbusDevice.model_validate({
+        "name": "gw-1", "protocol": "modbus", "unit": 9,
+        "connection": {"tcp": {"host": "127.0.0.1", "port": 502, "framer": "rtu"}},
+        "tags": [{"name": "level", "table": "input", "address": 0, "type": "int32",
+                  "simulate": {"kind": "constant", "value": -70000}}],
+    })
+    async with ModbusSimulator([device], free_ports=True) as sim:
+        assert "(rtu framing)" in sim.describe("gw-1")
+        host, port = sim.endpoints["gw-1"].rsplit(":", 1)
+        client = AsyncModbusTcpClient(host, port=int(port), framer=FramerType.RTU, timeout=2)
+        await client.connect()
+        try:
+            words = (await client.read_input_registers(0, count=2, device_id=9)).registers
+            assert struct.unpack(">i", struct.pack(">HH", *words))[0] == -70000
+        finally:
+            client.close()
