@@ -66,10 +66,8 @@ class DeviceLink:
                     delay = RECONNECT_MIN
                     await self.reader.run()
             except SecurityError as exc:
-                reason, cap = str(exc), RECONNECT_MAX_SECURITY
-                self._offline(
-                    "BadSecurityChecksFailed" if "certificate" in reason else "BadUserAccessDenied", reason
-                )
+                cap = RECONNECT_MAX_SECURITY
+                self._offline(exc.reason, str(exc))
             except DeviceError as exc:
                 self._offline(exc.reason, str(exc))
             except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ class DeviceReader:
         for reading in readings:
             tag = self._tags[reading.tag]
             last = self._last.get(reading.tag)
+            if reading.value is None and reading.quality == Quality.BAD and last is not None:
+                # Part 4, 7.7.1: a Bad DataValue carries no value; ours carries the last one (SPEC)
+                reading = reading._replace(value=self._report.last_value(self.device.name, reading.tag))
             # The initial Read and the subscription's first notification carry the same sample.
             if (
                 last is not None
@@ -241,7 +245,8 @@ class DeviceReader:
             for name, last in self._last.items():
                 tag = self._tags[name]
                 beat = last._replace(ts_ms=stamp)
-                if self._report.accept(beat, tag.deadband, tag.max_silence, now):
+                # an infinite deadband: only the silence can make the filter report it
+                if self._report.accept(beat, math.inf, tag.max_silence, now):
                     due.append(beat)
             if due:
                 self._publish(due)

@@ -38,7 +38,14 @@ CERT_DAYS = 3650  # plant IPCs run for years; an expired certificate is regenera
 
 
 class SecurityError(FieldgateError):
-    """A server certificate we do not trust, or credentials the server refused."""
+    """A server certificate we do not trust, or credentials the server refused.
+
+    `reason` is a StatusCode name (the `bad` readings' reason); the message says what to do.
+    """
+
+    def __init__(self, message: str, reason: str = "BadSecurityChecksFailed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +180,8 @@ def _check_pinned(device: str, der: bytes, pin: Path) -> None:
     raise SecurityError(
         f"{device}: the server certificate changed: pinned sha256 {fingerprint(pinned)}, the server now "
         f"presents sha256 {fingerprint(der)}; refusing to connect. If the server was re-keyed on purpose, "
-        f"delete {pin} to pin the new certificate"
+        f"delete {pin} to pin the new certificate",
+        "BadCertificateUntrusted",
     )
 
 
@@ -207,5 +215,6 @@ def _check_strict(device: str, der: bytes, directory: Path) -> None:
     raise SecurityError(
         f"{device}: the server certificate (sha256 {fingerprint(der)}, "
         f"subject {server.subject.rfc4514_string()}) is not in the trust dir {directory} (trust: strict); "
-        "copy the server's certificate there to trust it"
+        "copy the server's certificate there to trust it",
+        "BadCertificateUntrusted",
     )

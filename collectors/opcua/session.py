@@ -159,9 +159,8 @@ class Session:
         except ua.UaStatusCodeError as exc:
             if exc.code in _AUTH_CODES:
                 who = f"user {security.username!r}" if security.username else "this client"
-                raise SecurityError(
-                    f"{device.name}: the server refused {who}: {codec.status_name(exc.code)}"
-                ) from exc
+                name = codec.status_name(exc.code)
+                raise SecurityError(f"{device.name}: the server refused {who}: {name}", name) from exc
             raise
         self._namespaces = await client.get_namespace_array()
 
@@ -178,7 +177,8 @@ class Session:
             )
             raise SecurityError(
                 f"{device.name}: the server offers no endpoint with {security.policy},{security.mode}; "
-                f"it offers: {', '.join(offered)}"
+                f"it offers: {', '.join(offered)}",
+                "BadSecurityPolicyRejected",
             )
         der = _first_certificate(chosen.ServerCertificate)
         check_server_certificate(device.name, der, security.trust, self._state_dir, security.trust_dir)

@@ -1,0 +1,138 @@
+"""Real peers for the OPC UA tests: the simulator as a process, the real hand-off with a recording sink."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from collectors.core.handoff import HandoffServer
+from collectors.core.model import DeviceState, Reading, WriteResult
+from collectors.opcua.collector import OpcuaCollector
+from collectors.opcua.config import OpcuaCollectorConfig
+from tests.support.broker import wait_port
+
+
+class Recorder:
+    """The forwarder's sink, recording what the collector hands off."""
+
+    def __init__(self) -> None:
+        self.got: list[Reading] = []  # every reading handed off, in order
+        self.states: list[DeviceState] = []
+        self.results: list[WriteResult] = []
+        self._changed = asyncio.Event()
+
+    async def readings(self, collector: str, readings: list[Reading]) -> None:
+        self.got.extend(readings)
+        self._changed.set()
+
+    async def device_state(self, collector: str, state: DeviceState) -> None:
+        self.states.append(state)
+        self._changed.set()
+
+    def write_result(self, collector: str, result: WriteResult) -> None:
+        self.results.append(result)
+        self._changed.set()
+
+    async def wait_for(
+        self, predicate: Callable[[Reading], bool], timeout: float = 15.0, count: int = 1
+    ) -> list[Reading]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.got if predicate(r)]
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                tail = self.got[-8:]
+                raise TimeoutError(f"{len(found)}/{count} matching readings after {timeout}s; last: {tail}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def wait_state(
+        self, predicate: Callable[[DeviceState], bool], timeout: float = 15.0
+    ) -> DeviceState:
+        deadline = time.monotonic() + timeout
+        while True:
+            for state in self.states:
+                if predicate(state):
+                    return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching device state after {timeout}s; seen: {self.states}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                pass
+
+
+@asynccontextmanager
+async def running_collector(
+    devices: list[dict[str, Any]], tmp: Path
+) -> AsyncIterator[tuple[OpcuaCollector, Recorder]]:
+    """The collector in-process on `devices` (device-file dicts), handing off to a real HandoffServer."""
+    sink = Recorder()
+    socket = tmp / "handoff.sock"
+    config = OpcuaCollectorConfig.model_validate(
+        {
+            "name": "opcua",
+            "handoff": {"socket": str(socket), "linger": "5ms"},
+            "state_dir": str(tmp / "state"),
+            "metrics_port": None,
+            "devices": devices,
+        }
+    )
+    async with HandoffServer(socket, sink), OpcuaCollector(config) as collector:
+        yield collector, sink
+
+
+class SimulatorProcess:
+    """`python -m collectors.opcua.simulator` as a process that a test can kill and start again."""
+
+    def __init__(self, device: dict[str, Any], workdir: Path, port: int) -> None:
+        self.port = port
+        self.file = workdir / f"{device['name']}.yaml"
+        self.file.write_text(yaml.safe_dump(device))
+        self.state_dir = workdir / "simulator-state"
+        self.log = workdir / f"{device['name']}-simulator.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SimulatorProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "collectors.opcua.simulator",
+                    str(self.file),
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--tick",
+                    "0.1",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        try:
+            wait_port(self.port, timeout=30)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"simulator did not start: {self.log.read_text()[-2000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        """Kill it (no goodbye to clients), as a crash or power loss would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None

@@ -1,0 +1,298 @@
+"""The OPC UA collector against real asyncua servers, through the real hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Server, ua
+
+from collectors.core.model import Quality, WriteRequest, iso_ms
+from tests.opcua.conftest import PASSWORD, USER
+from tests.opcua.support import running_collector
+from tests.support.broker import free_port
+
+pytestmark = pytest.mark.sim
+
+SOURCE_TS = datetime(2026, 11, 28, 8, 0, 0, 123000, tzinfo=UTC)
+GUID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+# name -> (variant, expected JSON value)
+TYPED: dict[str, tuple[ua.Variant, Any]] = {
+    "boolean": (ua.Variant(True, ua.VariantType.Boolean), True),
+    "sbyte": (ua.Variant(-5, ua.VariantType.SByte), -5),
+    "byte": (ua.Variant(250, ua.VariantType.Byte), 250),
+    "int16": (ua.Variant(-32000, ua.VariantType.Int16), -32000),
+    "uint16": (ua.Variant(65000, ua.VariantType.UInt16), 65000),
+    "int32": (ua.Variant(-2_000_000_000, ua.VariantType.Int32), -2_000_000_000),
+    "uint32": (ua.Variant(4_000_000_000, ua.VariantType.UInt32), 4_000_000_000),
+    "int64": (ua.Variant(-(2**62), ua.VariantType.Int64), -(2**62)),
+    "uint64": (ua.Variant(2**63 + 5, ua.VariantType.UInt64), 2**63 + 5),
+    "float": (ua.Variant(1.5, ua.VariantType.Float), 1.5),
+    "double": (ua.Variant(21.25, ua.VariantType.Double), 21.25),
+    "string": (ua.Variant("hello", ua.VariantType.String), "hello"),
+    "datetime": (ua.Variant(SOURCE_TS, ua.VariantType.DateTime), "2026-11-28T08:00:00.123Z"),
+    "guid": (ua.Variant(GUID, ua.VariantType.Guid), str(GUID)),
+    "bytestring": (ua.Variant(b"\x00\x01\xff", ua.VariantType.ByteString), "AAH/"),
+    "text": (ua.Variant(ua.LocalizedText("Ofen"), ua.VariantType.LocalizedText), "Ofen"),
+    "nodeid": (ua.Variant(ua.NodeId(42, 2), ua.VariantType.NodeId), "ns=2;i=42"),
+    "int_array": (ua.Variant([1, 2, 3], ua.VariantType.Int32), [1, 2, 3]),
+    "double_array": (ua.Variant([0.5, -1.0], ua.VariantType.Double), [0.5, -1.0]),
+    "string_array": (ua.Variant(["a", "b"], ua.VariantType.String), ["a", "b"]),
+}
+# name -> (StatusCode, quality, reason, value: a Bad DataValue carries none, Part 4 7.7.1)
+STATUSES = {
+    "uncertain": (
+        ua.StatusCodes.UncertainLastUsableValue,
+        Quality.UNCERTAIN,
+        "UncertainLastUsableValue",
+        7.5,
+    ),
+    "bad_sensor": (ua.StatusCodes.BadSensorFailure, Quality.BAD, "BadSensorFailure", None),
+}
+
+
+@pytest.fixture
+async def typed_server() -> AsyncIterator[tuple[str, Server]]:
+    """An in-process asyncua server with a variable of every built-in type, one uncertain, one bad."""
+    port = free_port()
+    server = Server()
+    await server.init()
+    endpoint = f"opc.tcp://127.0.0.1:{port}"
+    server.set_endpoint(endpoint)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    ns = await server.register_namespace("urn:test:types")
+    folder = await server.nodes.objects.add_folder(ua.NodeId("Types", ns), "Types")
+    for name, (variant, _) in TYPED.items():
+        node = await folder.add_variable(ua.NodeId(f"T.{name}", ns), name, variant.Value, variant.VariantType)
+        await server.write_attribute_value(
+            node.nodeid, ua.DataValue(variant, SourceTimestamp=SOURCE_TS, ServerTimestamp=SOURCE_TS)
+        )
+    for name, (code, *_) in STATUSES.items():
+        node = await folder.add_variable(ua.NodeId(f"T.{name}", ns), name, 1.0, ua.VariantType.Double)
+        await server.write_attribute_value(
+            node.nodeid,
+            ua.DataValue(
+                ua.Variant(7.5, ua.VariantType.Double),
+                StatusCode=ua.StatusCode(code),
+                SourceTimestamp=SOURCE_TS,
+            ),
+        )
+    limited = await folder.add_variable(ua.NodeId("T.limited", ns), "limited", 0, ua.VariantType.Int16)
+    await limited.set_writable()
+    async with server:
+        yield endpoint, server
+
+
+def _device(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "oven",
+        "protocol": "opcua",
+        "endpoint": endpoint,
+        "subscription": {"publishing_interval": "100ms", "sampling_interval": "50ms"},
+        "tags": tags,
+        **extra,
+    }
+
+
+async def test_every_type_arrives_with_its_value_quality_and_source_timestamp(
+    typed_server: tuple[str, Server], tmp_path: Path
+) -> None:
+    endpoint, _ = typed_server
+    tags = [{"name": n, "node": f"nsu=urn:test:types;s=T.{n}"} for n in [*TYPED, *STATUSES]]
+    tags[0]["mode"] = "poll"  # one polled tag shows the Read path maps the same way
+    tags[0]["poll"] = "200ms"
+    async with running_collector([_device(endpoint, tags)], tmp_path) as (_, sink):
+        await sink.wait_for(lambda r: True, count=len(tags))
+        await asyncio.sleep(0.5)
+        first = {}
+        for reading in sink.got:
+            first.setdefault(reading.tag, reading)
+    for name, (_, expected) in TYPED.items():
+        reading = first[name]
+        assert reading.value == expected, name
+        assert type(reading.value) is type(expected), name
+        assert reading.quality == Quality.GOOD and reading.reason is None, name
+        assert iso_ms(reading.ts_ms) == "2026-11-28T08:00:00.123Z", name
+    for name, (_, quality, reason, value) in STATUSES.items():
+        assert (first[name].value, first[name].quality, first[name].reason) == (value, quality, reason)
+
+
+async def test_writes_convert_to_the_node_datatype_and_answer_the_status(
+    typed_server: tuple[str, Server], tmp_path: Path
+) -> None:
+    endpoint, server = typed_server
+    tags = [
+        {"name": "limited", "node": "nsu=urn:test:types;s=T.limited", "writable": True},
+        {"name": "double", "node": "nsu=urn:test:types;s=T.double"},
+        {"name": "string", "node": "nsu=urn:test:types;s=T.string", "writable": True},
+    ]
+    async with running_collector([_device(endpoint, tags)], tmp_path) as (collector, sink):
+        await sink.wait_for(lambda r: r.tag == "limited")
+        ok = await collector.write(
+            WriteRequest("w1", "oven", "limited", 1234.0)
+        )  # a JSON number, an Int16 node
+        assert (ok.ok, ok.error) == (True, None)
+        node = server.get_node("ns=2;s=T.limited")
+        assert (await node.read_data_value()).Value == ua.Variant(1234, ua.VariantType.Int16)
+        await sink.wait_for(lambda r: r.tag == "limited" and r.value == 1234)
+
+        too_big = await collector.write(WriteRequest("w2", "oven", "limited", 70000))
+        assert too_big.ok is False and "out of range for Int16" in (too_big.error or "")
+        wrong = await collector.write(WriteRequest("w3", "oven", "limited", "many"))
+        assert wrong.ok is False and "Int16" in (wrong.error or "")
+        read_only = await collector.write(WriteRequest("w4", "oven", "double", 1.0))
+        assert (read_only.ok, read_only.error) == (False, "tag double of oven is not writable")
+        # writable in the device file, read-only on the server: the server's StatusCode is the answer
+        refused = await collector.write(WriteRequest("w5", "oven", "string", "x"))
+        assert (refused.ok, refused.error) == (False, "BadUserAccessDenied")
+        assert (await server.get_node("ns=2;s=T.string").read_value()) == "hello"
+
+
+async def test_a_bad_node_among_good_ones_makes_only_that_tag_bad(
+    plain_sim: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, device = plain_sim
+    device = {
+        **device,
+        "tags": [
+            *device["tags"],
+            {"name": "ghost", "node": "ns=2;s=Oven.DoesNotExist"},
+            {"name": "lost_ns", "node": "nsu=urn:nowhere;s=X"},
+            {"name": "ghost_poll", "node": "ns=2;i=999999", "mode": "poll", "poll": "300ms"},
+        ],
+    }
+    async with running_collector([device], tmp_path) as (_, sink):
+        ghost = (await sink.wait_for(lambda r: r.tag == "ghost"))[0]
+        lost = (await sink.wait_for(lambda r: r.tag == "lost_ns"))[0]
+        ghost_poll = (await sink.wait_for(lambda r: r.tag == "ghost_poll"))[0]
+        temps = await sink.wait_for(lambda r: r.tag == "temperature", count=5)
+        batches = await sink.wait_for(lambda r: r.tag == "batch", count=3)
+    assert (ghost.quality, ghost.reason) == (Quality.BAD, "BadNodeIdUnknown")
+    assert (lost.quality, lost.reason) == (Quality.BAD, "BadNodeIdUnknown")
+    assert (ghost_poll.quality, ghost_poll.reason) == (Quality.BAD, "BadNodeIdUnknown")
+    assert all(r.quality == Quality.GOOD for r in temps + batches)
+    assert len({r.value for r in temps}) == 5  # it moves
+    assert sorted(r.value for r in batches) == [r.value for r in batches]  # the counter counts up
+
+
+async def test_values_of_the_simulator_and_nsu_node_ids(
+    plain_sim: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, device = plain_sim
+    started = time.time() * 1000
+    async with running_collector([device], tmp_path) as (collector, sink):
+        recipe = (await sink.wait_for(lambda r: r.tag == "recipe"))[0]
+        running = (await sink.wait_for(lambda r: r.tag == "running"))[0]
+        temps = await sink.wait_for(lambda r: r.tag == "temperature", count=3)
+        assert sink.states[0].online is True
+        result = await collector.write(WriteRequest("s1", "oven", "setpoint", 200))
+        assert result.ok, result.error
+        setpoints = await sink.wait_for(lambda r: r.tag == "setpoint", count=2)
+    assert (recipe.value, recipe.quality) == ("R-17", Quality.GOOD)
+    assert running.value is True
+    assert all(isinstance(r.value, float) and 0 <= r.value <= 100 for r in temps)
+    assert all(started - 2000 < r.ts_ms < time.time() * 1000 + 1000 for r in temps)
+    assert [r.value for r in setpoints] == [180.0, 200.0]
+
+
+async def test_heartbeat_repeats_an_unchanged_value_after_max_silence(
+    plain_sim: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, device = plain_sim
+    device = {**device, "max_silence": "400ms", "tags": [t for t in device["tags"] if t["name"] == "recipe"]}
+    async with running_collector([device], tmp_path) as (_, sink):
+        beats = await sink.wait_for(lambda r: r.tag == "recipe", count=3, timeout=10)
+    assert {r.value for r in beats} == {"R-17"}
+    gaps = [b.ts_ms - a.ts_ms for a, b in zip(beats, beats[1:], strict=False)]
+    assert all(350 <= gap <= 2000 for gap in gaps), (gaps, [(r.ts_ms, r.value) for r in beats])
+
+
+async def test_basic256sha256_sign_and_encrypt_with_username_and_password(
+    secure_sim: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, device = secure_sim
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    device = {
+        **device,
+        "security": {
+            "policy": "Basic256Sha256",
+            "mode": "SignAndEncrypt",
+            "username": USER,
+            "password_file": str(secret),
+            "trust": "tofu",
+        },
+    }
+    async with running_collector([device], tmp_path) as (collector, sink):
+        temps = await sink.wait_for(lambda r: r.tag == "temperature", count=3)
+        result = await collector.write(WriteRequest("s1", "oven", "setpoint", 150.5))
+    assert all(r.quality == Quality.GOOD for r in temps)
+    assert result.ok, result.error
+    own = tmp_path / "state" / "opcua" / "own" / "cert.der"
+    pinned = tmp_path / "state" / "opcua" / "pinned" / "oven.der"
+    assert own.exists() and pinned.exists()
+    # a second start reuses the application certificate and trusts the pinned server
+    before = own.read_bytes()
+    async with running_collector([device], tmp_path) as (_, sink):
+        await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.GOOD)
+    assert own.read_bytes() == before
+
+
+async def test_a_wrong_password_is_a_clear_error(
+    secure_sim: tuple[Any, dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, device = secure_sim
+    device = {
+        **device,
+        "security": {
+            "policy": "Basic256Sha256",
+            "mode": "SignAndEncrypt",
+            "username": USER,
+            "password": "wrong",
+        },
+    }
+    caplog.set_level(logging.ERROR, logger="collectors.opcua")
+    async with running_collector([device], tmp_path) as (_, sink):
+        state = await sink.wait_state(lambda s: not s.online)
+        bad = await sink.wait_for(lambda r: r.tag == "temperature")
+    assert state.reason == "BadUserAccessDenied"
+    assert (bad[0].quality, bad[0].reason) == (Quality.BAD, "BadUserAccessDenied")
+    assert f"the server refused user {USER!r}: BadUserAccessDenied" in caplog.text
+    assert "wrong" not in caplog.text  # the secret never reaches a log
+
+
+async def test_strict_trust_refuses_a_server_certificate_not_in_the_trust_dir(
+    secure_sim: tuple[Any, dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim, device = secure_sim
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    device = {
+        **device,
+        "security": {
+            "policy": "Basic256Sha256",
+            "mode": "SignAndEncrypt",
+            "username": USER,
+            "password": PASSWORD,
+            "trust": "strict",
+            "trust_dir": str(trusted),
+        },
+    }
+    caplog.set_level(logging.ERROR, logger="collectors.opcua")
+    async with running_collector([device], tmp_path) as (_, sink):
+        state = await sink.wait_state(lambda s: not s.online)
+    assert state.reason == "BadCertificateUntrusted"
+    assert "is not in the trust dir" in caplog.text and str(trusted) in caplog.text
+
+    # the same server is accepted once its certificate is in the trust dir
+    (trusted / "oven.der").write_bytes((sim.state_dir / "oven" / "server-cert.der").read_bytes())
+    async with running_collector([device], tmp_path / "again") as (_, sink):
+        await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.GOOD)
