@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import struct
 import tempfile
@@ -54,6 +56,7 @@ _WRITES = {
 }
 # The function code that addresses each table in pymodbus' datastore (it maps code -> table).
 _STORE_FC = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Raw range of each integer type, to keep a simulated value representable.
 _INT_RANGE = {
     DataType.INT16: (-(2**15), 2**15 - 1), DataType.UINT16: (0, 2**16 - 1),
@@ -180,15 +183,19 @@ class _Pty:
     async def open(self) -> None:
         if self.backend == "socat":
             await self._open_socat()
-        else:
+            return
+        try:
             self._open_python()
+        except OSError as exc:
+            await self.close()
+            raise SimulatorError(f"could not create a pty pair at {self.client}: {exc}") from exc
 
     async def _open_socat(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
             "socat", "-d", "-d",
             f"pty,raw,echo=0,link={self.client}", f"pty,raw,echo=0,link={self.server}",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5.0
@@ -229,9 +236,8 @@ class _Pty:
                 await self._process.wait()
         if self._fds:
             loop = asyncio.get_running_loop()
-            loop.remove_reader(self._fds[0])
-            loop.remove_reader(self._fds[2])
             for fd in self._fds:
+                loop.remove_reader(fd)
                 os.close(fd)
             self._fds = []
         for link in (self.client, self.server):
@@ -593,6 +599,12 @@ class ModbusSimulator:
                 run_table, run_start, run = st.tag.table, st.tag.address, list(payload)
         if run:
             await self._write(link, unit.id, run_table, run_start, run)
+
+
+def _die_with_parent() -> None:
+    """In the socat child: end when the simulator dies, even by SIGKILL, taking its links along."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _placeholder() -> SimDevice:
