@@ -45,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--runtime", choices=["docker", "process"], default=None,
                    help="default: runtime in gateway.yaml")
+    p.add_argument("--state", type=Path, default=None,
+                   help="where generated files, state and the buffer go (default DIR/.fieldgate)")
 
     p = verbs.add_parser("status", help="one row per collector: state, health, readings/s, buffered, restarts")
     p.add_argument("dir", type=Path)
+    p.add_argument("--state", type=Path, default=None, help="as given to `up` (default DIR/.fieldgate)")
 
     p = verbs.add_parser("update", help="hot update of one collector, health-gated, rolled back on failure")
     p.add_argument("dir", type=Path)
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("demo", help="simulators, a broker, collectors and a live view; Ctrl-C stops all")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-view", action="store_true", help="print readings as lines instead of the live table")
+    p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="auto: a local mosquitto when installed, else amqtt embedded in the demo")
 
     p = verbs.add_parser("images", help="build, save and load the collector images")
     images = p.add_subparsers(dest="images_verb", required=True, metavar="VERB")
