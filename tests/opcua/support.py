@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,9 @@ class Recorder:
         self._changed.set()
 
     async def wait_for(
-        self, predicate: Callable[[Reading], bool], timeout: float = 15.0, count: int = 1
+        self, predicate: Callable[[Reading], bool], within: float = 15.0, count: int = 1
     ) -> list[Reading]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             found = [r for r in self.got if predicate(r)]
             if len(found) >= count:
@@ -52,28 +52,22 @@ class Recorder:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 tail = self.got[-8:]
-                raise TimeoutError(f"{len(found)}/{count} matching readings after {timeout}s; last: {tail}")
+                raise TimeoutError(f"{len(found)}/{count} matching readings after {within}s; last: {tail}")
             self._changed.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
-    async def wait_state(
-        self, predicate: Callable[[DeviceState], bool], timeout: float = 15.0
-    ) -> DeviceState:
-        deadline = time.monotonic() + timeout
+    async def wait_state(self, predicate: Callable[[DeviceState], bool], within: float = 15.0) -> DeviceState:
+        deadline = time.monotonic() + within
         while True:
             for state in self.states:
                 if predicate(state):
                     return state
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no matching device state after {timeout}s; seen: {self.states}")
+                raise TimeoutError(f"no matching device state after {within}s; seen: {self.states}")
             self._changed.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
 
 
 @asynccontextmanager
