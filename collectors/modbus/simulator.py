@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
@@ -111,26 +112,36 @@ def representable(tag: ModbusTag, value: float) -> float:
 class _Units(SimCore):
     """pymodbus' datastore, but a unit id nobody answers is 'no such device', not unit 0's.
 
-    On RTU the server then stays silent (as the missing device would); on TCP it answers
-    exception 0x0B (gateway target failed to respond). A lone TCP device also answers the
-    unit ids 0 and 255 that Modbus TCP clients use for 'the device itself'.
+    On a bus (`silent`) the server then stays silent, as the missing device would; on TCP it
+    answers exception 0x0B, gateway target failed to respond (Modbus application protocol,
+    7). A lone TCP device also answers the unit ids 0 and 255 that Modbus TCP clients use
+    for 'the device itself'.
     """
 
-    def __init__(self, devices: list[SimDevice], aliases: dict[int, int]) -> None:
+    def __init__(self, devices: list[SimDevice], aliases: dict[int, int], silent: bool) -> None:
         super().__init__(devices)
         self._aliases = aliases
+        self._silent = silent
 
-    def _unit(self, device_id: int) -> int:
+    def _unit(self, device_id: int) -> int | None:
         unit = self._aliases.get(device_id, device_id)
-        if unit not in self.devices:
+        if unit in self.devices:
+            return unit
+        if self._silent:
             raise NoSuchIdException(f"no simulated device answers unit {device_id}")
-        return unit
+        return None
 
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
-        return await super().async_getValues(self._unit(device_id), func_code, address, count)
+        unit = self._unit(device_id)
+        if unit is None:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        return await super().async_getValues(unit, func_code, address, count)
 
     async def async_setValues(self, device_id: int, func_code: int, address: int, values: Any) -> Any:
-        return await super().async_setValues(self._unit(device_id), func_code, address, values)
+        unit = self._unit(device_id)
+        if unit is None:
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        return await super().async_setValues(unit, func_code, address, values)
 
 
 @dataclass(eq=False)
@@ -441,7 +452,8 @@ class ModbusSimulator:
         """Build the datastore, fill it, and start the server (creating a pty pair if needed)."""
         units = list(link.units.values())
         aliases = {0: units[0].id, 255: units[0].id} if link.tcp is not None and len(units) == 1 else {}
-        link.store = _Units([unit.simdevice(partial(self._on_access, unit)) for unit in units], aliases)
+        simdevices = [unit.simdevice(partial(self._on_access, unit)) for unit in units]
+        link.store = _Units(simdevices, aliases, silent=link.rtu is not None)
         for unit in units:
             for st in unit.tags:
                 await self._put(link, st, st.payload(0.0))

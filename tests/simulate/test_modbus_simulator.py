@@ -138,7 +138,9 @@ async def test_a_plain_client_reads_what_the_device_file_describes(press: Modbus
 
             # a unit nobody answers gets an exception, never another device's registers
             other = await client.read_holding_registers(0, count=2, device_id=7)
-            assert other.isError()
+            assert other.isError() and other.exception_code == 0x0B  # gateway target failed to respond
+            written = await client.write_register(0, 1, device_id=7)
+            assert written.isError() and written.exception_code == 0x0B
         finally:
             client.close()
 
