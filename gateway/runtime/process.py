@@ -74,7 +74,7 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the supervisor dies, however it dies."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -365,7 +365,7 @@ class ProcessRuntime:
     async def _start(self, spec: ServiceSpec, restarts: int) -> None:
         if spec.config_file is not None:
             write_atomic(Path(spec.config_file), spec.config_text)
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        preexec = die_with_parent if sys.platform.startswith("linux") else None
         process = await asyncio.create_subprocess_exec(
             *spec.command,
             stdin=asyncio.subprocess.DEVNULL,
