@@ -16,12 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import ValidationError
 
 from collectors.core.errors import ConfigError, FieldgateError
 from collectors.core.service import run_service, setup_logging
+from collectors.core.simulate import bind_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def load_device_files(paths: Sequence[Path]) -> list[Any]:
     return devices
 
 
-async def simulate(devices: Sequence[Any], host: str | None, ready: asyncio.Event | None = None) -> None:
+async def simulate(devices: Sequence[Any], host: str | None) -> None:
     """Serve `devices` until cancelled, printing where each one listens."""
     modbus = [d for d in devices if d.protocol == "modbus"]
     opcua = [d for d in devices if d.protocol == "opcua"]
@@ -72,12 +74,11 @@ async def simulate(devices: Sequence[Any], host: str | None, ready: asyncio.Even
         if opcua:
             await _serve_opcua(stack, opcua, host)
         print(f"simulating {len(devices)} device(s); Ctrl-C stops", flush=True)
-        if ready is not None:
-            ready.set()
         await asyncio.Event().wait()
 
 
 async def _serve_opcua(stack: contextlib.AsyncExitStack, devices: Sequence[Any], host: str | None) -> None:
+    """One OpcuaSimulator per listening address: --host, else each endpoint's own host."""
     try:
         from collectors.opcua.simulator import OpcuaSimulator
     except ImportError as exc:  # a Modbus-only install (no asyncua): serve what we can, say so
@@ -86,9 +87,17 @@ async def _serve_opcua(stack: contextlib.AsyncExitStack, devices: Sequence[Any],
                   flush=True)
         return
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # it logs every session at INFO
-    sim = await stack.enter_async_context(OpcuaSimulator(devices, host=host))
+    by_host: dict[str, list[Any]] = {}
     for device in devices:
-        print(f"{device.name}: opcua {sim.endpoints[device.name]}", flush=True)
+        by_host.setdefault(host or urlparse(device.endpoint).hostname or "127.0.0.1", []).append(device)
+    for address, group in by_host.items():
+        for device in group:
+            port = urlparse(device.endpoint).port or 4840
+            if problem := bind_problem(address, port):
+                raise FieldgateError(f"{device.name}: cannot listen on {address}:{port}: {problem}")
+        sim = await stack.enter_async_context(OpcuaSimulator(group, host=address))
+        for device in group:
+            print(f"{device.name}: opcua {sim.endpoints[device.name]}", flush=True)
 
 
 def main_simulate(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ seeded and steps on a fixed time grid, so it too depends only on the spec, the s
 
 from __future__ import annotations
 
+import errno
 import math
 import random
+import socket
 import zlib
 from collections.abc import Callable
 from typing import Literal
@@ -184,3 +186,27 @@ def signal_for(
         else:
             spec = Simulate()
     return Signal(spec, seed)
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why a simulator cannot listen on host:port, said for the person running it (None: it can).
+
+    Server libraries log a bind failure deep inside their start-up; checking first lets
+    `fieldgate simulate` name the device and say what to do instead.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"{host} does not resolve ({exc.strerror})"
+    family, _type, _proto, _name, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return {
+                errno.EADDRNOTAVAIL: f"{host} is not an address of this machine: use --host 127.0.0.1",
+                errno.EADDRINUSE: "something else listens there",
+                errno.EACCES: "ports below 1024 need root",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+    return None

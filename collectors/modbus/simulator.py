@@ -20,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import logging
 import math
 import os
 import shutil
 import signal
-import socket
 import struct
 import tempfile
 import tty
@@ -45,7 +43,7 @@ from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from collectors.core.errors import FieldgateError, WriteError
-from collectors.core.simulate import Signal, signal_for
+from collectors.core.simulate import Signal, bind_problem, signal_for
 from collectors.modbus import codec
 from collectors.modbus.config import Connection, DataType, ModbusDevice, ModbusTag, RtuLink, Table, TcpLink
 
@@ -501,8 +499,8 @@ class ModbusSimulator:
     async def _serve(self, link: _Link) -> None:
         server: ModbusBaseServer
         if link.tcp is not None:
-            if link.port:
-                _check_bindable(link.host, link.port, self._names(link))
+            if link.port and (problem := bind_problem(link.host, link.port)):
+                raise SimulatorError(f"{self._names(link)}: cannot listen on {link.endpoint}: {problem}")
             framer = FramerType.RTU if link.tcp.framer == "rtu" else FramerType.SOCKET
             server = ModbusTcpServer(
                 _placeholder(), framer=framer, address=(link.host, link.port),
@@ -622,20 +620,3 @@ def _die_with_parent() -> None:
 def _placeholder() -> SimDevice:
     """What a pymodbus server is built with before `_serve` gives it the simulator's datastore."""
     return SimDevice(id=0, simdata=[SimData(0)])
-
-
-def _check_bindable(host: str, port: int, names: str) -> None:
-    """Say why a TCP endpoint cannot be served (pymodbus only logs it) and what to do."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            hint = {
-                errno.EADDRNOTAVAIL: f"{host} is not an address of this machine: use --host 127.0.0.1",
-                errno.EADDRINUSE: "something else listens there",
-                errno.EACCES: "ports below 1024 need root",
-            }.get(exc.errno or 0, exc.strerror or str(exc))
-            raise SimulatorError(f"{names}: cannot listen on {host}:{port}: {hint}") from exc
-        except socket.gaierror as exc:
-            raise SimulatorError(f"{names}: cannot listen on {host}:{port}: {exc}") from exc

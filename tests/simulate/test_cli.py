@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.framer import FramerType
 
+from collectors.core.simulate import bind_problem
 from tests.support.broker import free_port, wait_port
 
 pytestmark = pytest.mark.sim
@@ -140,3 +142,24 @@ def test_simulate_serves_modbus_and_opcua_files_together(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_address_not_on_this_machine_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    oven = tmp_path / "oven-2.yaml"
+    oven.write_text(OVEN.format(port=4840).replace("127.0.0.1", "10.20.0.7"))
+    proc = fieldgate("simulate", str(oven))
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "oven-2: cannot listen on 10.20.0.7:4840: 10.20.0.7 is not an address of this machine: " \
+           "use --host 127.0.0.1" in err
+    assert "Traceback" not in err
+
+
+def test_bind_problems() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert bind_problem("127.0.0.1", port) == "something else listens there"
+    assert bind_problem("127.0.0.1", free_port()) is None
+    assert "does not resolve" in (bind_problem("no-such-host.invalid", 502) or "")
