@@ -8,14 +8,49 @@ Engine's containers back into the planner's observed state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from dataclasses import dataclass
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
+from docker.types import LogConfig, Mount
 
 from collectors.core.errors import FieldgateError
+from gateway.compose import HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL, Project
+from gateway.plan import (
+    Observed,
+    Recreate,
+    Remove,
+    Restart,
+    ServiceSpec,
+    Start,
+    State,
+    Step,
+    Stop,
+    Wait,
+)
+from gateway.runtime.process import (
+    BUFFERED_GAUGES,
+    READINGS_COUNTERS,
+    RunDir,
+    _first,
+    http_get,
+    parse_metrics,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 
 class EngineError(FieldgateError):
@@ -112,3 +147,592 @@ class Engine:
         return loaded
 
 
+# ================================================================================ the runtime
+#
+# Containers carry the compose labels (project, service, container-number, oneoff) and the
+# rendered config hash, and are named `<project>-<service>-1` as `docker compose` names them,
+# so `docker compose ps` on the rendered file and `fieldgate status` see the same containers.
+#
+# Who restarts what: containers keep `restart: unless-stopped`, as the compose file says, so
+# the Engine restarts a crashed container at once (with its own capped backoff), also while
+# no supervisor runs and after a reboot. The supervisor restarts what the Engine does not: a
+# container stopped behind its back (`docker kill` counts as a manual stop, so the Engine
+# leaves it down) and one that stays unhealthy, which the Engine only reports. Engine
+# restarts are counted from RestartCount, so `status` shows them and a crash loop.
+
+CONTAINER_NUMBER = "1"
+CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy
+STATS_INTERVAL = 5.0
+CRASH_WINDOW = 60.0  # Engine restarts this close together make a crash loop
+CRASH_LOOP_AFTER = 3
+
+
+def parse_time(text: str | None) -> float | None:
+    """Docker's RFC 3339 timestamps (nanoseconds, UTC) -> epoch seconds; None for the zero time."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, rest = text.partition(".")
+    digits = "".join(c for c in rest if c.isdigit())[:6]
+    stamp = datetime.fromisoformat(f"{head}.{digits or '0'}+00:00")
+    return stamp.timestamp()
+
+
+def parse_seconds(text: str) -> float:
+    """Compose durations (`10s`, `1m30s`, `500ms`) -> seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text))
+
+
+def _nanos(text: str) -> int:
+    return int(parse_seconds(text) * 1e9)
+
+
+def container_name(project: str, service: str) -> str:
+    return f"{project}-{service}-{CONTAINER_NUMBER}"
+
+
+class ContainerFactory:
+    """Turns one service of the rendered compose model into Engine API create arguments.
+
+    It reads only the keys `gateway.compose` renders; a key it does not know is an error, so
+    the compose file and the containers cannot drift apart silently.
+    """
+
+    KNOWN = frozenset({
+        "image", "command", "restart", "init", "user", "group_add", "network_mode", "extra_hosts",
+        "volumes", "tmpfs", "read_only", "cap_drop", "security_opt", "devices", "device_cgroup_rules",
+        "cpus", "mem_limit", "memswap_limit", "pids_limit", "environment", "healthcheck",
+        "stop_grace_period", "logging", "depends_on", "labels", "ports",
+    })
+
+    def __init__(self, api: Any, project: Project, base_dir: Path) -> None:
+        self.api = api
+        self.project = project
+        self.base_dir = base_dir  # where ./config/... bind sources are relative to
+
+    def network_name(self) -> str:
+        return f"{self.project.name}_default"
+
+    def volume_name(self, volume: str) -> str:
+        return f"{self.project.name}_{volume}"
+
+    def create_args(self, service: str, name: str, *, image: str | None = None) -> dict[str, Any]:
+        svc = self.project.services[service].compose
+        unknown = set(svc) - self.KNOWN
+        if unknown:
+            raise EngineError(f"service {service}: the docker runtime does not know {sorted(unknown)}")
+        mounts = []
+        for vol in svc.get("volumes", []):
+            if vol["type"] == "bind":
+                source = Path(vol["source"])
+                if not source.is_absolute():
+                    source = (self.base_dir / source).resolve()
+                mounts.append(Mount(vol["target"], str(source), type="bind",
+                                    read_only=bool(vol.get("read_only"))))
+            else:
+                mounts.append(Mount(vol["target"], self.volume_name(vol["source"]), type="volume",
+                                    read_only=bool(vol.get("read_only"))))
+        tmpfs = dict(item.split(":", 1) if ":" in item else (item, "") for item in svc.get("tmpfs", []))
+        extra_hosts = dict(item.split(":", 1) for item in svc.get("extra_hosts", []))
+        logging = svc.get("logging") or {}
+        host_config = self.api.create_host_config(
+            restart_policy={"Name": svc.get("restart", "no")},
+            init=svc.get("init"),
+            group_add=svc.get("group_add"),
+            network_mode=svc.get("network_mode") or self.network_name(),
+            extra_hosts=extra_hosts or None,
+            mounts=mounts,
+            tmpfs=tmpfs or None,
+            read_only=svc.get("read_only"),
+            cap_drop=svc.get("cap_drop"),
+            security_opt=svc.get("security_opt"),
+            devices=svc.get("devices"),
+            device_cgroup_rules=svc.get("device_cgroup_rules"),
+            nano_cpus=int(float(svc["cpus"]) * 1e9) if "cpus" in svc else None,
+            mem_limit=svc.get("mem_limit"),
+            memswap_limit=svc.get("memswap_limit"),
+            pids_limit=svc.get("pids_limit"),
+            log_config=LogConfig(type=logging.get("driver", "json-file"),
+                                 config=logging.get("options") or {}),
+        )
+        health = svc.get("healthcheck") or {}
+        if health.get("disable"):
+            healthcheck: dict[str, Any] | None = {"test": ["NONE"]}
+        elif health:
+            healthcheck = {
+                "test": health["test"], "interval": _nanos(health.get("interval", "30s")),
+                "timeout": _nanos(health.get("timeout", "30s")), "retries": int(health.get("retries", 3)),
+                "start_period": _nanos(health.get("start_period", "0s")),
+            }
+        else:
+            healthcheck = None
+        labels = dict(svc.get("labels") or {})
+        labels.update({
+            "com.docker.compose.container-number": CONTAINER_NUMBER,
+            "com.docker.compose.oneoff": "False",
+            "com.docker.compose.project.working_dir": str(self.base_dir),
+            "com.docker.compose.project.config_files": str(self.base_dir / "docker-compose.yml"),
+        })
+        return {
+            "image": image or svc["image"],
+            "command": svc.get("command"),
+            "name": name,
+            "user": svc.get("user"),
+            "environment": svc.get("environment"),
+            "labels": labels,
+            "healthcheck": healthcheck,
+            "stop_timeout": int(parse_seconds(svc.get("stop_grace_period", "10s"))),
+            "host_config": host_config,
+        }
+
+
+@dataclass
+class Track:
+    """What the runtime remembers of one service between observations."""
+
+    container: str | None = None  # id
+    health: str | None = None
+    health_since: float | None = None
+    restarts: int = 0  # by the supervisor
+    engine_restarts: list[float] = field(default_factory=list)  # when the Engine restarted it
+    last_restart_count: int = 0
+    readings: tuple[float, float] | None = None  # (monotonic, counter) of the last scrape
+    details: dict[str, Any] = field(default_factory=dict)
+    cpu: tuple[float, float] | None = None  # (container total, system total) of the last sample
+    failed_until: float = 0.0  # after a failed create/start, wait until then before trying again
+    failures: int = 0
+
+
+def _mono(epoch: float) -> float:
+    """Epoch seconds -> the monotonic clock the planner uses."""
+    return time.monotonic() - (time.time() - epoch)
+
+
+def _state(attrs: dict[str, Any]) -> State:
+    status = attrs["State"].get("Status", "exited")
+    if status in ("running", "paused"):
+        return "running"
+    if status == "created":
+        return "created"
+    if status in ("restarting", "removing"):
+        return "stopping"  # the Engine is already on it: the planner looks again next round
+    return "exited"
+
+
+class DockerRuntime:
+    """Executes the planner's steps on the Engine; the Runtime of `fieldgate up --runtime docker`."""
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        config_dir: Path,
+        run_dir: RunDir,
+        *,
+        client: docker.DockerClient | None = None,
+        printer: Callable[[str], None] | None = None,
+        stats_interval: float = STATS_INTERVAL,
+        start_first_timeout: float = 90.0,
+    ) -> None:
+        self.config_dir = config_dir
+        self.run_dir = run_dir
+        self.out_dir = run_dir.root / "compose"
+        self.changed = asyncio.Event()
+        self.project: Project | None = None
+        self._client = client
+        self._print = printer or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._tracks: dict[str, Track] = {}
+        self._stats_interval = stats_interval
+        self._start_first_timeout = start_first_timeout
+        self._stats_task: asyncio.Task[None] | None = None
+        self._image_ids: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()  # docker-py calls from worker threads, one at a time
+
+    # -------------------------------------------------------------- lifecycle
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    async def __aenter__(self) -> DockerRuntime:
+        await asyncio.to_thread(lambda: self.client)
+        self._stats_task = asyncio.create_task(self._stats_loop(), name="docker-stats")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+        if self._client is not None:
+            self._client.close()
+
+    # -------------------------------------------------------------- the Runtime seam
+
+    def desired(self, config: GatewayConfig, config_dir: Path) -> dict[str, ServiceSpec]:
+        """Render the project into the run directory and describe its services for the planner."""
+        self.project = render_config(config, config_dir)
+        for warning in self.project.warnings:
+            self._print(f"warning: {warning}")
+        write_project(self.project, self.out_dir)
+        return specs_of(self.project, self.out_dir)
+
+    async def observe(self) -> dict[str, Observed]:
+        return await asyncio.to_thread(self._observe)
+
+    async def execute(self, step: Step) -> None:
+        try:
+            await asyncio.to_thread(self._execute, step)
+        except (docker.errors.DockerException, EngineError) as exc:
+            # The planner asks again next round; until then say what failed, once per episode.
+            track = self._track(step.name)
+            track.failures += 1
+            track.failed_until = time.monotonic() + min(60.0, 2.0 ** min(track.failures, 6))
+            text = getattr(exc, "explanation", None) or str(exc)
+            self._print(f"{step.name}: {step} failed: {text}")
+        self.changed.set()
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(track.details) for name, track in self._tracks.items()}
+
+    # -------------------------------------------------------------- observe
+
+    def _track(self, name: str) -> Track:
+        return self._tracks.setdefault(name, Track())
+
+    def containers(self) -> dict[str, Any]:
+        """The project's containers by service (start-first candidates left out)."""
+        if self.project is None:
+            return {}
+        with self._lock:
+            found = self.client.containers.list(
+                all=True, filters={"label": f"{PROJECT_LABEL}={self.project.name}"}
+            )
+        result: dict[str, Any] = {}
+        for container in found:
+            service = container.labels.get(SERVICE_LABEL)
+            if service and container.name == container_name(self.project.name, service):
+                result[service] = container
+        return result
+
+    def _image_id(self, name: str) -> str | None:
+        cached = self._image_ids.get(name)
+        if cached is not None and time.monotonic() - cached[0] < 5.0:
+            return cached[1]
+        try:
+            with self._lock:
+                image_id: str | None = str(self.client.images.get(name).id)
+        except docker.errors.ImageNotFound:
+            image_id = None
+        self._image_ids[name] = (time.monotonic(), image_id)
+        return image_id
+
+    def _observe(self) -> dict[str, Observed]:
+        observed: dict[str, Observed] = {}
+        for service, container in self.containers().items():
+            attrs = container.attrs
+            state = attrs["State"]
+            track = self._track(service)
+            if track.container != container.id:
+                track.container, track.health, track.health_since = container.id, None, None
+                track.last_restart_count, track.engine_restarts = int(attrs.get("RestartCount", 0)), []
+            restart_count = int(attrs.get("RestartCount", 0))
+            if restart_count > track.last_restart_count:
+                track.engine_restarts.extend([time.monotonic()] * (restart_count - track.last_restart_count))
+                track.last_restart_count = restart_count
+            health = (state.get("Health") or {}).get("Status")
+            health = health if health in ("starting", "healthy", "unhealthy") else None
+            if health != track.health:
+                track.health, track.health_since = health, time.monotonic()
+            image = attrs["Config"]["Image"]
+            current = self._image_id(image)
+            if current is not None and current != attrs["Image"]:
+                # The tag now names another build: report it so the planner recreates the container.
+                image = f"{image}@{attrs['Image'][7:19]}"
+            kind = _state(attrs)
+            started = parse_time(state.get("StartedAt")) or time.time()
+            finished = parse_time(state.get("FinishedAt")) or started
+            since = _mono(finished if kind == "exited" else started)
+            observed[service] = Observed(
+                name=service,
+                state=kind,
+                config_hash=container.labels.get(HASH_LABEL),
+                since=since,
+                image=image,
+                health=health if kind == "running" else None,
+                health_since=track.health_since,
+                restarts=track.restarts + restart_count,
+                exit_code=int(state.get("ExitCode", 0)) if kind == "exited" else None,
+                instance=container.short_id,
+            )
+            self._note(service, track, observed[service])
+        for name in list(self._tracks):
+            if name not in observed:
+                self._tracks[name].details = {}
+        return observed
+
+    def _note(self, service: str, track: Track, obs: Observed) -> None:
+        """Status columns the planner does not know: Engine restarts and crash loops, limits."""
+        recent = [t for t in track.engine_restarts if time.monotonic() - t < CRASH_WINDOW]
+        track.engine_restarts = recent
+        looping = len(recent) >= CRASH_LOOP_AFTER or (obs.state == "stopping" and len(recent) >= 2)
+        details = track.details
+        details["container"] = obs.instance
+        if looping:
+            details["state"] = f"crash-looping ({len(recent)} restarts by the Engine in {CRASH_WINDOW:.0f}s)"
+            details["crash_looping"] = True
+        else:
+            details.pop("state", None)
+            details.pop("crash_looping", None)
+        if self.project is not None and service in self.project.services:
+            limits = self.project.services[service].limits
+            details["cpu_limit"] = limits.cpus
+            details["memory_limit"] = limits.memory
+
+    # -------------------------------------------------------------- execute
+
+    def _spec_ready(self, spec: ServiceSpec) -> bool:
+        return time.monotonic() >= self._track(spec.name).failed_until
+
+    def _execute(self, step: Step) -> None:
+        if isinstance(step, Wait):
+            return
+        if isinstance(step, Start | Restart | Recreate) and not self._spec_ready(step.spec):
+            return
+        containers = self.containers()
+        current = containers.get(step.name)
+        if isinstance(step, Start):
+            if current is not None and current.status == "created":
+                self._start(current)
+            else:
+                self._create_and_start(step.spec)
+        elif isinstance(step, Restart):
+            self._track(step.name).restarts += 1
+            if current is None:
+                self._create_and_start(step.spec)
+            else:
+                with self._lock:
+                    current.restart(timeout=self._stop_timeout(step.name))
+        elif isinstance(step, Recreate):
+            if step.order == "start-first" and current is not None and self._can_start_first(step.name):
+                self._start_first(step.spec, current)
+            else:
+                if current is not None:
+                    self._remove(current, step.name)
+                self._create_and_start(step.spec)
+        elif isinstance(step, Stop):
+            if current is not None:
+                with self._lock:
+                    current.stop(timeout=self._stop_timeout(step.name))
+        elif isinstance(step, Remove):
+            if current is not None:
+                self._remove(current, step.name)
+            self._tracks.pop(step.name, None)
+        track = self._tracks.get(step.name)
+        if track is not None:
+            track.failures, track.failed_until = 0, 0.0
+
+    def _stop_timeout(self, service: str) -> int:
+        if self.project is None or service not in self.project.services:
+            return 10
+        return int(parse_seconds(self.project.services[service].compose.get("stop_grace_period", "10s")))
+
+    def _factory(self) -> ContainerFactory:
+        assert self.project is not None, "desired() renders the project before anything runs"
+        return ContainerFactory(self.client.api, self.project, self.out_dir)
+
+    def _ensure_shared(self, factory: ContainerFactory) -> None:
+        """The project's volumes (and its network under bridge), labelled as compose labels them."""
+        project = factory.project
+        for volume in project.volumes:
+            name = factory.volume_name(volume)
+            try:
+                self.client.volumes.get(name)
+            except docker.errors.NotFound:
+                self.client.volumes.create(name, labels={
+                    PROJECT_LABEL: project.name, "com.docker.compose.volume": volume})
+        if project.network == "bridge":
+            name = factory.network_name()
+            if not self.client.networks.list(names=[name]):
+                self.client.networks.create(name, driver="bridge", labels={
+                    PROJECT_LABEL: project.name, "com.docker.compose.network": "default"})
+
+    def _create(self, spec: ServiceSpec, name: str) -> Any:
+        factory = self._factory()
+        with self._lock:
+            self._ensure_shared(factory)
+            args = factory.create_args(spec.name, name, image=spec.image)
+            if self.client.images.list(name=args["image"]) == []:
+                raise EngineError(f"image {args['image']} is not on this engine: `fieldgate images build` "
+                                  "or `fieldgate images load BUNDLE` first")
+            created = self.client.api.create_container(**args)
+            return self.client.containers.get(created["Id"])
+
+    def _start(self, container: Any) -> None:
+        with self._lock:
+            container.start()
+
+    def _create_and_start(self, spec: ServiceSpec) -> Any:
+        assert self.project is not None
+        name = container_name(self.project.name, spec.name)
+        with self._lock, contextlib.suppress(docker.errors.NotFound):
+            # A leftover of that name (crashed start-first, a hand-made one) is in the way.
+            self.client.containers.get(name).remove(force=True)
+        container = self._create(spec, name)
+        try:
+            self._start(container)
+        except docker.errors.APIError:
+            with self._lock, contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            raise
+        return container
+
+    def _remove(self, container: Any, service: str) -> None:
+        with self._lock:
+            with contextlib.suppress(docker.errors.APIError):
+                container.stop(timeout=self._stop_timeout(service))
+            container.remove(force=True)
+
+    def _can_start_first(self, service: str) -> bool:
+        """Two containers of one service at once: not on one serial port, not on one host port."""
+        assert self.project is not None
+        svc = self.project.services[service]
+        if svc.ports or self.project.network == "host":
+            self._print(f"{service}: start-first runs as stop-first here "
+                        "(serial ports have one owner; host networking has one metrics port)")
+            return False
+        return True
+
+    def _start_first(self, spec: ServiceSpec, old: Any) -> None:
+        """Start the replacement beside the old container; promote it once healthy, else drop it."""
+        assert self.project is not None
+        candidate_name = container_name(self.project.name, spec.name) + CANDIDATE_SUFFIX
+        with self._lock, contextlib.suppress(docker.errors.NotFound):
+            self.client.containers.get(candidate_name).remove(force=True)
+        candidate = self._create(spec, candidate_name)
+        self._start(candidate)
+        deadline = time.monotonic() + self._start_first_timeout
+        health = None
+        while time.monotonic() < deadline:
+            with self._lock:
+                candidate.reload()
+            state = candidate.attrs["State"]
+            health = (state.get("Health") or {}).get("Status")
+            if state.get("Status") != "running" or health in ("healthy", None):
+                break
+            time.sleep(1.0)
+        if candidate.attrs["State"].get("Status") != "running" or health not in ("healthy", None):
+            with self._lock:
+                candidate.remove(force=True)
+            raise EngineError(f"the new {spec.name} container did not turn healthy ({health}); "
+                              "the old one runs on")
+        self._remove(old, spec.name)
+        with self._lock:
+            candidate.rename(container_name(self.project.name, spec.name))
+
+    # -------------------------------------------------------------- stats and metrics
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._stats_interval)
+            try:
+                samples = await asyncio.to_thread(self._stats)
+            except docker.errors.DockerException:
+                continue
+            for service, (address, port) in samples.items():
+                await self._scrape(service, address, port)
+
+    def _stats(self) -> dict[str, tuple[str, int]]:
+        """CPU and memory of every running container; where each one's /metrics answers."""
+        targets: dict[str, tuple[str, int]] = {}
+        for service, container in self.containers().items():
+            track = self._track(service)
+            if container.status != "running":
+                track.details.pop("cpu_percent", None)
+                track.details.pop("memory", None)
+                continue
+            with self._lock:
+                stats = self.client.api.stats(container.id, stream=False, one_shot=True)
+            cpu_total = float(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0))
+            system = float(stats.get("cpu_stats", {}).get("system_cpu_usage", 0))
+            online = float(stats.get("cpu_stats", {}).get("online_cpus") or 1)
+            if track.cpu is not None and system > track.cpu[1]:
+                share = (cpu_total - track.cpu[0]) / (system - track.cpu[1]) * online
+                track.details["cpu_percent"] = round(max(0.0, share) * 100, 1)  # of one core
+            track.cpu = (cpu_total, system)
+            memory = stats.get("memory_stats", {})
+            usage = memory.get("usage")
+            if usage is not None:
+                extra = memory.get("stats", {})
+                cache = extra.get("total_inactive_file", extra.get("inactive_file", extra.get("cache", 0)))
+                track.details["memory"] = int(usage - cache)
+            port = self.project.services[service].metrics_port if self.project else None
+            if port is not None:
+                address = "127.0.0.1"
+                if self.project is not None and self.project.network == "bridge":
+                    networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
+                    address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")),
+                                   "127.0.0.1")
+                targets[service] = (address, port)
+        return targets
+
+    async def _scrape(self, service: str, address: str, port: int) -> None:
+        track = self._track(service)
+        try:
+            status, text = await http_get(port, "/metrics", host=address)
+        except (OSError, TimeoutError, ConnectionError):
+            return
+        if status != 200:
+            return
+        totals = parse_metrics(text)
+        buffered = _first(totals, BUFFERED_GAUGES)
+        if buffered is not None:
+            track.details["buffered"] = buffered
+        count = _first(totals, READINGS_COUNTERS)
+        now = time.monotonic()
+        if count is not None:
+            if track.readings is not None and now > track.readings[0] and count >= track.readings[1]:
+                rate = (count - track.readings[1]) / (now - track.readings[0])
+                track.details["readings_per_s"] = round(rate, 1)
+            track.readings = (now, count)
+
+
+def render_config(config: GatewayConfig, config_dir: Path) -> Project:
+    from gateway.compose import render_loaded
+
+    return render_loaded(config, config_dir)
+
+
+def write_project(project: Project, out: Path) -> None:
+    from gateway.compose import write
+
+    write(project, out)
+
+
+def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
+    """The planner's view of each rendered service: the compose hash covers image, limits and slice."""
+    specs: dict[str, ServiceSpec] = {}
+    for name, svc in project.services.items():
+        specs[name] = ServiceSpec(
+            name=name,
+            command=tuple(svc.compose.get("command") or ()),
+            config_hash=svc.config_hash,
+            image=svc.limits.image,
+            cpus=svc.limits.cpus,
+            memory=svc.limits.memory,
+            update=svc.limits.update,
+            devices=tuple(p.host for p in svc.ports),
+            metrics_port=svc.metrics_port,
+            config_file=str(out / svc.config_path),
+            config_text=svc.config_text,
+        )
+    return specs
+
+
+def make_runtime(config_dir: Path, run_dir: RunDir) -> DockerRuntime:
+    """What `gateway.supervisor.make_runtime` calls for `--runtime docker`."""
+    return DockerRuntime(config_dir, run_dir)

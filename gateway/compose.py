@@ -1,0 +1,423 @@
+"""`fieldgate render DIR -o OUT`: the compose project a plant engineer can read and run by hand.
+
+OUT gets `docker-compose.yml` (compose-spec) and `config/<service>.yaml`, the slice each
+container runs on. The docker runtime renders the same `Project` and keeps the containers
+equal to it, so `docker compose up` on a machine with the compose plugin and `fieldgate up
+--runtime docker` run the same stack.
+
+Every service is locked down the same way: read-only root with a small tmpfs, all
+capabilities dropped, no-new-privileges, a non-root user, CPU/memory/pid limits, bounded
+logs, a health check on the component's /healthz, and only the serial ports its devices
+name. A serial port is passed as a device (preferring its stable /dev/serial/by-id name);
+a pty (simulators, socat) cannot be, so it becomes a bind mount plus a device cgroup rule.
+Same input, same bytes: nothing time- or machine-dependent beyond the devices is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import stat
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel
+
+from collectors.core.errors import FieldgateError
+
+COMPOSE_FILE = "docker-compose.yml"
+CONFIG_IN_CONTAINER = "/etc/fieldgate/config.yaml"
+HANDOFF_DIR = "/run/fieldgate"
+HANDOFF_SOCKET = f"{HANDOFF_DIR}/handoff.sock"
+STATE_DIR = "/var/lib/fieldgate/state"
+BUFFER_DIR = "/var/lib/fieldgate/buffer"
+USER = "10001:10001"  # the `fieldgate` user of every image (compose/*.Dockerfile)
+HASH_LABEL = "io.fieldgate.config-hash"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+BY_ID = Path("/dev/serial/by-id")
+# Unix98 pty slaves (/dev/pts/N) have majors 136-143 (Linux devices.txt).
+PTY_MAJORS = range(136, 144)
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+HOST_GATEWAY = "host.docker.internal"
+
+Network = Literal["host", "bridge"]
+
+
+class RenderError(FieldgateError):
+    """The config cannot be turned into a compose project."""
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """How one serial port reaches its container."""
+
+    port: str  # the path the device file names, and the path inside the container
+    kind: Literal["device", "pty", "absent"]
+    host: str  # what the host side names: by-id link, device path, or resolved /dev/pts/N
+    rule: str | None = None  # device cgroup rule for a pty
+    gid: int | None = None  # group owning the device node, so the non-root user can open it
+
+
+def classify_port(port: str, by_id: Path = BY_ID) -> Passthrough:
+    """Decide how `port` is passed into a container, from what the host has right now."""
+    path = Path(port)
+    try:
+        resolved = path.resolve(strict=True)
+        st = os.stat(resolved)
+    except OSError:
+        return Passthrough(port, "absent", port)
+    if not stat.S_ISCHR(st.st_mode):
+        raise RenderError(f"serial port {port} is not a character device")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    gid = st.st_gid or None
+    if major in PTY_MAJORS:
+        # `--device` on a pty fails with EIO on open; a bind mount of the node works once the
+        # cgroup allows its major:minor.
+        return Passthrough(port, "pty", str(resolved), f"c {major}:{minor} rwm", gid)
+    host = port
+    if not port.startswith(f"{by_id}/") and by_id.is_dir():
+        # The same adapter may be ttyUSB0 today and ttyUSB1 after a reboot; by-id names stay.
+        for link in sorted(by_id.iterdir()):
+            if link.resolve() == resolved:
+                host = str(link)
+                break
+    return Passthrough(port, "device", host, None, gid)
+
+
+@dataclass(frozen=True)
+class Limits:
+    image: str
+    cpus: float | None
+    memory: int | None  # bytes
+    update: Literal["stop-first", "start-first"] = "stop-first"
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One service's inputs: its config model (already adjusted to container paths) and limits."""
+
+    name: str  # forwarder | modbus | opcua
+    module: str  # python -m <module>
+    config: BaseModel
+    limits: Limits
+    metrics_port: int | None
+    ports: tuple[Passthrough, ...] = ()
+    stop_grace: str = "10s"
+
+
+@dataclass(frozen=True)
+class RenderedService:
+    name: str
+    compose: dict[str, Any]  # the service mapping as written in docker-compose.yml
+    config_text: str  # config/<name>.yaml
+    config_hash: str
+    limits: Limits
+    metrics_port: int | None
+    ports: tuple[Passthrough, ...]
+
+    @property
+    def config_path(self) -> str:
+        return f"config/{self.name}.yaml"
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str  # compose project name
+    network: Network
+    services: dict[str, RenderedService]
+    volumes: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def compose_model(self) -> dict[str, Any]:
+        model: dict[str, Any] = {"name": self.name}
+        model["services"] = {name: svc.compose for name, svc in self.services.items()}
+        model["volumes"] = {v: {} for v in self.volumes}
+        model["x-fieldgate"] = {"network": self.network, "generated-by": _generator()}
+        return model
+
+    def compose_text(self) -> str:
+        header = (
+            "# Generated by `fieldgate render`; do not edit: change the config directory and render again.\n"
+            "# Run it by hand with `docker compose -f docker-compose.yml up -d` (compose plugin v2),\n"
+            "# or let `fieldgate up DIR --runtime docker` keep the containers equal to it.\n"
+        )
+        return header + _dump(self.compose_model())
+
+    def files(self) -> dict[str, str]:
+        out = {COMPOSE_FILE: self.compose_text()}
+        for svc in self.services.values():
+            out[svc.config_path] = svc.config_text
+        return out
+
+
+def _generator() -> str:
+    from gateway.images import package_version
+
+    return f"fieldgate {package_version()}"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, and lists indented under their key, as people write compose files."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> Any:
+        return super().increase_indent(flow, False)
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000,
+                     allow_unicode=True)
+
+
+def slice_text(config: BaseModel) -> str:
+    """A config model as YAML the component loads back with the same model (secrets stay out)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return "# Generated by `fieldgate render`; do not edit.\n" + _dump(data)
+
+
+def _host_paths(value: Any, skip: frozenset[str]) -> Iterator[Path]:
+    """Every absolute path in a config model that names something on this host (certs, secrets)."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _host_paths(getattr(value, name), skip)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _host_paths(item, skip)
+    elif (isinstance(value, PurePosixPath) and value.is_absolute() and str(value) not in skip
+          and Path(value).exists() and not str(value).startswith("/dev/")):
+        yield Path(value)
+
+
+def _file_digest(path: Path) -> str:
+    if path.is_dir():
+        parts = sorted((p.relative_to(path).as_posix(), _file_digest(p)) for p in path.iterdir())
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _memory(size: int) -> str:
+    """Bytes as the compose short form (`128m`); exact, since MiB limits are whole megabytes."""
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _health_test(port: int) -> list[str]:
+    code = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)"
+    return ["CMD", "python3", "-c", code]
+
+
+def build_service(project: str, network: Network, item: Slice) -> RenderedService:
+    """The compose mapping of one service and its config hash."""
+    config_text = slice_text(item.config)
+    skip = frozenset({HANDOFF_SOCKET, STATE_DIR, BUFFER_DIR, HANDOFF_DIR})
+    host_paths = sorted(set(_host_paths(item.config, skip)))
+    svc: dict[str, Any] = {"image": item.limits.image, "command": ["--config", CONFIG_IN_CONTAINER]}
+    svc["restart"] = "unless-stopped"
+    svc["init"] = True
+    svc["user"] = USER
+    gids = sorted({str(p.gid) for p in item.ports if p.gid is not None} | (
+        {"dialout"} if any(p.kind == "absent" for p in item.ports) else set()))
+    if gids:
+        svc["group_add"] = gids
+    if network == "host":
+        svc["network_mode"] = "host"
+    else:
+        svc["extra_hosts"] = [f"{HOST_GATEWAY}:host-gateway"]
+        if item.metrics_port is not None:
+            svc["ports"] = [f"127.0.0.1:{item.metrics_port}:{item.metrics_port}"]
+    volumes: list[dict[str, Any]] = [
+        {"type": "bind", "source": f"./config/{item.name}.yaml", "target": CONFIG_IN_CONTAINER,
+         "read_only": True},
+        {"type": "volume", "source": "handoff", "target": HANDOFF_DIR},
+    ]
+    if item.name == "forwarder":
+        buffer_dir = str(getattr(getattr(item.config, "buffer", None), "dir", BUFFER_DIR))
+        if buffer_dir == BUFFER_DIR:
+            volumes.append({"type": "volume", "source": "buffer", "target": BUFFER_DIR})
+        else:
+            volumes.append({"type": "bind", "source": buffer_dir, "target": buffer_dir})
+    else:
+        volumes.append({"type": "volume", "source": f"state-{item.name}", "target": STATE_DIR})
+    for path in host_paths:
+        volumes.append({"type": "bind", "source": str(path), "target": str(path),
+                        "read_only": path.is_file()})
+    for port in item.ports:
+        if port.kind == "pty":
+            volumes.append({"type": "bind", "source": port.host, "target": port.port})
+    svc["volumes"] = volumes
+    svc["tmpfs"] = ["/tmp:size=16m,mode=1777"]
+    svc["read_only"] = True
+    svc["cap_drop"] = ["ALL"]
+    svc["security_opt"] = ["no-new-privileges:true"]
+    devices = [f"{p.host}:{p.port}:rwm" for p in item.ports if p.kind in ("device", "absent")]
+    if devices:
+        svc["devices"] = devices
+    rules = sorted({p.rule for p in item.ports if p.rule})
+    if rules:
+        svc["device_cgroup_rules"] = rules
+    if item.limits.cpus is not None:
+        svc["cpus"] = item.limits.cpus
+    if item.limits.memory is not None:
+        svc["mem_limit"] = _memory(item.limits.memory)
+        svc["memswap_limit"] = _memory(item.limits.memory)  # no swap: a leak ends in a restart, not in thrash
+    svc["pids_limit"] = 128
+    env = {"FIELDGATE_METRICS_PORT": str(item.metrics_port) if item.metrics_port is not None else ""}
+    svc["environment"] = env
+    if item.metrics_port is not None:
+        svc["healthcheck"] = {
+            "test": _health_test(item.metrics_port),
+            "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s",
+        }
+    else:
+        svc["healthcheck"] = {"disable": True}
+    svc["stop_grace_period"] = item.stop_grace
+    svc["logging"] = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
+    if item.name != "forwarder":
+        svc["depends_on"] = {"forwarder": {"condition": "service_started"}}
+    hashed = {
+        "service": svc,
+        "config": config_text,
+        "files": [(str(p), _file_digest(p)) for p in host_paths],
+    }
+    digest = hashlib.sha256(_dump(hashed).encode()).hexdigest()[:16]
+    svc["labels"] = {PROJECT_LABEL: project, SERVICE_LABEL: item.name, HASH_LABEL: digest}
+    return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports)
+
+
+def project_name(gateway_id: str) -> str:
+    """Compose project names are lowercase letters, digits, dashes and underscores."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in gateway_id.lower())
+    return f"fieldgate-{cleaned}"
+
+
+def write(project: Project, out: Path) -> list[Path]:
+    """Write the project's files; returns those whose bytes changed (the others are left alone).
+
+    A changed file is replaced by rename: a running container keeps the inode it was created
+    with, so it never sees half a file, and its replacement mounts the new one.
+    """
+    changed: list[Path] = []
+    for rel, text in project.files().items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.read_text() == text:
+            continue
+        part = path.with_name(path.name + ".part")
+        part.write_text(text)
+        part.chmod(0o644)  # the container user (10001) reads its slice
+        os.replace(part, path)
+        changed.append(path)
+    return changed
+
+
+def main_render(args: argparse.Namespace) -> int:
+    try:
+        project = render(args.dir)
+    except FieldgateError as exc:
+        print(f"fieldgate render: {exc}", file=sys.stderr)
+        return 1
+    for warning in project.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    write(project, args.out)
+    print(f"wrote {args.out / COMPOSE_FILE} ({', '.join(project.services)})")
+    return 0
+
+
+def render(config_dir: Path) -> Project:
+    """Load DIR with the gateway's config loader (every error named, nothing written) and render it."""
+    from gateway.config import load_config
+
+    try:
+        config = load_config(config_dir)
+    except ValueError as exc:  # pydantic's ValidationError is one; the loader names file:line:column
+        raise RenderError(str(exc)) from exc
+    return render_loaded(config, config_dir)
+
+
+def _limits(entry: Any, default_image: str, default_update: str = "stop-first") -> Limits:
+    return Limits(
+        image=getattr(entry, "image", None) or default_image,
+        cpus=getattr(entry, "cpus", None),
+        memory=getattr(entry, "memory", None),
+        update=getattr(entry, "update", None) or default_update,  # type: ignore[arg-type]
+    )
+
+
+def _loopback_to_host(host: str, network: Network) -> str:
+    """Under bridge networking 127.0.0.1 is the container itself; the gateway PC is the host gateway."""
+    return HOST_GATEWAY if network == "bridge" and host in LOOPBACK else host
+
+
+def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
+    if network == "host":
+        return model
+    if name == "forwarder":
+        mqtt = model.mqtt  # type: ignore[attr-defined]
+        mqtt = mqtt.model_copy(update={"host": _loopback_to_host(mqtt.host, network)})
+        return model.model_copy(update={"mqtt": mqtt})
+    devices = []
+    for device in model.devices:  # type: ignore[attr-defined]
+        tcp = getattr(getattr(device, "connection", None), "tcp", None)
+        if tcp is not None:
+            tcp = tcp.model_copy(update={"host": _loopback_to_host(tcp.host, network)})
+            connection = device.connection.model_copy(update={"tcp": tcp})
+            device = device.model_copy(update={"connection": connection})
+        endpoint = getattr(device, "endpoint", None)
+        if endpoint is not None:
+            for loop in LOOPBACK:
+                endpoint = endpoint.replace(f"://{loop}:", f"://{HOST_GATEWAY}:")
+            device = device.model_copy(update={"endpoint": endpoint})
+        devices.append(device)
+    return model.model_copy(update={"devices": devices})
+
+
+def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project:
+    """The compose project of a loaded gateway config (`gateway.config.load_config`)."""
+    from gateway.config import collector_slices, forwarder_slice
+    from gateway.images import image_name
+
+    network: Network = getattr(config, "network", "host") or "host"
+    project = project_name(str(config.gateway.id))
+    buffer_dir = Path(config.buffer.dir) if "dir" in config.buffer.model_fields_set else Path(BUFFER_DIR)
+    metrics_port = config.metrics.port if config.metrics.port is not None else 9108
+    socket = Path(HANDOFF_SOCKET)
+    slices: dict[str, BaseModel] = {"forwarder": forwarder_slice(config, socket, buffer_dir)}
+    slices.update(collector_slices(config, socket, Path(STATE_DIR), metrics_port))
+    collectors_cfg = getattr(config, "collectors", None)
+    warnings: list[str] = []
+    services: dict[str, RenderedService] = {}
+    for name, model in slices.items():
+        model = _for_network(name, model, network)
+        if name == "forwarder":
+            limits = _limits(getattr(config, "forwarder", None), image_name("forwarder"))
+            port = model.metrics.port  # type: ignore[attr-defined]
+            ports: tuple[Passthrough, ...] = ()
+            grace = "30s"  # the forwarder spills its in-memory buffer to disk on SIGTERM
+        else:
+            entry = getattr(collectors_cfg, name, None) if collectors_cfg is not None else None
+            if entry is None and isinstance(collectors_cfg, Mapping):
+                entry = collectors_cfg.get(name)
+            limits = _limits(entry, image_name(f"collector-{name}"))
+            port = model.metrics_port  # type: ignore[attr-defined]
+            serial = sorted({d.connection.rtu.port for d in getattr(model, "devices", [])
+                             if getattr(getattr(d, "connection", None), "rtu", None) is not None})
+            ports = tuple(classify_port(p, by_id) for p in serial)
+            for p in ports:
+                if p.kind == "absent":
+                    warnings.append(f"{name}: serial port {p.port} is not on this machine now; "
+                                    "the container cannot start until it is")
+            grace = "10s"
+        item = Slice(name, f"collectors.{name}", model, limits, port, ports, grace)
+        services[name] = build_service(project, network, item)
+    volumes = ["handoff"]
+    if "buffer" in {v.get("source") for v in services["forwarder"].compose["volumes"]}:
+        volumes.append("buffer")
+    volumes += [f"state-{name}" for name in services if name != "forwarder"]
+    return Project(project, network, services, tuple(volumes), tuple(warnings))
