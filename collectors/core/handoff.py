@@ -344,6 +344,11 @@ class HandoffServer:
     def collectors(self) -> list[str]:
         return sorted(self._peers)
 
+    @property
+    def serving(self) -> bool:
+        """True while the socket accepts collectors (for the forwarder's /healthz)."""
+        return self._server is not None and self._server.is_serving()
+
     async def __aenter__(self) -> HandoffServer:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with suppress(FileNotFoundError):

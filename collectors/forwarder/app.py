@@ -1,0 +1,382 @@
+"""The forwarder: hand-off in, buffer, payload format, broker session out; writes routed back.
+
+    collectors --hand-off--> Forwarder (HandoffSink) --put--> Buffer --take--> format.encode
+                                                                 ^                  |
+                                                                 └------ack---- BrokerSession (paho)
+    broker /set, DCMD --> format.handle_incoming --> catalog checks --> HandoffServer.send_write
+    collector's WriteResult --> format.write_result --> broker
+
+The hand-off is acknowledged once `Buffer.put` returns: in memory for `outage` durability,
+written to disk for `always`. A batch leaves the buffer when every message the format made
+of it is delivered (see formats.py for the seam and buffer.py for the lanes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from collectors.core.handoff import HandoffServer
+from collectors.core.metrics import Metrics
+from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
+from collectors.forwarder.buffer import Batch, Buffer
+from collectors.forwarder.config import CatalogDevice, ForwarderConfig
+from collectors.forwarder.formats import OutMessage, PayloadFormat, create_format
+from collectors.forwarder.mqtt import BrokerSession
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL = 1.0  # fsync of the disk buffer (see buffer.py for why not per batch)
+COMMIT_INTERVAL = 0.25  # how often delivered offsets are persisted (a crash resends at most this much)
+WRITE_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    readings_out: int = 0
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    writes: int = 0
+    writes_refused: int = 0
+
+
+class Forwarder:
+    """An async context manager running the whole forwarder; `run()` serves until cancelled."""
+
+    def __init__(
+        self,
+        config: ForwarderConfig,
+        payload_format: PayloadFormat | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.format = payload_format or create_format(config)
+        self.buffer = Buffer(config.buffer.dir, config.buffer.max_bytes, config.buffer.durability)
+        self.session = BrokerSession(config, self, self.format.will, self.format.clean_session)
+        self.handoff = HandoffServer(config.handoff.socket, self)
+        self.metrics = Metrics()
+        self.stats = ForwarderStats()
+        self._catalog: dict[str, CatalogDevice] = {device.name: device for device in config.devices}
+        self._write_timeout = write_timeout
+        self._pending_writes: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+        self._generation = 0  # bumped when the session goes away: late deliveries of old batches are ignored
+        self._recent: deque[tuple[float, list[Reading]]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stack = AsyncExitStack()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._down_since = 0.0
+        self._up_since = 0.0
+        self._put_error: str | None = None
+        qos = 0 if config.mqtt.format == "sparkplug" else config.mqtt.qos
+        self._window = 2000 if qos == 0 else 400  # messages handed to paho and not yet delivered
+        self._take = 5000 if config.mqtt.layout == "device" or config.mqtt.format == "sparkplug" else 500
+        self._register_metrics()
+
+    # -- life cycle
+
+    async def __aenter__(self) -> Forwarder:
+        self._loop = asyncio.get_running_loop()
+        self._down_since = self._loop.time()
+        try:
+            if self.config.metrics.port is not None:
+                server = await self.metrics.serve(self.config.metrics.port)
+                self._stack.push_async_callback(self._close_server, server)
+            self._stack.callback(self.buffer.close)
+            await self._stack.enter_async_context(self.session)
+            self._stack.push_async_callback(self._say_goodbye)
+            self._spawn(self._publish_loop(), "forwarder-publish")
+            self._spawn(self._housekeeping(), "forwarder-housekeeping")
+            self._stack.push_async_callback(self._stop_tasks)
+            await self._stack.enter_async_context(self.handoff)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def run(self) -> None:
+        async with self:
+            await asyncio.Event().wait()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("forwarder task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _stop_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for timer in self._pending_writes.values():
+            timer.cancel()
+
+    async def _say_goodbye(self) -> None:
+        """Shutdown: let in-flight batches be acknowledged (bounded), publish the goodbye, disconnect."""
+        if not self.session.connected:
+            return
+        assert self._loop is not None
+        deadline = self._loop.time() + 2.0
+        while self.session.outstanding and self._loop.time() < deadline:
+            self._wake.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+        await self.session.disconnect(self.format.disconnecting())
+
+    @staticmethod
+    async def _close_server(server: asyncio.Server) -> None:
+        server.close()
+        await server.wait_closed()
+
+    # -- HandoffSink: what collectors hand us
+
+    async def readings(self, collector: str, readings: list[Reading]) -> None:
+        assert self._loop is not None
+        try:
+            self.buffer.put(readings, self._loop.time())
+        except OSError as exc:  # disk full or gone: not acknowledged, so the collector keeps them
+            if self._put_error is None:
+                log.error("buffer cannot store readings in %s: %s", self.config.buffer.dir, exc)
+            self._put_error = str(exc)
+            raise
+        self._put_error = None
+        self._wake.set()
+
+    async def device_state(self, collector: str, state: DeviceState) -> None:
+        due = self.buffer.put_state(state)
+        if due is not None:
+            self._publish_all(self.format.device_state(due))
+        self._wake.set()
+
+    def write_result(self, collector: str, result: WriteResult) -> None:
+        timer = self._pending_writes.pop((result.device, result.tag, result.id), None)
+        if timer is None:
+            log.info("write %r to %s/%s answered after its timeout", result.id, result.device, result.tag)
+            return
+        timer.cancel()
+        if not result.ok:
+            self.stats.writes_refused += 1
+        self._publish_all(self.format.write_result(result))
+
+    # -- SessionHandler: what the broker session tells us
+
+    def session_up(self) -> None:
+        assert self._loop is not None
+        self._up_since = self._loop.time()
+        self.session.subscribe(self.format.subscriptions())
+        self._publish_all(self.format.connected())
+        self._update_online()
+
+    def session_down(self, graceful: bool) -> None:
+        assert self._loop is not None
+        self._down_since = self._loop.time()
+        self._go_offline()
+        if not graceful and self.format.resend_window > 0:
+            cutoff = self._loop.time() - self.format.resend_window
+            again = [r for at, batch in self._recent if at >= cutoff for r in batch]
+            if again:
+                log.info("resending %d readings published just before the connection was lost", len(again))
+            self.buffer.requeue(again)
+        self._recent.clear()
+        self.format.connection_lost(graceful)
+
+    def message(self, topic: str, payload: bytes) -> None:
+        incoming = self.format.handle_incoming(topic, payload)
+        if incoming.reconnect:
+            self._go_offline()
+            task = asyncio.create_task(self.session.reconnect(incoming.messages), name="forwarder-reconnect")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        else:
+            self._publish_all(incoming.messages)
+        for request in incoming.writes:
+            self._route_write(request)
+        self._update_online()
+
+    # -- online / offline
+
+    def _update_online(self) -> None:
+        online = self.session.connected and self.format.ready
+        if online and not self.buffer.online:
+            self.buffer.online = True
+            self._wake.set()
+        elif not online and self.buffer.online:
+            self._go_offline()
+
+    def _go_offline(self) -> None:
+        """Undelivered batches go back to the buffer, the live lane to disk; states reach the format."""
+        self._generation += 1
+        for state in self.buffer.connection_lost():
+            self.format.device_state(state)  # not ready: the format only takes note
+
+    # -- publishing
+
+    def _publish_all(self, messages: list[OutMessage]) -> None:
+        for message in messages:
+            self.session.publish(message)
+
+    async def _publish_loop(self) -> None:
+        buffer, session, wake = self.buffer, self.session, self._wake
+        while True:
+            wake.clear()
+            if not buffer.online or not session.connected or session.outstanding >= self._window:
+                await wake.wait()
+                continue
+            item = buffer.take(self._take)
+            if item is None:
+                await wake.wait()
+                continue
+            if isinstance(item, DeviceState):
+                self._publish_all(self.format.device_state(item))
+                continue
+            self._send(item)
+            await asyncio.sleep(0)  # let the hand-off and the socket run between batches
+
+    def _send(self, batch: Batch) -> None:
+        messages = self.format.encode(batch.readings, batch.historical)
+        if not messages:
+            self._delivered(batch, self._generation)
+            return
+        remaining = len(messages)
+        generation = self._generation
+
+        def one_delivered() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                self._delivered(batch, generation)
+
+        publish = self.session.publish
+        for message in messages:
+            if not publish(message, one_delivered):
+                return  # the session just went away: the batch is rewound with the rest
+
+    def _delivered(self, batch: Batch, generation: int) -> None:
+        if generation != self._generation:
+            return  # the session was lost meanwhile and the batch rewound: it goes out again
+        self.buffer.ack(batch)
+        self.stats.readings_out += len(batch.readings)
+        assert self._loop is not None
+        now = self._loop.time()
+        if batch.arrived:
+            self.stats.latency_sum += now - batch.arrived
+            self.stats.latency_count += 1
+        if self.format.resend_window > 0:
+            self._recent.append((now, batch.readings))
+            cutoff = now - self.format.resend_window
+            while self._recent and self._recent[0][0] < cutoff:
+                self._recent.popleft()
+        if self.session.outstanding < self._window:
+            self._wake.set()
+
+    async def _housekeeping(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL)
+            ticks += 1
+            fsync = ticks % round(SYNC_INTERVAL / COMMIT_INTERVAL) == 0
+            if fsync and self.buffer.durability == "always":
+                await asyncio.to_thread(self.buffer.sync)  # fsync blocks: keep the loop free
+            else:
+                self.buffer.write_commits()
+            if self.session.outstanding < self._window:
+                self._wake.set()
+
+    # -- writes
+
+    def _route_write(self, request: WriteRequest) -> None:
+        self.stats.writes += 1
+        device = self._catalog.get(request.device)
+        if device is None:
+            self._refuse(request, f"unknown device {request.device!r}")
+            return
+        tag = next((t for t in device.tags if t.name == request.tag), None)
+        if tag is None:
+            self._refuse(request, f"device {request.device!r} has no tag {request.tag!r}")
+            return
+        if not tag.writable:
+            self._refuse(request, f"tag {request.tag!r} of {request.device!r} is not writable")
+            return
+        key = (request.device, request.tag, request.id)
+        if key in self._pending_writes:
+            self._refuse(request, f"a write with id {request.id!r} to this tag is still pending")
+            return
+        if not self.handoff.send_write(device.collector, request):
+            self._refuse(request, f"collector {device.collector!r} is not connected")
+            return
+        assert self._loop is not None
+        self._pending_writes[key] = self._loop.call_later(self._write_timeout, self._write_timed_out, request)
+
+    def _write_timed_out(self, request: WriteRequest) -> None:
+        if self._pending_writes.pop((request.device, request.tag, request.id), None) is not None:
+            self._refuse(request, f"no answer from the collector within {self._write_timeout:g}s")
+
+    def _refuse(self, request: WriteRequest, error: str) -> None:
+        self.stats.writes_refused += 1
+        log.info("write %r to %s/%s refused: %s", request.id, request.device, request.tag, error)
+        self._publish_all(
+            self.format.write_result(WriteResult(request.id, request.device, request.tag, False, error))
+        )
+
+    # -- metrics and health
+
+    def _register_metrics(self) -> None:
+        m, buffer, stats, session, handoff = self.metrics, self.buffer, self.stats, self.session, self.handoff
+        counters: list[tuple[str, str, Callable[[], float]]] = [
+            ("forwarder_readings_in_total", "readings taken from collectors", lambda: handoff.readings_in),
+            ("forwarder_readings_out_total", "readings delivered to the broker", lambda: stats.readings_out),
+            ("forwarder_dropped_readings_total", "oldest readings dropped past buffer.max_bytes",
+             lambda: buffer.stats.dropped),
+            ("forwarder_publish_latency_seconds_sum", "hand-off to broker acknowledgement, live batches",
+             lambda: stats.latency_sum),
+            ("forwarder_publish_latency_seconds_count", "live batches measured", lambda: stats.latency_count),
+            ("forwarder_reconnects_total", "sessions after the first", lambda: max(0, session.connects - 1)),
+            ("forwarder_writes_total", "writes asked from the broker", lambda: stats.writes),
+            ("forwarder_writes_refused_total", "writes answered with an error", lambda: stats.writes_refused),
+        ]
+        for name, help_text, read in counters:
+            m.counter(name, help_text, read)
+        m.gauge(
+            "forwarder_buffered_readings", "readings waiting for the broker, per lane",
+            lambda: [({"lane": "live"}, buffer.live.pending), ({"lane": "backlog"}, buffer.backlog.pending)],
+        )
+        m.gauge("forwarder_buffered_bytes", "bytes of the disk buffer", lambda: buffer.disk_bytes)
+        m.gauge("forwarder_broker_connected", "1 while connected", lambda: int(session.connected))
+        m.health_check(self._broker_health)
+        m.health_check(self._handoff_health)
+
+    def _broker_health(self) -> str | None:
+        assert self._loop is not None
+        now = self._loop.time()
+        limit = max(10.0, 2 * self.config.mqtt.keepalive)
+        if not self.session.connected:
+            if now - self._down_since > limit:
+                reason = self.session.last_error or "not connected"
+                return f"broker session down for {now - self._down_since:.0f}s: {reason}"
+            return None
+        if self.session.outstanding and now - max(self.session.last_delivery, self._up_since) > limit:
+            waiting = self.session.outstanding
+            return f"broker session stuck: {waiting} messages unacknowledged for over {limit:g}s"
+        return None
+
+    def _handoff_health(self) -> str | None:
+        if self._put_error is not None:
+            return f"hand-off stuck: the buffer cannot store readings: {self._put_error}"
+        if not self.handoff.serving:
+            return "hand-off stuck: not listening"
+        if not any(t.get_name() == "forwarder-publish" for t in self._tasks):
+            return "publisher stopped"
+        return None

@@ -1,0 +1,347 @@
+"""The broker session: paho-mqtt 2.x driven from asyncio (the only module importing paho).
+
+No `loop_start()` thread: the socket sits in the event loop (`add_reader`/`add_writer`)
+and `loop_read`/`loop_write`/`loop_misc` run there, so a publish is an append to paho's
+queue and a write when the socket is writable, without paho's per-publish socketpair
+wake-up of a network thread (FIELD-NOTES: that hand-off is most of paho's cost). Only
+the blocking TCP connect and TLS handshake run in a worker thread, once per connection.
+
+Each connection gets a fresh paho client, so what paho had queued for a dead session is
+dropped with it: the forwarder's buffer, not paho's memory, decides what is sent again.
+Delivery is reported per message through `publish(..., done)`: PUBACK (QoS 1), PUBCOMP
+(QoS 2), or written to the socket (QoS 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from collectors.core.config import read_secret
+from collectors.core.errors import FieldgateError
+from collectors.forwarder.config import ForwarderConfig
+from collectors.forwarder.formats import OutMessage
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 20  # paho's QoS>0 window; larger is slower (each PUBACK scans the in-flight list)
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+MISC_INTERVAL = 0.5
+
+
+class BrokerError(FieldgateError):
+    """The broker cannot be reached or refused us; the message says what to fix."""
+
+
+class SessionHandler(Protocol):
+    """What the forwarder does when the session changes or a message arrives."""
+
+    def session_up(self) -> None: ...
+
+    def session_down(self, graceful: bool) -> None: ...
+
+    def message(self, topic: str, payload: bytes) -> None: ...
+
+
+def describe_connect_error(exc: BaseException, host: str, port: int, ca_file: object) -> str:
+    """A sentence a plant engineer can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the certificate of {host}:{port} was refused ({exc.verify_message}); "
+            f"check that tls.ca_file ({ca_file}) is the CA that signed the broker's certificate "
+            "and that the certificate names this host"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {host}:{port} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"broker {host}:{port} refused the connection (is it running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"broker host {host!r} not found: {exc.strerror}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"broker {host}:{port} did not answer in time"
+    return f"cannot connect to {host}:{port}: {exc}"
+
+
+class BrokerSession:
+    """An async context manager holding one MQTT session up, reconnecting with capped backoff."""
+
+    def __init__(
+        self,
+        config: ForwarderConfig,
+        handler: SessionHandler,
+        will: Callable[[], OutMessage | None],
+        clean_session: bool = True,
+    ) -> None:
+        self._config = config
+        self._mqtt = config.mqtt
+        self._handler = handler
+        self._will = will
+        self._clean_session = clean_session
+        self.client_id = config.mqtt.client_id or f"fieldgate-{config.gateway.id}"
+        self._password = read_secret(config.mqtt.password, config.mqtt.password_file)
+        self._client: paho.Client | None = None
+        self._pending: dict[int, Callable[[], None]] = {}
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closing_session = False  # we asked for this disconnect
+        self._session_ok = False  # this attempt reached CONNACK
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._misc: asyncio.TimerHandle | None = None
+        self.connected = False
+        self.connects = 0
+        self.last_error: str | None = None
+        self.last_delivery = 0.0  # loop time of the last delivery report
+        self._first_failure = True
+
+    @property
+    def outstanding(self) -> int:
+        """Messages handed to paho and not yet delivered."""
+        return len(self._pending)
+
+    async def __aenter__(self) -> BrokerSession:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="mqtt-session")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- publishing
+
+    def publish(self, message: OutMessage, done: Callable[[], None] | None = None) -> bool:
+        """Queue one message; `done()` runs once it is delivered. False when not connected."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        info = client.publish(message.topic, message.payload, message.qos, message.retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        if done is not None:
+            self._pending[info.mid] = done
+        return True
+
+    def subscribe(self, topics: list[tuple[str, int]]) -> None:
+        if self._client is not None and topics:
+            self._client.subscribe(topics)
+
+    async def disconnect(self, final_messages: list[OutMessage], wait: float = 2.0) -> None:
+        """Publish `final_messages`, wait (bounded) until they are delivered, then DISCONNECT."""
+        client = self._client
+        if client is None or not self.connected:
+            return
+        delivered = asyncio.Event()
+        remaining = [len(final_messages)]
+
+        def one_done() -> None:
+            remaining[0] -= 1
+            if remaining[0] <= 0:
+                delivered.set()
+
+        for message in final_messages:
+            self.publish(message, one_done)
+        if final_messages:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(delivered.wait(), wait)
+        self._closing_session = True
+        client.disconnect()
+
+    async def reconnect(self, final_messages: list[OutMessage]) -> None:
+        """End this session cleanly; the run loop connects again after the usual backoff."""
+        await self.disconnect(final_messages)
+
+    # -- the connection loop
+
+    async def _run(self) -> None:
+        delay = BACKOFF_MIN
+        try:
+            while True:
+                self._closing_session = self._session_ok = False
+                try:
+                    await self._connect()
+                except (OSError, ssl.SSLError, BrokerError) as exc:
+                    self._report_failure(exc)
+                else:
+                    await self._lost.wait()
+                    if self._session_ok:
+                        delay = BACKOFF_MIN
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, BACKOFF_MAX)
+        finally:
+            self._drop_client()
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        self.connected = False
+        if self._misc is not None:
+            self._misc.cancel()
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                self._socket_closed(sock)
+                with suppress(OSError):
+                    sock.close()
+
+    def _report_failure(self, exc: BaseException) -> None:
+        ca = self._mqtt.tls.ca_file if self._mqtt.tls else None
+        message = exc.args[0] if isinstance(exc, BrokerError) else describe_connect_error(
+            exc, self._mqtt.host, self._mqtt.port, ca
+        )
+        self.last_error = message
+        if self._first_failure:
+            log.error("%s; retrying with backoff", message)
+            self._first_failure = False
+        else:
+            log.debug("still cannot connect: %s", message)
+
+    def _make_client(self) -> paho.Client:
+        mqtt = self._mqtt
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=self._clean_session,
+            protocol=paho.MQTTv311,
+        )
+        client.max_inflight_messages_set(MAX_INFLIGHT)
+        client.max_queued_messages_set(0)
+        if mqtt.username is not None:
+            client.username_pw_set(mqtt.username, self._password)
+        if mqtt.tls is not None:
+            context = ssl.create_default_context(
+                cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
+            )
+            context.check_hostname = mqtt.tls.verify_hostname
+            if mqtt.tls.cert_file is not None and mqtt.tls.key_file is not None:
+                context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
+            client.tls_set_context(context)
+        will = self._will()
+        if will is not None:
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    async def _connect(self) -> None:
+        assert self._loop is not None
+        try:
+            client = self._make_client()
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"TLS files of mqtt.tls cannot be used: {exc}") from exc
+        self._lost.clear()
+        self._pending.clear()
+        # TCP connect + TLS handshake block: one worker thread per attempt, not per publish.
+        await asyncio.to_thread(
+            client.connect, self._mqtt.host, self._mqtt.port, max(1, round(self._mqtt.keepalive))
+        )
+        sock = client.socket()
+        if sock is None:
+            raise BrokerError(f"broker {self._mqtt.host}:{self._mqtt.port} closed the connection")
+        self._client = client
+        loop = self._loop
+        loop.add_reader(sock, self._readable)
+        client.on_socket_register_write = lambda c, u, s: loop.add_writer(s, self._writable)
+        client.on_socket_unregister_write = lambda c, u, s: self._stop_writing(s)
+        client.on_socket_close = lambda c, u, s: self._socket_closed(s)
+        if client.want_write():
+            loop.add_writer(sock, self._writable)
+        self._misc = loop.call_later(MISC_INTERVAL, self._housekeeping)
+
+    def _readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        client.loop_read(100)
+        # TLS may hold decrypted bytes the socket no longer signals as readable.
+        sock = client.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() and self._client is client:
+            client.loop_read(100)
+
+    def _writable(self) -> None:
+        if self._client is not None:
+            self._client.loop_write()
+
+    def _housekeeping(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        client.loop_misc()  # keep-alive PINGREQ, and notices a broker that stopped answering
+        if self._client is client and self._loop is not None:
+            self._misc = self._loop.call_later(MISC_INTERVAL, self._housekeeping)
+
+    def _stop_writing(self, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _socket_closed(self, sock: Any) -> None:
+        if self._loop is not None:
+            with suppress(ValueError, OSError):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+
+    # -- paho callbacks (run in the event loop, from loop_read/loop_write/loop_misc)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._report_failure(BrokerError(
+                f"broker {self._mqtt.host}:{self._mqtt.port} refused the session: {reason}"
+                + (" (check mqtt.username and the password)" if "authori" in str(reason).lower()
+                   or "password" in str(reason).lower() else "")
+            ))
+            client.disconnect()
+            return
+        self.connected = True
+        self.connects += 1
+        self._session_ok = True
+        if not self._first_failure:
+            log.info("connected to the broker %s:%d again", self._mqtt.host, self._mqtt.port)
+        else:
+            log.info("connected to the broker %s:%d as %s", self._mqtt.host, self._mqtt.port, self.client_id)
+        self._first_failure = True
+        self.last_error = None
+        self._handler.session_up()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if client is not self._client:
+            return
+        was_connected = self.connected
+        graceful = self._closing_session or self._closing
+        self.connected = False
+        self._client = None
+        self._pending.clear()
+        if self._misc is not None:
+            self._misc.cancel()
+        if was_connected:
+            if graceful:
+                log.info("disconnected from the broker")
+            else:
+                log.warning("connection to the broker lost (%s); buffering and reconnecting", reason)
+                self._first_failure = False
+            self._handler.session_down(graceful)
+        self._lost.set()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        done = self._pending.pop(mid, None)
+        if done is not None:
+            if self._loop is not None:
+                self.last_delivery = self._loop.time()
+            done()
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            self._handler.message(message.topic, bytes(message.payload))
+        except Exception:  # a bad message must never take the session down
+            log.exception("handling a message on %s failed", message.topic)
