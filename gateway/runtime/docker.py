@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
+import yaml
 from docker.types import LogConfig, Mount
 
 from collectors.core.errors import FieldgateError
@@ -736,3 +737,136 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
 def make_runtime(config_dir: Path, run_dir: RunDir) -> DockerRuntime:
     """What `gateway.supervisor.make_runtime` calls for `--runtime docker`."""
     return DockerRuntime(config_dir, run_dir)
+
+
+# ================================================================================ fieldgate update
+
+UPDATE_TIMEOUT = 120.0
+
+
+def set_image(text: str, service: str, image: str) -> str:
+    """gateway.yaml with `image:` of one service replaced (or added), everything else byte for byte.
+
+    The config directory stays the one truth: the running supervisor applies the edit like any
+    other, and a rollback puts the old text back.
+    """
+    root = yaml.compose(text)
+    if not isinstance(root, yaml.MappingNode):
+        raise EngineError("gateway.yaml is not a mapping")
+    path = ["forwarder"] if service == "forwarder" else ["collectors", service]
+    node: yaml.MappingNode = root
+    for key in path:
+        found = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+        if not isinstance(found, yaml.MappingNode):
+            where = ".".join(path)
+            raise EngineError(f"gateway.yaml has no `{where}:` mapping; add `{where}: {{image: {image}}}`")
+        node = found
+    value = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "image"), None)
+    if value is not None:
+        return text[: value.start_mark.index] + image + text[value.end_mark.index :]
+    if node.flow_style:
+        at = node.start_mark.index + 1
+        return text[:at] + f"image: {image}, " + text[at:]
+    first_key = node.value[0][0]
+    line_start = text.rfind("\n", 0, first_key.start_mark.index) + 1
+    return text[:line_start] + " " * first_key.start_mark.column + f"image: {image}\n" + text[line_start:]
+
+
+def _gateway_file(config_dir: Path) -> Path:
+    for name in ("gateway.yaml", "gateway.yml"):
+        if (config_dir / name).is_file():
+            return config_dir / name
+    raise EngineError(f"{config_dir} has no gateway.yaml")
+
+
+def _service_status(run_dir: RunDir, service: str) -> dict[str, Any] | None:
+    from gateway.supervisor import read_status
+
+    status = read_status(run_dir) or {}
+    return next((s for s in status.get("services", []) if s.get("name") == service), None)
+
+
+def _healthy_on(entry: dict[str, Any] | None, image: str) -> bool:
+    return bool(entry and entry.get("image") == image and entry.get("state") == "running"
+                and entry.get("health") in ("healthy", None))
+
+
+def _wait_status(run_dir: RunDir, service: str, image: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy_on(_service_status(run_dir, service), image):
+            return True
+        time.sleep(1.0)
+    return False
+
+
+async def _update_directly(config_dir: Path, run_dir: RunDir, service: str, within: float) -> bool:
+    """No supervisor runs: recreate the one service here and wait for it to turn healthy."""
+    from gateway.supervisor import load
+
+    config, errors = load(config_dir)
+    if config is None:
+        raise EngineError(errors)
+    async with DockerRuntime(config_dir, run_dir) as runtime:
+        specs = runtime.desired(config, config_dir)
+        spec = specs[service]
+        await runtime.execute(Recreate(spec, spec.update, "fieldgate update"))
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            obs = (await runtime.observe()).get(service)
+            if obs is not None and obs.image == spec.image and obs.state == "running" and obs.health in (
+                "healthy", None
+            ):
+                return True
+            await asyncio.sleep(1.0)
+    return False
+
+
+def main_update(args: Any) -> int:
+    """`fieldgate update DIR SERVICE --image IMAGE`: health-gated, rolled back unless it turns healthy."""
+    from gateway.supervisor import load, read_status, supervisor_alive
+
+    config_dir: Path = args.dir
+    service: str = args.collector
+    image: str = args.image
+    timeout = float(getattr(args, "timeout", None) or UPDATE_TIMEOUT)
+    run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
+    try:
+        config, errors = load(config_dir)
+        if config is None:
+            raise EngineError(errors)
+        project = render_config(config, config_dir)
+        if service not in project.services:
+            names = ", ".join(project.services)
+            raise EngineError(f"no service {service!r} in {config_dir}; there are {names}")
+        old_image = project.services[service].limits.image
+        with Engine() as engine:
+            if engine.image(image) is None:
+                raise EngineError(f"image {image} is not on this engine: build it or `fieldgate images load`")
+        gateway_file = _gateway_file(config_dir)
+        original = gateway_file.read_text()
+        gateway_file.write_text(set_image(original, service, image))
+        status = read_status(run_dir)
+        supervised = status is not None and supervisor_alive(status)
+        how = "via the running supervisor" if supervised else "directly"
+        print(f"{service}: {old_image} -> {image} ({how})")
+        if supervised:
+            ok = _wait_status(run_dir, service, image, timeout)
+        else:
+            ok = asyncio.run(_update_directly(config_dir, run_dir, service, timeout))
+        if ok:
+            print(f"{service}: healthy on {image}")
+            return 0
+        print(f"{service}: not healthy on {image} within {timeout:.0f}s; rolling back to {old_image}",
+              file=sys.stderr)
+        gateway_file.write_text(original)
+        if supervised:
+            back = _wait_status(run_dir, service, old_image, timeout)
+        else:
+            back = asyncio.run(_update_directly(config_dir, run_dir, service, timeout))
+        print(f"{service}: {'rolled back to' if back else 'rollback did not turn healthy on'} {old_image}",
+              file=sys.stderr)
+        return 1
+    except (EngineError, docker.errors.DockerException) as exc:
+        print(f"fieldgate update: {exc}", file=sys.stderr)
+        return 1
