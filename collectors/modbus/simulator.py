@@ -438,13 +438,24 @@ class ModbusSimulator:
 
     @staticmethod
     def _check_encodes(st: _SimTag) -> None:
+        """Refuse a spec the tag's type cannot hold; say so when integers will clip it."""
+        spec, tag = st.signal.spec, st.tag
+        what = repr(spec.value) if spec.kind == "constant" else f"{spec.kind} {spec.min:g}..{spec.max:g}"
         try:
             st.payload(0.0)
+            if not tag.is_bool and tag.type is not DataType.STRING and spec.kind != "constant":
+                for end in (spec.min, spec.max):
+                    codec.encode(tag, st.device, representable(tag, end))
         except (WriteError, ValueError, TypeError, OverflowError) as exc:
             raise SimulatorError(
-                f"{st.device.name}.{st.tag.name}: cannot simulate {st.signal.spec.value!r} "
-                f"as {st.tag.type.value}: {exc}"
+                f"{st.device.name}.{tag.name}: cannot simulate {what} as {tag.type.value}: {exc}"
             ) from exc
+        limits = _INT_RANGE.get(tag.type)
+        if limits is not None and not tag.is_bool and spec.kind != "constant":
+            low, high = sorted(raw * tag.scale + tag.offset for raw in limits)
+            if spec.min < low or spec.max > high:
+                log.warning("%s.%s: simulate %s is clipped to %g..%g (%s, scale %g, offset %g)",
+                            st.device.name, tag.name, what, low, high, tag.type.value, tag.scale, tag.offset)
 
     async def _open(self, link: _Link) -> None:
         """Build the datastore, fill it, and start the server (creating a pty pair if needed)."""

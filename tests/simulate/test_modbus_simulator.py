@@ -12,7 +12,8 @@ import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
-from collectors.modbus.config import ModbusDevice
+from collectors.core.simulate import Simulate
+from collectors.modbus.config import DataType, ModbusDevice
 from collectors.modbus.simulator import ModbusSimulator, SimulatorError
 from gateway.simulate import load_device_files
 
@@ -253,6 +254,22 @@ async def test_refuses_what_it_cannot_serve(press: ModbusDevice, tmp_path: Path)
     })
     with pytest.raises(SimulatorError, match=r"x\.t: cannot simulate 'high' as int16"):
         ModbusSimulator([bad])
+    huge = bad.model_copy(update={"tags": [bad.tags[0].model_copy(update={
+        "type": DataType.FLOAT32, "simulate": Simulate(kind="sine", min=0, max=1e40)})]})
+    too_big = r"x\.t: cannot simulate sine 0\.\.1e\+40 as float32: .*out of range"
+    with pytest.raises(SimulatorError, match=too_big):
+        ModbusSimulator([huge])
+
+
+def test_a_spec_past_an_integer_range_clips_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    device = ModbusDevice.model_validate({
+        "name": "x", "protocol": "modbus", "connection": {"tcp": {"host": "127.0.0.1"}},
+        "tags": [{"name": "t", "table": "holding", "address": 0, "type": "int16", "scale": 0.1,
+                  "simulate": {"kind": "ramp", "min": 0, "max": 5000}}],
+    })
+    ModbusSimulator([device])
+    clipped = "x.t: simulate ramp 0..5000 is clipped to -3276.8..3276.7 (int16, scale 0.1, offset 0)"
+    assert clipped in caplog.text
 
 
 async def test_rtu_framing_over_tcp_for_serial_servers() -> None:
