@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from collectors.core.config import CollectorSettings, Duration, StrictModel
 from collectors.core.names import Name
@@ -58,10 +59,18 @@ class Subscription(StrictModel):
     )
 
 
+# The string form of a NodeId (Part 6, 5.3.1.10), with nsu= for a namespace given by its URI.
+NODE_ID_PATTERN = (
+    r"^(ns=\d+;|nsu=[^;]+;)?"
+    r"(i=\d+|s=.+|g=[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|b=[A-Za-z0-9+/=]+)$"
+)
+
+
 class OpcuaTag(StrictModel):
     name: Name = Field(description="tag name, unique within the device; the last topic level")
     node: str = Field(
-        description='NodeId, e.g. "ns=2;s=Oven.Temperature", "ns=2;i=1042" or "nsu=urn:...;s=Name"'
+        json_schema_extra={"pattern": NODE_ID_PATTERN},
+        description='NodeId, e.g. "ns=2;s=Oven.Temperature", "ns=2;i=1042" or "nsu=urn:...;s=Name"',
     )
     mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe (default) | poll")
     poll: Duration | None = Field(
@@ -78,6 +87,16 @@ class OpcuaTag(StrictModel):
     writable: bool = Field(False, description="accept writes")
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not re.match(NODE_ID_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not a NodeId: write it like ns=2;s=Oven.Temperature, ns=2;i=1042, "
+                "nsu=urn:vendor:plc;s=Name, ns=2;g=<guid> or ns=2;b=<base64>"
+            )
+        return value
 
 
 class OpcuaDevice(StrictModel):

@@ -56,6 +56,7 @@ def plan_device(device: OpcuaDevice) -> list[str]:
             f"client queue {queue_maxsize(device)}"
         )
         width = max(len(t.name) for t in subscribed)
+        node_width = max(len(t.node) for t in subscribed)
         for tag in subscribed:
             if tag.deadband > 0:
                 deadband = (
@@ -66,7 +67,7 @@ def plan_device(device: OpcuaDevice) -> list[str]:
             else:
                 deadband = "every change"
             lines.append(
-                f"    {tag.name:<{width}}  {tag.node}  sampling {format_duration(sub.sampling_interval)}  "
+                f"    {tag.name:<{width}}  {tag.node:<{node_width}}  sampling {format_duration(sub.sampling_interval)}  "
                 f"queue {sub.queue_size}  {deadband}" + ("  writable" if tag.writable else "")
             )
     for interval, tags in poll_classes(device).items():

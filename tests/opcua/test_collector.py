@@ -74,16 +74,12 @@ async def typed_server() -> AsyncIterator[tuple[str, Server]]:
     ns = await server.register_namespace("urn:test:types")
     folder = await server.nodes.objects.add_folder(ua.NodeId("Types", ns), "Types")
     for name, (variant, _) in TYPED.items():
-        node = await folder.add_variable(
-            ua.NodeId(f"T.{name}", ns), name, variant.Value, variant.VariantType
-        )
+        node = await folder.add_variable(ua.NodeId(f"T.{name}", ns), name, variant.Value, variant.VariantType)
         await server.write_attribute_value(
             node.nodeid, ua.DataValue(variant, SourceTimestamp=SOURCE_TS, ServerTimestamp=SOURCE_TS)
         )
     for name, (code, *_) in STATUSES.items():
-        node = await folder.add_variable(
-            ua.NodeId(f"T.{name}", ns), name, 1.0, ua.VariantType.Double
-        )
+        node = await folder.add_variable(ua.NodeId(f"T.{name}", ns), name, 1.0, ua.VariantType.Double)
         await server.write_attribute_value(
             node.nodeid,
             ua.DataValue(
@@ -92,9 +88,7 @@ async def typed_server() -> AsyncIterator[tuple[str, Server]]:
                 SourceTimestamp=SOURCE_TS,
             ),
         )
-    limited = await folder.add_variable(
-        ua.NodeId("T.limited", ns), "limited", 0, ua.VariantType.Int16
-    )
+    limited = await folder.add_variable(ua.NodeId("T.limited", ns), "limited", 0, ua.VariantType.Int16)
     await limited.set_writable()
     async with server:
         yield endpoint, server

@@ -48,7 +48,8 @@ async def test_server_restart_bad_while_away_then_readings_resume(tmp_path: Path
             seen = len(sink.got)
             await sink.wait_for(
                 lambda r: r.tag == "temperature" and r.quality == Quality.GOOD and r.ts_ms > last_good.ts_ms,
-                count=1, within=15,
+                count=1,
+                within=15,
             )
             recovery = time.monotonic() - back
             batch = await sink.wait_for(lambda r: r.tag == "batch" and r.quality == Quality.GOOD, count=2)
