@@ -68,7 +68,8 @@ def plan_device(device: OpcuaDevice) -> list[str]:
                 deadband = "every change"
             lines.append(
                 f"    {tag.name:<{width}}  {tag.node:<{node_width}}  "
-                f"sampling {format_duration(sub.sampling_interval)}  queue {sub.queue_size}  {deadband}" + ("  writable" if tag.writable else "")
+                f"sampling {format_duration(sub.sampling_interval)}  queue {sub.queue_size}  {deadband}"
+                + ("  writable" if tag.writable else "")
             )
     for interval, tags in poll_classes(device).items():
         lines.append(
