@@ -1,0 +1,808 @@
+"""Sparkplug B 3.0: the gateway is one edge node, each device a Sparkplug device, each tag a metric.
+
+Topics (Sparkplug 3.0, Topics and Messages)::
+
+    spBv1.0/{group}/NBIRTH|NDEATH|NCMD/{node}           the edge node (node = gateway.id)
+    spBv1.0/{group}/DBIRTH|DDATA|DDEATH|DCMD/{node}/{device}
+    spBv1.0/STATE/{primary_host}                         the primary host's JSON {"online", "timestamp"}
+
+`EdgeNode` is the pure state machine: seq, aliases, datatypes, current values, which devices
+are born. `SparkplugFormat` is the forwarder's payload format (formats.PayloadFormat) around
+it: bdSeq across connections and restarts, the primary host's STATE, NCMD rebirth, DCMD writes.
+
+Choices where the specification leaves room, made the way Ignition reads them:
+- Quality travels as the metric property `Quality` (Int32): 192 good, 64 uncertain, 0 bad.
+  Births always carry it; data carries it when not good, and on the way back to good.
+- Births carry `engUnit` (the catalog's unit) and `readOnly` (not writable) properties.
+- A metric's datatype is the catalog's (Modbus) or inferred from its first value (OPC UA);
+  a value that does not fit (a scaled int16 reading 21.5) changes the datatype, and the
+  device is born again (DBIRTH) before the value is sent, so a host never decodes a wrong type.
+- A device is born when it is first heard of (a reading or an `online` state), not before:
+  the gateway cannot tell a device that was never polled from one that is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, WriteResult
+from collectors.forwarder import sparkplug_b_pb2 as pb
+from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
+from collectors.forwarder.formats import Incoming, OutMessage
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "spBv1.0"
+BDSEQ = "bdSeq"
+REBIRTH = "Node Control/Rebirth"
+QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
+MAX_METRICS = 2000  # per DDATA: a replayed backlog becomes several messages, none huge
+STATE_FILE = "sparkplug.json"
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------- datatypes
+
+
+class DoesNotFit(ValueError):
+    """A value cannot be carried by a metric's datatype."""
+
+
+Coerce = Callable[[Any], Any]
+
+
+def _integer(lo: int, hi: int, bits: int) -> Coerce:
+    mask = (1 << bits) - 1
+
+    def coerce(value: Any) -> int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise DoesNotFit(value)
+            value = int(value)
+        elif not isinstance(value, int):  # bool is an int: True -> 1
+            raise DoesNotFit(value)
+        if not lo <= value <= hi:
+            raise DoesNotFit(value)
+        # Signed types travel as two's complement in the unsigned field (Sparkplug 3.0, Payloads:
+        # datatype details); hosts cast back to the type's width.
+        return int(value) & mask
+
+    return coerce
+
+
+def _real(limit: float) -> Coerce:
+    def coerce(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DoesNotFit(value)
+        value = float(value)
+        if math.isfinite(value) and abs(value) > limit:  # NaN and infinities travel as they are
+            raise DoesNotFit(value)
+        return value
+
+    return coerce
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise DoesNotFit(value)
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | dict):  # an array the array types cannot carry: JSON text
+        return orjson.dumps(value).decode()
+    raise DoesNotFit(value)
+
+
+def _packed(code: str, check: Callable[[Any], bool]) -> Coerce:
+    def coerce(value: Any) -> bytes:
+        if not isinstance(value, list) or not all(check(item) for item in value):
+            raise DoesNotFit(value)
+        try:
+            return struct.pack(f"<{len(value)}{code}", *value)
+        except struct.error as exc:
+            raise DoesNotFit(value) from exc
+
+    return coerce
+
+
+def _boolean_array(value: Any) -> bytes:
+    """Sparkplug 3.0 BooleanArray: u32 LE count, then the bits packed MSB first."""
+    if not isinstance(value, list) or not all(isinstance(item, bool) for item in value):
+        raise DoesNotFit(value)
+    packed = bytearray((len(value) + 7) // 8)
+    for i, item in enumerate(value):
+        if item:
+            packed[i // 8] |= 0x80 >> (i % 8)
+    return struct.pack("<I", len(value)) + bytes(packed)
+
+
+def _string_array(value: Any) -> bytes:
+    """Sparkplug 3.0 StringArray: UTF-8 strings, each ended by a NUL."""
+    if not isinstance(value, list) or not all(isinstance(item, str) and "\0" not in item for item in value):
+        raise DoesNotFit(value)
+    return b"".join(item.encode() + b"\0" for item in value)
+
+
+def _is_int(item: Any) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool)
+
+
+def _is_number(item: Any) -> bool:
+    return isinstance(item, int | float) and not isinstance(item, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRule:
+    """How one Sparkplug datatype travels: the protobuf value field and the value's conversion."""
+
+    datatype: int
+    field: str
+    coerce: Coerce
+
+
+_I32, _I64 = 2**31, 2**63
+TYPE_RULES: dict[int, TypeRule] = {
+    rule.datatype: rule
+    for rule in (
+        TypeRule(pb.Int8, "int_value", _integer(-128, 127, 32)),
+        TypeRule(pb.Int16, "int_value", _integer(-32768, 32767, 32)),
+        TypeRule(pb.Int32, "int_value", _integer(-_I32, _I32 - 1, 32)),
+        TypeRule(pb.Int64, "long_value", _integer(-_I64, _I64 - 1, 64)),
+        TypeRule(pb.UInt8, "int_value", _integer(0, 255, 32)),
+        TypeRule(pb.UInt16, "int_value", _integer(0, 65535, 32)),
+        TypeRule(pb.UInt32, "int_value", _integer(0, 2**32 - 1, 32)),
+        TypeRule(pb.UInt64, "long_value", _integer(0, 2**64 - 1, 64)),
+        TypeRule(pb.DateTime, "long_value", _integer(0, 2**64 - 1, 64)),
+        TypeRule(pb.Float, "float_value", _real(3.4028234663852886e38)),
+        TypeRule(pb.Double, "double_value", _real(float("inf"))),
+        TypeRule(pb.Boolean, "boolean_value", _boolean),
+        TypeRule(pb.String, "string_value", _string),
+        TypeRule(pb.Int64Array, "bytes_value", _packed("q", _is_int)),
+        TypeRule(pb.DoubleArray, "bytes_value", _packed("d", _is_number)),
+        TypeRule(pb.BooleanArray, "bytes_value", _boolean_array),
+        TypeRule(pb.StringArray, "bytes_value", _string_array),
+    )
+}
+
+# The catalog's types (Modbus register types, and the usual OPC UA built-in type names).
+CATALOG_TYPES: dict[str, int] = {
+    "bool": pb.Boolean, "boolean": pb.Boolean,
+    "int8": pb.Int8, "sbyte": pb.Int8, "uint8": pb.UInt8, "byte": pb.UInt8,
+    "int16": pb.Int16, "uint16": pb.UInt16, "int32": pb.Int32, "uint32": pb.UInt32,
+    "int64": pb.Int64, "uint64": pb.UInt64,
+    "float32": pb.Float, "float": pb.Float, "float64": pb.Double, "double": pb.Double,
+    "string": pb.String,
+}
+
+
+def infer_datatype(value: Any) -> int:
+    """The datatype a value carries when the catalog does not say (OPC UA)."""
+    if isinstance(value, bool):
+        return pb.Boolean
+    if isinstance(value, int):
+        if -_I64 <= value < _I64:
+            return pb.Int64
+        return pb.UInt64 if 0 <= value < 2 * _I64 else pb.Double
+    if isinstance(value, float):
+        return pb.Double
+    if isinstance(value, list) and value:
+        if all(isinstance(item, bool) for item in value):
+            return pb.BooleanArray
+        if all(_is_int(item) and -_I64 <= item < _I64 for item in value):
+            return pb.Int64Array
+        if all(_is_number(item) for item in value):
+            return pb.DoubleArray
+        if all(isinstance(item, str) and "\0" not in item for item in value):
+            return pb.StringArray
+    return pb.String
+
+
+# --------------------------------------------------------------------------- the edge node
+
+
+class _Metric:
+    """One tag as a metric, with what the host has been told about it."""
+
+    __slots__ = (
+        "alias", "datatype", "host_good", "host_ts", "name", "quality", "rule",
+        "settled", "ts_ms", "unit", "value", "writable",
+    )
+
+    def __init__(self, name: str, alias: int, tag: CatalogTag | None) -> None:
+        self.name = name
+        self.alias = alias
+        self.unit = tag.unit if tag else None
+        self.writable = tag.writable if tag else False
+        declared = CATALOG_TYPES.get((tag.type or "").lower()) if tag else None
+        self.settled = declared is not None  # False: no type known yet, the first value decides
+        self.datatype = declared if declared is not None else pb.String
+        self.rule = TYPE_RULES[self.datatype]
+        self.value: Any = None
+        self.ts_ms = 0
+        self.quality: str = Quality.GOOD
+        self.host_ts = -1  # timestamp of the live value the host holds (-1: none since the birth)
+        self.host_good = True
+
+    def retype(self, value: Any) -> bool:
+        """Settle or change the datatype for a value that does not fit; True when it changed."""
+        datatype = infer_datatype(value)
+        self.settled = True
+        if datatype == self.datatype:
+            return False
+        self.datatype, self.rule = datatype, TYPE_RULES[datatype]
+        return True
+
+
+class _Device:
+    __slots__ = ("born", "collector", "heard", "metrics", "name", "online", "topics")
+
+    def __init__(self, name: str, collector: str | None, base: str, node: str) -> None:
+        self.name = name
+        self.collector = collector
+        self.metrics: dict[str, _Metric] = {}
+        self.born = False  # DBIRTH sent in the current node session
+        self.heard = False  # a reading or an `online` state came since the forwarder started
+        self.online: bool | None = None
+        self.topics = {kind: f"{base}/{kind}/{node}/{name}" for kind in ("DBIRTH", "DDATA", "DDEATH")}
+
+
+class EdgeNode:
+    """The edge node's state: seq, aliases, datatypes, current values, and born devices.
+
+    Pure: every method returns the messages to publish, in order, and never does I/O.
+    seq counts 0..255 over every message but NDEATH, and births restart it at 0
+    (Sparkplug 3.0, Payloads: seq). Aliases follow the catalog order, so they are stable
+    for a given configuration; tags outside the catalog get the next free ones.
+    """
+
+    def __init__(self, group: str, node: str, devices: Iterable[CatalogDevice]) -> None:
+        self.group = group
+        self.node = node
+        self._base = f"{NAMESPACE}/{group}"
+        self.nbirth_topic = f"{self._base}/NBIRTH/{node}"
+        self.ndeath_topic = f"{self._base}/NDEATH/{node}"
+        self._seq = 0
+        self._next_alias = 1
+        self.born = False
+        self.devices: dict[str, _Device] = {}
+        self.type_changes = 0
+        for catalog in devices:
+            device = self._add_device(catalog.name, catalog.collector)
+            for tag in catalog.tags:
+                self._add_metric(device, tag.name, tag)
+
+    # -- model
+
+    def _add_device(self, name: str, collector: str | None) -> _Device:
+        device = self.devices[name] = _Device(name, collector, self._base, self.node)
+        return device
+
+    def _add_metric(self, device: _Device, tag: str, catalog: CatalogTag | None) -> _Metric:
+        metric = device.metrics[tag] = _Metric(tag, self._next_alias, catalog)
+        self._next_alias += 1
+        return metric
+
+    def device(self, name: str) -> _Device | None:
+        return self.devices.get(name)
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFF
+        return seq
+
+    # -- node messages
+
+    def death(self, bd_seq: int) -> OutMessage:
+        """NDEATH: the last will (registered with every CONNECT) and the goodbye before a clean disconnect.
+
+        No seq (Sparkplug 3.0: NDEATH is not part of the seq); QoS 1 as the spec requires of the will.
+        """
+        payload = pb.Payload(timestamp=_ms())
+        payload.metrics.add(name=BDSEQ, datatype=pb.Int64, long_value=bd_seq, timestamp=payload.timestamp)
+        return OutMessage(self.ndeath_topic, payload.SerializeToString(), 1, False)
+
+    def births(self, bd_seq: int) -> list[OutMessage]:
+        """NBIRTH (seq 0, the bdSeq of the CONNECT's will, Node Control/Rebirth), then a DBIRTH per device."""
+        self._seq = 0
+        self.born = True
+        now = _ms()
+        payload = pb.Payload(timestamp=now, seq=self._next_seq())
+        payload.metrics.add(name=BDSEQ, datatype=pb.Int64, long_value=bd_seq, timestamp=now)
+        payload.metrics.add(name=REBIRTH, datatype=pb.Boolean, boolean_value=False, timestamp=now)
+        out = [OutMessage(self.nbirth_topic, payload.SerializeToString())]
+        for device in self.devices.values():
+            device.born = False
+            if device.heard and device.online is not False:
+                out.append(self._dbirth(device))
+        log.info("Sparkplug NBIRTH of %s/%s (bdSeq %d, %d devices)", self.group, self.node, bd_seq,
+                 len(out) - 1)
+        return out
+
+    def session_ended(self) -> None:
+        self.born = False
+        for device in self.devices.values():
+            device.born = False
+
+    # -- device messages
+
+    def _dbirth(self, device: _Device) -> OutMessage:
+        """Every metric with name, alias, datatype, its current value (or is_null) and properties."""
+        now = _ms()
+        payload = pb.Payload(timestamp=now, seq=self._next_seq())
+        add = payload.metrics.add
+        for metric in device.metrics.values():
+            pm = add(name=metric.name, alias=metric.alias, datatype=metric.datatype,
+                     timestamp=metric.ts_ms or now)
+            carried = False
+            if metric.value is not None:
+                try:
+                    setattr(pm, metric.rule.field, metric.rule.coerce(metric.value))
+                    carried = True
+                except DoesNotFit:  # a value from before a datatype change: the host gets none
+                    pass
+            if not carried:
+                pm.is_null = True
+            props = pm.properties
+            _property(props, "Quality", pb.Int32, "int_value", QUALITY_CODES.get(metric.quality, 0))
+            if metric.unit:
+                _property(props, "engUnit", pb.String, "string_value", metric.unit)
+            _property(props, "readOnly", pb.Boolean, "boolean_value", not metric.writable)
+            metric.host_ts = metric.ts_ms if carried else -1
+            metric.host_good = metric.quality == Quality.GOOD
+        device.born = True
+        return OutMessage(device.topics["DBIRTH"], payload.SerializeToString())
+
+    def _ddeath(self, device: _Device) -> OutMessage:
+        device.born = False
+        payload = pb.Payload(timestamp=_ms(), seq=self._next_seq())
+        return OutMessage(device.topics["DDEATH"], payload.SerializeToString())
+
+    def device_state(self, state: DeviceState) -> list[OutMessage]:
+        """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
+        device = self.devices.get(state.device) or self._add_device(state.device, None)
+        device.online = state.online
+        if state.online:
+            device.heard = True
+            if self.born and not device.born:
+                log.info("Sparkplug DBIRTH of %s: online again", device.name)
+                return [self._dbirth(device)]
+        elif device.born:
+            log.info("Sparkplug DDEATH of %s: %s", device.name, state.reason or "offline")
+            return [self._ddeath(device)]
+        return []
+
+    def data(self, readings: list[Reading], historical: bool) -> list[OutMessage]:
+        """DDATA (aliases only) for these readings, each device's in their order, with births as needed.
+
+        A reading is sent flagged `is_historical` when the forwarder says so (replayed from the
+        buffer) or when the host already holds a newer live value of its tag; only the others
+        update what the host shows live.
+        """
+        if not self.born:
+            raise RuntimeError("Sparkplug data before the NBIRTH: the forwarder must wait for `ready`")
+        runs: dict[str, list[Reading]] = {}
+        for reading in readings:
+            run = runs.get(reading.device)
+            if run is None:
+                runs[reading.device] = [reading]
+            else:
+                run.append(reading)
+        out: list[OutMessage] = []
+        for name, run in runs.items():
+            device = self.devices.get(name) or self._add_device(name, None)
+            self._device_data(device, run, historical, out)
+        return out
+
+    def _prepare(self, device: _Device, run: list[Reading]) -> None:
+        """Before a DBIRTH: add tags outside the catalog and settle datatypes from these values."""
+        metrics = device.metrics
+        for reading in run:
+            metric = metrics.get(reading.tag)
+            if metric is None:
+                metric = self._new_tag(device, reading.tag)
+            if reading.value is not None:
+                self._fit(metric, reading.value)
+
+    def _new_tag(self, device: _Device, tag: str) -> _Metric:
+        log.warning("Sparkplug: %s/%s is not in the catalog; adding it to the device", device.name, tag)
+        return self._add_metric(device, tag, None)
+
+    def _fit(self, metric: _Metric, value: Any) -> bool:
+        """Make the metric's datatype carry `value`; True when the datatype changed."""
+        was_settled = metric.settled
+        if was_settled:
+            try:
+                metric.rule.coerce(value)
+                return False
+            except DoesNotFit:
+                pass
+        old = metric.datatype
+        changed = metric.retype(value)
+        if changed and was_settled:
+            self.type_changes += 1
+            log.warning("Sparkplug: %s carries %r, which %s cannot: now %s", metric.name, value,
+                        pb.DataType.Name(old), pb.DataType.Name(metric.datatype))
+        return changed
+
+    def _device_data(
+        self, device: _Device, run: list[Reading], historical: bool, out: list[OutMessage]
+    ) -> None:
+        offline = device.online is False
+        if not historical:
+            device.heard, device.online, offline = True, True, False  # a live reading: the device answers
+        if not device.born:
+            self._prepare(device, run)
+            out.append(self._dbirth(device))
+        metrics = device.metrics
+        topic = device.topics["DDATA"]
+        payload = pb.Payload()
+        add = payload.metrics.add
+        count = 0
+
+        def flush() -> None:
+            nonlocal payload, add, count
+            if count:
+                payload.timestamp = _ms()
+                payload.seq = self._next_seq()
+                out.append(OutMessage(topic, payload.SerializeToString()))
+                payload = pb.Payload()
+                add = payload.metrics.add
+                count = 0
+
+        for _, tag, value, ts_ms, quality, _reason in run:
+            metric = metrics.get(tag)
+            wire: Any = None
+            try:
+                if metric is None:
+                    raise DoesNotFit(tag)
+                if value is not None:
+                    wire = metric.rule.coerce(value)
+            except DoesNotFit:
+                # A new tag or a new datatype: the device is born again before the value goes out.
+                flush()
+                if metric is None:
+                    metric = self._new_tag(device, tag)
+                if value is not None:
+                    self._fit(metric, value)
+                    wire = metric.rule.coerce(value)
+                if ts_ms >= metric.ts_ms:
+                    metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
+                out.append(self._dbirth(device))
+                if metric.host_ts == ts_ms and metric.value is value:
+                    continue  # the DBIRTH carried it
+            hist = historical or ts_ms < metric.host_ts
+            if value is None:
+                pm = add(alias=metric.alias, timestamp=ts_ms, is_null=True)
+            else:
+                pm = add(alias=metric.alias, timestamp=ts_ms)
+                setattr(pm, metric.rule.field, wire)
+            good = quality == Quality.GOOD
+            if hist:
+                pm.is_historical = True
+                if not good:
+                    _property(pm.properties, "Quality", pb.Int32, "int_value", QUALITY_CODES.get(quality, 0))
+            else:
+                if not good or not metric.host_good:
+                    _property(pm.properties, "Quality", pb.Int32, "int_value", QUALITY_CODES.get(quality, 0))
+                metric.host_ts, metric.host_good = ts_ms, good
+            if ts_ms >= metric.ts_ms:
+                metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
+            count += 1
+            if count >= MAX_METRICS:
+                flush()
+        flush()
+        if offline and device.born:  # history of a device that is offline now: born for it, then dead again
+            out.append(self._ddeath(device))
+
+    def written(self, device_name: str, tag: str, value: Any) -> list[OutMessage]:
+        """DDATA of a value a DCMD wrote, so the host sees the write took (Sparkplug 3.0, DCMD)."""
+        device = self.devices.get(device_name)
+        metric = device.metrics.get(tag) if device else None
+        if not self.born or device is None or metric is None or not device.born:
+            return []
+        ts = max(_ms(), metric.ts_ms)
+        return self.data([Reading(device_name, tag, value, ts)], historical=False)
+
+
+def _property(props: pb.Payload.PropertySet, key: str, datatype: int, field: str, value: Any) -> None:
+    props.keys.append(key)
+    pv = props.values.add(type=datatype)
+    setattr(pv, field, value)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+_SIGNED_BITS: dict[int, int] = {pb.Int8: 8, pb.Int16: 16, pb.Int32: 32, pb.Int64: 64}
+
+
+def metric_value(metric: pb.Payload.Metric, datatype: int) -> Any:
+    """The Python value of a received metric (NCMD/DCMD), read as `datatype` when it gives none."""
+    datatype = metric.datatype or datatype
+    kind = metric.WhichOneof("value")
+    if metric.is_null or kind is None:
+        return None
+    raw = getattr(metric, kind)
+    if kind in ("int_value", "long_value") and isinstance(raw, int):
+        bits = _SIGNED_BITS.get(datatype)
+        if bits is not None:  # two's complement back to the signed type
+            raw &= (1 << bits) - 1
+            if raw >= 1 << (bits - 1):
+                raw -= 1 << bits
+        elif datatype == pb.Boolean:
+            return bool(raw)
+    if kind in ("dataset_value", "template_value", "extension_value", "bytes_value"):
+        raise DoesNotFit(kind)
+    return raw
+
+
+def convert_for_tag(value: Any, datatype: int) -> Any:
+    """A commanded value as the tag's Python type (bool, int, float, str); DoesNotFit otherwise."""
+    rule = TYPE_RULES.get(datatype)
+    if rule is None or rule.field == "bytes_value":
+        raise DoesNotFit(value)
+    if rule.field in ("int_value", "long_value") and datatype != pb.DateTime:
+        rule.coerce(value)  # range and integrality
+        return int(value)
+    if datatype in (pb.Float, pb.Double):
+        return float(rule.coerce(value))
+    return rule.coerce(value)
+
+
+# --------------------------------------------------------------------------- bdSeq store
+
+
+class BdSeqStore:
+    """The bdSeq of the last CONNECT, kept in `{buffer.dir}/sparkplug.json` across restarts.
+
+    Written (and fsync'ed) before every CONNECT: a will the broker may still publish must never
+    carry the bdSeq of a newer session, or a host would declare that session dead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int | None:
+        try:
+            state = orjson.loads(self.path.read_bytes())
+            value = state["bdSeq"]
+            if isinstance(value, int) and 0 <= value <= 255:
+                return value
+            raise ValueError(f"bdSeq {value!r} out of 0..255")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("Sparkplug state %s unreadable (%s): bdSeq starts again at 0", self.path, exc)
+            return None
+
+    def save(self, bd_seq: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("wb") as file:
+            file.write(orjson.dumps({"bdSeq": bd_seq}))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------- the payload format
+
+
+@dataclass(slots=True)
+class SparkplugStats:
+    """Counters for the forwarder's metrics."""
+
+    births: int = 0
+    rebirth_requests: int = 0
+    commands_refused: int = 0
+    write_errors: int = 0
+    writes_done: int = 0
+
+
+class SparkplugFormat:
+    """formats.PayloadFormat for `mqtt.format: sparkplug` (see the module docstring).
+
+    Session (Sparkplug 3.0, Operational Behavior, Edge Node Session Establishment): clean
+    session; every CONNECT carries an NDEATH will with a new bdSeq; NBIRTH and DBIRTHs
+    follow the CONNACK, or, with `mqtt.primary_host`, the host's STATE `online`. An
+    `offline` STATE ends the session: NDEATH, disconnect, data held in the buffer until the
+    host is back. Births and data go at QoS 0 (the spec requires it); the forwarder's
+    buffer, replay as historical and `resend_window` make up for what QoS 0 loses.
+    """
+
+    clean_session = True
+
+    def __init__(self, config: ForwarderConfig) -> None:
+        identity = config.gateway
+        self.node = EdgeNode(identity.group, identity.id, config.devices)
+        self.resend_window = 1.5 * config.mqtt.keepalive
+        self._store = BdSeqStore(config.buffer.dir / STATE_FILE)
+        self._bd_seq = self._store.load()
+        self._primary = config.mqtt.primary_host
+        base = f"{NAMESPACE}/{identity.group}"
+        self._ncmd = f"{base}/NCMD/{identity.id}"
+        self._dcmd = f"{base}/DCMD/{identity.id}/"
+        self._state = f"{NAMESPACE}/STATE/{self._primary}" if self._primary else None
+        self._connected = False
+        self._host_online = False
+        self._host_state_ts = -1
+        self._pending: dict[str, tuple[str, str, Any]] = {}
+        self._write_count = 0
+        self.stats = SparkplugStats()
+
+    @property
+    def bd_seq(self) -> int | None:
+        """The bdSeq of the current (or last) CONNECT."""
+        return self._bd_seq
+
+    @property
+    def ready(self) -> bool:
+        return self.node.born
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        subs = [(self._ncmd, 1), (self._dcmd + "+", 1)]
+        if self._state:
+            subs.append((self._state, 1))
+        return subs
+
+    def will(self) -> OutMessage | None:
+        self._bd_seq = 0 if self._bd_seq is None else (self._bd_seq + 1) & 0xFF
+        self._store.save(self._bd_seq)
+        return self.node.death(self._bd_seq)
+
+    def connected(self) -> list[OutMessage]:
+        self._connected = True
+        if self._primary and not self._host_online:
+            log.info("Sparkplug: waiting for primary host %s to be online before the births", self._primary)
+            return []
+        return self._births()
+
+    def _births(self) -> list[OutMessage]:
+        assert self._bd_seq is not None, "will() comes before every CONNECT"
+        self.stats.births += 1
+        return self.node.births(self._bd_seq)
+
+    def connection_lost(self, graceful: bool) -> None:
+        self._connected = False
+        self._host_online = False  # a new session waits for a fresh STATE
+        self.node.session_ended()
+
+    def disconnecting(self) -> list[OutMessage]:
+        if not self._connected or self._bd_seq is None:
+            return []
+        self.node.session_ended()
+        return [self.node.death(self._bd_seq)]
+
+    def encode(self, readings: list[Reading], historical: bool) -> list[OutMessage]:
+        if not readings:
+            return []
+        return self.node.data(readings, historical)
+
+    def device_state(self, state: DeviceState) -> list[OutMessage]:
+        return self.node.device_state(state)
+
+    # -- incoming
+
+    def handle_incoming(self, topic: str, payload: bytes) -> Incoming:
+        try:
+            if topic == self._state:
+                return self._host_state(payload)
+            if topic == self._ncmd:
+                return self._node_command(payload)
+            if topic.startswith(self._dcmd):
+                return self._device_command(topic[len(self._dcmd):], payload)
+        except Exception as exc:  # input from the broker must never take the forwarder down
+            self.stats.commands_refused += 1
+            log.warning("Sparkplug: ignoring a bad message on %s: %s", topic, exc)
+            return Incoming()
+        log.debug("Sparkplug: ignoring message on %s", topic)
+        return Incoming()
+
+    def _host_state(self, payload: bytes) -> Incoming:
+        """STATE of the primary host (Sparkplug 3.0: retained JSON; 2.x: ONLINE/OFFLINE text)."""
+        text = payload.strip()
+        if text in (b"ONLINE", b"OFFLINE"):
+            online, ts = text == b"ONLINE", self._host_state_ts
+        else:
+            body = orjson.loads(payload)
+            if not isinstance(body, dict) or not isinstance(body.get("online"), bool):
+                raise ValueError('STATE is not {"online": true|false, "timestamp": ms}')
+            online = body["online"]
+            stamp = body.get("timestamp")
+            ts = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else self._host_state_ts
+        if ts < self._host_state_ts:  # an older STATE than one already seen (Sparkplug 3.0)
+            log.debug("Sparkplug: ignoring a stale STATE of %s", self._primary)
+            return Incoming()
+        self._host_state_ts = ts
+        if online:
+            was_online, self._host_online = self._host_online, True
+            if self._connected and not self.node.born and not was_online:
+                log.info("Sparkplug: primary host %s is online", self._primary)
+                return Incoming(messages=self._births())
+            return Incoming()
+        self._host_online = False
+        if self.node.born and self._bd_seq is not None:
+            log.warning("Sparkplug: primary host %s is offline: NDEATH, disconnect, buffer", self._primary)
+            self.node.session_ended()
+            return Incoming(messages=[self.node.death(self._bd_seq)], reconnect=True)
+        return Incoming()
+
+    def _node_command(self, payload: bytes) -> Incoming:
+        command = pb.Payload.FromString(payload)
+        for metric in command.metrics:
+            if metric.name == REBIRTH and metric_value(metric, pb.Boolean):
+                self.stats.rebirth_requests += 1
+                if not self.node.born:
+                    log.info("Sparkplug: rebirth requested before the birth; the birth will come")
+                    return Incoming()
+                log.info("Sparkplug: rebirth requested")
+                return Incoming(messages=self._births())
+            log.info("Sparkplug: ignoring NCMD metric %r", metric.name or metric.alias)
+        return Incoming()
+
+    def _device_command(self, device_name: str, payload: bytes) -> Incoming:
+        """DCMD: a write per metric, as safe as json `/set`: known, writable, converted to the tag's type."""
+        command = pb.Payload.FromString(payload)
+        device = self.node.device(device_name)
+        writes: list[WriteRequest] = []
+        for pm in command.metrics:
+            metric = None
+            if device is not None:
+                if pm.HasField("name"):
+                    metric = device.metrics.get(pm.name)
+                elif pm.HasField("alias"):
+                    metric = next((m for m in device.metrics.values() if m.alias == pm.alias), None)
+            label = f"{device_name}/{pm.name or pm.alias}"
+            if metric is None:
+                self._refuse(label, "no such device or metric")
+                continue
+            if not metric.writable:
+                self._refuse(label, "not writable")
+                continue
+            try:
+                value = convert_for_tag(metric_value(pm, metric.datatype), metric.datatype)
+            except (DoesNotFit, TypeError, ValueError):
+                self._refuse(label, f"value does not fit datatype {metric.datatype}")
+                continue
+            self._write_count += 1
+            request = WriteRequest(f"dcmd-{self._write_count}", device_name, metric.name, value)
+            self._pending[request.id] = (device_name, metric.name, value)
+            if len(self._pending) > 10_000:  # the forwarder answers every write; this only bounds a bug
+                self._pending.pop(next(iter(self._pending)))
+            writes.append(request)
+        return Incoming(writes=writes)
+
+    def _refuse(self, label: str, reason: str) -> None:
+        self.stats.commands_refused += 1
+        log.warning("Sparkplug: DCMD %s refused: %s", label, reason)
+
+    def write_result(self, result: WriteResult) -> list[OutMessage]:
+        pending = self._pending.pop(result.id, None)
+        if not result.ok:
+            self.stats.write_errors += 1
+            log.warning("Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag,
+                        result.error or "write failed")
+            return []
+        self.stats.writes_done += 1
+        if pending is None:
+            return []
+        device, tag, value = pending
+        return self.node.written(device, tag, value)

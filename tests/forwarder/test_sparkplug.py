@@ -1,0 +1,325 @@
+"""The Sparkplug B edge node as a pure object: what it would publish, decoded independently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collectors.core.model import DeviceState, Reading, WriteResult
+from collectors.forwarder.config import ForwarderConfig
+from collectors.forwarder.formats import OutMessage
+from collectors.forwarder.sparkplug import SparkplugFormat
+from tests.support import sparkplug as sp
+
+pytestmark = pytest.mark.unit
+
+G, N = "plant1", "line3"
+T0 = 1_790_000_000_000
+
+
+def config(tmp_path: Path, **mqtt: Any) -> ForwarderConfig:
+    return ForwarderConfig.model_validate({
+        "gateway": {"id": N, "group": G},
+        "mqtt": {"format": "sparkplug", **mqtt},
+        "buffer": {"dir": str(tmp_path / "buffer")},
+        "metrics": {"port": None},
+        "devices": [
+            {"name": "press-1", "collector": "modbus", "tags": [
+                {"name": "temperature", "type": "float32", "unit": "degC"},
+                {"name": "count", "type": "int16"},
+                {"name": "run", "type": "bool", "writable": True},
+                {"name": "recipe", "type": "string", "writable": True},
+            ]},
+            {"name": "oven-2", "collector": "opcua", "tags": [
+                {"name": "setpoint", "writable": True},
+                {"name": "batch"},
+            ]},
+        ],
+    })
+
+
+def started(tmp_path: Path, **mqtt: Any) -> tuple[SparkplugFormat, list[OutMessage]]:
+    fmt = SparkplugFormat(config(tmp_path, **mqtt))
+    will = fmt.will()
+    assert will is not None
+    return fmt, [will, *fmt.connected()]
+
+
+def kind(message: OutMessage) -> str:
+    return message.topic.split("/")[2]
+
+
+def bdseq(message: OutMessage) -> int:
+    value = sp.decode(message.payload).metric("bdSeq").value
+    assert isinstance(value, int)
+    return value
+
+
+REBIRTH = sp.command([sp.command_metric(True, sp.BOOLEAN, name="Node Control/Rebirth")])
+
+
+def test_will_and_nbirth_share_the_bdseq_and_nbirth_has_seq_0(tmp_path: Path) -> None:
+    fmt, (will, *births) = started(tmp_path)
+    assert will.topic == f"spBv1.0/{G}/NDEATH/{N}" and will.qos == 1 and not will.retain
+    death = sp.decode(will.payload)
+    assert death.seq is None  # NDEATH carries no seq
+    assert [kind(m) for m in births] == ["NBIRTH"]  # no device heard of yet
+    nbirth = sp.decode(births[0].payload)
+    assert births[0].qos == 0 and nbirth.seq == 0
+    assert nbirth.metric("bdSeq").value == death.metric("bdSeq").value == 0
+    assert nbirth.metric("bdSeq").datatype == sp.INT64
+    rebirth = nbirth.metric("Node Control/Rebirth")
+    assert rebirth.datatype == sp.BOOLEAN and rebirth.value is False
+    assert fmt.ready
+
+
+def test_dbirth_before_ddata_with_every_metric_then_aliases_only(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    readings = [Reading("press-1", "temperature", 21.5, T0), Reading("press-1", "run", True, T0 + 1)]
+    out = fmt.encode(readings, False)
+    assert [kind(m) for m in out] == ["DBIRTH", "DDATA"]
+    assert out[0].topic == f"spBv1.0/{G}/DBIRTH/{N}/press-1"
+    birth, data = sp.decode(out[0].payload), sp.decode(out[1].payload)
+    assert (birth.seq, data.seq) == (1, 2)
+    by_name = {m.name: m for m in birth.metrics}
+    assert set(by_name) == {"temperature", "count", "run", "recipe"}
+    assert {name: m.datatype for name, m in by_name.items()} == {
+        "temperature": sp.FLOAT, "count": sp.INT16, "run": sp.BOOLEAN, "recipe": sp.STRING}
+    assert all(m.is_null and m.value is None for m in birth.metrics)  # nothing known at birth time
+    assert by_name["temperature"].properties == {"Quality": 192, "engUnit": "degC", "readOnly": True}
+    assert by_name["run"].properties["readOnly"] is False
+    aliases = {m.alias for m in birth.metrics}
+    assert len(aliases) == 4 and None not in aliases
+    assert [(m.name, m.alias, m.value, m.timestamp, m.is_historical) for m in data.metrics] == [
+        (None, by_name["temperature"].alias, 21.5, T0, False),
+        (None, by_name["run"].alias, True, T0 + 1, False),
+    ]
+    # Aliases are unique over the whole edge node, not per device.
+    other = fmt.encode([Reading("oven-2", "setpoint", 180.0, T0)], False)
+    oven = sp.decode(other[0].payload)
+    assert aliases.isdisjoint({m.alias for m in oven.metrics})
+
+
+def test_seq_counts_every_message_and_wraps_past_255(tmp_path: Path) -> None:
+    fmt, births = started(tmp_path)
+    seqs = [sp.decode(births[1].payload).seq]
+    for i in range(600):
+        for message in fmt.encode([Reading("press-1", "count", i % 100, T0 + i)], False):
+            seqs.append(sp.decode(message.payload).seq)
+    assert seqs == [i % 256 for i in range(len(seqs))]
+    assert len(seqs) == 602  # NBIRTH, DBIRTH, 600 DDATA
+
+
+def test_bdseq_survives_a_restart_and_wraps(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    assert fmt.bd_seq == 0
+    fmt.will()  # a reconnect
+    assert fmt.bd_seq == 1
+    again = SparkplugFormat(config(tmp_path))  # a restarted forwarder
+    will = again.will()
+    assert will is not None and sp.decode(will.payload).metric("bdSeq").value == 2
+    (tmp_path / "buffer" / "sparkplug.json").write_bytes(orjson.dumps({"bdSeq": 255}))
+    wrapped = SparkplugFormat(config(tmp_path))
+    wrapped.will()
+    births = wrapped.connected()
+    assert sp.decode(births[0].payload).metric("bdSeq").value == 0
+
+
+def test_rebirth_on_ncmd_restarts_seq_and_carries_current_values(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    fmt.encode([Reading("press-1", "temperature", 21.5, T0), Reading("press-1", "count", -7, T0)], False)
+    fmt.encode([Reading("press-1", "temperature", 22.0, T0 + 5)], False)
+    incoming = fmt.handle_incoming(f"spBv1.0/{G}/NCMD/{N}", REBIRTH)
+    assert [kind(m) for m in incoming.messages] == ["NBIRTH", "DBIRTH"]
+    nbirth, dbirth = (sp.decode(m.payload) for m in incoming.messages)
+    assert (nbirth.seq, dbirth.seq) == (0, 1)
+    assert nbirth.metric("bdSeq").value == fmt.bd_seq  # same session, same bdSeq
+    assert dbirth.metric("temperature").value == 22.0 and dbirth.metric("temperature").timestamp == T0 + 5
+    assert dbirth.metric("count").value == -7
+    assert dbirth.metric("run").is_null
+    # A rebirth request that is false, or a stranger's topic, changes nothing.
+    no = sp.command([sp.command_metric(False, sp.BOOLEAN, name="Node Control/Rebirth")])
+    assert fmt.handle_incoming(f"spBv1.0/{G}/NCMD/{N}", no).messages == []
+    assert fmt.handle_incoming(f"spBv1.0/{G}/NCMD/{N}", b"\xff\xff garbage").messages == []
+
+
+def test_device_outage_gives_ddeath_and_a_dbirth_when_back(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    fmt.encode([Reading("press-1", "temperature", 21.5, T0)], False)
+    bad = fmt.encode([Reading("press-1", "temperature", 21.5, T0 + 10, "bad", "timeout")], False)
+    assert sp.decode(bad[0].payload).metrics[0].properties == {"Quality": 0}
+    death = fmt.device_state(DeviceState("press-1", False, "timeout"))
+    assert [m.topic for m in death] == [f"spBv1.0/{G}/DDEATH/{N}/press-1"]
+    assert fmt.device_state(DeviceState("press-1", False)) == []  # already dead
+    back = fmt.device_state(DeviceState("press-1", True))
+    assert [kind(m) for m in back] == ["DBIRTH"]
+    birth = sp.decode(back[0].payload)
+    assert birth.metric("temperature").value == 21.5
+    assert birth.metric("temperature").properties["Quality"] == 0
+    good = fmt.encode([Reading("press-1", "temperature", 21.7, T0 + 20)], False)
+    assert [kind(m) for m in good] == ["DDATA"]
+    assert sp.decode(good[0].payload).metrics[0].properties == {"Quality": 192}  # back to good, said once
+    again = fmt.encode([Reading("press-1", "temperature", 21.8, T0 + 30)], False)
+    assert sp.decode(again[0].payload).metrics[0].properties == {}
+    seqs = [sp.decode(m.payload).seq for m in death + back + good + again]
+    assert seqs[0] is not None and seqs == list(range(seqs[0], seqs[0] + 4))
+
+
+def test_historical_readings_are_flagged_and_do_not_update_the_live_value(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    fmt.encode([Reading("press-1", "count", 5, T0 + 100)], False)
+    out = fmt.encode([Reading("press-1", "count", 1, T0), Reading("press-1", "count", 2, T0 + 1)], True)
+    data = sp.decode(out[0].payload)
+    assert [(m.value, m.is_historical) for m in data.metrics] == [(1, True), (2, True)]
+    # An older reading in a live batch cannot move the host's live value backwards either.
+    late = sp.decode(fmt.encode([Reading("press-1", "count", 3, T0 + 50)], False)[0].payload)
+    assert late.metrics[0].is_historical
+    rebirth = fmt.handle_incoming(f"spBv1.0/{G}/NCMD/{N}", REBIRTH)
+    assert sp.decode(rebirth.messages[1].payload).metric("count").value == 5
+
+
+def test_history_of_an_offline_device_is_framed_by_birth_and_death(tmp_path: Path) -> None:
+    fmt = SparkplugFormat(config(tmp_path))
+    fmt.will()
+    fmt.device_state(DeviceState("press-1", True))
+    fmt.device_state(DeviceState("press-1", False))  # while disconnected: only taken note of
+    assert [kind(m) for m in fmt.connected()] == ["NBIRTH"]
+    out = fmt.encode([Reading("press-1", "count", 1, T0)], True)
+    assert [kind(m) for m in out] == ["DBIRTH", "DDATA", "DDEATH"]
+    assert sp.decode(out[1].payload).metrics[0].is_historical
+
+
+def test_datatypes_from_values_and_type_changes_rebirth_the_device(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    # A scaled int16 (21.5) does not fit Int16: the first DBIRTH already says Double.
+    out = fmt.encode([Reading("press-1", "count", 21.5, T0)], False)
+    assert [kind(m) for m in out] == ["DBIRTH", "DDATA"]
+    assert sp.decode(out[0].payload).metric("count").datatype == sp.DOUBLE
+    # OPC UA: no type in the catalog, the first value decides.
+    out = fmt.encode([Reading("oven-2", "setpoint", 180, T0), Reading("oven-2", "batch", "B-17", T0)], False)
+    birth = sp.decode(out[0].payload)
+    assert (birth.metric("setpoint").datatype, birth.metric("batch").datatype) == (sp.INT64, sp.STRING)
+    # A value of another type later: DBIRTH again, then the value, never a wrongly typed value.
+    out = fmt.encode([Reading("oven-2", "setpoint", 180.5, T0 + 1)], False)
+    assert [kind(m) for m in out] == ["DBIRTH"]
+    assert sp.decode(out[0].payload).metric("setpoint").datatype == sp.DOUBLE
+    assert sp.decode(out[0].payload).metric("setpoint").value == 180.5
+    out = fmt.encode([Reading("oven-2", "setpoint", 181, T0 + 2)], False)  # an int fits a Double
+    assert [kind(m) for m in out] == ["DDATA"] and sp.decode(out[0].payload).metrics[0].value == 181.0
+
+
+@pytest.mark.parametrize(
+    ("value", "datatype"),
+    [
+        (-5, sp.INT64),
+        (2**64 - 1, sp.UINT64),
+        ([1.5, -2.0], sp.DOUBLE_ARRAY),
+        ([3, -4], sp.INT64_ARRAY),
+        ([True, False, False, True, True, False, True, False, True], sp.BOOLEAN_ARRAY),
+        (["a", "bc", ""], sp.STRING_ARRAY),
+        (None, sp.STRING),
+    ],
+)
+def test_values_round_trip_through_an_independent_decoder(tmp_path: Path, value: Any, datatype: int) -> None:
+    fmt, _ = started(tmp_path)
+    out = fmt.encode([Reading("oven-2", "batch", value, T0)], False)
+    birth, data = sp.decode(out[0].payload), sp.decode(out[-1].payload)
+    assert birth.metric("batch").datatype == datatype
+    metric = data.metrics[0]
+    if value is None:
+        assert metric.is_null
+    elif isinstance(value, list):
+        assert sp.unpack_array(datatype, metric.value) == value
+    else:
+        assert sp.signed(metric.value, datatype) == value  # data messages carry no datatype: the birth's
+
+
+def test_signed_catalog_types_travel_as_twos_complement(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    out = fmt.encode([Reading("press-1", "count", -2, T0)], False)
+    metric = sp.decode(out[1].payload).metrics[0]
+    assert metric.value_field == 10  # int_value
+    assert metric.value == 0xFFFFFFFE and sp.signed(metric.value, sp.INT16) == -2
+
+
+def test_a_tag_outside_the_catalog_is_added_with_a_new_alias(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    first = fmt.encode([Reading("press-1", "count", 1, T0)], False)
+    out = fmt.encode([Reading("press-1", "pressure", 2.5, T0 + 1)], False)
+    assert [kind(m) for m in out] == ["DBIRTH"]  # which carries the new value
+    assert sp.decode(out[0].payload).metric("pressure").value == 2.5
+    names = {m.name: m.alias for m in sp.decode(out[0].payload).metrics}
+    assert "pressure" in names and names["pressure"] not in {
+        m.alias for m in sp.decode(first[0].payload).metrics
+    }
+
+
+def test_primary_host_state_gates_births_and_offline_ends_the_session(tmp_path: Path) -> None:
+    fmt, (will, *births) = started(tmp_path, primary_host="scada-a")
+    state = "spBv1.0/STATE/scada-a"
+    assert (state, 1) in fmt.subscriptions()
+    assert births == [] and not fmt.ready
+    offline = fmt.handle_incoming(state, orjson.dumps({"online": False, "timestamp": T0}))
+    assert offline.messages == [] and not offline.reconnect
+    online = fmt.handle_incoming(state, orjson.dumps({"online": True, "timestamp": T0 + 1}))
+    assert [kind(m) for m in online.messages] == ["NBIRTH"] and fmt.ready
+    stale = fmt.handle_incoming(state, orjson.dumps({"online": False, "timestamp": T0}))
+    assert stale.messages == [] and fmt.ready  # older than the online one: ignored
+    gone = fmt.handle_incoming(state, orjson.dumps({"online": False, "timestamp": T0 + 2}))
+    assert gone.reconnect and [kind(m) for m in gone.messages] == ["NDEATH"]
+    assert bdseq(gone.messages[0]) == bdseq(will)
+    assert not fmt.ready
+    fmt.connection_lost(graceful=True)
+    fmt.will()
+    assert fmt.connected() == []  # a new session waits for a fresh STATE
+    again = fmt.handle_incoming(state, orjson.dumps({"online": True, "timestamp": T0 + 3}))
+    assert sp.decode(again.messages[0].payload).metric("bdSeq").value == 1
+    assert fmt.handle_incoming(state, b"not json").messages == []
+
+
+def test_dcmd_becomes_a_typed_write_and_its_result_a_ddata(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    birth = sp.decode(fmt.encode([Reading("press-1", "count", 1, T0)], False)[0].payload)
+    dcmd = f"spBv1.0/{G}/DCMD/{N}/press-1"
+    incoming = fmt.handle_incoming(dcmd, sp.command([
+        sp.command_metric(1, sp.INT32, name="run"),  # an int for a bool tag: converted
+        sp.command_metric("R-9", sp.STRING, alias=birth.metric("recipe").alias),
+    ]))
+    assert [(w.device, w.tag, w.value) for w in incoming.writes] == [("press-1", "run", True),
+                                                                    ("press-1", "recipe", "R-9")]
+    assert incoming.writes[0].id != incoming.writes[1].id
+    out = fmt.write_result(WriteResult(incoming.writes[0].id, "press-1", "run", True))
+    data = sp.decode(out[0].payload)
+    assert kind(out[0]) == "DDATA"
+    assert [(m.alias, m.value, m.is_historical) for m in data.metrics] == [
+        (birth.metric("run").alias, True, False)]
+    failed = WriteResult(incoming.writes[1].id, "press-1", "recipe", False, "device error")
+    assert fmt.write_result(failed) == []
+    assert fmt.stats.write_errors == 1
+
+
+@pytest.mark.parametrize(
+    ("metric", "why"),
+    [
+        (sp.command_metric(5, sp.INT16, name="count"), "not writable"),
+        (sp.command_metric(1.5, sp.DOUBLE, name="run"), "not a bool"),
+        (sp.command_metric(1, sp.INT32, name="nosuch"), "unknown metric"),
+    ],
+)
+def test_dcmd_refusals_make_no_write(tmp_path: Path, metric: bytes, why: str) -> None:
+    fmt, _ = started(tmp_path)
+    fmt.encode([Reading("press-1", "count", 1, T0)], False)
+    incoming = fmt.handle_incoming(f"spBv1.0/{G}/DCMD/{N}/press-1", sp.command([metric]))
+    assert incoming.writes == [], why
+    assert fmt.stats.commands_refused == 1
+
+
+def test_disconnecting_says_ndeath_with_the_session_bdseq(tmp_path: Path) -> None:
+    fmt, (will, *_) = started(tmp_path)
+    goodbye = fmt.disconnecting()
+    assert [m.topic for m in goodbye] == [will.topic]
+    assert bdseq(goodbye[0]) == bdseq(will)
+    assert not fmt.ready
