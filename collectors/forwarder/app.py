@@ -361,7 +361,7 @@ class Forwarder:
     def _broker_health(self) -> str | None:
         assert self._loop is not None
         now = self._loop.time()
-        limit = max(10.0, 2 * self.config.mqtt.keepalive)
+        limit = max(2.0, 2 * self.config.mqtt.keepalive)
         if not self.session.connected:
             if now - self._down_since > limit:
                 reason = self.session.last_error or "not connected"

@@ -98,6 +98,7 @@ class BrokerSession:
         self._session_ok = False  # this attempt reached CONNACK
         self._loop: asyncio.AbstractEventLoop | None = None
         self._misc: asyncio.TimerHandle | None = None
+        self._fd = -1
         self.connected = False
         self.connects = 0
         self.last_error: str | None = None
@@ -191,8 +192,8 @@ class BrokerSession:
             self._misc.cancel()
         if client is not None:
             sock = client.socket()
+            self._socket_closed()
             if sock is not None:
-                self._socket_closed(sock)
                 with suppress(OSError):
                     sock.close()
 
@@ -252,12 +253,14 @@ class BrokerSession:
             raise BrokerError(f"broker {self._mqtt.host}:{self._mqtt.port} closed the connection")
         self._client = client
         loop = self._loop
-        loop.add_reader(sock, self._readable)
-        client.on_socket_register_write = lambda c, u, s: loop.add_writer(s, self._writable)
-        client.on_socket_unregister_write = lambda c, u, s: self._stop_writing(s)
-        client.on_socket_close = lambda c, u, s: self._socket_closed(s)
+        # By descriptor number: paho reports a socket it closed with fileno() == -1.
+        fd = self._fd = sock.fileno()
+        loop.add_reader(fd, self._readable)
+        client.on_socket_register_write = lambda c, u, s: loop.add_writer(fd, self._writable)
+        client.on_socket_unregister_write = lambda c, u, s: self._stop_writing()
+        client.on_socket_close = lambda c, u, s: self._socket_closed()
         if client.want_write():
-            loop.add_writer(sock, self._writable)
+            loop.add_writer(fd, self._writable)
         self._misc = loop.call_later(MISC_INTERVAL, self._housekeeping)
 
     def _readable(self) -> None:
@@ -282,15 +285,15 @@ class BrokerSession:
         if self._client is client and self._loop is not None:
             self._misc = self._loop.call_later(MISC_INTERVAL, self._housekeeping)
 
-    def _stop_writing(self, sock: Any) -> None:
-        if self._loop is not None:
-            self._loop.remove_writer(sock)
+    def _stop_writing(self) -> None:
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_writer(self._fd)
 
-    def _socket_closed(self, sock: Any) -> None:
-        if self._loop is not None:
-            with suppress(ValueError, OSError):
-                self._loop.remove_reader(sock)
-                self._loop.remove_writer(sock)
+    def _socket_closed(self) -> None:
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = -1
 
     # -- paho callbacks (run in the event loop, from loop_read/loop_write/loop_misc)
 
