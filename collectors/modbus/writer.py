@@ -1,0 +1,71 @@
+"""Serves writes from the forwarder: check, encode, write, read back, report, answer.
+
+A write is checked before the device is touched (the device and tag exist, the tag is
+`writable`, the value fits the tag's type and range), then written while the link is held,
+ahead of any waiting poll, and read back in the same turn, so the answer and the reading
+reported with it show what the device now holds, not what was asked. A bit of a holding
+register is written as read-modify-write of its register in that same turn.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from collectors.core.errors import DeviceError, WriteError
+from collectors.core.model import WriteRequest, WriteResult, now_ms
+from collectors.modbus.codec import codec_for, decode
+from collectors.modbus.link import WRITE
+from collectors.modbus.poller import DevicePoller
+
+log = logging.getLogger(__name__)
+
+
+class Writer:
+    """The collector's write handler (HandoffClient's `on_write`)."""
+
+    def __init__(self, pollers: list[DevicePoller]) -> None:
+        self._pollers = {poller.device.name: poller for poller in pollers}
+        self.ok = 0
+        self.failed = 0
+
+    async def __call__(self, request: WriteRequest) -> WriteResult:
+        try:
+            await self._write(request)
+        except (WriteError, DeviceError) as exc:
+            self.failed += 1
+            error = f"write failed: {exc.reason}" if isinstance(exc, DeviceError) else str(exc)
+            log.warning("write %s/%s = %r refused: %s", request.device, request.tag, request.value, error)
+            return WriteResult(request.id, request.device, request.tag, False, error)
+        self.ok += 1
+        return WriteResult(request.id, request.device, request.tag, True)
+
+    async def _write(self, request: WriteRequest) -> None:
+        poller = self._pollers.get(request.device)
+        if poller is None:
+            raise WriteError(f"no Modbus device named {request.device!r} in this collector")
+        device = poller.device
+        tag = next((t for t in device.tags if t.name == request.tag), None)
+        if tag is None:
+            raise WriteError(f"device {device.name} has no tag {request.tag!r}")
+        if not tag.table.is_writable:
+            raise WriteError(
+                f"{tag.name} is not writable: the {tag.table.value} table is read-only in Modbus"
+            )
+        if not tag.writable:
+            raise WriteError(f"{tag.name} is not writable (writable: true in the device file allows it)")
+        codec = codec_for(tag, device)
+        if tag.bit is None:
+            words = codec.encode(request.value)  # refuses a bad value before any I/O
+        else:
+            codec.encode(request.value, [0])
+        table = tag.table
+        async with poller.link.turn(WRITE) as turn:
+            if tag.bit is not None:
+                current = await turn.read(device, table, tag.address, 1)
+                words = codec.encode(request.value, current)
+            await turn.write(device, table, tag.address, words)
+            back = await turn.read(device, table, tag.address, tag.registers)
+            ts_ms = now_ms()
+        value = decode(tag, device, back)
+        log.info("wrote %s/%s = %r (reads back %r)", device.name, tag.name, request.value, value)
+        poller.deliver_value(tag, value, ts_ms)
