@@ -181,6 +181,7 @@ class Supervisor:
 
     async def step(self) -> float:
         """One round: observe, plan, execute. Returns when to look again (monotonic)."""
+        self.runtime.changed.clear()  # a change from here on wakes the next sleep
         observed = await self.runtime.observe()
         now = time.monotonic()
         self.backoff = self.backoff.settle(observed, now)
@@ -197,7 +198,6 @@ class Supervisor:
         return next_wake(steps, time.monotonic() + LOOP_INTERVAL)
 
     async def _sleep(self, until: float) -> None:
-        self.runtime.changed.clear()
         timeout = max(0.05, min(LOOP_INTERVAL, until - time.monotonic()))
         waiters = [asyncio.ensure_future(event.wait()) for event in (self.stopping, self.runtime.changed)]
         try:

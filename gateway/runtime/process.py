@@ -74,11 +74,21 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, in the parent: the child between fork and exec must not take the loader's lock.
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
 def die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the supervisor dies, however it dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # ------------------------------------------------------------------ the run directory
@@ -365,7 +375,7 @@ class ProcessRuntime:
     async def _start(self, spec: ServiceSpec, restarts: int) -> None:
         if spec.config_file is not None:
             write_atomic(Path(spec.config_file), spec.config_text)
-        preexec = die_with_parent if sys.platform.startswith("linux") else None
+        preexec = die_with_parent if _LIBC is not None else None
         process = await asyncio.create_subprocess_exec(
             *spec.command,
             stdin=asyncio.subprocess.DEVNULL,
