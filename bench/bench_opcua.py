@@ -149,7 +149,7 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
         else:
             sink_counter = None
         async with HandoffServer(socket, counter) if not args.broker else _nothing():
-            collector = subprocess.Popen(
+            collector = subprocess.Popen(  # noqa: ASYNC220 - a bench: starting it blocks nothing that matters
                 [sys.executable, "-m", "collectors.opcua", "--config", str(work / "collector.yaml")],
                 stderr=(work / "collector.log").open("ab"),
                 cwd=ROOT,
@@ -196,7 +196,8 @@ async def run_rates(args: argparse.Namespace, pid: int, counter: Counter, subscr
         return seen["readings"]
 
     deadline = time.monotonic() + 60
-    while received() < args.tags and time.monotonic() < deadline:  # connected, first values in
+    # connected, first values in (polling: the counters are plain ints updated elsewhere)
+    while received() < args.tags and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     await asyncio.sleep(args.warmup)
     n0, c0, t0 = received(), cpu_seconds(pid), time.monotonic()
@@ -223,7 +224,7 @@ async def run_recovery(args: argparse.Namespace, server: Server, counter: Counte
     for _ in range(args.restarts):
         server.kill()
         killed = time.monotonic()
-        while not counter.online or counter.online[-1]:  # the collector noticed
+        while not counter.online or counter.online[-1]:  # noqa: ASYNC110 - until the collector noticed
             await asyncio.sleep(0.01)
         noticed = time.monotonic() - killed
         await asyncio.sleep(1.0)
