@@ -1,0 +1,90 @@
+"""`python -m collectors.modbus --config FILE` as a process: readings, /metrics, /healthz, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collectors.core.config import HandoffConfig
+from collectors.core.handoff import HandoffServer
+from tests.modbus.conftest import Server, Sink, until
+from tests.support.broker import free_port
+
+pytestmark = pytest.mark.sim
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_the_collector_process_runs_reports_and_stops_on_sigterm(
+    server: Server, forwarder: tuple[Sink, HandoffServer, HandoffConfig], tmp_path: Path
+) -> None:
+    sink, _handoff, settings = forwarder
+    await server.set(1, "holding", 0, [0x41AC, 0])
+    metrics_port = free_port()
+    config = {
+        "name": "modbus", "metrics_port": metrics_port, "state_dir": str(tmp_path),
+        "handoff": {"socket": str(settings.socket), "linger": "5ms"},
+        "devices": [{
+            "name": "press-1", "protocol": "modbus", "poll": "100ms",
+            "connection": {"tcp": {"host": "127.0.0.1", "port": server.port}},
+            "tags": [{"name": "temperature", "table": "holding", "address": 0, "type": "float32"}],
+        }],
+    }
+    path = tmp_path / "modbus.json"  # JSON is YAML too: rendered configs may be either
+    path.write_text(json.dumps(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collectors.modbus", "--config", str(path), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await until(lambda: sink.of("press-1", "temperature"), timeout=15, what="a reading from the process")
+        assert sink.of("press-1", "temperature")[0].value == 21.5
+        status, body = await http_get(metrics_port, "/healthz")
+        assert (status, body) == (200, "ok\n")
+        status, body = await http_get(metrics_port, "/metrics")
+        assert status == 200
+        assert 'fieldgate_modbus_device_online{device="press-1"} 1.0' in body
+        assert 'fieldgate_handoff_connected 1.0' in body
+        assert 'fieldgate_modbus_polls_total{device="press-1",result="ok"}' in body
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+        assert proc.stderr is not None
+        stderr = (await proc.stderr.read()).decode()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+
+
+async def test_a_bad_config_exits_2_naming_the_file_and_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "modbus.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "modbus", "devices": [{
+            "name": "press-1", "protocol": "modbus", "connection": {"tcp": {"host": "127.0.0.1"}},
+            "tags": [{"name": "t", "table": "coil", "address": 0, "type": "float32"}],
+        }],
+    }))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collectors.modbus", "--config", str(path), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 2
+    assert str(path) in err.decode()
+    assert "its type must be bool" in err.decode()
