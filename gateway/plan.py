@@ -76,6 +76,7 @@ class ServiceSpec:
     metrics_port: int | None = None  # where /healthz and /metrics answer, if anywhere
     config_file: str | None = None  # where the runtime writes `config_text` before starting
     config_text: str = field(default="", repr=False)  # the rendered slice (covered by config_hash)
+    ready_path: str | None = None  # exists once the service is up (the forwarder's hand-off socket)
 
 
 @dataclass(frozen=True)

@@ -244,9 +244,12 @@ class Supervisor:
         for name in sorted(set(self.desired) | set(self._observed), key=start_order):
             obs = self._observed.get(name)
             spec = self.desired.get(name)
+            state = describe_state(obs, self.backoff, now_mono)
+            if not running and obs is not None and obs.state == "exited":
+                state = "stopped"
             services.append({
                 "name": name,
-                "state": describe_state(obs, self.backoff, now_mono),
+                "state": state,
                 "health": obs.health if obs else None,
                 "restarts": obs.restarts if obs else 0,
                 "since": round(now_wall - (now_mono - obs.since), 3) if obs else None,

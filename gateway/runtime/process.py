@@ -189,6 +189,7 @@ def desired_services(config: GatewayConfig, config_dir: Path, run_dir: RunDir) -
             metrics_port=port,
             config_file=str(file),
             config_text=text,
+            ready_path=str(socket) if name == FORWARDER else None,
         )
     return specs
 
@@ -228,14 +229,16 @@ def parse_metrics(text: str) -> dict[str, float]:
     return totals
 
 
-# Counters that say how many readings went through a service, by service kind; the first present wins.
+# The counter of readings through each kind of service (the forwarder: delivered to the broker);
+# the first one a service serves wins.
 READINGS_COUNTERS = (
+    "fieldgate_forwarder_readings_out_total",
+    "fieldgate_modbus_readings_total",
+    "fieldgate_opcua_readings_total",
     "fieldgate_readings_total",
-    "fieldgate_readings_published_total",
-    "fieldgate_published_readings_total",
-    "fieldgate_handoff_readings_total",
 )
-BUFFERED_GAUGES = ("fieldgate_buffer_readings", "fieldgate_buffered_readings", "fieldgate_buffer_pending")
+BUFFERED_GAUGES = ("fieldgate_forwarder_buffered_readings",)
+READY_TIMEOUT = 10.0
 
 
 def _first(totals: dict[str, float], names: tuple[str, ...]) -> float | None:
@@ -375,6 +378,9 @@ class ProcessRuntime:
     async def _start(self, spec: ServiceSpec, restarts: int) -> None:
         if spec.config_file is not None:
             write_atomic(Path(spec.config_file), spec.config_text)
+        if spec.ready_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                Path(spec.ready_path).unlink()  # left by a killed run, it would say "ready" too early
         preexec = die_with_parent if _LIBC is not None else None
         process = await asyncio.create_subprocess_exec(
             *spec.command,
@@ -393,6 +399,15 @@ class ProcessRuntime:
         if spec.metrics_port is not None:
             child.tasks.append(asyncio.create_task(self._poll(child), name=f"health-{spec.name}"))
         self._say(child)
+        if spec.ready_path is not None:
+            await self._ready(child, Path(spec.ready_path))
+
+    async def _ready(self, child: Child, path: Path) -> None:
+        """Wait (bounded) until the service made `path`: collectors started next find the
+        forwarder's hand-off socket at once instead of logging a failed first attempt."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not path.exists() and child.exited is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _watch(self, child: Child) -> None:
         """Relay the child's output line by line, then record how it ended."""
