@@ -133,6 +133,9 @@ class Project:
     services: dict[str, RenderedService]
     volumes: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
+    # Secrets the components read from their environment (`password_env`): never written to a
+    # file; the compose file names them as ${VAR}, the docker runtime passes the values.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def compose_model(self) -> dict[str, Any]:
         model: dict[str, Any] = {"name": self.name}
@@ -191,6 +194,20 @@ def _host_paths(value: Any, skip: frozenset[str]) -> Iterator[Path]:
     elif (isinstance(value, PurePosixPath) and value.is_absolute() and str(value) not in skip
           and Path(value).exists() and not str(value).startswith("/dev/")):
         yield Path(value)
+
+
+def _secret_names(value: Any) -> Iterator[str]:
+    """The `password_env` variables a config model reads its secrets from."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            item = getattr(value, name)
+            if name == "password_env" and isinstance(item, str):
+                yield item
+            else:
+                yield from _secret_names(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _secret_names(item)
 
 
 def _file_digest(path: Path) -> str:
@@ -269,6 +286,8 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
         svc["memswap_limit"] = _memory(item.limits.memory)  # no swap: a leak ends in a restart, not in thrash
     svc["pids_limit"] = 128
     env = {"FIELDGATE_METRICS_PORT": str(item.metrics_port) if item.metrics_port is not None else ""}
+    for name in sorted(set(_secret_names(item.config))):
+        env[name] = "${" + name + "}"  # compose takes it from the shell; never the value itself
     svc["environment"] = env
     if item.metrics_port is not None:
         svc["healthcheck"] = {
@@ -380,7 +399,7 @@ def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
 
 def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project:
     """The compose project of a loaded gateway config (`gateway.config.load_config`)."""
-    from gateway.config import collector_slices, forwarder_slice
+    from gateway.config import collector_slices, forwarder_slice, slice_environment
     from gateway.images import image_name
 
     network: Network = getattr(config, "network", "host") or "host"
@@ -420,4 +439,4 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
     if "buffer" in {v.get("source") for v in services["forwarder"].compose["volumes"]}:
         volumes.append("buffer")
     volumes += [f"state-{name}" for name in services if name != "forwarder"]
-    return Project(project, network, services, tuple(volumes), tuple(warnings))
+    return Project(project, network, services, tuple(volumes), tuple(warnings), slice_environment(config))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
 import sys
 import threading
@@ -217,6 +218,14 @@ class ContainerFactory:
     def volume_name(self, volume: str) -> str:
         return f"{self.project.name}_{volume}"
 
+    def _value(self, value: str) -> str:
+        """`${NAME}` (a secret the compose file only names) -> its value from the config or environment."""
+        match = re.fullmatch(r"\$\{(\w+)\}", value)
+        if match is None:
+            return value
+        name = match.group(1)
+        return self.project.secrets.get(name) or os.environ.get(name, "")
+
     def create_args(self, service: str, name: str, *, image: str | None = None) -> dict[str, Any]:
         svc = self.project.services[service].compose
         unknown = set(svc) - self.KNOWN
@@ -279,7 +288,7 @@ class ContainerFactory:
             "command": svc.get("command"),
             "name": name,
             "user": svc.get("user"),
-            "environment": svc.get("environment"),
+            "environment": {key: self._value(value) for key, value in (svc.get("environment") or {}).items()},
             "labels": labels,
             "healthcheck": healthcheck,
             "stop_timeout": int(parse_seconds(svc.get("stop_grace_period", "10s"))),

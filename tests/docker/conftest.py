@@ -1,0 +1,63 @@
+"""Fixtures of the docker tier: a real engine (its absence fails the tests, never skips them),
+the fieldgate images, a Mosquitto on the host, and a running stack shared by a module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from gateway.images import IMAGES, image_name
+from tests.docker.stack import Stack
+from tests.support.broker import Mosquitto
+from tests.support.mqtt import Subscriber
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[docker.DockerClient]:
+    """The local Docker engine with the three images built; `.ci/docker.sh` provides both."""
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"no Docker engine answers ({exc}): run `sudo bash .ci/docker.sh`", pytrace=False)
+    missing = [image_name(i) for i in IMAGES if not client.images.list(name=image_name(i))]
+    if missing:
+        pytest.fail(f"images not built: {missing}: run `fieldgate images build`", pytrace=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    try:
+        yield mosquitto
+    finally:
+        mosquitto.stop()
+
+
+@pytest.fixture
+def make_stack(engine: docker.DockerClient, tmp_path: Path) -> Iterator[type[Stack]]:
+    """Stacks made in a test are closed (supervisor stopped, containers and volumes removed) after it."""
+    made: list[Stack] = []
+
+    def factory(broker_port: int, network: str = "host") -> Stack:
+        stack = Stack(tmp_path / f"stack{len(made)}", broker_port, network)
+        made.append(stack)
+        return stack
+
+    yield factory  # type: ignore[misc]
+    for stack in made:
+        stack.close()
+
+
+@pytest.fixture
+def module_subscriber(module_broker: Mosquitto) -> Iterator[Subscriber]:
+    sub = Subscriber(module_broker.host, module_broker.port)
+    try:
+        yield sub
+    finally:
+        sub.close()

@@ -1,0 +1,150 @@
+"""`fieldgate up --runtime docker` on a real engine: a Modbus and an OPC UA simulator on the host,
+the three containers, readings at a real Mosquitto, and what a plant engineer checks with
+`docker inspect`, `docker kill` and an edited device file.
+
+One stack serves the tests of this module in order (starting one costs ~15 s of a 2-core CI).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.docker.stack import Stack, after, modbus_tcp_device, opcua_device, readings
+from tests.support.broker import Mosquitto, free_port
+from tests.support.mqtt import Subscriber
+
+pytestmark = pytest.mark.docker
+
+SERVICES = {"forwarder", "modbus", "opcua"}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    engine: docker.DockerClient, module_broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("stack"), module_broker.port)
+    try:
+        stack.add_device("press-1", modbus_tcp_device("press-1", free_port()))
+        stack.add_device("oven-2", opcua_device("oven-2", free_port()))
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="module")
+def sub(module_broker: Mosquitto) -> Iterator[Subscriber]:
+    subscriber = Subscriber(module_broker.host, module_broker.port)
+    try:
+        yield subscriber
+    finally:
+        subscriber.close()
+
+
+def test_up_brings_readings_from_both_collectors(stack: Stack, sub: Subscriber) -> None:
+    started = time.time()
+    stack.up()
+    counter = sub.wait_for(readings(stack.topic_prefix, "press-1", "counter"), timeout=120)[0]
+    oven = sub.wait_for(readings(stack.topic_prefix, "oven-2", "temperature"), timeout=60)[0]
+    temperature = sub.wait_for(readings(stack.topic_prefix, "press-1", "temperature"), timeout=30)[0]
+    print(f"\nup -> first reading at the broker: {counter.at - started:.1f}s")
+    assert isinstance(counter.json()["value"], int)
+    assert counter.json()["quality"] == "good"
+    assert temperature.json()["value"] == pytest.approx(21.5)
+    assert temperature.json()["unit"] == "degC"
+    assert oven.json()["value"] == pytest.approx(180.5)
+    assert oven.json()["quality"] == "good"
+    assert set(stack.containers()) == SERVICES
+
+
+def test_containers_are_locked_down(stack: Stack) -> None:
+    containers = stack.wait_containers(lambda c: set(c) == SERVICES, 30, "three containers")
+    limits = {"forwarder": (0.5, 128), "modbus": (0.5, 128), "opcua": (0.5, 192)}
+    for service, container in containers.items():
+        attrs = container.attrs
+        host = attrs["HostConfig"]
+        cpus, mib = limits[service]
+        assert host["NanoCpus"] == int(cpus * 1e9), service
+        assert host["Memory"] == mib * 1024 * 1024, service
+        assert host["MemorySwap"] == mib * 1024 * 1024, service
+        assert host["PidsLimit"] and host["PidsLimit"] > 0, service
+        assert host["ReadonlyRootfs"] is True, service
+        assert host["CapDrop"] == ["ALL"], service
+        assert not host["CapAdd"], service
+        assert "no-new-privileges:true" in host["SecurityOpt"], service
+        assert host["Privileged"] is False, service
+        assert attrs["Config"]["User"] == "10001:10001", service
+        assert not host["Devices"], f"{service} has devices it did not declare: {host['Devices']}"
+        assert not host["DeviceCgroupRules"], service
+        assert host["RestartPolicy"]["Name"] == "unless-stopped", service
+        assert attrs["Config"]["Healthcheck"]["Test"][0] == "CMD", service
+        assert attrs["Config"]["Labels"]["com.docker.compose.service"] == service
+        assert attrs["Config"]["Labels"]["io.fieldgate.config-hash"]
+    # The user is real inside: the process runs as 10001, not root.
+    top = containers["modbus"].top(ps_args="-o user,pid,args")
+    users = {row[0] for row in top["Processes"]}
+    assert "root" not in users, top
+
+
+def test_services_turn_healthy_and_status_shows_them(stack: Stack) -> None:
+    stack.wait_containers(
+        lambda c: set(c) == SERVICES
+        and all((x.attrs["State"].get("Health") or {}).get("Status") == "healthy" for x in c.values()),
+        90, "all three healthy")
+    deadline = time.monotonic() + 30
+    while True:
+        result = stack.status()
+        rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:] if line.strip()}
+        if set(rows) >= SERVICES and all("healthy" in rows[s] for s in SERVICES) and all(
+                "MiB" in rows[s] or "MB" in rows[s] for s in SERVICES):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status never showed every service healthy with memory:\n{result.stdout}")
+        time.sleep(1)
+    assert result.returncode == 0
+    assert "fieldgate/collector-modbus:0.1.0" in rows["modbus"]
+    assert "running" in rows["opcua"]
+
+
+def test_device_edit_recreates_only_the_modbus_service(stack: Stack, sub: Subscriber) -> None:
+    before = {name: (c.id, c.labels["io.fieldgate.config-hash"]) for name, c in stack.containers().items()}
+    device = stack.plant / "devices" / "press-1.yaml"
+    device.write_text(device.read_text().replace("poll: 250ms", "poll: 500ms"))
+    edited = time.time()
+    now = stack.wait_containers(
+        lambda c: "modbus" in c and c["modbus"].labels["io.fieldgate.config-hash"] != before["modbus"][1]
+        and c["modbus"].status == "running",
+        60, "the modbus container recreated with the new config")
+    assert now["modbus"].id != before["modbus"][0]
+    assert now["forwarder"].id == before["forwarder"][0], "the forwarder was touched"
+    assert now["opcua"].id == before["opcua"][0], "the opcua collector was touched"
+    sub.wait_for(after(edited + 1, readings(stack.topic_prefix, "press-1", "counter")), timeout=60)
+    assert "config change applied: modbus" in stack.supervisor.text() if stack.supervisor else False
+
+
+def test_killed_container_is_restarted_and_readings_resume(stack: Stack, sub: Subscriber) -> None:
+    container = stack.containers()["modbus"]
+    started_before = container.attrs["State"]["StartedAt"]
+    sub.wait_for(readings(stack.topic_prefix, "press-1", "counter"), timeout=30)
+    container.kill()
+    killed = time.time()
+    resumed = sub.wait_for(after(killed + 0.5, readings(stack.topic_prefix, "press-1", "counter")),
+                           timeout=90)[0]
+    print(f"\ndocker kill -> readings resume: {resumed.at - killed:.1f}s")
+    container.reload()
+    assert container.status == "running"
+    assert container.attrs["State"]["StartedAt"] != started_before
+    assert "restart modbus" in (stack.supervisor.text() if stack.supervisor else "")
+
+
+def test_supervisor_stop_stops_the_containers(stack: Stack, tmp_path: Path) -> None:
+    assert stack.supervisor is not None
+    assert stack.supervisor.stop() == 0
+    containers = stack.containers()
+    assert set(containers) == SERVICES
+    states = {name: c.status for name, c in containers.items()}
+    assert set(states.values()) == {"exited"}, states
