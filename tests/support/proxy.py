@@ -1,0 +1,92 @@
+"""A TCP relay a test puts between a client and a broker, to break the link the ways links break.
+
+`blackhole()` keeps every socket open and throws the bytes away, both ways: a cable pulled
+or a cellular link gone silent, which a client only notices through its keep-alive.
+`drop()` resets every connection (the broker then sees an ungraceful loss at once).
+`refuse()` resets every new connection (a broker that is down), `resume()` relays again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from contextlib import suppress
+
+
+class TcpProxy:
+    """An async context manager listening on a free loopback port (`port`)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._black = False
+        self._refusing = False
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+        self.connections = 0
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.drop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def blackhole(self) -> None:
+        self._black = True
+
+    def refuse(self) -> None:
+        self._refusing = True
+
+    def resume(self) -> None:
+        self._black = self._refusing = False
+
+    def drop(self) -> None:
+        for down, up in self._pairs:
+            for writer in (down, up):
+                sock = writer.get_extra_info("socket")
+                if sock is not None:  # linger 0: close with a RST, as a crashed peer would
+                    with suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+        self._pairs.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if self._refusing:
+                return
+            if self._black:  # a dead link: the connection goes nowhere
+                await self._pipe(reader, None)
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            self.connections += 1
+            self._pairs.append((writer, up_writer))
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except OSError:
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None) -> None:
+        with suppress(OSError):
+            while data := await reader.read(65536):
+                if self._black or writer is None:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        if writer is not None:
+            writer.transport.abort()
