@@ -372,18 +372,41 @@ def _num(value: Any, fmt: str = "{:.0f}") -> str:
 
 def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
     """The `fieldgate status` table: header row first."""
-    rows = [["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME", "IMAGE"]]
-    for svc in status.get("services", []):
+    services = status.get("services", [])
+    # CPU and memory against the limits, where the runtime measures them (docker: the Engine's stats).
+    usage = any("memory" in svc or "cpu_percent" in svc for svc in services)
+    header = ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME"]
+    rows = [[*header, *(["CPU", "MEMORY"] if usage else []), "IMAGE"]]
+    for svc in services:
         running = svc.get("state") not in ("absent",) and not str(svc.get("state", "")).startswith(
             ("exited", "crash-looping (exited"))
         uptime = _age(now - svc["since"]) if svc.get("since") and running else "-"
         image = svc.get("image") or (f"pid {svc['pid']}" if svc.get("pid") else "-")
-        rows.append([
+        row = [
             svc["name"], svc.get("state", "?"), svc.get("health") or "-",
             _num(svc.get("readings_per_s"), "{:.1f}"), _num(svc.get("buffered")),
-            str(svc.get("restarts", 0)), uptime, image,
-        ])
+            str(svc.get("restarts", 0)), uptime,
+        ]
+        if usage:
+            row += [_cpu(svc), _memory(svc)]
+        rows.append([*row, image])
     return rows
+
+
+def _cpu(svc: Mapping[str, Any]) -> str:
+    """`12% / 0.5 cpu`: percent of one core, against the limit in cores (`-` when unmeasured)."""
+    if svc.get("cpu_percent") is None:
+        return "-"
+    limit = svc.get("cpu_limit")
+    return f"{svc['cpu_percent']:.0f}%" + (f" / {limit:g} cpu" if limit else "")
+
+
+def _memory(svc: Mapping[str, Any]) -> str:
+    """`31MiB / 128MiB`: resident memory against the limit (`-` when unmeasured)."""
+    if svc.get("memory") is None:
+        return "-"
+    limit = svc.get("memory_limit")
+    return f"{svc['memory'] / 2**20:.0f}MiB" + (f" / {limit / 2**20:.0f}MiB" if limit else "")
 
 
 def format_table(rows: list[list[str]]) -> str:
