@@ -146,3 +146,27 @@ async def test_a_silent_device_holds_up_no_other_link(
     (hung,) = sink.of("hung", "x")
     assert (hung.quality, hung.reason) == ("bad", "timeout")
     assert {r.quality for r in sink.of("fine", "x")} == {"good"}
+
+
+@pytest.mark.sim
+async def test_rtu_frames_over_tcp() -> None:
+    """A serial-to-Ethernet converter in transparent mode: RTU frames, CRC and all, over TCP."""
+    from pymodbus.framer import FramerType
+    from pymodbus.server import ModbusTcpServer
+
+    from tests.modbus.conftest import sim_device
+
+    port = free_port()
+    gateway = ModbusTcpServer([sim_device(3)], address=("127.0.0.1", port), framer=FramerType.RTU)
+    await gateway.serve_forever(background=True)
+    try:
+        await gateway.async_setValues(3, 3, 7, [1234])
+        dev = ModbusDevice.model_validate({
+            "name": "rtu-gw", "protocol": "modbus", "unit": 3, "timeout": "500ms",
+            "connection": {"tcp": {"host": "127.0.0.1", "port": port, "framer": "rtu"}},
+            "tags": [{"name": "x", "table": "holding", "address": 7, "type": "uint16"}],
+        })
+        async with Link([dev]) as link:
+            assert await link.read(dev, Table.HOLDING, 7, 1) == [1234]
+    finally:
+        await gateway.shutdown()
