@@ -8,6 +8,7 @@ that `fieldgate schema` prints and the docs come from one source.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     SecretStr,
+    ValidationInfo,
     WithJsonSchema,
 )
 
@@ -100,6 +102,20 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def password_from_env(data: Any, info: ValidationInfo) -> Any:
+    """Before-validator of models with `password` and `password_env`: fills `password` from
+    the environment variable named by `password_env` (the environment is the validation
+    context's "env" when given, else the process's). Rendered slices use this so that no
+    password is ever written into a config file."""
+    if not isinstance(data, dict) or not data.get("password_env"):
+        return data
+    name = str(data["password_env"])
+    env = info.context.get("env", os.environ) if isinstance(info.context, dict) else os.environ
+    if name not in env:
+        raise ValueError(f"password_env: environment variable {name} is not set")
+    return {**data, "password": env[name]}
 
 
 def read_secret(value: SecretStr | None, file: Path | None) -> str | None:

@@ -1,0 +1,198 @@
+"""Checks that need more than one file: what each device file cannot know about the others.
+
+Each check returns problems at the position of the second claimant, naming the first one's
+file and line, so the engineer sees both places. Things that run but look like a copy-paste
+slip (two devices polling one TCP unit, a file not named after its device) are warnings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from collectors.modbus.config import ModbusDevice, ModbusTag
+from collectors.opcua.config import OpcuaDevice
+from gateway.yamlnodes import Loc, Problem, Source
+
+AnyDevice = ModbusDevice | OpcuaDevice
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    source: Source
+    device: AnyDevice
+    loc: Loc
+
+    def at(self) -> str:
+        position = self.source.where(self.loc)
+        line = f":{position.line}" if position else ""
+        return f"{self.source.file}{line}"
+
+
+def cross_file(
+    gateway_source: Source,
+    gateway: object,
+    loaded: list[tuple[Source, AnyDevice]],
+    warnings: list[Problem],
+) -> list[Problem]:
+    """Every cross-file problem; warnings are appended to `warnings`."""
+    problems: list[Problem] = []
+    problems.extend(_unique_names(loaded))
+    problems.extend(_serial_ports(loaded))
+    problems.extend(_writable_overlaps(loaded))
+    problems.extend(_start_first_serial(gateway_source, gateway, loaded))
+    warnings.extend(_shared_units(loaded))
+    warnings.extend(_file_names(loaded))
+    return problems
+
+
+def _problem(source: Source, loc: Loc, message: str) -> Problem:
+    return Problem(source.file, source.where(loc), message)
+
+
+def _unique_names(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    first: dict[str, _Claim] = {}
+    for source, device in loaded:
+        claim = _Claim(source, device, ("name",))
+        if device.name in first:
+            yield _problem(
+                source, ("name",),
+                f"device {device.name}: name is already used by {first[device.name].at()}; device names "
+                "must be unique in a gateway (they are MQTT topic levels)",
+            )
+        else:
+            first[device.name] = claim
+
+
+def _serial_ports(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    """Devices on one RS-485 line share its settings; the collector opens the port once."""
+    first: dict[str, _Claim] = {}
+    for source, device in loaded:
+        if not isinstance(device, ModbusDevice) or device.connection.rtu is None:
+            continue
+        rtu = device.connection.rtu
+        loc = ("connection", "rtu")
+        if rtu.port not in first:
+            first[rtu.port] = _Claim(source, device, loc)
+            continue
+        other = first[rtu.port]
+        assert isinstance(other.device, ModbusDevice) and other.device.connection.rtu is not None
+        theirs = other.device.connection.rtu
+        differs = [
+            f"{key} {getattr(rtu, key)} (there: {getattr(theirs, key)})"
+            for key in ("baudrate", "parity", "stopbits", "bytesize")
+            if getattr(rtu, key) != getattr(theirs, key)
+        ]
+        if differs:
+            yield _problem(
+                source, loc,
+                f"device {device.name}: serial port {rtu.port} is also used by {other.device.name} "
+                f"({other.at()}) with other settings: {', '.join(differs)}; devices on one port must "
+                "share baudrate, parity, stopbits and bytesize",
+            )
+        if device.unit == other.device.unit:
+            yield _problem(
+                source, ("unit",) if ("unit",) in source.values else loc,
+                f"device {device.name}: unit {device.unit} on serial port {rtu.port} is also "
+                f"{other.device.name} ({other.at()}); each device on a line needs its own unit id",
+            )
+
+
+def _link_unit(device: ModbusDevice) -> tuple[str, int]:
+    return device.connection.link_key, device.unit
+
+
+def _shared_units(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    """Two device files on one TCP endpoint and unit: allowed (one PLC split in two), but said."""
+    first: dict[tuple[str, int], _Claim] = {}
+    for source, device in loaded:
+        if not isinstance(device, ModbusDevice) or device.connection.tcp is None:
+            continue
+        key = _link_unit(device)
+        if key not in first:
+            first[key] = _Claim(source, device, ("connection", "tcp"))
+            continue
+        other = first[key]
+        yield _problem(
+            source, ("connection", "tcp"),
+            f"warning: device {device.name} polls the same endpoint and unit ({key[0].removeprefix('tcp:')} "
+            f"unit {key[1]}) as {other.device.name} ({other.at()}); fine when they split one PLC's "
+            "registers, otherwise a copied file",
+        )
+
+
+Span = tuple[str, int, int, int | None]  # table, first address, last address, bit
+
+
+def _writable_ranges(device: ModbusDevice) -> Iterator[tuple[int, ModbusTag, Span]]:
+    """(index, tag, (table, first, last, bit)) of each writable tag."""
+    for i, tag in enumerate(device.tags):
+        if tag.writable:
+            yield i, tag, (tag.table.value, tag.address, tag.address + tag.registers - 1, tag.bit)
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    if a[0] != b[0] or a[1] > b[2] or b[1] > a[2]:
+        return False
+    # two bits of one register are two different values
+    return not (a[3] is not None and b[3] is not None and a[3] != b[3])
+
+
+def _writable_overlaps(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    """Two writable tags on the same registers: two topics would fight over one value.
+
+    Checked within a device and between devices on one link and unit.
+    """
+    seen: dict[tuple[str, int], list[tuple[_Claim, ModbusTag, Span]]] = {}
+    for source, device in loaded:
+        if not isinstance(device, ModbusDevice):
+            continue
+        earlier = seen.setdefault(_link_unit(device), [])
+        for i, tag, span in _writable_ranges(device):
+            for claim, other_tag, other_span in earlier:
+                if _overlap(span, other_span):
+                    same = claim.device is device
+                    owner = f"tag {other_tag.name}" if same else f"{claim.device.name} tag {other_tag.name}"
+                    yield _problem(
+                        source, ("tags", i, "address"),
+                        f"device {device.name}, tag {tag.name}: writable {span[0]} {_span(span)} overlaps "
+                        f"writable {owner} ({claim.at()}, {other_span[0]} {_span(other_span)}); "
+                        "give each writable register one tag",
+                    )
+                    break
+            earlier.append((_Claim(source, device, ("tags", i)), tag, span))
+
+
+def _span(span: Span) -> str:
+    where = f"{span[1]}" if span[1] == span[2] else f"{span[1]}..{span[2]}"
+    return where + (f" bit {span[3]}" if span[3] is not None else "")
+
+
+def _start_first_serial(
+    gateway_source: Source, gateway: object, loaded: list[tuple[Source, AnyDevice]]
+) -> Iterator[Problem]:
+    """start-first would run two Modbus collectors at once: two owners of one serial port."""
+    collectors = getattr(gateway, "collectors", None)
+    update = getattr(getattr(collectors, "modbus", None), "update", "stop-first")
+    if update != "start-first":
+        return
+    ports = sorted({
+        d.connection.rtu.port for _, d in loaded
+        if isinstance(d, ModbusDevice) and d.connection.rtu is not None
+    })
+    if ports:
+        yield _problem(
+            gateway_source, ("collectors", "modbus", "update"),
+            f"collectors.modbus.update: start-first would open serial port {', '.join(ports)} from two "
+            "collectors during an update; use stop-first while Modbus RTU devices are configured",
+        )
+
+
+def _file_names(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    for source, device in loaded:
+        if source.file.stem != device.name:
+            yield _problem(
+                source, ("name",),
+                f"warning: file {source.file.name} describes device {device.name}; naming the file "
+                f"{device.name}.yaml helps find it",
+            )

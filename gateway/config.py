@@ -1,0 +1,766 @@
+"""The gateway's config: loading a config directory, errors a plant engineer can act on, and
+the slice of it each component runs on (SPEC.md, "The config directory" and "Config flow").
+
+    plant/gateway.yaml        GatewayFile
+    plant/devices/*.yaml      ModbusDevice | OpcuaDevice, by their `protocol` key
+
+`load_config(DIR)` reads every file, replaces `${VAR}` / `${VAR:-default}`, validates each
+file with the models the collectors own, runs the cross-file checks, and raises ConfigErrors
+listing every problem as `file:line:column: message` (nothing half-loaded). On success the
+GatewayConfig holds gateway.yaml's model plus every device with the file it came from.
+
+Secrets (`password`) are SecretStr: never in an error, a repr or a log line. Rendered
+slices never hold them in clear: see `collector_slices`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from collectors.core.config import ByteSize, HandoffConfig, StrictModel
+from collectors.core.errors import ConfigError
+from collectors.forwarder.config import (
+    BufferConfig,
+    CatalogDevice,
+    CatalogTag,
+    ForwarderConfig,
+    Identity,
+    MetricsConfig,
+    MqttConfig,
+)
+from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice
+from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
+from gateway.yamlnodes import Loc, Problem, Source, load_yaml
+
+GATEWAY_FILE = "gateway.yaml"
+DEVICES_DIR = "devices"
+PROTOCOLS = ("modbus", "opcua")
+# Each collector's metrics port is the forwarder's plus this, whichever protocols are in use,
+# so adding an OPC UA device never moves the Modbus collector's port.
+METRICS_OFFSET = {"modbus": 1, "opcua": 2}
+
+Device = Annotated[ModbusDevice | OpcuaDevice, Field(discriminator="protocol")]
+DEVICE_MODELS: dict[str, type[ModbusDevice] | type[OpcuaDevice]] = {
+    "modbus": ModbusDevice,
+    "opcua": OpcuaDevice,
+}
+
+
+# ------------------------------------------------------------------ gateway.yaml
+
+
+class ForwarderResources(StrictModel):
+    """How the forwarder runs: its image and limits (docker runtime)."""
+
+    image: str | None = Field(None, description="image to run; default fieldgate/forwarder:{version}")
+    cpus: float | None = Field(None, gt=0, description="CPU limit in cores, e.g. 0.5 (docker runtime)")
+    memory: ByteSize | None = Field(None, description="memory limit, e.g. 128MiB (docker runtime)")
+
+
+class CollectorResources(ForwarderResources):
+    """How one protocol's collector runs, and how `fieldgate update` replaces it."""
+
+    image: str | None = Field(
+        None, description="image to run; default fieldgate/collector-{protocol}:{version}"
+    )
+    update: Literal["stop-first", "start-first"] = Field(
+        "stop-first",
+        description="stop-first: stop the old collector, then start the new one (a serial port has one "
+        "owner) | start-first: start the new one, switch when healthy (no gap in readings)",
+    )
+
+
+class OpcuaResources(CollectorResources):
+    update: Literal["stop-first", "start-first"] = Field(
+        "start-first",
+        description="stop-first | start-first: start the new collector, switch when it is healthy",
+    )
+
+
+class CollectorsResources(StrictModel):
+    modbus: CollectorResources = Field(default_factory=CollectorResources, description="the Modbus collector")
+    opcua: OpcuaResources = Field(default_factory=OpcuaResources, description="the OPC UA collector")
+
+
+class GatewayFile(StrictModel):
+    """gateway.yaml: identity, broker, buffer, runtime and the components' resources."""
+
+    gateway: Identity = Field(description="who this gateway is: {id, group}")
+    mqtt: MqttConfig = Field(
+        default_factory=MqttConfig, description="the plant broker and the payload format"
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Prometheus metrics: the forwarder on port, the Modbus collector on port+1, "
+        "the OPC UA collector on port+2",
+    )
+    buffer: BufferConfig = Field(default_factory=BufferConfig, description="the store-and-forward buffer")
+    runtime: Literal["docker", "process"] = Field(
+        "docker",
+        description="docker: one container per component | process: child processes of `fieldgate up`",
+    )
+    network: Literal["host", "bridge"] = Field(
+        "host",
+        description="docker runtime: host (containers share the gateway's network; simplest for field "
+        "networks) | bridge (own network; 127.0.0.1 in configs means the gateway PC)",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level of the forwarder and the collectors"
+    )
+    forwarder: ForwarderResources = Field(
+        default_factory=ForwarderResources, description="the forwarder's image and limits"
+    )
+    collectors: CollectorsResources = Field(
+        default_factory=CollectorsResources,
+        description="each protocol's collector: image, limits, update order",
+    )
+
+
+class DeviceFile(StrictModel):
+    """One device and the file it came from (relative to the config directory's parent as given)."""
+
+    source: Path = Field(description="the device file")
+    device: Device = Field(description="the device model")
+
+
+class GatewayConfig(GatewayFile):
+    """A loaded, valid config directory: gateway.yaml's keys plus every device file."""
+
+    dir: Path = Field(description="the config directory")
+    devices: list[DeviceFile] = Field(default_factory=list, description="every device, in file name order")
+    warnings: list[str] = Field(
+        default_factory=list, description="file:line:column: things that run but look wrong"
+    )
+    # secret owner ("mqtt" or "device:NAME") -> the environment variable its password came from
+    secret_env: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    def devices_of(self, protocol: str) -> list[ModbusDevice | OpcuaDevice]:
+        return [entry.device for entry in self.devices if entry.device.protocol == protocol]
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols in use, in a stable order."""
+        used = {entry.device.protocol for entry in self.devices}
+        return [p for p in PROTOCOLS if p in used]
+
+    @property
+    def tag_count(self) -> int:
+        return sum(len(entry.device.tags) for entry in self.devices)
+
+
+class ConfigErrors(ConfigError, ValueError):
+    """Every problem of a config directory; str() is one `file:line:column: message` per line."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and check a config directory; raises ConfigErrors listing every problem."""
+    from gateway import checks
+
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    gateway_path = dir / GATEWAY_FILE
+    if not gateway_path.is_file():
+        problems.append(
+            Problem(gateway_path, None, "not found: a config directory holds gateway.yaml and devices/")
+        )
+        gateway_model = None
+        gateway_source = None
+    else:
+        gateway_source = load_yaml(gateway_path, env)
+        gateway_model = _validate_gateway(gateway_source, env)
+        problems.extend(gateway_source.problems)
+
+    device_paths = device_files(dir)
+    if not device_paths:
+        problems.append(
+            Problem(dir / DEVICES_DIR, None, "no device files (devices/NAME.yaml, one device each)")
+        )
+    loaded: list[tuple[Source, ModbusDevice | OpcuaDevice]] = []
+    for path in device_paths:
+        source = load_yaml(path, env)
+        device = validate_device(source, env)
+        problems.extend(source.problems)
+        if device is not None:
+            loaded.append((source, device))
+
+    warnings: list[Problem] = []
+    if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths):
+        problems.extend(checks.cross_file(gateway_source, gateway_model, loaded, warnings))
+    if problems:
+        raise ConfigErrors(_scrub(problems, [gateway_source, *(s for s, _ in loaded)]))
+    assert gateway_model is not None and gateway_source is not None
+    secret_env = {}
+    if ("mqtt", "password") in gateway_source.env_refs:
+        secret_env["mqtt"] = gateway_source.env_refs[("mqtt", "password")]
+    for source, device in loaded:
+        if ("security", "password") in source.env_refs:
+            secret_env[f"device:{device.name}"] = source.env_refs[("security", "password")]
+    return GatewayConfig(
+        **{name: getattr(gateway_model, name) for name in GatewayFile.model_fields},
+        dir=dir,
+        devices=[DeviceFile(source=source.file, device=device) for source, device in loaded],
+        warnings=[str(w) for w in warnings],
+        secret_env=secret_env,
+    )
+
+
+def device_files(dir: Path) -> list[Path]:
+    """The device files of a config directory, in name order (hidden files and editor backups skipped)."""
+    folder = dir / DEVICES_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> list[DeviceFile]:
+    """Device files on their own (`fieldgate simulate`): the same checks as in a config directory,
+    except the cross-file ones; raises ConfigErrors."""
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    result: list[DeviceFile] = []
+    sources: list[Source | None] = []
+    for path in paths:
+        source = load_yaml(path, env)
+        device = validate_device(source, env)
+        problems.extend(source.problems)
+        sources.append(source)
+        if device is not None:
+            result.append(DeviceFile(source=path, device=device))
+    if problems:
+        raise ConfigErrors(_scrub(problems, sources))
+    return result
+
+
+def _validate_gateway(source: Source, env: Mapping[str, str]) -> GatewayFile | None:
+    if source.broken:
+        return None
+    if not isinstance(source.data, dict):
+        source.problem((), "gateway.yaml must be a mapping of keys (gateway:, mqtt:, ...)")
+        return None
+    try:
+        model = GatewayFile.model_validate(source.data, context={"env": env})
+    except ValidationError as exc:
+        report_validation(source, exc, GatewayFile)
+        return None
+    model = absolute_paths(model, source.file.parent)
+    _check_files(source, model, ())
+    return None if _sorted(source) else model
+
+
+def _sorted(source: Source) -> bool:
+    """Sort the file's problems by position; True when there are any."""
+    source.problems.sort(key=lambda p: (p.position.line, p.position.column) if p.position else (0, 0))
+    return bool(source.problems)
+
+
+def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | OpcuaDevice | None:
+    """The device model of one loaded device file, or None with the problems on `source`."""
+    if source.broken:
+        return None
+    data = source.data
+    if not isinstance(data, dict):
+        source.problem((), "a device file is a mapping of keys (name:, protocol:, ...), one device per file")
+        return None
+    protocol = data.get("protocol")
+    if "protocol" not in data:
+        source.problem((), "missing key 'protocol': write protocol: modbus or protocol: opcua")
+        return None
+    if protocol not in DEVICE_MODELS:
+        source.problem(("protocol",), f"protocol: {_show(protocol)} is not one of modbus, opcua"
+                       + _did_you_mean(protocol, DEVICE_MODELS))
+        return None
+    model_class = DEVICE_MODELS[protocol]
+    _duplicate_tags(source)
+    try:
+        device = model_class.model_validate(data, context={"env": env})
+    except ValidationError as exc:
+        report_validation(source, exc, model_class)
+        return None
+    device = absolute_paths(device, source.file.parent)
+    _check_files(source, device, ())
+    if isinstance(device, ModbusDevice):
+        from collectors.modbus.planner import plan_device
+
+        try:
+            plan_device(device)
+        except ConfigError as exc:
+            source.problem(("tags",), f"device {device.name}: {exc}")
+    return None if _sorted(source) else device
+
+
+def _duplicate_tags(source: Source) -> None:
+    tags = source.data.get("tags")
+    if not isinstance(tags, list):
+        return
+    first: dict[str, int] = {}
+    for i, tag in enumerate(tags):
+        name = tag.get("name") if isinstance(tag, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            line = source.where(("tags", first[name]))
+            source.problem(
+                ("tags", i, "name"),
+                f"device {source.data.get('name')}, tag {name}: the name is already used by the tag at line "
+                f"{line.line if line else '?'}; tag names must be unique in a device (they are topic levels)",
+            )
+        else:
+            first[name] = i
+
+
+# ------------------------------------------------------------------ pydantic errors -> positions
+
+# Files that must exist when the config names them; found relative to the file naming them.
+MUST_EXIST = ("password_file", "ca_file", "cert_file", "key_file", "user_certificate", "user_private_key")
+_SECRET_KEYS = frozenset({"password"})
+
+
+def report_validation(source: Source, exc: ValidationError, model: type[BaseModel]) -> None:
+    """Turn pydantic's errors into `file:line:column` problems on `source`, one per place."""
+    grouped: dict[tuple[Loc, bool], list[str]] = {}
+    for error in exc.errors(include_url=False):
+        loc, key, message = _explain(source, error, model)
+        if any(loc[: len(t)] == t for t in source.tainted):
+            continue  # already reported where the value was written
+        if "is used twice" in message and any("unique in a device" in p.message for p in source.problems):
+            continue  # _duplicate_tags said it, at the second tag
+        messages = grouped.setdefault((loc, key), [])
+        if message not in messages:
+            messages.append(message)
+    # `adress` unknown and `address` missing are one slip: say it once, at the misspelt key
+    for (loc, key), messages in list(grouped.items()):
+        if key and (match := re.search(r"did you mean '([^']+)'", messages[0])):
+            grouped.pop(((*loc[:-1], match.group(1)), False), None)
+    for (loc, key), messages in grouped.items():
+        # a missing or unknown key is named in the message; the context is its mapping
+        where = _context(source, loc[:-1] if key or messages[0].startswith("missing key") else loc)
+        if len(messages) > 1 and all(m.startswith("expected ") for m in messages):
+            text = "expected " + " or ".join(m.removeprefix("expected ").split(" (got")[0] for m in messages)
+        else:
+            text = "; ".join(messages)
+        source.problem(loc, f"{where}{text}", key=key)
+
+
+def _explain(source: Source, error: Any, model: type[BaseModel]) -> tuple[Loc, bool, str]:
+    """(where in the data, whether the key itself is meant, the message)."""
+    kind = error["type"]
+    loc = _data_loc(source.data, error["loc"])
+    secret = any(part in _SECRET_KEYS for part in loc)
+    value = error.get("input")
+    got = "" if secret else f" (got {_show(value)})"
+    name = str(loc[-1]) if loc else ""
+    if kind == "extra_forbidden":
+        allowed = sorted(_fields_at(model, loc[:-1]))
+        return loc, True, (
+            f"unknown key {name!r}{_did_you_mean(name, allowed)}; allowed here: {', '.join(allowed)}"
+        )
+    if kind == "missing":
+        description = _description(model, loc)
+        return loc, False, f"missing key {name!r}" + (f" ({description})" if description else "")
+    if kind in ("literal_error", "enum"):
+        choices = _choices(error.get("ctx", {}).get("expected", ""))
+        shown = "this value" if secret else _show(value)
+        hint = "" if secret else _did_you_mean(value, choices)
+        description = _description(model, loc) or ""
+        if not hint and description and description != " | ".join(choices):
+            hint = f" ({description})"  # e.g. word_order: "little = CDAB"
+        return loc, False, f"{shown} is not one of {', '.join(choices)}{hint}"
+    if kind == "string_pattern_mismatch":
+        description = _description(model, loc)
+        return loc, False, f"{_show(value)} is not allowed: " + (description or error["msg"])
+    if kind == "value_error":
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        return _refine(source, loc, message), False, message
+    if kind.endswith("_type") and kind != "model_type":
+        return loc, False, f"expected {_type_word(kind)}{got}"
+    if kind == "model_type":
+        return loc, False, f"expected a mapping of keys{got}"
+    return loc, False, f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
+
+
+def _data_loc(data: Any, raw: Iterable[str | int]) -> Loc:
+    """pydantic's loc walked through the data: union member names and the like are dropped."""
+    loc: list[str | int] = []
+    current = data
+    parts = list(raw)
+    for i, part in enumerate(parts):
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if in_list or (isinstance(current, dict) and part in current):
+            current = current[part]
+            loc.append(part)
+        elif isinstance(current, dict) and i == len(parts) - 1 and isinstance(part, str):
+            loc.append(part)  # a missing key
+        # else: a union member ("float", "function-after[...]"), not a place in the file
+    return tuple(loc)
+
+
+def _refine(source: Source, loc: Loc, message: str) -> Loc:
+    """A model-level message ("length applies only to string tags") points at the key it names."""
+    if match := re.search(r"tag name '([^']+)' is used twice", message):
+        tags = _get(source.data, (*loc, "tags")) or []
+        names = [t.get("name") if isinstance(t, dict) else None for t in tags]
+        positions = [i for i, n in enumerate(names) if n == match.group(1)]
+        if len(positions) > 1:
+            return (*loc, "tags", positions[1], "name")
+    mapping = _get(source.data, loc)
+    if isinstance(mapping, dict):
+        mentioned = [(m.start(), key) for key in mapping if isinstance(key, str)
+                     for m in [re.search(rf"\b{re.escape(key)}\b", message)] if m]
+        if mentioned:
+            return (*loc, min(mentioned)[1])
+    return loc
+
+
+def _get(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _context(source: Source, loc: Loc) -> str:
+    """`device press-1, tag temperature: simulate.kind: ` (or `mqtt.qos: ` in gateway.yaml)."""
+    data = source.data
+    parts: list[str] = []
+    keys: list[str] = []
+    if isinstance(data, dict) and "protocol" in data:
+        name = data.get("name")
+        parts.append(f"device {name}" if isinstance(name, str) else "device")
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if part == "tags" and i + 1 < len(loc) and isinstance(loc[i + 1], int) and not keys:
+            tag = _get(data, loc[: i + 2])
+            tag_name = tag.get("name") if isinstance(tag, dict) else None
+            parts.append(f"tag {tag_name}" if isinstance(tag_name, str) else f"tag #{int(loc[i + 1]) + 1}")
+            i += 2
+            continue
+        keys.append(f"[{part}]" if isinstance(part, int) else str(part))
+        i += 1
+    path = ".".join(keys).replace(".[", "[")
+    head = ", ".join(parts)
+    if head and path:
+        return f"{head}: {path}: "
+    return f"{head or path}: " if head or path else ""
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> set[str]:
+    """The keys allowed at `loc` (field names of the model found there)."""
+    candidates: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        found: list[type[BaseModel]] = []
+        for candidate in candidates:
+            field = candidate.model_fields.get(str(part))
+            if field is not None:
+                found.extend(_models_in(field.annotation))
+        candidates = found or candidates
+    return {name for candidate in candidates for name in candidate.model_fields}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _description(model: type[BaseModel], loc: Loc) -> str | None:
+    keys = [p for p in loc if isinstance(p, str)]
+    if not keys:
+        return None
+    parents: list[type[BaseModel]] = [model]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        nxt = [m for p in parents if (f := p.model_fields.get(part)) for m in _models_in(f.annotation)]
+        parents = nxt or parents
+    for parent in parents:
+        field = parent.model_fields.get(str(loc[-1]))
+        if field is not None and field.description:
+            return field.description
+    return None
+
+
+def _choices(expected: str) -> list[str]:
+    """"'big' or 'little'" -> ['big', 'little']; "1 or 2" -> ['1', '2']."""
+    quoted = re.findall(r"'([^']*)'", expected)
+    return quoted or [c.strip() for c in re.split(r",| or ", expected) if c.strip()]
+
+
+def _did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    import difflib
+
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    if not close:
+        lowered = {str(c).lower(): str(c) for c in choices}
+        close = [lowered[value.lower()]] if value.lower() in lowered else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_WORDS = {
+    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
+    "list": "a list", "dict": "a mapping of keys", "path": "a file path",
+}
+
+
+def _type_word(kind: str) -> str:
+    base = kind.removesuffix("_type").removesuffix("_parsing")
+    return _TYPE_WORDS.get(base, base.replace("_", " "))
+
+
+def _scrub(problems: list[Problem], sources: Iterable[Source | None]) -> list[Problem]:
+    """Belt and braces: no problem text may contain a password, whatever produced it."""
+    secrets = {
+        str(value) for source in sources if source is not None
+        for loc, value in _leaves(source.data, ()) if loc and loc[-1] in _SECRET_KEYS and str(value)
+    }
+    if not secrets:
+        return problems
+    clean = []
+    for problem in problems:
+        message = problem.message
+        for secret in secrets:
+            message = message.replace(secret, "***")
+        clean.append(Problem(problem.file, problem.position, message))
+    return clean
+
+
+def _leaves(data: Any, loc: Loc) -> Iterator[tuple[Loc, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, (*loc, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _leaves(value, (*loc, i))
+    else:
+        yield loc, data
+
+
+# ------------------------------------------------------------------ file paths
+
+
+def absolute_paths(model: Any, base: Path) -> Any:
+    """The model with every relative Path made relative to `base` (the file that names it)."""
+    if not isinstance(model, BaseModel):
+        return model
+    update: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, PurePath) and not value.is_absolute():
+            update[name] = base / value
+        elif isinstance(value, BaseModel):
+            new = absolute_paths(value, base)
+            if new is not value:
+                update[name] = new
+        elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            items = [absolute_paths(v, base) for v in value]
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                update[name] = items
+    return model.model_copy(update=update) if update else model
+
+
+def _check_files(source: Source, model: BaseModel, loc: Loc) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name in MUST_EXIST and isinstance(value, PurePath) and not Path(value).is_file():
+            source.problem((*loc, name), f"{_context(source, (*loc, name))}file {value} does not exist")
+        elif isinstance(value, BaseModel):
+            _check_files(source, value, (*loc, name))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    _check_files(source, item, (*loc, name, i))
+
+
+# ------------------------------------------------------------------ slices
+
+
+def _env_name(owner: str) -> str:
+    return "FIELDGATE_PASSWORD_" + re.sub(r"[^A-Za-z0-9]", "_", owner).upper()
+
+
+def _password_env(config: GatewayConfig, owner: str) -> str:
+    """The variable a component reads the password from: the user's own `${VAR}` name when the
+    password was written that way, else one named after its owner."""
+    return config.secret_env.get(owner) or _env_name(owner)
+
+
+def _without_secret(model: Any, env_name: str) -> Any:
+    if getattr(model, "password", None) is None:
+        return model
+    return model.model_copy(update={"password": None, "password_env": env_name})
+
+
+def collector_slices(
+    config: GatewayConfig, handoff_socket: Path, state_dir: Path, metrics_base_port: int | None
+) -> dict[str, BaseModel]:
+    """Each protocol in use -> the config its collector runs on (`python -m collectors.PROTOCOL`).
+
+    Secrets: a password never goes into a slice. Where a device has one, its slice carries
+    `password_env: NAME` instead and the collector reads the variable at start; NAME is the
+    user's own variable when the password was written `${NAME}`, else FIELDGATE_PASSWORD_<OWNER>.
+    Runtimes add `slice_environment(config)` to the component's environment (the process
+    runtime's children inherit the supervisor's environment, so `${VAR}` passwords work as is).
+    Environment, not a file: a secret file would need a host directory the container can read
+    and that outlives the process; the environment dies with it and is never on disk.
+    """
+    slices: dict[str, BaseModel] = {}
+    handoff = HandoffConfig(socket=handoff_socket)
+    for protocol in config.protocols:
+        port = None if metrics_base_port is None else metrics_base_port + METRICS_OFFSET[protocol]
+        common: dict[str, Any] = {
+            "name": protocol, "handoff": handoff, "metrics_port": port,
+            "state_dir": state_dir, "log_level": config.log_level,
+        }
+        if protocol == "modbus":
+            slices[protocol] = ModbusCollectorConfig(
+                **common, devices=[d for d in config.devices_of("modbus") if isinstance(d, ModbusDevice)]
+            )
+        else:
+            devices = []
+            for device in config.devices_of("opcua"):
+                assert isinstance(device, OpcuaDevice)
+                security = _without_secret(device.security, _password_env(config, f"device:{device.name}"))
+                devices.append(device.model_copy(update={"security": security}))
+            slices[protocol] = OpcuaCollectorConfig(**common, devices=devices)
+    return slices
+
+
+def forwarder_slice(
+    config: GatewayConfig, handoff_socket: Path, buffer_dir: Path | None = None
+) -> ForwarderConfig:
+    """The forwarder's config: identity, broker, buffer, and the catalog of every device and tag.
+
+    The broker password is handled as in `collector_slices` (`mqtt.password_env`).
+    """
+    buffer = config.buffer if buffer_dir is None else config.buffer.model_copy(update={"dir": buffer_dir})
+    return ForwarderConfig(
+        gateway=config.gateway,
+        mqtt=_without_secret(config.mqtt, _password_env(config, "mqtt")),
+        buffer=buffer,
+        metrics=config.metrics,
+        handoff=HandoffConfig(socket=handoff_socket),
+        devices=catalog(config),
+        log_level=config.log_level,
+    )
+
+
+def slice_environment(config: GatewayConfig) -> dict[str, str]:
+    """Environment variables the components need (the passwords named by `password_env`).
+
+    Pass them to the child process or container; never write them into a file.
+    """
+    env: dict[str, str] = {}
+    if config.mqtt.password is not None:
+        env[_password_env(config, "mqtt")] = config.mqtt.password.get_secret_value()
+    for device in config.devices_of("opcua"):
+        assert isinstance(device, OpcuaDevice)
+        if device.security.password is not None:
+            owner = f"device:{device.name}"
+            env[_password_env(config, owner)] = device.security.password.get_secret_value()
+    return env
+
+
+def catalog(config: GatewayConfig) -> list[CatalogDevice]:
+    """Every device and tag, and which collector owns it (the forwarder routes writes with it)."""
+    devices = []
+    for entry in config.devices:
+        device = entry.device
+        tags = []
+        for tag in device.tags:
+            if isinstance(device, ModbusDevice):
+                type_name = "bool" if tag.is_bool else tag.type.value  # type: ignore[union-attr]
+            else:
+                type_name = None
+            tags.append(CatalogTag(name=tag.name, type=type_name, unit=tag.unit, writable=tag.writable))
+        devices.append(CatalogDevice(name=device.name, collector=device.protocol, tags=tags))
+    return devices
+
+
+# ------------------------------------------------------------------ CLI verbs
+
+
+def summary(config: GatewayConfig) -> str:
+    """`plant: 3 devices (press-1, meter-7, oven-2), 17 tags, protocols modbus, opcua`"""
+    names = ", ".join(entry.device.name for entry in config.devices)
+    count = len(config.devices)
+    return (
+        f"{config.dir}: valid: {count} device{'s' if count != 1 else ''} ({names}), "
+        f"{config.tag_count} tags, protocols {', '.join(config.protocols)}"
+    )
+
+
+def main_validate(args: argparse.Namespace) -> int:
+    """`fieldgate validate DIR`: every error as file:line:column: message, exit 1; else a summary."""
+    try:
+        config = load_config(args.dir)
+    except ConfigErrors as exc:
+        for problem in exc.problems:
+            print(problem)
+        count = len(exc.problems)
+        print(f"{args.dir}: {count} error{'s' if count != 1 else ''}; nothing was changed", file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(warning)
+    print(summary(config))
+    return 0
+
+
+def main_schema(args: argparse.Namespace) -> int:
+    """`fieldgate schema [--write DIR]`: the JSON Schema of gateway.yaml and device files."""
+    from gateway import schema
+
+    out = getattr(args, "write", None)
+    if out is None:
+        print(json.dumps(schema.combined(), indent=2))
+        return 0
+    for path in schema.write(out):
+        print(path)
+    return 0
+
+
+__all__ = [
+    "ConfigErrors",
+    "DeviceFile",
+    "GatewayConfig",
+    "GatewayFile",
+    "SecretStr",
+    "collector_slices",
+    "forwarder_slice",
+    "load_config",
+    "load_device_files",
+    "slice_environment",
+]

@@ -1,0 +1,209 @@
+"""YAML to plain data, remembering where every key and value sits, with `${VAR}` substitution.
+
+PyYAML's `compose` gives a node tree with marks; we build the data ourselves from it so that
+each value keeps its line and column (for `file:line:column` errors), duplicate keys are
+caught (`safe_load` silently keeps the last one), and `${VAR}` / `${VAR:-default}` are
+replaced in string scalars with an error at the exact column when a variable is not set.
+`$${` writes a literal `${`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Loc = tuple[str | int, ...]
+
+# ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """1-based line and column in a file."""
+
+    line: int
+    column: int
+
+    @classmethod
+    def of(cls, mark: yaml.Mark) -> Position:
+        return cls(mark.line + 1, mark.column + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One config error: where, and what a plant engineer should do about it."""
+
+    file: Path
+    position: Position | None
+    message: str
+
+    def __str__(self) -> str:
+        if self.position is None:
+            return f"{self.file}: {self.message}"
+        return f"{self.file}:{self.position.line}:{self.position.column}: {self.message}"
+
+
+@dataclass(slots=True)
+class Source:
+    """One YAML file turned into data, with the position of every value and mapping key."""
+
+    file: Path
+    data: Any = None
+    values: dict[Loc, Position] = field(default_factory=dict)
+    keys: dict[Loc, Position] = field(default_factory=dict)
+    # the environment variable each string scalar came from, when it was exactly `${VAR}`
+    env_refs: dict[Loc, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    # places whose value is already reported (unset variable, duplicate key): no second error there
+    tainted: set[Loc] = field(default_factory=set)
+    broken: bool = False  # not YAML at all: nothing to validate
+
+    def where(self, loc: Loc, key: bool = False) -> Position | None:
+        """The position of `loc` (its key with key=True), else of its nearest existing parent."""
+        table = self.keys if key else self.values
+        if loc in table:
+            return table[loc]
+        for end in range(len(loc) - 1, -1, -1):
+            if loc[:end] in self.values:
+                return self.values[loc[:end]]
+        return None
+
+    def problem(self, loc: Loc | Position | None, message: str, key: bool = False) -> None:
+        position = loc if isinstance(loc, Position) or loc is None else self.where(loc, key)
+        self.problems.append(Problem(self.file, position, message))
+
+
+def load_yaml(path: Path, env: Mapping[str, str], display: Path | None = None) -> Source:
+    """Read one YAML file into a Source; problems (syntax, duplicate keys, unset variables) are
+    collected on it rather than raised, so a caller can list every error of every file."""
+    source = Source(display or path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        source.problem(None, f"cannot read: {getattr(exc, 'strerror', None) or exc}")
+        source.broken = True
+        return source
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        # Never str(exc): it quotes the source line, which may hold a password.
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        source.problem(Position.of(mark) if mark else None, f"not valid YAML: {what}")
+        source.broken = True
+        return source
+    except yaml.YAMLError as exc:
+        source.problem(None, f"not valid YAML: {type(exc).__name__}")
+        source.broken = True
+        return source
+    if node is None:
+        source.data = None
+        return source
+    source.data = _Builder(source, text, env).build(node, ())
+    return source
+
+
+class _Builder:
+    def __init__(self, source: Source, text: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.text = text
+        self.env = env
+        self.constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.source.values[loc] = Position.of(node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, loc)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        value = self.constructor.construct_object(node, deep=True)
+        if isinstance(value, str) and "$" in value:
+            value = self._substitute(node, value, loc)
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, Any]:
+        seen: dict[Any, Position] = {}
+        own = [pair for pair in node.value if pair[0].tag != "tag:yaml.org,2002:merge"]
+        try:
+            self.constructor.flatten_mapping(node)  # `<<: *anchor` merge keys; own keys win
+        except yaml.MarkedYAMLError as exc:
+            self.source.problem(Position.of(exc.problem_mark or node.start_mark), f"{exc.problem}")
+        merged = [pair for pair in node.value if pair not in own]
+        result: dict[Any, Any] = {}
+        for key_node, value_node in [*merged, *own]:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.source.problem(Position.of(key_node.start_mark), "a key must be a plain word")
+                continue
+            constructed = self.constructor.construct_object(key_node, deep=True)
+            # keys like `on`, `1.5` or `null` stay the words they were written as
+            key: str | int = (
+                constructed if isinstance(constructed, str | int) and not isinstance(constructed, bool)
+                else str(key_node.value)
+            )
+            key_at = Position.of(key_node.start_mark)
+            if (key_node, value_node) in own and key in seen:
+                first = seen[key]
+                self.source.problem(
+                    key_at, f"key {key!r} appears twice in this mapping (first at line {first.line}); "
+                    "keep one"
+                )
+                self.source.tainted.add((*loc, key))
+                continue
+            if (key_node, value_node) in own:
+                seen[key] = key_at
+            self.source.keys[(*loc, key)] = key_at
+            result[key] = self.build(value_node, (*loc, key))
+        return result
+
+    def _substitute(self, node: yaml.ScalarNode, value: str, loc: Loc) -> str:
+        out: list[str] = []
+        last = 0
+        whole = _VAR.fullmatch(value)
+        for match in _VAR.finditer(value):
+            out.append(value[last:match.start()])
+            last = match.end()
+            token = match.group(0)
+            if token == "$${":
+                out.append("${")
+                continue
+            name, default = match.group(1), match.group(2)
+            if name is None:
+                self.source.problem(
+                    self._column_of(node, token),
+                    f"{token!r} is not a variable reference: write ${{NAME}} or ${{NAME:-default}} "
+                    "(NAME: letters, digits, _), or $${ for a literal ${",
+                )
+                self.source.tainted.add(loc)
+                continue
+            if name in self.env:
+                out.append(self.env[name])
+                if whole is not None:
+                    self.source.env_refs[loc] = name
+            elif default is not None:
+                out.append(default)
+            else:
+                self.source.problem(
+                    self._column_of(node, token),
+                    f"environment variable {name} is not set (set it, or give a default: "
+                    f"${{{name}:-value}})",
+                )
+                self.source.tainted.add(loc)
+        out.append(value[last:])
+        return "".join(out)
+
+    def _column_of(self, node: yaml.ScalarNode, token: str) -> Position:
+        """Where `token` sits in the file, inside the scalar's source text when it is there."""
+        start, end = node.start_mark.index, node.end_mark.index
+        found = self.text.find(token, start, end)
+        if found < 0:
+            return Position.of(node.start_mark)
+        line = self.text.count("\n", 0, found)
+        column = found - (self.text.rfind("\n", 0, found) + 1)
+        return Position(line + 1, column + 1)
