@@ -7,11 +7,11 @@ gateway composes them into its own model and renders this slice for the forwarde
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
-from collectors.core.config import ByteSize, Duration, HandoffConfig, StrictModel
+from collectors.core.config import ByteSize, Duration, HandoffConfig, StrictModel, password_from_env
 from collectors.core.names import Name
 
 
@@ -40,6 +40,9 @@ class MqttConfig(StrictModel):
     username: str | None = Field(None, description="user name, e.g. ${MQTT_USER}")
     password: SecretStr | None = Field(None, description="password, usually ${MQTT_PASSWORD}; never logged")
     password_file: Path | None = Field(None, description="file holding the password (docker secret)")
+    password_env: str | None = Field(
+        None, description="environment variable holding the password (rendered slices use it; never a file)"
+    )
     tls: TlsConfig | None = Field(None, description="TLS towards the broker: {ca_file, cert_file, key_file}")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of readings in json mode (Sparkplug data is QoS 0)")
     format: Literal["json", "sparkplug"] = Field("json", description="json | sparkplug")
@@ -50,6 +53,11 @@ class MqttConfig(StrictModel):
     retain: bool = Field(False, description="retain readings (json mode)")
     keepalive: Duration = Field(30.0, gt=0, description="MQTT keep-alive")
     primary_host: str | None = Field(None, description="sparkplug: host application id whose STATE gates births")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_env(cls, data: Any, info: ValidationInfo) -> Any:
+        return password_from_env(data, info)
 
     @model_validator(mode="after")
     def _secrets(self) -> MqttConfig:

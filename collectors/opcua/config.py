@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from collectors.core.config import CollectorSettings, Duration, StrictModel
+from collectors.core.config import CollectorSettings, Duration, StrictModel, password_from_env
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 
@@ -23,6 +23,9 @@ class Security(StrictModel):
     username: str | None = Field(None, description="user name; with password or password_file")
     password: SecretStr | None = Field(None, description="password, usually ${VAR}; never logged")
     password_file: Path | None = Field(None, description="file holding the password (docker secret)")
+    password_env: str | None = Field(
+        None, description="environment variable holding the password (rendered slices use it; never a file)"
+    )
     user_certificate: Path | None = Field(None, description="X.509 user certificate (PEM or DER)")
     user_private_key: Path | None = Field(None, description="private key of the user certificate")
     trust: Literal["tofu", "strict"] = Field(
@@ -33,6 +36,11 @@ class Security(StrictModel):
         None,
         description="certificates (or CAs) trusted under strict; default {state_dir}/opcua/trusted",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_env(cls, data: Any, info: ValidationInfo) -> Any:
+        return password_from_env(data, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> Security:
