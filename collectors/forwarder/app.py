@@ -357,6 +357,9 @@ class Forwarder:
         m.gauge("forwarder_broker_connected", "1 while connected", lambda: int(session.connected))
         m.health_check(self._broker_health)
         m.health_check(self._handoff_health)
+        register = getattr(self.format, "register_metrics", None)
+        if register is not None:  # a format's own counters (Sparkplug: births, refused commands)
+            register(m)
 
     def _broker_health(self) -> str | None:
         assert self._loop is not None

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, WriteResult
 from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
@@ -651,6 +652,25 @@ class SparkplugFormat:
         self._pending: dict[str, tuple[str, str, Any]] = {}
         self._write_count = 0
         self.stats = SparkplugStats()
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        """Sparkplug's own counters, next to the forwarder's (app.py calls this when present)."""
+        stats, node = self.stats, self.node
+        for name, help_text, read in (
+            ("forwarder_sparkplug_births_total", "NBIRTHs published (sessions and rebirths)",
+             lambda: stats.births),
+            ("forwarder_sparkplug_rebirth_requests_total", "NCMD Node Control/Rebirth received",
+             lambda: stats.rebirth_requests),
+            ("forwarder_sparkplug_commands_refused_total", "NCMD/DCMD metrics refused (unknown, "
+             "not writable, wrong type, undecodable)", lambda: stats.commands_refused),
+            ("forwarder_sparkplug_write_errors_total", "DCMD writes the collector or forwarder refused",
+             lambda: stats.write_errors),
+            ("forwarder_sparkplug_datatype_changes_total", "metrics whose datatype changed (device reborn)",
+             lambda: node.type_changes),
+        ):
+            metrics.counter(name, help_text, read)
+        metrics.gauge("forwarder_sparkplug_bdseq", "bdSeq of the current session",
+                      lambda: -1 if self._bd_seq is None else self._bd_seq)
 
     @property
     def bd_seq(self) -> int | None:

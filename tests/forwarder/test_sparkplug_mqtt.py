@@ -328,7 +328,7 @@ async def test_dcmd_writes_reach_the_collector_and_non_writable_tags_are_refused
         asked.append(request)
         return WriteResult(request.id, request.device, request.tag, True)
 
-    async with Forwarder(config), collector(config, on_write=on_write) as client:
+    async with Forwarder(config) as forwarder, collector(config, on_write=on_write) as client:
         client.publish([Reading("press-1", "run", False, TS), Reading("press-1", "count", 3, TS)])
         (birth,) = await wait_for(subscriber, lambda m: m.kind == "DBIRTH")
         dcmd = f"spBv1.0/{GROUP}/DCMD/{NODE}/press-1"
@@ -343,7 +343,9 @@ async def test_dcmd_writes_reach_the_collector_and_non_writable_tags_are_refused
         answer = await wait_for(subscriber, lambda m: m.kind == "DDATA" and any(
             metric.alias == run_alias and metric.value is True for metric in m.payload.metrics))
         await asyncio.sleep(0.3)
+        exposed = forwarder.metrics.render()
     assert [(r.device, r.tag, r.value) for r in asked] == [("press-1", "run", True)]
+    assert "fieldgate_forwarder_sparkplug_commands_refused_total 1\n" in exposed
     host = Host()
     host.birth(birth)
     assert ("run", True, False) in host.values(answer[-1])
