@@ -25,12 +25,19 @@ class Message:
 
 
 class Subscriber:
-    def __init__(self, host: str, port: int, topics: str | list[str] = "#", qos: int = 1) -> None:
+    def __init__(
+        self, host: str, port: int, topics: str | list[str] = "#", qos: int = 1, persistent: bool = False
+    ) -> None:
+        """`persistent`: a broker-side session (clean_session false) that a broker restarted with
+        persistence keeps, so nothing published while this subscriber reconnects is missed."""
         self.messages: list[Message] = []
         self._lock = threading.Condition()
         self._topics = [topics] if isinstance(topics, str) else topics
         self._qos = qos
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}")
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}", clean_session=not persistent
+        )
+        self._client.reconnect_delay_set(1, 2)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._subscribed = threading.Event()

@@ -1,0 +1,180 @@
+"""Broker outages, forwarder crashes and a full buffer: nothing acknowledged is lost, order is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collectors.core.model import Reading
+from collectors.forwarder.app import Forwarder
+from tests.forwarder.helpers import (
+    ForwarderProcess,
+    collector,
+    config_dict,
+    counter_readings,
+    make_config,
+    runs_needed,
+    until,
+    values_by_tag,
+    wait_file,
+)
+from tests.support.broker import Mosquitto
+from tests.support.mqtt import Subscriber
+
+pytestmark = pytest.mark.sim
+
+TAGS = ["temperature", "pressure", "run", "count"]
+
+
+@pytest.fixture
+def durable_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto that keeps subscriber sessions across stop()/start(), so the test's own
+    subscriber misses nothing while everyone reconnects."""
+    store = tmp_path / "mosquitto-store"
+    store.mkdir()
+    # `user root`: run as root, Mosquitto would switch to its own user, which cannot write in tmp_path
+    conf = f"persistence true\npersistence_location {store}/\nuser root\n"
+    broker = Mosquitto(tmp_path, extra_conf=conf).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def durable_subscriber(durable_broker: Mosquitto) -> Iterator[Subscriber]:
+    sub = Subscriber(durable_broker.host, durable_broker.port, "fieldgate/line3/#", persistent=True)
+    try:
+        yield sub
+    finally:
+        sub.close()
+
+
+def received(subscriber: Subscriber) -> dict[str, list[int]]:
+    with subscriber._lock:
+        return values_by_tag(list(subscriber.messages))
+
+
+def distinct(subscriber: Subscriber) -> set[int]:
+    return {v for values in received(subscriber).values() for v in values}
+
+
+async def test_broker_outage_while_readings_flow_loses_nothing_and_keeps_tag_order(
+    tmp_path: Path, durable_broker: Mosquitto, durable_subscriber: Subscriber
+) -> None:
+    config = make_config(tmp_path, durable_broker, qos=1)
+    sent = 0
+
+    async def feed(client, seconds: float) -> None:  # type: ignore[no-untyped-def]
+        nonlocal sent
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:  # 1,000 readings/s in 10 ms steps
+            client.publish(counter_readings(sent, 10, TAGS))
+            sent += 10
+            await asyncio.sleep(0.01)
+
+    async with Forwarder(config) as forwarder, collector(config) as client:
+        await until(lambda: forwarder.session.connected, 10, "the broker session")
+        await feed(client, 2)
+        durable_broker.stop()
+        await feed(client, 10)  # the outage: 10 s at ~1,000 readings/s
+        assert forwarder.buffer.backlog.pending > 5000, "the outage's readings wait in the disk backlog"
+        durable_broker.start()
+        await feed(client, 3)
+        assert await client.drain(10)
+        await until(lambda: len(distinct(durable_subscriber)) >= sent, 60, f"all {sent} readings")
+        assert forwarder.buffer.stats.dropped == 0
+        assert forwarder.session.connects == 2
+    assert sent >= 10_000
+    assert distinct(durable_subscriber) == set(range(sent)), "every reading arrived"
+    for tag, values in received(durable_subscriber).items():
+        # replayed readings in order, live readings in order, interleaved: two increasing runs at most
+        assert runs_needed(values) <= 2, f"{tag} out of order"
+
+
+async def test_sigkill_under_always_loses_nothing_acknowledged(
+    tmp_path: Path, durable_broker: Mosquitto, durable_subscriber: Subscriber
+) -> None:
+    conf = config_dict(tmp_path, durable_broker, qos=1, keepalive="1s", buffer={"durability": "always"})
+    socket = Path(conf["handoff"]["socket"])
+    forwarder = ForwarderProcess(tmp_path, conf).start()
+    try:
+        wait_file(socket)
+        async with collector(make_config(tmp_path, durable_broker)) as client:
+            # 1. broker up, readings flowing, kill -9 right after the hand-off acknowledged them
+            client.publish(counter_readings(0, 3000, TAGS))
+            assert await client.drain(15)
+            forwarder.kill()
+            # the broker publishes the last will: offline, retained
+            await asyncio.to_thread(
+                durable_subscriber.wait_for,
+                lambda m: m.topic == "fieldgate/line3/status" and m.payload == b"offline", 15,
+            )
+            # 2. broker away: what the forwarder acknowledges exists only on its disk; kill -9 again
+            durable_broker.stop()
+            forwarder.start()
+            client.publish(counter_readings(3000, 3000, TAGS))
+            assert await client.drain(15)
+            forwarder.kill()
+        # 3. both back: the restarted forwarder sends everything
+        durable_broker.start()
+        forwarder.start()
+        await until(lambda: len(distinct(durable_subscriber)) >= 6000, 60, "all 6000 readings")
+        assert distinct(durable_subscriber) == set(range(6000))
+        for tag, values in received(durable_subscriber).items():
+            assert runs_needed(values) <= 2, f"{tag} out of order"
+        assert forwarder.stop() == 0
+    finally:
+        forwarder.kill()
+    log = forwarder.log.read_text()
+    assert "readings from a previous run to send" in log
+
+
+async def test_full_buffer_drops_the_oldest_and_counts_them(
+    tmp_path: Path,
+    durable_broker: Mosquitto,
+    durable_subscriber: Subscriber,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = make_config(tmp_path, durable_broker, qos=1, buffer={"max_bytes": "64KiB"})
+    total = 20_000
+    durable_broker.stop()
+    caplog.set_level(logging.WARNING, logger="collectors.forwarder.buffer")
+    async with Forwarder(config) as forwarder, collector(config) as client:
+        for start in range(0, total, 1000):
+            client.publish(counter_readings(start, 1000, TAGS))
+            assert await client.drain(10)
+        dropped = forwarder.buffer.stats.dropped
+        assert 0 < dropped < total
+        assert forwarder.buffer.disk_bytes <= 64 * 1024
+        assert f"fieldgate_forwarder_dropped_readings_total {dropped}" in forwarder.metrics.render()
+        full = [r for r in caplog.records if "buffer full" in r.getMessage()]
+        assert len(full) == 1, "one log line per episode, not per reading"
+        durable_broker.start()
+        await until(lambda: forwarder.buffer.pending == 0, 60, "the backlog to drain")
+        await until(lambda: len(distinct(durable_subscriber)) >= total - dropped, 30, "the kept readings")
+    got = distinct(durable_subscriber)
+    assert got == set(range(dropped, total)), "exactly the oldest were dropped, every newer one arrived"
+
+
+async def test_buffered_readings_survive_a_clean_restart(
+    tmp_path: Path, durable_broker: Mosquitto, durable_subscriber: Subscriber
+) -> None:
+    config = make_config(tmp_path, durable_broker, qos=1)
+    durable_broker.stop()
+    async with Forwarder(config) as forwarder, collector(config) as client:
+        client.publish(counter_readings(0, 2000, TAGS))
+        client.publish([Reading("press-1", "temperature", 1, 1), Reading("press-1", "temperature", 2, 2)])
+        assert await client.drain(10)
+        assert forwarder.buffer.pending == 2002
+    durable_broker.start()
+    async with Forwarder(config) as forwarder:
+        assert forwarder.buffer.pending == 2002
+        await until(lambda: forwarder.buffer.pending == 0, 30, "the replay")
+    await until(lambda: len(distinct(durable_subscriber)) >= 2000, 30, "the replayed readings")
+    assert distinct(durable_subscriber) >= set(range(2000))
