@@ -10,16 +10,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from collectors.core.service import run_service, setup_logging
-from collectors.opcua.collector import OpcuaCollector
-from collectors.opcua.config import OpcuaCollectorConfig, load_collector_config
+from collectors.opcua.collector import serve
+from collectors.opcua.config import load_collector_config
 
 log = logging.getLogger("collectors.opcua")
-
-
-async def serve(config: OpcuaCollectorConfig) -> None:
-    collector = OpcuaCollector(config)
-    log.info("opcua collector: %d device(s), hand-off %s", len(config.devices), config.handoff.socket)
-    await collector.run()
 
 
 def main(argv: list[str] | None = None) -> int:

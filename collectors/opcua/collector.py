@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from contextlib import suppress
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack, suppress
 
 from asyncua import ua
 
 from collectors.core.config import read_secret
 from collectors.core.errors import DeviceError, WriteError
 from collectors.core.handoff import HandoffClient
-from collectors.core.metrics import Metrics
+from collectors.core.metrics import Metrics, Sample
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
 from collectors.core.report import ReportFilter, bad_readings
 from collectors.core.service import ErrorLatch
@@ -37,6 +39,8 @@ RECONNECT_MIN = 0.25
 RECONNECT_MAX = 2.0
 # Refused credentials or an untrusted certificate will not heal by themselves quickly.
 RECONNECT_MAX_SECURITY = 30.0
+# A collector none of whose devices has had a session for this long is unhealthy (/healthz).
+DEVICE_GRACE = 60.0
 
 
 class DeviceLink:
@@ -49,6 +53,7 @@ class DeviceLink:
         self.online = False
         self.reason: str | None = "not connected yet"
         self._offline_reported = False
+        self.failures = 0
         self._latch = ErrorLatch(log, f"opcua device {device.name} ({device.endpoint})")
         self.tags = {t.name: t for t in device.tags}
 
@@ -89,6 +94,7 @@ class DeviceLink:
 
     def _offline(self, reason: str, detail: str) -> None:
         self._latch.failure(detail)
+        self.failures += 1
         was_online = self.online
         self.online, self.reason = False, reason
         if was_online or not self._offline_reported:
@@ -135,98 +141,169 @@ class DeviceLink:
 
 
 class OpcuaCollector:
-    """The collector as an async context manager: enter starts every device link, exit stops them."""
+    """Runs one collector config until cancelled; `async with` it, then `await run()`."""
 
-    def __init__(self, config: OpcuaCollectorConfig) -> None:
+    def __init__(
+        self, config: OpcuaCollectorConfig, *, handoff_grace: float = 30.0, drain_timeout: float = 2.0
+    ) -> None:
         self.config = config
         self.settings = config
         self.report = ReportFilter()
+        self.handoff = HandoffClient(config.handoff, config.name, self.write)
         self.links = {d.name: DeviceLink(d, self) for d in config.devices}
-        self.readings_out = 0
-        self._handoff: HandoffClient | None = None
-        self._main: asyncio.Task[None] | None = None
-        self._started = asyncio.Event()
+        self.readings: dict[str, int] = {d.name: 0 for d in config.devices}
+        self.writes = {"ok": 0, "failed": 0}
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self._handoff_grace = handoff_grace
+        self._drain_timeout = drain_timeout
+        self._started = time.monotonic()
+        self._handoff_down_since: float | None = self._started
+        self._last_online = self._started
+        self._stack = AsyncExitStack()
+        self._register_metrics()
 
     async def __aenter__(self) -> OpcuaCollector:
-        self._main = asyncio.create_task(self.run(), name="opcua-collector")
-        started = asyncio.create_task(self._started.wait())
-        await asyncio.wait([self._main, started], return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if self._main.done():
-            self._main.result()
+        await self._stack.__aenter__()
+        try:
+            await self._stack.enter_async_context(self.handoff)
+            self._stack.push_async_callback(self._drain)
+            if self.config.metrics_port is not None:
+                server = await self.metrics.serve(self.config.metrics_port)
+                self.metrics_port = server.sockets[0].getsockname()[1]
+                self._stack.push_async_callback(_close_server, server)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info("opcua collector: %d devices, hand-off %s", len(self.links), self.config.handoff.socket)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._main is not None:
-            self._main.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._main
+        await self._stack.aclose()
 
     async def run(self) -> None:
-        """Run until cancelled."""
-        metrics_server: asyncio.Server | None = None
-        async with HandoffClient(self.config.handoff, self.config.name, self.write) as handoff:
-            self._handoff = handoff
-            if self.config.metrics_port is not None:
-                metrics_server = await self._metrics(handoff).serve(self.config.metrics_port)
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    for link in self.links.values():
-                        tasks.create_task(link.run(), name=f"opcua-device-{link.device.name}")
-                    self._started.set()
-            finally:
-                if metrics_server is not None:
-                    metrics_server.close()
-                with suppress(asyncio.CancelledError):
-                    await handoff.drain(1.0)
+        """Read every device until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            for link in self.links.values():
+                tasks.create_task(link.run(), name=f"opcua-device-{link.device.name}")
+            tasks.create_task(self._watch(), name="opcua-watch")
 
-    def _metrics(self, handoff: HandoffClient) -> Metrics:
-        metrics = Metrics()
-        metrics.counter("readings_total", "readings handed to the forwarder", lambda: self.readings_out)
-        metrics.gauge(
-            "device_online",
-            "1 while the device's session is up",
-            lambda: [({"device": n}, float(link.online)) for n, link in self.links.items()],
-        )
-        metrics.gauge(
-            "handoff_pending",
-            "readings not yet acknowledged by the forwarder",
-            lambda: float(handoff.pending),
-        )
-        metrics.counter(
-            "handoff_dropped_total",
-            "readings dropped while the forwarder was away",
-            lambda: float(handoff.stats.dropped),
-        )
-        return metrics
+    async def _drain(self) -> None:
+        """On shutdown, give the forwarder a moment to take what is queued."""
+        if self.handoff.pending and not await self.handoff.drain(self._drain_timeout):
+            log.warning("stopping with %d readings the forwarder has not acknowledged", self.handoff.pending)
+
+    async def _watch(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self.handoff.stats.connected:
+                self._handoff_down_since = None
+            elif self._handoff_down_since is None:
+                self._handoff_down_since = now
+            if any(link.online for link in self.links.values()):
+                self._last_online = now
+            await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ to the forwarder
 
     def publish(self, readings: list[Reading]) -> None:
-        """Readings that passed the report filter."""
-        self.readings_out += len(readings)
-        if self._handoff is not None:
-            self._handoff.publish(readings)
+        """Readings that passed the report filter (each batch is one device's)."""
+        if readings:
+            self.readings[readings[0].device] += len(readings)
+            self.handoff.publish(readings)
 
     def publish_unfiltered(self, readings: list[Reading]) -> None:
         """Readings reported whatever the filter says (bad on device loss), remembered by it."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         for reading in readings:
             self.report.accept(reading, 0.0, 0.0, now)
         self.publish(readings)
 
     def state(self, state: DeviceState) -> None:
-        if self._handoff is not None:
-            self._handoff.device_state(state)
+        self.handoff.device_state(state)
 
     async def write(self, request: WriteRequest) -> WriteResult:
         link = self.links.get(request.device)
         if link is None:
-            return WriteResult(
+            result = WriteResult(
                 request.id,
                 request.device,
                 request.tag,
                 False,
                 f"device {request.device} is not served by the opcua collector",
             )
-        return await link.write(request)
+        else:
+            result = await link.write(request)
+        self.writes["ok" if result.ok else "failed"] += 1
+        return result
+
+    # ------------------------------------------------------------------ metrics and health
+
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        links = self.links
+
+        def per_device(read: Callable[[DeviceLink], float]) -> Callable[[], list[Sample]]:
+            return lambda: [({"device": name}, float(read(link))) for name, link in links.items()]
+
+        m.counter(
+            "opcua_readings_total",
+            "readings reported per device",
+            lambda: [({"device": n}, float(c)) for n, c in self.readings.items()],
+        )
+        m.gauge(
+            "opcua_device_online", "1 while the device's session is up", per_device(lambda link: link.online)
+        )
+        m.counter(
+            "opcua_reconnects_total",
+            "sessions lost or refused per device",
+            per_device(lambda link: link.failures),
+        )
+        m.counter(
+            "opcua_writes_total",
+            "writes served, by result",
+            lambda: [({"result": k}, float(v)) for k, v in self.writes.items()],
+        )
+        m.gauge(
+            "handoff_queue", "readings not yet acknowledged by the forwarder", lambda: self.handoff.pending
+        )
+        m.counter(
+            "handoff_dropped_total",
+            "readings dropped while the forwarder was away",
+            lambda: self.handoff.stats.dropped,
+        )
+        m.gauge(
+            "handoff_connected",
+            "1 when connected to the forwarder",
+            lambda: float(self.handoff.stats.connected),
+        )
+        m.health_check(self._handoff_problem)
+        m.health_check(self._device_problem)
+
+    def _handoff_problem(self) -> str | None:
+        since = self._handoff_down_since
+        if since is None or self.handoff.stats.connected:
+            return None
+        down = time.monotonic() - since
+        return None if down < self._handoff_grace else f"no hand-off to the forwarder for {down:.0f}s"
+
+    def _device_problem(self) -> str | None:
+        if any(link.online for link in self.links.values()):
+            return None
+        quiet = time.monotonic() - self._last_online
+        if quiet < DEVICE_GRACE:
+            return None
+        reasons = "; ".join(f"{n}: {link.reason}" for n, link in self.links.items())
+        return f"no OPC UA session for {quiet:.0f}s ({reasons})"
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with suppress(Exception):
+        await server.wait_closed()
+
+
+async def serve(config: OpcuaCollectorConfig) -> None:
+    """Run the collector until cancelled (SIGTERM via run_service)."""
+    async with OpcuaCollector(config) as collector:
+        await collector.run()

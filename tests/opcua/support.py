@@ -72,7 +72,7 @@ class Recorder:
 
 @asynccontextmanager
 async def running_collector(
-    devices: list[dict[str, Any]], tmp: Path
+    devices: list[dict[str, Any]], tmp: Path, metrics_port: int | None = None
 ) -> AsyncIterator[tuple[OpcuaCollector, Recorder]]:
     """The collector in-process on `devices` (device-file dicts), handing off to a real HandoffServer."""
     sink = Recorder()
@@ -82,12 +82,18 @@ async def running_collector(
             "name": "opcua",
             "handoff": {"socket": str(socket), "linger": "5ms"},
             "state_dir": str(tmp / "state"),
-            "metrics_port": None,
+            "metrics_port": metrics_port,
             "devices": devices,
         }
     )
     async with HandoffServer(socket, sink), OpcuaCollector(config) as collector:
-        yield collector, sink
+        task = asyncio.create_task(collector.run(), name="opcua-collector-under-test")
+        try:
+            yield collector, sink
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
 
 
 class SimulatorProcess:
@@ -130,3 +136,14 @@ class SimulatorProcess:
             self.process.kill()
             self.process.wait(10)
             self.process = None
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of a GET on 127.0.0.1:port."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = (await reader.read()).decode()
+    writer.close()
+    head, _, body = raw.partition("\r\n\r\n")
+    return int(head.split()[1]), body

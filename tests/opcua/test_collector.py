@@ -19,7 +19,7 @@ from asyncua import Server, ua
 
 from collectors.core.model import Quality, WriteRequest, iso_ms
 from tests.opcua.conftest import PASSWORD, USER
-from tests.opcua.support import running_collector
+from tests.opcua.support import http_get, running_collector
 from tests.support.broker import free_port
 
 pytestmark = pytest.mark.sim
@@ -194,7 +194,8 @@ async def test_values_of_the_simulator_and_nsu_node_ids(
 ) -> None:
     _, device = plain_sim
     started = time.time() * 1000
-    async with running_collector([device], tmp_path) as (collector, sink):
+    port = free_port()
+    async with running_collector([device], tmp_path, metrics_port=port) as (collector, sink):
         recipe = (await sink.wait_for(lambda r: r.tag == "recipe"))[0]
         running = (await sink.wait_for(lambda r: r.tag == "running"))[0]
         temps = await sink.wait_for(lambda r: r.tag == "temperature", count=3)
@@ -202,6 +203,12 @@ async def test_values_of_the_simulator_and_nsu_node_ids(
         result = await collector.write(WriteRequest("s1", "oven", "setpoint", 200))
         assert result.ok, result.error
         setpoints = await sink.wait_for(lambda r: r.tag == "setpoint", count=2)
+        status, metrics = await http_get(port, "/metrics")
+        assert status == 200
+        assert 'fieldgate_opcua_device_online{device="oven"} 1.0' in metrics
+        assert 'fieldgate_opcua_writes_total{result="ok"} 1.0' in metrics
+        assert "fieldgate_handoff_connected 1.0" in metrics
+        assert await http_get(port, "/healthz") == (200, "ok\n")
     assert (recipe.value, recipe.quality) == ("R-17", Quality.GOOD)
     assert running.value is True
     assert all(isinstance(r.value, float) and 0 <= r.value <= 100 for r in temps)
