@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("collector")
     p.add_argument("--image", required=True)
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds the new container has to turn healthy before the update is rolled back")
 
     p = verbs.add_parser("simulate", help="serve the devices described by device files")
     p.add_argument("files", type=Path, nargs="+")
