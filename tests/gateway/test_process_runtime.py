@@ -13,17 +13,21 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.demo import free_port_run
 from gateway.plan import Policy, ServiceSpec
-from gateway.runtime.process import ProcessRuntime, RunDir, http_get, parse_metrics
+from gateway.runtime.process import ProcessRuntime, RunDir, child_environment, http_get, parse_metrics
 from gateway.supervisor import Supervisor, format_table, read_status, status_rows
-from tests.support.broker import free_port
+from tests.support.broker import Mosquitto, free_port, wait_port
+from tests.support.mqtt import Subscriber
 
 STAND_IN = """
 import asyncio, signal, sys
@@ -194,3 +198,171 @@ async def test_metrics_are_scraped_into_readings_per_second(tmp_path: Path) -> N
         assert parse_metrics(text)["fieldgate_readings_total"] > 0
         sup.stopping.set()
         await asyncio.wait_for(task, 30)
+
+
+# ---------------------------------------------------------------------- fieldgate up, end to end
+
+GATEWAY_YAML = """\
+gateway: {{id: line9, group: plant1}}
+mqtt: {{host: 127.0.0.1, port: {broker_port}, qos: 1}}
+metrics: {{port: {metrics_port}}}
+buffer: {{dir: {buffer}}}
+runtime: process
+"""
+
+PRESS_YAML = """\
+name: press-1
+protocol: modbus
+connection:
+  tcp: {{host: 127.0.0.1, port: {port}}}
+unit: 1
+poll: 250ms
+tags:
+  - name: temperature
+    table: holding
+    address: 0
+    type: float32
+    unit: degC
+    simulate: {{kind: sine, min: 20, max: 30, period: 10s}}
+  - name: level
+    table: holding
+    address: 10
+    type: int16
+    scale: {scale}
+    unit: cm
+    simulate: {{kind: constant, value: 50}}
+"""
+
+
+def run_cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True,
+                          timeout=60, env=child_environment(), **kwargs)  # type: ignore[call-overload]
+
+
+def popen_cli(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", *args], stdout=out, stderr=out,
+                                env=child_environment())
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            return process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    return process.returncode
+
+
+def wait_sync(check: Callable[[], object], within: float = 30.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {within}s")
+        time.sleep(0.1)
+
+
+def service_pids(run_dir: RunDir) -> dict[str, int | None]:
+    status = read_status(run_dir) or {}
+    return {s["name"]: s.get("pid") for s in status.get("services", [])}
+
+
+@pytest.fixture
+def plant(tmp_path: Path, broker: Mosquitto) -> Iterator[Path]:
+    """A plant directory with one Modbus device, served by `fieldgate simulate` on a free port."""
+    plant = tmp_path / "plant"
+    (plant / "devices").mkdir(parents=True)
+    (plant / "gateway.yaml").write_text(GATEWAY_YAML.format(
+        broker_port=broker.port, metrics_port=free_port_run(3), buffer=tmp_path / "buffer"))
+    sim_port = free_port()
+    (tmp_path / "sim.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=1))
+    (plant / "devices" / "press-1.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=1))
+    simulator = popen_cli(tmp_path / "simulator.log", "simulate", str(tmp_path / "sim.yaml"))
+    try:
+        wait_port(sim_port, timeout=30)
+        yield plant
+    finally:
+        stop(simulator)
+
+
+def reading(subscriber: Subscriber, topic: str, check: Callable[[Any], bool], within: float = 30.0) -> Any:
+    after = time.time()
+    msg = subscriber.wait_for(lambda m: m.topic == topic and m.at >= after and check(m.json()), within)[0]
+    return msg.json()
+
+
+@pytest.mark.sim
+def test_up_runs_restarts_applies_changes_and_stops_cleanly(
+    plant: Path, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    run_dir = RunDir.for_config(plant)
+    log = tmp_path / "up.log"
+    up = popen_cli(log, "up", str(plant), "--runtime", "process")
+    try:
+        # readings arrive, with the device file's value, unit and quality
+        temp = reading(subscriber, "fieldgate/line9/press-1/temperature", lambda p: p["quality"] == "good")
+        assert 20 <= temp["value"] <= 30 and temp["unit"] == "degC"
+        assert reading(subscriber, "fieldgate/line9/press-1/level", lambda p: True)["value"] == 50
+
+        # status: one row per service
+        wait_sync(lambda: [s["health"] for s in (read_status(run_dir) or {}).get("services", [])]
+                  == ["healthy", "healthy"], what="both healthy")
+        status = run_cli("status", str(plant))
+        assert status.returncode == 0, status.stderr
+        lines = status.stdout.splitlines()
+        assert lines[1].split()[:3] == ["SERVICE", "STATE", "HEALTH"]
+        assert [line.split()[:3] for line in lines[2:]] == [
+            ["forwarder", "running", "healthy"], ["modbus", "running", "healthy"]]
+
+        # kill -9 the collector: it is restarted and readings resume
+        pids = service_pids(run_dir)
+        os.kill(pids["modbus"] or 0, signal.SIGKILL)
+        wait_sync(lambda: service_pids(run_dir).get("modbus") not in (None, pids["modbus"]), what="back")
+        reading(subscriber, "fieldgate/line9/press-1/temperature", lambda p: p["quality"] == "good")
+        restarted = {s["name"]: s for s in (read_status(run_dir) or {})["services"]}["modbus"]
+        assert restarted["restarts"] == 1
+        assert "restart modbus (exited with code -9" in log.read_text()
+
+        # an edited device file is applied while running: only the collector is recreated
+        pids = service_pids(run_dir)
+        device = plant / "devices" / "press-1.yaml"
+        device.write_text(device.read_text().replace("scale: 1\n", "scale: 2\n"))
+        level = reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 100)
+        assert level["unit"] == "cm"
+        assert service_pids(run_dir)["forwarder"] == pids["forwarder"]
+        assert service_pids(run_dir)["modbus"] != pids["modbus"]
+        assert "config change applied: modbus" in log.read_text()
+
+        # an invalid edit is refused with its position, and readings keep flowing
+        pids = service_pids(run_dir)
+        device.write_text(device.read_text().replace("type: int16", "type: int17"))
+        wait_sync(lambda: "config change refused" in log.read_text(), what="refusal")
+        assert "press-1.yaml:" in log.read_text().split("config change refused")[1]
+        reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 100)
+        assert service_pids(run_dir) == pids
+        refused = run_cli("status", str(plant))
+        assert "config change refused" in refused.stdout
+
+        # SIGTERM stops everything: no child left
+        children = [pid for pid in service_pids(run_dir).values() if pid]
+        assert stop(up) == 0
+        assert not [pid for pid in children if alive(pid)]
+        assert run_cli("status", str(plant)).returncode == 1
+    finally:
+        stop(up, signal.SIGKILL)
+
+
+@pytest.mark.sim
+def test_up_refuses_an_invalid_config_and_starts_nothing(plant: Path) -> None:
+    device = plant / "devices" / "press-1.yaml"
+    device.write_text(device.read_text().replace("table: holding", "table: holdings", 1))
+    result = run_cli("up", str(plant), "--runtime", "process")
+    assert result.returncode == 1
+    assert "press-1.yaml:" in result.stderr and "nothing started" in result.stderr
+    assert not RunDir.for_config(plant).status_file.exists()
