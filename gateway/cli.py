@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("validate", help="check a config directory; exit 1 with every error listed")
     p.add_argument("dir", type=Path)
 
-    verbs.add_parser("schema", help="print the JSON Schema of gateway.yaml and device files")
+    p = verbs.add_parser("schema", help="print the JSON Schema of gateway.yaml and device files")
+    p.add_argument("--write", type=Path, default=None, metavar="DIR",
+                   help="also write gateway.schema.json and device.schema.json into DIR, for editors")
 
     p = verbs.add_parser("plan", help="show the exact requests each collector will make")
     p.add_argument("dir", type=Path)
