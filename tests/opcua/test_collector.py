@@ -309,3 +309,38 @@ async def test_strict_trust_refuses_a_server_certificate_not_in_the_trust_dir(
     (trusted / "oven.der").write_bytes((sim.state_dir / "oven" / "server-cert.der").read_bytes())
     async with running_collector([device], tmp_path / "again") as (_, sink):
         await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.GOOD)
+
+
+async def test_deadbands_absolute_on_the_server_and_percent_of_the_eurange(tmp_path: Path) -> None:
+    port = free_port()
+    server = Server()
+    await server.init()
+    endpoint = f"opc.tcp://127.0.0.1:{port}"
+    server.set_endpoint(endpoint)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    ns = await server.register_namespace("urn:test:deadband")
+    pressure = await server.nodes.objects.add_variable(ua.NodeId("pressure", ns), "pressure", 0.0)
+    level = await server.nodes.objects.add_variable(ua.NodeId("level", ns), "level", 100.0)
+    await level.add_property(
+        ua.NodeId("level.EURange", ns), ua.QualifiedName("EURange", 0), ua.Range(0.0, 200.0)
+    )
+    tags = [
+        {"name": "pressure", "node": "nsu=urn:test:deadband;s=pressure", "deadband": 1.0},
+        {
+            "name": "level",
+            "node": "nsu=urn:test:deadband;s=level",
+            "deadband": 10,
+            "deadband_type": "percent",
+        },
+    ]
+    async with server, running_collector([_device(endpoint, tags)], tmp_path) as (_, sink):
+        await sink.wait_for(lambda r: r.tag == "level")
+        await sink.wait_for(lambda r: r.tag == "pressure")
+        for p, lv in [(0.5, 105.0), (2.0, 125.0), (2.4, 130.0), (5.0, 150.0)]:
+            await pressure.write_value(p)
+            await level.write_value(lv)
+            await asyncio.sleep(0.3)
+        await sink.wait_for(lambda r: r.tag == "pressure" and r.value == 5.0)
+        await sink.wait_for(lambda r: r.tag == "level" and r.value == 150.0)
+    assert [r.value for r in sink.got if r.tag == "pressure"] == [0.0, 2.0, 5.0]
+    assert [r.value for r in sink.got if r.tag == "level"] == [100.0, 125.0, 150.0]  # 10 % of 0..200 = 20
