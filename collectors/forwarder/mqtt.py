@@ -56,10 +56,14 @@ class SessionHandler(Protocol):
 def describe_connect_error(exc: BaseException, host: str, port: int, ca_file: object) -> str:
     """A sentence a plant engineer can act on."""
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            return (
+                f"TLS: the certificate of {host}:{port} does not name {host!r} ({exc.verify_message}); "
+                "connect by a name the certificate carries (tls.verify_hostname: false skips this check)"
+            )
         return (
             f"TLS: the certificate of {host}:{port} was refused ({exc.verify_message}); "
-            f"check that tls.ca_file ({ca_file}) is the CA that signed the broker's certificate "
-            "and that the certificate names this host"
+            f"check that tls.ca_file ({ca_file}) is the CA that signed the broker's certificate"
         )
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake with {host}:{port} failed: {exc.reason or exc}"
@@ -70,6 +74,12 @@ def describe_connect_error(exc: BaseException, host: str, port: int, ca_file: ob
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"broker {host}:{port} did not answer in time"
     return f"cannot connect to {host}:{port}: {exc}"
+
+
+def _why(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return exc.strerror or str(exc)
 
 
 class BrokerSession:
@@ -220,13 +230,7 @@ class BrokerSession:
         if mqtt.username is not None:
             client.username_pw_set(mqtt.username, self._password)
         if mqtt.tls is not None:
-            context = ssl.create_default_context(
-                cafile=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
-            )
-            context.check_hostname = mqtt.tls.verify_hostname
-            if mqtt.tls.cert_file is not None and mqtt.tls.key_file is not None:
-                context.load_cert_chain(str(mqtt.tls.cert_file), str(mqtt.tls.key_file))
-            client.tls_set_context(context)
+            client.tls_set_context(self._tls_context())
         will = self._will()
         if will is not None:
             client.will_set(will.topic, will.payload, will.qos, will.retain)
@@ -236,12 +240,28 @@ class BrokerSession:
         client.on_message = self._on_message
         return client
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verification on (CA, and the host name unless switched off); errors name the file."""
+        tls = self._mqtt.tls
+        assert tls is not None
+        try:
+            context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"mqtt.tls.ca_file {tls.ca_file}: not a usable CA file ({_why(exc)})") from exc
+        context.check_hostname = tls.verify_hostname
+        if tls.cert_file is not None and tls.key_file is not None:
+            try:
+                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise BrokerError(
+                    f"mqtt.tls.cert_file {tls.cert_file} with key_file {tls.key_file}: "
+                    f"not a usable certificate and key ({_why(exc)})"
+                ) from exc
+        return context
+
     async def _connect(self) -> None:
         assert self._loop is not None
-        try:
-            client = self._make_client()
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(f"TLS files of mqtt.tls cannot be used: {exc}") from exc
+        client = self._make_client()
         self._lost.clear()
         self._pending.clear()
         # TCP connect + TLS handshake block: one worker thread per attempt, not per publish.
