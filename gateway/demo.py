@@ -372,6 +372,7 @@ async def _run(workdir: Path, log_file: IO[str], duration: float | None, view: b
                       transient=False) as live:
                 while not await _stopped(stop, task, deadline, 0.25):
                     live.update(render_table(readings, services_line(runtime), title))
+            print(file=out)
         else:
             while not await _stopped(stop, task, deadline, 0.5):
                 pass

@@ -1,0 +1,68 @@
+"""`fieldgate demo` as a user runs it: readings from every demo device, exit 0, nothing left behind."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from gateway.runtime.process import child_environment
+
+PLANT = resources.files("gateway") / "demo_plant" / "devices"
+DEMO_DEVICES = sorted(p.name.removesuffix(".yaml") for p in PLANT.iterdir() if p.name.endswith(".yaml"))
+
+
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "gateway.cli", "demo", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=child_environment())
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv:
+            found.append(f"{cmdline.parent.name}: {argv}")
+    return found
+
+
+def workdir_of(stdout: str) -> str:
+    match = re.search(r"plant: (/\S+)/plant;", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+@pytest.mark.sim
+def test_demo_shows_readings_of_every_device_and_leaves_nothing_behind() -> None:
+    assert DEMO_DEVICES == ["oven-2", "press-1", "pump-7"]
+    result = demo("--duration", "20", "--no-view")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "broker: mosquitto on 127.0.0.1:" in out
+    for device in DEMO_DEVICES:
+        assert re.search(rf"^{device}/\w+ = \S+.* \[good\]$", out, re.MULTILINE), (device, out[-2000:])
+    assert re.search(r"^press-1/temperature = [\d.]+ degC \[good\]$", out, re.MULTILINE)
+    assert re.search(r"^oven-2/setpoint = 180.00 degC \[good\]$", out, re.MULTILINE)
+    assert f"readings seen from 3 device(s): {', '.join(DEMO_DEVICES)}" in out
+    workdir = workdir_of(out)
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []
+
+
+@pytest.mark.sim
+def test_demo_with_the_embedded_broker_and_the_live_view() -> None:
+    result = demo("--duration", "15", "--broker", "embedded")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "broker: embedded amqtt broker on 127.0.0.1:" in out
+    # the live table's last frame: a row per tag of every device, with quality
+    for device in DEMO_DEVICES:
+        assert re.search(rf"│ {device}\s+│ \w+\s+│.*│ good\s+│", out), (device, out[-3000:])
+    assert processes_mentioning(workdir_of(out)) == []
