@@ -74,7 +74,7 @@ class Users:
 @pytest.fixture
 async def secure_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path, Path]]:
     user_cert, user_key = _user_certificate(tmp_path)
-    server = Server(user_manager=Users(user_cert.read_bytes()))  # type: ignore[arg-type]
+    server = Server(user_manager=Users(user_cert.read_bytes()))
     await server.init()
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
     server.set_endpoint(endpoint)
@@ -124,7 +124,8 @@ async def test_each_policy_and_mode_with_a_user_and_an_x509_user_certificate(
     devices.append(device("anonymous", policy="Basic256Sha256", mode="Sign"))  # refused by this server
     async with running_collector(devices, tmp_path) as (_, sink):
         for d in devices[:-1]:
-            reading = (await sink.wait_for(lambda r, name=d["name"]: r.device == name, within=30))[0]
+            name = d["name"]
+            reading = (await sink.wait_for(lambda r: r.device == name, within=30))[0]  # noqa: B023
             assert (reading.value, reading.quality) == (12.5, Quality.GOOD), d["name"]
         refused = await sink.wait_state(lambda s: s.device == "anonymous" and not s.online, within=30)
     assert refused.reason in ("BadIdentityTokenInvalid", "BadIdentityTokenRejected", "BadUserAccessDenied")
