@@ -103,7 +103,7 @@ def modbus_rtu_device(name: str, port: str, unit: int = 7) -> str:
 name: {name}
 protocol: modbus
 connection:
-  rtu: {{port: {port}, baudrate: 19200, parity: E}}
+  rtu: {{port: {port}, baudrate: 19200, parity: N}}
 unit: {unit}
 poll: 250ms
 tags:

@@ -1,0 +1,118 @@
+"""A Modbus RTU device on a socat pty read inside the locked-down container, and `fieldgate update`
+on a running stack: a good image goes live, a broken one is rolled back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.docker.stack import ROOT, Stack, after, fieldgate, modbus_rtu_device, modbus_tcp_device, readings
+from tests.support.broker import Mosquitto, free_port
+from tests.support.mqtt import Subscriber
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A null-modem cable: the collector opens the first end, the simulator serves the second.
+
+    mode=666: the container runs as uid 10001, not as the pty's owner.
+    """
+    collector_end, simulator_end = tmp_path / "ttyCOLLECTOR", tmp_path / "ttySIM"
+    socat = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,mode=666,link={collector_end}",
+         f"pty,raw,echo=0,mode=666,link={simulator_end}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (collector_end.exists() and simulator_end.exists()):
+            assert time.monotonic() < deadline, "socat made no pty pair"
+            time.sleep(0.05)
+        yield collector_end, simulator_end
+    finally:
+        socat.terminate()
+        socat.wait(5)
+
+
+def test_rtu_device_on_a_pty_is_read_inside_the_container(
+    make_stack: Callable[..., Stack], broker: Mosquitto, subscriber: Subscriber, pty_pair: tuple[Path, Path]
+) -> None:
+    collector_end, simulator_end = pty_pair
+    stack = make_stack(broker.port)
+    stack.add_device("drive-3", modbus_rtu_device("drive-3", str(collector_end)),
+                     sim_text=modbus_rtu_device("drive-3", str(simulator_end)))
+    stack.up()
+    pressure = subscriber.wait_for(readings(stack.topic_prefix, "drive-3", "pressure"), timeout=120)[0]
+    status = subscriber.wait_for(readings(stack.topic_prefix, "drive-3", "status"), timeout=30)[0]
+    assert pressure.json()["value"] == pytest.approx(4.25)
+    assert pressure.json()["unit"] == "bar"
+    assert status.json()["value"] == -3
+
+    pts = os.path.realpath(collector_end)
+    rdev = os.stat(pts).st_rdev
+    host = stack.containers()["modbus"].attrs["HostConfig"]
+    mounts = stack.containers()["modbus"].attrs["Mounts"]
+    assert {"Source": pts, "Destination": str(collector_end)}.items() <= next(
+        m for m in mounts if m["Destination"] == str(collector_end)).items()
+    assert host["DeviceCgroupRules"] == [f"c {os.major(rdev)}:{os.minor(rdev)} rwm"]
+    assert not host["Devices"], "a pty goes in as a bind mount, not as a device"
+    assert host["Privileged"] is False
+    for other in ("forwarder",):
+        other_host = stack.containers()[other].attrs["HostConfig"]
+        assert not other_host["DeviceCgroupRules"] and not other_host["Devices"]
+
+
+def _tag(engine: docker.DockerClient, source: str, target: str) -> None:
+    repository, tag = target.rsplit(":", 1)
+    engine.images.get(source).tag(repository, tag)
+
+
+def update(stack: Stack, image: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        fieldgate("update", str(stack.plant), "modbus", "--image", image, "--timeout", str(timeout)),
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout * 3 + 60)
+
+
+def test_update_goes_live_when_healthy_and_rolls_back_when_not(
+    make_stack: Callable[..., Stack], engine: docker.DockerClient, broker: Mosquitto, subscriber: Subscriber
+) -> None:
+    good, broken = "fieldgate/collector-modbus:0.1.0-next", "fieldgate/collector-modbus:0.1.0-broken"
+    _tag(engine, "fieldgate/collector-modbus:0.1.0", good)
+    # The forwarder's image under a collector's name: it starts, rejects the Modbus config, exits.
+    _tag(engine, "fieldgate/forwarder:0.1.0", broken)
+    try:
+        stack = make_stack(broker.port)
+        stack.add_device("press-1", modbus_tcp_device("press-1", free_port()))
+        stack.up()
+        subscriber.wait_for(readings(stack.topic_prefix, "press-1", "counter"), timeout=120)
+
+        result = update(stack, good, 90)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "healthy on fieldgate/collector-modbus:0.1.0-next" in result.stdout
+        assert f"image: {good}" in (stack.plant / "gateway.yaml").read_text()
+        assert stack.containers()["modbus"].attrs["Config"]["Image"] == good
+        updated = time.time()
+        subscriber.wait_for(after(updated, readings(stack.topic_prefix, "press-1", "counter")), timeout=30)
+
+        before = (stack.plant / "gateway.yaml").read_text()
+        result = update(stack, broken, 25)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "rolled back to fieldgate/collector-modbus:0.1.0-next" in result.stderr
+        assert (stack.plant / "gateway.yaml").read_text() == before
+        container = stack.wait_containers(
+            lambda c: c["modbus"].attrs["Config"]["Image"] == good and c["modbus"].status == "running",
+            60, "the modbus collector back on the previous image")["modbus"]
+        assert container.attrs["Config"]["Image"] == good
+        rolled_back = time.time()
+        resumed = after(rolled_back, readings(stack.topic_prefix, "press-1", "counter"))
+        subscriber.wait_for(resumed, timeout=60)
+    finally:
+        for image in (good, broken):
+            engine.images.remove(image, noprune=True)
