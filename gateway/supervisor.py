@@ -370,43 +370,37 @@ def _num(value: Any, fmt: str = "{:.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{value / 1024**2:.0f}MiB"
+
+
 def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
-    """The `fieldgate status` table: header row first."""
+    """The `fieldgate status` table, header row first. CPU and MEMORY appear when the runtime
+    measures them (docker: from the Engine's stats, against the limits)."""
     services = status.get("services", [])
-    # CPU and memory against the limits, where the runtime measures them (docker: the Engine's stats).
-    usage = any("memory" in svc or "cpu_percent" in svc for svc in services)
+    resources = any("cpu_percent" in svc or "memory" in svc for svc in services)
     header = ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME"]
-    rows = [[*header, *(["CPU", "MEMORY"] if usage else []), "IMAGE"]]
+    rows = [[*header, *(["CPU", "MEMORY"] if resources else []), "IMAGE"]]
     for svc in services:
-        running = svc.get("state") not in ("absent",) and not str(svc.get("state", "")).startswith(
-            ("exited", "crash-looping (exited"))
-        uptime = _age(now - svc["since"]) if svc.get("since") and running else "-"
+        state = str(svc.get("state", "?"))
+        ended = state in ("absent", "stopped") or state.startswith(("exited", "crash-looping (exited"))
+        uptime = _age(now - svc["since"]) if svc.get("since") and not ended else "-"
         image = svc.get("image") or (f"pid {svc['pid']}" if svc.get("pid") else "-")
         row = [
-            svc["name"], svc.get("state", "?"), svc.get("health") or "-",
+            svc["name"], state, svc.get("health") or "-",
             _num(svc.get("readings_per_s"), "{:.1f}"), _num(svc.get("buffered")),
             str(svc.get("restarts", 0)), uptime,
         ]
-        if usage:
-            row += [_cpu(svc), _memory(svc)]
+        if resources:
+            cpu = _num(svc.get("cpu_percent"), "{:.1f}%")
+            if svc.get("cpu_limit"):
+                cpu += f" of {svc['cpu_limit']:g}"
+            memory = _mib(svc.get("memory"))
+            if svc.get("memory_limit"):
+                memory += f" of {_mib(svc['memory_limit'])}"
+            row += [cpu, memory]
         rows.append([*row, image])
     return rows
-
-
-def _cpu(svc: Mapping[str, Any]) -> str:
-    """`12% / 0.5 cpu`: percent of one core, against the limit in cores (`-` when unmeasured)."""
-    if svc.get("cpu_percent") is None:
-        return "-"
-    limit = svc.get("cpu_limit")
-    return f"{svc['cpu_percent']:.0f}%" + (f" / {limit:g} cpu" if limit else "")
-
-
-def _memory(svc: Mapping[str, Any]) -> str:
-    """`31MiB / 128MiB`: resident memory against the limit (`-` when unmeasured)."""
-    if svc.get("memory") is None:
-        return "-"
-    limit = svc.get("memory_limit")
-    return f"{svc['memory'] / 2**20:.0f}MiB" + (f" / {limit / 2**20:.0f}MiB" if limit else "")
 
 
 def format_table(rows: list[list[str]]) -> str:

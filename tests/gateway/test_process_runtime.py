@@ -200,6 +200,33 @@ async def test_metrics_are_scraped_into_readings_per_second(tmp_path: Path) -> N
         await asyncio.wait_for(task, 30)
 
 
+@pytest.mark.unit
+def test_status_table_shows_resources_when_the_runtime_measures_them() -> None:
+    now = 1_000_000.0
+    status = {"services": [
+        {"name": "forwarder", "state": "running", "health": "healthy", "restarts": 0, "since": now - 300,
+         "image": "fieldgate/forwarder:0.1.0", "readings_per_s": 120.0, "buffered": 0,
+         "cpu_percent": 3.2, "cpu_limit": 0.5, "memory": 40 * 2**20, "memory_limit": 128 * 2**20},
+        {"name": "modbus", "state": "crash-looping (exited with code 2; restart in 8s)", "health": None,
+         "restarts": 4, "since": now - 5},
+    ]}
+    rows = status_rows(status, now)
+    assert rows == [
+        ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME", "CPU", "MEMORY",
+         "IMAGE"],
+        ["forwarder", "running", "healthy", "120.0", "0", "0", "5m", "3.2% of 0.5", "40MiB of 128MiB",
+         "fieldgate/forwarder:0.1.0"],
+        ["modbus", "crash-looping (exited with code 2; restart in 8s)", "-", "-", "-", "4", "-", "-", "-",
+         "-"],
+    ]
+    table = format_table(rows).splitlines()
+    assert table[0].index("HEALTH") == table[1].index("healthy") == table[2].index(" -  ") + 1
+    process = {"services": [{"name": "modbus", "state": "running", "health": "starting", "restarts": 1,
+                             "since": now - 7200, "pid": 4242}]}
+    assert status_rows(process, now)[1] == [
+        "modbus", "running", "starting", "-", "-", "1", "2h00m", "pid 4242"]
+
+
 # ---------------------------------------------------------------------- fieldgate up, end to end
 
 GATEWAY_YAML = """\
