@@ -1,8 +1,9 @@
 """`fieldgate simulate FILE...`: serve the devices that device files describe, for tests and demos.
 
 Modbus devices are served by collectors.modbus.simulator (TCP, or RTU on a serial port or a
-pty pair it creates), OPC UA devices by collectors.opcua.simulator (which listens on --host,
-default 127.0.0.1, and the port of the device's endpoint).
+pty pair it creates), OPC UA devices by collectors.opcua.simulator. Each listens where its file
+says, or on --host with the file's port. Files load as in a config directory (gateway.config:
+${VAR}, errors as file:line:column), without the cross-file checks.
 One line per device says where it listens; Ctrl-C (or SIGTERM) stops everything.
 """
 
@@ -14,50 +15,15 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-from pydantic import ValidationError
-
-from collectors.core.errors import ConfigError, FieldgateError
+from collectors.core.errors import FieldgateError
 from collectors.core.service import run_service, setup_logging
 from collectors.core.simulate import bind_problem
+from gateway.config import ConfigErrors, load_device_files
 
 log = logging.getLogger(__name__)
-
-
-def load_device_files(paths: Sequence[Path]) -> list[Any]:
-    """Each file's device model (ModbusDevice or OpcuaDevice), by its `protocol` key.
-
-    A small loader until gateway.config's device-file loading (positions, ${VAR}) can take over.
-    """
-    devices: list[Any] = []
-    errors: list[str] = []
-    for path in paths:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        protocol = raw.get("protocol") if isinstance(raw, dict) else None
-        if protocol == "modbus":
-            from collectors.modbus.config import ModbusDevice as model
-        elif protocol == "opcua":
-            from collectors.opcua.config import OpcuaDevice as model  # type: ignore[assignment]
-        else:
-            errors.append(f"{path}: protocol must be modbus or opcua, not {protocol!r}")
-            continue
-        try:
-            devices.append(model.model_validate(raw))
-        except ValidationError as exc:
-            for err in exc.errors():
-                where = ".".join(str(part) for part in err["loc"]) or "(file)"
-                errors.append(f"{path}: {where}: {err['msg']}")
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return devices
 
 
 async def simulate(devices: Sequence[Any], host: str | None) -> None:
@@ -103,8 +69,8 @@ async def _serve_opcua(stack: contextlib.AsyncExitStack, devices: Sequence[Any],
 def main_simulate(args: argparse.Namespace) -> int:
     setup_logging("INFO" if getattr(args, "verbose", False) else "WARNING", name="simulate")
     try:
-        devices = load_device_files(args.files)
-    except ConfigError as exc:
+        devices = [entry.device for entry in load_device_files(args.files)]
+    except ConfigErrors as exc:
         print(exc, file=sys.stderr)
         return 1
     try:

@@ -82,7 +82,7 @@ def test_simulate_names_the_file_of_an_invalid_device(tmp_path: Path) -> None:
     proc = fieldgate("simulate", str(bad))
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
-    assert f"{bad}: tags.0.type:" in err
+    assert f"{bad}:10:11: device meter-1, tag energy: type: 'uint33' is not one of" in err
 
 
 def test_simulate_creates_and_prints_the_serial_port_of_an_rtu_device(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pymodbus.framer import FramerType
 from collectors.core.simulate import Simulate
 from collectors.modbus.config import DataType, ModbusDevice
 from collectors.modbus.simulator import ModbusSimulator, SimulatorError
-from gateway.simulate import load_device_files
+from gateway.config import load_device_files
 
 pytestmark = pytest.mark.sim
 
@@ -91,8 +91,9 @@ def cdab_float(words: Sequence[int]) -> float:
 def press(tmp_path: Path) -> ModbusDevice:
     path = tmp_path / "press-1.yaml"
     path.write_text(PRESS)
-    [device] = load_device_files([path])
-    return device
+    [entry] = load_device_files([path])
+    assert isinstance(entry.device, ModbusDevice)
+    return entry.device
 
 
 async def test_a_plain_client_reads_what_the_device_file_describes(press: ModbusDevice) -> None:
