@@ -94,7 +94,8 @@ def _serial_ports(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
             yield _problem(
                 source, ("unit",) if ("unit",) in source.values else loc,
                 f"device {device.name}: unit {device.unit} on serial port {rtu.port} is also "
-                f"{other.device.name} ({other.at()}); each device on a line needs its own unit id",
+                f"{other.device.name}'s ({_Claim(other.source, other.device, ('unit',)).at()}); "
+                "each device on a line needs its own unit id",
             )
 
 

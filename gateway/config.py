@@ -21,6 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import astuple
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from collectors.core.config import ByteSize, HandoffConfig, StrictModel
 from collectors.core.errors import ConfigError
+from collectors.core.names import NAME_PATTERN
 from collectors.forwarder.config import (
     BufferConfig,
     CatalogDevice,
@@ -184,7 +186,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     else:
         gateway_source = load_yaml(gateway_path, env)
         gateway_model = _validate_gateway(gateway_source, env)
-        problems.extend(gateway_source.problems)
+        problems.extend(_in_order(gateway_source.problems))
 
     device_paths = device_files(dir)
     if not device_paths:
@@ -195,13 +197,13 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     for path in device_paths:
         source = load_yaml(path, env)
         device = validate_device(source, env)
-        problems.extend(source.problems)
+        problems.extend(_in_order(source.problems))
         if device is not None:
             loaded.append((source, device))
 
     warnings: list[Problem] = []
     if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths):
-        problems.extend(checks.cross_file(gateway_source, gateway_model, loaded, warnings))
+        problems.extend(_in_order(checks.cross_file(gateway_source, gateway_model, loaded, warnings)))
     if problems:
         raise ConfigErrors(_scrub(problems, [gateway_source, *(s for s, _ in loaded)]))
     assert gateway_model is not None and gateway_source is not None
@@ -215,7 +217,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
         **{name: getattr(gateway_model, name) for name in GatewayFile.model_fields},
         dir=dir,
         devices=[DeviceFile(source=source.file, device=device) for source, device in loaded],
-        warnings=[str(w) for w in warnings],
+        warnings=[str(w) for w in _in_order(warnings)],
         secret_env=secret_env,
     )
 
@@ -241,7 +243,7 @@ def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = Non
     for path in paths:
         source = load_yaml(path, env)
         device = validate_device(source, env)
-        problems.extend(source.problems)
+        problems.extend(_in_order(source.problems))
         sources.append(source)
         if device is not None:
             result.append(DeviceFile(source=path, device=device))
@@ -263,13 +265,13 @@ def _validate_gateway(source: Source, env: Mapping[str, str]) -> GatewayFile | N
         return None
     model = absolute_paths(model, source.file.parent)
     _check_files(source, model, ())
-    return None if _sorted(source) else model
+    return None if source.problems else model
 
 
-def _sorted(source: Source) -> bool:
-    """Sort the file's problems by position; True when there are any."""
-    source.problems.sort(key=lambda p: (p.position.line, p.position.column) if p.position else (0, 0))
-    return bool(source.problems)
+def _in_order(problems: list[Problem]) -> list[Problem]:
+    """By file (in the order met), then line and column."""
+    files = {p.file: i for i, p in reversed(list(enumerate(problems)))}
+    return sorted(problems, key=lambda p: (files[p.file], *(astuple(p.position) if p.position else (0, 0))))
 
 
 def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | OpcuaDevice | None:
@@ -303,8 +305,12 @@ def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | Op
         try:
             plan_device(device)
         except ConfigError as exc:
-            source.problem(("tags",), f"device {device.name}: {exc}")
-    return None if _sorted(source) else device
+            message = str(exc).removeprefix(f"{device.name}: ")
+            match = re.match(r"tag (\S+) ", message)
+            index = next((i for i, t in enumerate(device.tags) if match and t.name == match.group(1)), None)
+            loc: Loc = ("tags",) if index is None else ("tags", index)
+            source.problem(loc, f"device {device.name}: {message}")
+    return None if source.problems else device
 
 
 def _duplicate_tags(source: Source) -> None:
@@ -385,8 +391,13 @@ def _explain(source: Source, error: Any, model: type[BaseModel]) -> tuple[Loc, b
             hint = f" ({description})"  # e.g. word_order: "little = CDAB"
         return loc, False, f"{shown} is not one of {', '.join(choices)}{hint}"
     if kind == "string_pattern_mismatch":
+        if error.get("ctx", {}).get("pattern") == NAME_PATTERN:
+            return loc, False, (
+                f"{_show(value)} is not allowed: a name holds letters, digits and _ . : - only "
+                "(it is one MQTT topic level: no spaces, /, + or #)"
+            )
         description = _description(model, loc)
-        return loc, False, f"{_show(value)} is not allowed: " + (description or error["msg"])
+        return loc, False, f"{_show(value)} is not allowed: expected " + (description or error["msg"])
     if kind == "value_error":
         message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
         return _refine(source, loc, message), False, message

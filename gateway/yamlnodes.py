@@ -94,7 +94,13 @@ def load_yaml(path: Path, env: Mapping[str, str], display: Path | None = None) -
     except yaml.MarkedYAMLError as exc:
         # Never str(exc): it quotes the source line, which may hold a password.
         mark = exc.problem_mark or exc.context_mark
-        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        what = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.context_mark is not None:
+            start = Position.of(exc.context_mark)
+            what += f" ({exc.context} that starts at line {start.line}, column {start.column})"
+        if mark is not None and "${" in text.splitlines()[mark.line] and "flow" in (exc.context or ""):
+            # `{host: ${PLC}}`: in a {...} mapping a plain value cannot hold { or }
+            what += "; inside {...} put a value holding ${VAR} in quotes, e.g. host: \"${PLC_HOST}\""
         source.problem(Position.of(mark) if mark else None, f"not valid YAML: {what}")
         source.broken = True
         return source

@@ -44,10 +44,10 @@ class Security(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Security:
-        if (self.policy == "None") != (self.mode == "None"):
-            raise ValueError(
-                "policy None goes with mode None, and a signing policy with Sign or SignAndEncrypt"
-            )
+        if self.policy != "None" and self.mode == "None":
+            raise ValueError(f"mode None does not go with policy {self.policy}: use Sign or SignAndEncrypt")
+        if self.policy == "None" and self.mode != "None":
+            raise ValueError(f"mode {self.mode} needs a policy other than None, e.g. Basic256Sha256")
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
         if (self.password is not None or self.password_file is not None) and self.username is None:
