@@ -114,6 +114,8 @@ class Session:
         self.lost_reason = "session lost"
         self._namespaces: list[str] = []
         self._datatypes: dict[ua.NodeId, tuple[ua.VariantType, bool]] = {}
+        self.max_nodes_per_read = 0  # the server's OperationLimits; 0: none
+        self.max_items_per_call = 0
 
     # ------------------------------------------------------------------ connect / close
 
@@ -163,6 +165,25 @@ class Session:
                 raise SecurityError(f"{device.name}: the server refused {who}: {name}", name) from exc
             raise
         self._namespaces = await client.get_namespace_array()
+        await self._read_limits()
+
+    async def _read_limits(self) -> None:
+        """The server's OperationLimits (Part 5, 6.3.11): reads and item creation are split to fit them."""
+        limits = [
+            ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+            ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        ]
+        params = ua.ReadParameters()
+        params.NodesToRead = [
+            ua.ReadValueId(NodeId=ua.NodeId(ua.Int32(i)), AttributeId=ua.AttributeIds.Value) for i in limits
+        ]
+        values = await self.client.uaclient.read(params)
+        found = []
+        for dv in values:
+            ok = dv.StatusCode is None or dv.StatusCode.is_good()
+            number = dv.Value.Value if ok and dv.Value is not None else None
+            found.append(int(number) if isinstance(number, int) and number > 0 else 0)  # 0: no limit
+        self.max_nodes_per_read, self.max_items_per_call = found
 
     async def _set_security(self, client: Client) -> None:
         device, security = self.device, self.device.security
@@ -225,14 +246,18 @@ class Session:
     # ------------------------------------------------------------------ services
 
     async def read(self, nodes: Sequence[ua.NodeId]) -> list[ua.DataValue]:
-        """Current values of `nodes` in one Read service call, with source timestamps."""
-        params = ua.ReadParameters()
-        params.MaxAge = 0
-        params.TimestampsToReturn = ua.TimestampsToReturn.Both
-        params.NodesToRead = [
-            ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value) for node in nodes
-        ]
-        return await self.client.uaclient.read(params)
+        """Current values of `nodes` in one Read service call (more where the server's MaxNodesPerRead
+        demands), with source timestamps."""
+        values: list[ua.DataValue] = []
+        for chunk in _chunks(nodes, self.max_nodes_per_read):
+            params = ua.ReadParameters()
+            params.MaxAge = 0
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.NodesToRead = [
+                ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value) for node in chunk
+            ]
+            values.extend(await self.client.uaclient.read(params))
+        return values
 
     async def read_readings(self, device: str, tags: Sequence[tuple[str, ua.NodeId]]) -> list[Reading]:
         values = await self.read([node for _, node in tags])
@@ -295,7 +320,9 @@ class Session:
             publishing_interval * 1000, None, queue_maxsize=queue_maxsize, overflow=OverflowPolicy.WARN
         )
         requests = [self._item_request(sub, spec, with_filter=True) for spec in items]
-        results = await sub.create_monitored_items(requests)
+        results: list[int | ua.StatusCode] = []
+        for chunk in _chunks(requests, self.max_items_per_call):
+            results.extend(await sub.create_monitored_items(chunk))
         handles: list[int | ua.StatusCode] = []
         retry: list[int] = []
         refused_filter = {
@@ -415,6 +442,13 @@ class Session:
     @property
     def namespaces(self) -> list[str]:
         return list(self._namespaces)
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """`items` in pieces of at most `size` (0: one piece)."""
+    if size <= 0 or len(items) <= size:
+        return [items]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _first_certificate(der: bytes) -> bytes:

@@ -45,7 +45,8 @@ def plan_device(device: OpcuaDevice) -> list[str]:
     subscribed = subscribed_tags(device)
     security = device.security
     lines.append(
-        f"{device.name}: {device.endpoint}  security {security.policy},{security.mode}"
+        f"{device.name}: {device.endpoint}  "
+        + (f"security {security.policy},{security.mode}" if security.policy != "None" else "no security")
         + (f"  user {security.username}" if security.username else "")
         + (f"  trust {security.trust}" if security.policy != "None" else "")
     )

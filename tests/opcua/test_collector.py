@@ -88,6 +88,11 @@ async def typed_server() -> AsyncIterator[tuple[str, Server]]:
                 SourceTimestamp=SOURCE_TS,
             ),
         )
+    # small OperationLimits, so reads and item creation are split as a strict server demands
+    limits = ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
+    await server.get_node(limits).write_value(ua.Variant(5, ua.VariantType.UInt32))
+    limits = ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall
+    await server.get_node(limits).write_value(ua.Variant(4, ua.VariantType.UInt32))
     limited = await folder.add_variable(ua.NodeId("T.limited", ns), "limited", 0, ua.VariantType.Int16)
     await limited.set_writable()
     async with server:
@@ -114,9 +119,12 @@ async def test_every_type_arrives_with_its_value_quality_and_source_timestamp(
     ]
     tags[0]["mode"] = "poll"  # one polled tag shows the Read path maps the same way
     tags[0]["poll"] = "200ms"
-    async with running_collector([_device(endpoint, tags)], tmp_path) as (_, sink):
+    async with running_collector([_device(endpoint, tags)], tmp_path) as (collector, sink):
         await sink.wait_for(lambda r: True, count=len(tags))
         await asyncio.sleep(0.5)
+        reader = collector.links["oven"].reader
+        assert reader is not None  # read in pieces of 5 nodes, items created 4 per call
+        assert (reader.session.max_nodes_per_read, reader.session.max_items_per_call) == (5, 4)
         first: dict[str, Any] = {}
         for reading in sink.got:
             first.setdefault(reading.tag, reading)
