@@ -5,6 +5,7 @@ A `Signal` turns a `Simulate` spec into a value as a function of the time since 
 simulation started, so two simulators (Modbus, OPC UA) serving the same spec show the same
 curve, and a test can ask for the value at t=12.5 s without sleeping. The random walk is
 seeded and steps on a fixed time grid, so it too depends only on the spec, the seed and t.
+`bind_problem` is the other thing simulators share: why an endpoint cannot be served, in words.
 """
 
 from __future__ import annotations
