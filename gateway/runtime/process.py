@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -147,8 +148,17 @@ class RunDir:
         return self.run / f"{service}.yaml"
 
     def create(self) -> None:
-        for path in (self.run, self.state, self.handoff_socket.parent):
+        for path in (self.run, self.state):
             path.mkdir(parents=True, exist_ok=True)
+        folder = self.handoff_socket.parent
+        if folder == self.root:
+            return
+        # The short folder under /tmp has a predictable name: it must be ours and private, or
+        # another user could put a socket (or a symlink) where our collectors connect.
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise RuntimeError(f"{folder} is not a private directory of this user: remove it, or use --state")
 
 
 def _exists(path: str | Path) -> bool:

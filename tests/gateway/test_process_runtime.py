@@ -65,11 +65,12 @@ def stand_in(tmp_path: Path, name: str, mode: str = "ok", port: int | None = Non
 
 
 def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for whichever process adopted it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def until(check: Callable[[], bool], within: float = 20.0, what: str = "condition") -> None:
@@ -198,6 +199,58 @@ async def test_metrics_are_scraped_into_readings_per_second(tmp_path: Path) -> N
         assert parse_metrics(text)["fieldgate_readings_total"] > 0
         sup.stopping.set()
         await asyncio.wait_for(task, 30)
+
+
+SUPERVISOR = """
+import asyncio, sys
+from pathlib import Path
+from gateway.plan import ServiceSpec
+from gateway.runtime.process import ProcessRuntime, RunDir
+from gateway.supervisor import Supervisor
+
+spec = ServiceSpec(name="modbus", command=tuple(sys.argv[2:]), config_hash="x")
+
+async def main():
+    run_dir = RunDir(Path(sys.argv[1]))
+    async with ProcessRuntime(run_dir) as runtime:
+        await Supervisor(Path(sys.argv[1]), runtime, run_dir, {"modbus": spec}).run()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.sim
+def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "state")
+    service = stand_in(tmp_path, "modbus")
+    command = [sys.executable, "-c", SUPERVISOR, str(run_dir.root), *service.command]
+    supervisor = subprocess.Popen(command, env=child_environment(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        pid = wait_sync(lambda: service_pids(run_dir).get("modbus"), what="the child runs")
+        assert isinstance(pid, int) and alive(pid)
+        supervisor.kill()
+        supervisor.wait()
+        wait_sync(lambda: not alive(pid), within=10, what="the orphan ended")
+    finally:
+        stop(supervisor, signal.SIGKILL)
+
+
+def test_a_hand_off_socket_path_too_long_moves_to_a_private_tmp_folder(tmp_path: Path) -> None:
+    short = RunDir(tmp_path / "plant" / ".fieldgate")
+    assert short.handoff_socket == tmp_path / "plant" / ".fieldgate" / "handoff.sock"
+    deep = RunDir(tmp_path / ("x" * 90) / ".fieldgate")
+    socket = deep.handoff_socket
+    assert socket.parent.parent == Path("/tmp") and socket.parent.name.startswith("fieldgate-")
+    assert len(str(socket)) <= 100 and socket == RunDir(deep.root).handoff_socket  # stable
+    try:
+        deep.create()
+        assert socket.parent.stat().st_mode & 0o777 == 0o700
+        socket.parent.chmod(0o755)  # someone opened it up: refused
+        with pytest.raises(RuntimeError, match="not a private directory"):
+            deep.create()
+    finally:
+        socket.parent.rmdir()
 
 
 @pytest.mark.unit
