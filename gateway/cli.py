@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("schema", help="print the JSON Schema of gateway.yaml and device files")
     p.add_argument("--write", type=Path, default=None, metavar="DIR",
                    help="also write gateway.schema.json and device.schema.json into DIR, for editors")
+    p.add_argument("--markdown", action="store_true", help="print the config reference (docs/config.md) instead")
 
     p = verbs.add_parser("plan", help="show the exact requests each collector will make")
     p.add_argument("dir", type=Path)

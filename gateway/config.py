@@ -751,9 +751,13 @@ def main_validate(args: argparse.Namespace) -> int:
 
 
 def main_schema(args: argparse.Namespace) -> int:
-    """`fieldgate schema [--write DIR]`: the JSON Schema of gateway.yaml and device files."""
+    """`fieldgate schema [--write DIR] [--markdown]`: the JSON Schema of gateway.yaml and device
+    files (draft 2020-12), or the config reference (docs/config.md) made from it."""
     from gateway import schema
 
+    if getattr(args, "markdown", False):
+        print(schema.markdown(), end="")
+        return 0
     out = getattr(args, "write", None)
     if out is None:
         print(json.dumps(schema.combined(), indent=2))

@@ -428,3 +428,10 @@ def test_example_devices_carry_the_editor_schema_comment() -> None:
         first = path.read_text().splitlines()[0]
         assert first == "# yaml-language-server: $schema=../docs/schema/device.schema.json"
         assert (path.parent / "../docs/schema/device.schema.json").exists()
+
+
+def test_the_config_reference_is_generated_from_the_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["schema", "--markdown"]) == 0
+    assert capsys.readouterr().out == (REPO / "docs" / "config.md").read_text(), (
+        "docs/config.md is stale: run `fieldgate schema --markdown > docs/config.md`"
+    )
