@@ -23,7 +23,7 @@ from collectors.core.model import Quality, Reading, now_ms
 from collectors.core.report import ReportFilter
 from collectors.opcua.codec import reading_of, status_name
 from collectors.opcua.config import OpcuaDevice, OpcuaTag
-from collectors.opcua.session import MonitorSpec, Session
+from collectors.opcua.session import SESSION_LOST_CODES, MonitorSpec, Session
 from collectors.opcua.subscriptions import poll_classes, queue_maxsize, subscribed_tags
 
 log = logging.getLogger(__name__)
@@ -230,9 +230,10 @@ class DeviceReader:
                 next_at = loop.time()
             try:
                 self.offer(await self.session.read_readings(self.device.name, tags))
-            except (
-                ua.UaStatusCodeError
-            ) as exc:  # this Read refused as a whole: these tags bad, the rest go on
+            except ua.UaStatusCodeError as exc:
+                if exc.code in SESSION_LOST_CODES:
+                    raise
+                # this Read refused as a whole: these tags bad, the rest go on
                 self.offer([self._bad(name, status_name(exc.code)) for name, _ in tags])
 
     async def _heartbeat(self) -> None:

@@ -63,7 +63,20 @@ _AUTH_CODES = {
     ua.StatusCodes.BadUserSignatureInvalid,
 }
 
-NodeRef = ua.NodeId
+# StatusCodes that mean the session or channel is gone, not that one request was refused
+SESSION_LOST_CODES = {
+    ua.StatusCodes.BadSessionIdInvalid,
+    ua.StatusCodes.BadSessionClosed,
+    ua.StatusCodes.BadSessionNotActivated,
+    ua.StatusCodes.BadSecureChannelIdInvalid,
+    ua.StatusCodes.BadSecureChannelClosed,
+    ua.StatusCodes.BadConnectionClosed,
+    ua.StatusCodes.BadNotConnected,
+    ua.StatusCodes.BadServerHalted,
+    ua.StatusCodes.BadShutdown,
+    ua.StatusCodes.BadCommunicationError,
+    ua.StatusCodes.BadTooManySessions,
+}
 
 
 @dataclass(frozen=True, slots=True)
