@@ -41,6 +41,20 @@ class JsonFormat:
         # Topic strings are built once per tag, not once per reading.
         self._topics: dict[tuple[str, str], str] = {}
         self._set_levels = self._prefix.count("/") + 1
+        self._seconds: dict[int, str] = {}  # `2026-11-28T08:00:00.` per epoch second: strftime is costly
+        self._last_ts, self._last_iso = -1, ""
+
+    def _iso(self, ts_ms: int) -> str:
+        if ts_ms == self._last_ts:  # the readings of one poll share their timestamp
+            return self._last_iso
+        seconds, ms = divmod(ts_ms, 1000)
+        prefix = self._seconds.get(seconds)
+        if prefix is None:
+            if len(self._seconds) > 4096:
+                self._seconds.clear()
+            prefix = self._seconds[seconds] = iso_ms(seconds * 1000)[:-4]
+        self._last_ts, self._last_iso = ts_ms, f"{prefix}{ms:03d}Z"
+        return self._last_iso
 
     @property
     def ready(self) -> bool:
@@ -69,7 +83,7 @@ class JsonFormat:
     def _payload(self, reading: Reading) -> dict[str, Any]:
         body: dict[str, Any] = {
             "value": reading.value,
-            "ts": iso_ms(reading.ts_ms),
+            "ts": self._iso(reading.ts_ms),
             "quality": str(reading.quality),
             "unit": self._units.get((reading.device, reading.tag)),
         }
@@ -100,7 +114,7 @@ class JsonFormat:
 
         def flush() -> None:
             if device is not None and group:
-                body = orjson.dumps({"ts": iso_ms(latest), "readings": group})
+                body = orjson.dumps({"ts": self._iso(latest), "readings": group})
                 out.append(OutMessage(f"{self._prefix}/{device}", body, self._qos, self._retain))
 
         for reading in readings:
@@ -108,7 +122,8 @@ class JsonFormat:
                 flush()
                 device, group, latest = reading.device, {}, 0
             group[reading.tag] = self._payload(reading)
-            latest = max(latest, reading.ts_ms)
+            if reading.ts_ms > latest:
+                latest = reading.ts_ms
         flush()
         return out
 

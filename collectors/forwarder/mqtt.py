@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 20  # paho's QoS>0 window; larger is slower (each PUBACK scans the in-flight list)
 BACKOFF_MIN = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 10.0  # a broker back from an outage is found within ~10 s; a retry is one TCP connect
 MISC_INTERVAL = 0.5
 
 
