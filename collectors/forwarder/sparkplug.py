@@ -157,6 +157,7 @@ class TypeRule:
     datatype: int
     field: str
     coerce: Coerce
+    exact: type | None = None  # values of exactly this Python type travel as they are (the hot path)
 
 
 _I32, _I64 = 2**31, 2**63
@@ -173,9 +174,9 @@ TYPE_RULES: dict[int, TypeRule] = {
         TypeRule(pb.UInt64, "long_value", _integer(0, 2**64 - 1, 64)),
         TypeRule(pb.DateTime, "long_value", _integer(0, 2**64 - 1, 64)),
         TypeRule(pb.Float, "float_value", _real(3.4028234663852886e38)),
-        TypeRule(pb.Double, "double_value", _real(float("inf"))),
-        TypeRule(pb.Boolean, "boolean_value", _boolean),
-        TypeRule(pb.String, "string_value", _string),
+        TypeRule(pb.Double, "double_value", _real(float("inf")), float),
+        TypeRule(pb.Boolean, "boolean_value", _boolean, bool),
+        TypeRule(pb.String, "string_value", _string, str),
         TypeRule(pb.Int64Array, "bytes_value", _packed("q", _is_int)),
         TypeRule(pb.DoubleArray, "bytes_value", _packed("d", _is_number)),
         TypeRule(pb.BooleanArray, "bytes_value", _boolean_array),
@@ -470,25 +471,25 @@ class EdgeNode:
 
         for _, tag, value, ts_ms, quality, _reason in run:
             metric = metrics.get(tag)
-            wire: Any = None
-            try:
-                if metric is None:
-                    raise DoesNotFit(tag)
-                if value is not None:
+            wire: Any = value
+            if metric is None or (value is not None and type(value) is not metric.rule.exact):
+                try:
+                    if metric is None:
+                        raise DoesNotFit(tag)
                     wire = metric.rule.coerce(value)
-            except DoesNotFit:
-                # A new tag or a new datatype: the device is born again before the value goes out.
-                flush()
-                if metric is None:
-                    metric = self._new_tag(device, tag)
-                if value is not None:
-                    self._fit(metric, value)
-                    wire = metric.rule.coerce(value)
-                if ts_ms >= metric.ts_ms:
-                    metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
-                out.append(self._dbirth(device))
-                if metric.host_ts == ts_ms and metric.value is value:
-                    continue  # the DBIRTH carried it
+                except DoesNotFit:
+                    # A new tag or a new datatype: the device is born again before the value goes out.
+                    flush()
+                    if metric is None:
+                        metric = self._new_tag(device, tag)
+                    if value is not None:
+                        self._fit(metric, value)
+                        wire = metric.rule.coerce(value)
+                    if ts_ms >= metric.ts_ms:
+                        metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
+                    out.append(self._dbirth(device))
+                    if metric.host_ts == ts_ms and metric.value is value:
+                        continue  # the DBIRTH carried it
             hist = historical or ts_ms < metric.host_ts
             if value is None:
                 pm = add(alias=metric.alias, timestamp=ts_ms, is_null=True)

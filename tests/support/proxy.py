@@ -23,6 +23,7 @@ class TcpProxy:
         self._black = False
         self._refusing = False
         self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._idle: set[asyncio.StreamWriter] = set()  # accepted while blackholed: relayed nowhere
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.connections = 0
@@ -36,9 +37,15 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         self.drop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in list(self._idle):
+            writer.transport.abort()
+        # Aborted sockets end their relays; cancelling a handler instead makes asyncio's
+        # start_server log the cancellation as an error.
+        if self._tasks:
+            _, left = await asyncio.wait(self._tasks, timeout=2)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -60,6 +67,8 @@ class TcpProxy:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 writer.transport.abort()
         self._pairs.clear()
+        for writer in list(self._idle):
+            writer.transport.abort()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -69,6 +78,7 @@ class TcpProxy:
             if self._refusing:
                 return
             if self._black:  # a dead link: the connection goes nowhere
+                self._idle.add(writer)
                 await self._pipe(reader, None)
                 return
             up_reader, up_writer = await asyncio.open_connection(*self._target)
@@ -79,6 +89,7 @@ class TcpProxy:
             pass
         finally:
             self._tasks.discard(task)
+            self._idle.discard(writer)
             writer.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None) -> None:
