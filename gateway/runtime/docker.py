@@ -173,7 +173,7 @@ def parse_time(text: str | None) -> float | None:
     """Docker's RFC 3339 timestamps (nanoseconds, UTC) -> epoch seconds; None for the zero time."""
     if not text or text.startswith("0001-"):
         return None
-    head, _, rest = text.partition(".")
+    head, _, rest = text.removesuffix("Z").partition(".")
     digits = "".join(c for c in rest if c.isdigit())[:6]
     stamp = datetime.fromisoformat(f"{head}.{digits or '0'}+00:00")
     return stamp.timestamp()

@@ -1,0 +1,180 @@
+"""The docker runtime's two translations, without an engine: the rendered compose service ->
+Engine API create arguments, and the Engine's container JSON -> the planner's Observed.
+
+Fakes stand in only for the Engine's answers (container JSON as `docker inspect` prints it);
+the stack tests run the same code against a real engine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from gateway.compose import render
+from gateway.plan import BackoffState, Policy, Recreate, Restart, plan
+from gateway.runtime.docker import ContainerFactory, DockerRuntime, parse_time, specs_of
+from gateway.runtime.process import RunDir
+from tests.docker.test_render import plant
+
+pytestmark = pytest.mark.unit
+
+
+def api() -> docker.APIClient:
+    # An explicit version: the client builds host configs without asking an engine.
+    return docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+
+
+def test_create_args_carry_every_limit_of_the_compose_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQTT_PASSWORD", "pw-from-env")
+    config_dir = plant(tmp_path, rtu_port="/dev/ttyUSB9")
+    gateway = config_dir / "gateway.yaml"
+    secret = "  qos: 1\n  username: u\n  password: ${MQTT_PASSWORD}\n"
+    gateway.write_text(gateway.read_text().replace("  qos: 1\n", secret))
+    project = render(config_dir)
+    factory = ContainerFactory(api(), project, tmp_path / "out")
+    args = factory.create_args("modbus", "fieldgate-line3-modbus-1")
+    host = args["host_config"]
+    assert args["image"] == "fieldgate/collector-modbus:0.1.0"
+    assert args["user"] == "10001:10001"
+    assert args["command"] == ["--config", "/etc/fieldgate/config.yaml"]
+    assert args["labels"]["io.fieldgate.config-hash"] == project.services["modbus"].config_hash
+    assert args["labels"]["com.docker.compose.project"] == "fieldgate-line3"
+    assert args["stop_timeout"] == 10
+    assert args["healthcheck"]["interval"] == 10 * 10**9 and args["healthcheck"]["retries"] == 3
+    assert host["NanoCpus"] == 500_000_000
+    assert host["Memory"] == 128 * 2**20 and host["MemorySwap"] == 128 * 2**20
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["RestartPolicy"] == {"Name": "unless-stopped"}
+    assert host["NetworkMode"] == "host"
+    assert host["Init"] is True
+    assert host["Tmpfs"] == {"/tmp": "size=16m,mode=1777"}
+    assert host["Devices"] == [{"PathOnHost": "/dev/ttyUSB9", "PathInContainer": "/dev/ttyUSB9",
+                                "CgroupPermissions": "rwm"}]
+    mounts = {m["Target"]: m for m in host["Mounts"]}
+    assert mounts["/etc/fieldgate/config.yaml"]["Source"] == str(tmp_path / "out" / "config" / "modbus.yaml")
+    assert mounts["/etc/fieldgate/config.yaml"]["ReadOnly"] is True
+    assert mounts["/run/fieldgate"]["Source"] == "fieldgate-line3_handoff"
+    assert "Privileged" not in host or host["Privileged"] is False
+    forwarder = factory.create_args("forwarder", "fieldgate-line3-forwarder-1")
+    assert forwarder["environment"]["MQTT_PASSWORD"] == "pw-from-env"
+    assert forwarder["stop_timeout"] == 30
+
+
+@dataclass
+class FakeContainer:
+    """What docker-py's Container exposes that the runtime reads."""
+
+    name: str
+    attrs: dict[str, Any]
+    id: str = "c0ffee"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs["State"]["Status"])
+
+
+class FakeImages:
+    def __init__(self, ids: dict[str, str]) -> None:
+        self.ids = ids
+
+    def get(self, name: str) -> Any:
+        return type("Image", (), {"id": self.ids[name]})()
+
+
+class FakeClient:
+    def __init__(self, containers: list[FakeContainer], image_ids: dict[str, str]) -> None:
+        self._containers = containers
+        self.images = FakeImages(image_ids)
+        self.containers = self
+        self.closed = False
+
+    def list(self, all: bool, filters: dict[str, str]) -> list[FakeContainer]:
+        return self._containers
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def container(service: str, config_hash: str, status: str = "running", health: str | None = "healthy",
+              restarts: int = 0, image_id: str = "sha256:" + "a" * 64) -> FakeContainer:
+    state: dict[str, Any] = {"Status": status, "StartedAt": "2026-11-28T08:00:00.123456789Z",
+                             "FinishedAt": "0001-01-01T00:00:00Z", "ExitCode": 0}
+    if health is not None:
+        state["Health"] = {"Status": health}
+    labels = {"com.docker.compose.project": "fieldgate-line3", "com.docker.compose.service": service,
+              "io.fieldgate.config-hash": config_hash}
+    image = "fieldgate/forwarder:0.1.0" if service == "forwarder" else f"fieldgate/collector-{service}:0.1.0"
+    return FakeContainer(
+        name=f"fieldgate-line3-{service}-1", id=f"{service}-container-id", labels=labels,
+        attrs={"State": state, "RestartCount": restarts, "Image": image_id, "Config": {"Image": image}})
+
+
+def runtime_for(tmp_path: Path) -> Any:
+    config_dir = plant(tmp_path)
+    runtime = DockerRuntime(config_dir, RunDir.for_config(config_dir), client=FakeClient([], {}),
+                            printer=lambda _: None)
+    runtime.project = render(config_dir)
+    return runtime, specs_of(runtime.project, tmp_path / "out")
+
+
+def test_unhealthy_container_is_observed_so_and_the_planner_restarts_it(tmp_path: Path) -> None:
+    runtime, specs = runtime_for(tmp_path)
+    hashes = {name: spec.config_hash for name, spec in specs.items()}
+    runtime._client = FakeClient(
+        [container("forwarder", hashes["forwarder"]),
+         container("modbus", hashes["modbus"], health="unhealthy"),
+         container("opcua", hashes["opcua"])],
+        {spec.image: "sha256:" + "a" * 64 for spec in specs.values()})
+    observed = runtime._observe()
+    assert observed["modbus"].state == "running" and observed["modbus"].health == "unhealthy"
+    assert observed["modbus"].config_hash == hashes["modbus"]
+    assert observed["modbus"].image == "fieldgate/collector-modbus:0.1.0"
+    policy = Policy(unhealthy_grace=30)
+    later = observed["modbus"].health_since + 31
+    steps = plan(specs, observed, later, BackoffState(policy))
+    assert [type(s) for s in steps] == [Restart] and steps[0].name == "modbus"
+
+
+def test_engine_restarts_show_as_a_crash_loop_and_a_rebuilt_tag_is_rolled_out(tmp_path: Path) -> None:
+    runtime, specs = runtime_for(tmp_path)
+    hashes = {name: spec.config_hash for name, spec in specs.items()}
+    new_id = "sha256:" + "b" * 64
+    modbus = container("modbus", hashes["modbus"], status="restarting", health=None, restarts=0)
+    images = {spec.image: "sha256:" + "a" * 64 for spec in specs.values()}
+    images["fieldgate/collector-modbus:0.1.0"] = new_id  # rebuilt under the same tag
+    runtime._client = FakeClient([container("forwarder", hashes["forwarder"]), modbus,
+                                  container("opcua", hashes["opcua"])], images)
+    runtime._observe()
+    for count in (1, 2, 3):
+        modbus.attrs["RestartCount"] = count
+        observed = runtime._observe()
+    assert observed["modbus"].state == "stopping"  # the Engine is restarting it: nothing to plan
+    assert observed["modbus"].restarts == 3
+    assert runtime.details()["modbus"]["state"].startswith("crash-looping")
+    assert runtime.details()["modbus"]["memory_limit"] == 128 * 2**20
+    modbus.attrs["State"]["Status"] = "running"
+    observed = runtime._observe()
+    assert observed["modbus"].image == "fieldgate/collector-modbus:0.1.0@aaaaaaaaaaaa"
+    steps = plan(specs, observed, observed["modbus"].since + 1, BackoffState())
+    assert [(type(s), s.name) for s in steps] == [(Recreate, "modbus")]
+
+
+def test_docker_timestamps() -> None:
+    assert parse_time("0001-01-01T00:00:00Z") is None
+    assert parse_time("2026-11-28T08:00:00.123456789Z") == pytest.approx(1795852800.123456, abs=1e-6)
+    assert parse_time("2026-11-28T08:00:00Z") == pytest.approx(1795852800.0)
+    assert os.environ.get("DOCKER_HOST") != "unix:///nonexistent.sock"
