@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -88,8 +89,17 @@ async def wait_port(port: int, timeout: float = START_TIMEOUT, host: str = "127.
 # ------------------------------------------------------------------ the plant
 
 
-def copy_plant(target: Path, broker_port: int) -> Path:
-    """Copy the packaged demo plant into `target`, with free ports and a local buffer."""
+# The library each protocol's collector (and simulator) needs: the extra that installs it.
+PROTOCOL_LIBRARIES = {"modbus": "pymodbus", "opcua": "asyncua"}
+
+
+def missing_protocols() -> list[str]:
+    return [p for p, lib in PROTOCOL_LIBRARIES.items() if importlib.util.find_spec(lib) is None]
+
+
+def copy_plant(target: Path, broker_port: int, skip: Sequence[str] = ()) -> Path:
+    """Copy the packaged demo plant into `target`, with free ports and a local buffer; devices
+    of the protocols in `skip` (their extra is not installed) stay out."""
     source = resources.files("gateway") / "demo_plant"
     plant = target / "plant"
     (plant / "devices").mkdir(parents=True)
@@ -105,6 +115,8 @@ def copy_plant(target: Path, broker_port: int) -> Path:
         if not entry.name.endswith(".yaml"):
             continue
         device = yaml.safe_load(entry.read_text())
+        if device["protocol"] in skip:
+            continue
         if device["protocol"] == "modbus":
             device["connection"]["tcp"]["port"] = free_port()
         else:
@@ -328,7 +340,15 @@ async def _run(workdir: Path, log_file: IO[str], duration: float | None, view: b
 
     async with contextlib.AsyncExitStack() as stack:
         port, what = await stack.enter_async_context(broker(workdir, log_file, broker_kind))
-        plant = copy_plant(workdir, port)
+        missing = missing_protocols()
+        if len(missing) == len(PROTOCOL_LIBRARIES):
+            print("fieldgate demo: no collector is installed: pip install 'fieldgate[modbus,opcua]'",
+                  file=sys.stderr)
+            return 1
+        for protocol in missing:
+            print(f"fieldgate demo: {protocol} devices left out: pip install 'fieldgate[{protocol}]' "
+                  "adds them", file=out, flush=True)
+        plant = copy_plant(workdir, port, missing)
         config, errors = load(plant)
         if config is None:
             print(f"fieldgate demo: the demo plant is not valid:\n{errors}", file=sys.stderr)
