@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,35 @@ async def test_missing_tls_file_is_named(
     async with Forwarder(ForwarderConfig.model_validate(raw)) as forwarder:
         await until(lambda: forwarder.session.last_error is not None, 10, "the error")
     assert f"mqtt.tls.ca_file {tmp_path / 'nope.pem'}: not a usable CA file (No such file" in caplog.text
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    passwords = tmp_path / "passwd"
+    passwords.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "plant", "s3cret-Pa55"], check=True)
+    broker = Mosquitto(tmp_path, extra_conf=f"allow_anonymous false\npassword_file {passwords}\nuser root\n")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd (mosquitto)")
+async def test_username_and_password_file_and_the_password_is_never_logged(
+    tmp_path: Path, auth_broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = tmp_path / "mqtt_password"
+    secret.write_text("s3cret-Pa55\n")
+    raw = config_dict(tmp_path, auth_broker)
+    raw["mqtt"] |= {"username": "plant", "password_file": str(secret)}
+    async with Forwarder(ForwarderConfig.model_validate(raw)) as forwarder:
+        await until(lambda: forwarder.session.connected, 10, "the authenticated session")
+    raw["mqtt"] = {k: v for k, v in raw["mqtt"].items() if k != "password_file"} | {"password": "wrong-Pa55"}
+    async with Forwarder(ForwarderConfig.model_validate(raw)) as forwarder:
+        await until(lambda: forwarder.session.last_error is not None, 10, "the refusal")
+        assert not forwarder.session.connected
+    assert "refused the session" in caplog.text and "check mqtt.username and the password" in caplog.text
+    assert "s3cret-Pa55" not in caplog.text and "wrong-Pa55" not in caplog.text
