@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from collectors.core.errors import FieldgateError
 from gateway.plan import (
     BackoffState,
     Observed,
@@ -98,12 +99,8 @@ def load(config_dir: Path) -> tuple[GatewayConfig | None, str]:
 
     try:
         return load_config(config_dir), ""
-    except Exception as exc:  # every config error is reported; nothing runs on a bad config
-        from collectors.core.errors import FieldgateError
-
-        if isinstance(exc, FieldgateError | ValueError | OSError):
-            return None, str(exc)
-        raise
+    except (FieldgateError, ValueError, OSError) as exc:  # reported whole; nothing runs on it
+        return None, str(exc)
 
 
 class ConfigWatcher:
@@ -119,10 +116,10 @@ class ConfigWatcher:
         self._pending: dict[str, tuple[int, int]] | None = None
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
-        files = [self._dir / "gateway.yaml", self._dir / "gateway.yml"]
-        devices = self._dir / "devices"
-        if devices.is_dir():
-            files += sorted(devices.glob("**/*.yaml")) + sorted(devices.glob("**/*.yml"))
+        from gateway.config import GATEWAY_FILE, device_files
+
+        # A file added, removed or renamed to a backup name changes the set of paths itself.
+        files = [self._dir / GATEWAY_FILE, *device_files(self._dir)]
         seen: dict[str, tuple[int, int]] = {}
         for path in files:
             with contextlib.suppress(FileNotFoundError):
