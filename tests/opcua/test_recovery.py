@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from collectors.core.model import Quality
 from tests.opcua.conftest import oven
 from tests.opcua.support import SimulatorProcess, running_collector
 from tests.support.broker import free_port
+from tests.support.proxy import TcpProxy
 
 pytestmark = pytest.mark.sim
 
@@ -43,6 +45,10 @@ async def test_server_restart_bad_while_away_then_readings_resume(tmp_path: Path
 
             await asyncio.sleep(AWAY - (time.monotonic() - stopped))
             during = len([r for r in sink.got if r.quality == Quality.GOOD])
+            # The new server registers two namespaces first: urn:plant:recipes gets another index,
+            # which only a collector that resolves nsu= on every connect will find.
+            extra = [{"name": f"other{i}", "node": f"nsu=urn:plant:other{i};s=X"} for i in range(2)]
+            sim.file.write_text(yaml.safe_dump({**device, "tags": extra + device["tags"]}))
             await asyncio.to_thread(sim.start)  # a new process, same certificate, same port
             back = time.monotonic()
             seen = len(sink.got)
@@ -53,9 +59,42 @@ async def test_server_restart_bad_while_away_then_readings_resume(tmp_path: Path
             )
             recovery = time.monotonic() - back
             batch = await sink.wait_for(lambda r: r.tag == "batch" and r.quality == Quality.GOOD, count=2)
+            recipe = await sink.wait_for(lambda r: r.tag == "recipe", count=3)  # good, bad, good again
+            assert [(r.value, r.quality) for r in recipe] == [
+                ("R-17", Quality.GOOD),
+                ("R-17", Quality.BAD),
+                ("R-17", Quality.GOOD),
+            ]
             assert recovery < 5, f"readings resumed {recovery:.1f}s after the server was back"
             assert batch[-1].ts_ms > last_good.ts_ms
             assert len([r for r in sink.got[:seen] if r.quality == Quality.GOOD]) == during
             assert [s.online for s in sink.states] == [True, False, True]
     finally:
         sim.stop()
+
+
+async def test_a_silent_link_is_noticed_by_the_keepalive_watchdog_and_healed(
+    plain_sim: tuple[Any, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, served = plain_sim
+    sim_port = int(served["endpoint"].rsplit(":", 1)[1])
+    async with TcpProxy("127.0.0.1", sim_port) as proxy:
+        device = {**served, "endpoint": f"opc.tcp://127.0.0.1:{proxy.port}", "timeout": "1s"}
+        async with running_collector([device], tmp_path) as (_, sink):
+            await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.GOOD, count=2)
+            proxy.blackhole()  # the cable is pulled: no FIN, no RST, just silence
+            cut = time.monotonic()
+            await sink.wait_state(lambda s: not s.online, within=15)
+            noticed = time.monotonic() - cut
+            bad = await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.BAD)
+            assert noticed < 6, f"a silent link was noticed after {noticed:.1f}s"
+            assert bad[0].reason in ("timeout", "connection lost", "BadTimeout"), bad[0].reason
+            await asyncio.sleep(1)
+            proxy.resume()
+            resumed = time.monotonic()
+            await sink.wait_for(
+                lambda r: r.tag == "temperature" and r.quality == Quality.GOOD and r.ts_ms > bad[0].ts_ms,
+                within=20,
+            )
+            assert [s.online for s in sink.states] == [True, False, True]
+            assert time.monotonic() - resumed < 10
