@@ -39,6 +39,7 @@ def cross_file(
     problems: list[Problem] = []
     problems.extend(_unique_names(loaded))
     problems.extend(_serial_ports(loaded))
+    problems.extend(_tcp_framers(loaded))
     problems.extend(_writable_overlaps(loaded))
     problems.extend(_start_first_serial(gateway_source, gateway, loaded))
     warnings.extend(_shared_units(loaded))
@@ -96,6 +97,25 @@ def _serial_ports(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
                 f"device {device.name}: unit {device.unit} on serial port {rtu.port} is also "
                 f"{other.device.name}'s ({_Claim(other.source, other.device, ('unit',)).at()}); "
                 "each device on a line needs its own unit id",
+            )
+
+
+def _tcp_framers(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    """One TCP endpoint speaks one framing: Modbus TCP, or RTU frames through a serial server."""
+    first: dict[str, _Claim] = {}
+    for source, device in loaded:
+        if not isinstance(device, ModbusDevice) or device.connection.tcp is None:
+            continue
+        tcp = device.connection.tcp
+        key = device.connection.link_key
+        other = first.setdefault(key, _Claim(source, device, ("connection", "tcp")))
+        assert isinstance(other.device, ModbusDevice) and other.device.connection.tcp is not None
+        if other.device.connection.tcp.framer != tcp.framer:
+            yield _problem(
+                source, ("connection", "tcp"),
+                f"device {device.name}: {tcp.host}:{tcp.port} is also used by {other.device.name} "
+                f"({other.at()}) with framer {other.device.connection.tcp.framer}, here {tcp.framer}; "
+                "one endpoint speaks one framing",
             )
 
 

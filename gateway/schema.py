@@ -117,12 +117,18 @@ are configured (a serial port has one owner). Warnings (the config still runs): 
 named after its device, two device files polling one TCP endpoint and unit.
 
 **Editors.** `fieldgate schema` prints the JSON Schema (draft 2020-12) of both kinds of file;
-`fieldgate schema --write DIR` writes `gateway.schema.json` and `device.schema.json`. With
-the YAML extension (yaml-language-server) put this first line in a file:
+`fieldgate schema --write plant/.schema` writes `gateway.schema.json` and `device.schema.json`
+there. Editors with yaml-language-server (VS Code's YAML extension, and others) then check and
+complete a file that starts with:
 
 ```yaml
-# yaml-language-server: $schema=../docs/schema/device.schema.json
+# yaml-language-server: $schema=../.schema/device.schema.json     (in plant/devices/*.yaml)
+# yaml-language-server: $schema=.schema/gateway.schema.json       (in plant/gateway.yaml)
 ```
+
+The examples in `devices/` point at `docs/schema/`. The schema expects durations and sizes
+as text (`500ms`, `64MiB`) and has no notion of `${VAR}`: a variable in a number field
+(`port: ${PORT}`) is fine for `fieldgate validate` but flagged by the editor.
 """
 
 _SECTIONS = [
