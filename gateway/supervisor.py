@@ -188,7 +188,10 @@ class Supervisor:
                 break
             if not isinstance(step, Wait):
                 self.say(str(step))
-                await self.runtime.execute(step)
+                try:
+                    await self.runtime.execute(step)
+                except (FieldgateError, OSError) as exc:  # e.g. no such command or image: try again later
+                    self.say(f"{step.name}: {type(step).__name__.lower()} failed: {exc}")
         self.backoff = self.backoff.record([s for s in steps if not isinstance(s, Wait)], now)
         self._observed = await self.runtime.observe()
         self.write_status()

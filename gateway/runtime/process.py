@@ -30,7 +30,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +50,7 @@ from gateway.plan import (
     Stop,
     Wait,
     config_hash,
+    stop_order,
 )
 
 if TYPE_CHECKING:
@@ -371,28 +372,38 @@ class ProcessRuntime:
         return {name: child.observed() for name, child in self._children.items()}
 
     async def execute(self, step: Step) -> None:
-        if isinstance(step, Start):
-            await self._start(step.spec, restarts=0)
-        elif isinstance(step, Restart):
-            old = self._children.get(step.name)
-            restarts = old.restarts + 1 if old else 1
-            await self._stop(step.name)
-            await self._start(step.spec, restarts=restarts)
-        elif isinstance(step, Recreate):
-            # start-first runs as stop-first here: see the module docstring.
-            old = self._children.get(step.name)
-            await self._stop(step.name)
-            await self._start(step.spec, restarts=old.restarts if old else 0)
-        elif isinstance(step, Stop):
-            await self._stop(step.name)
-        elif isinstance(step, Remove):
-            await self._stop(step.name)
-            self._children.pop(step.name, None)
-            self._say_removed(step.name)
-            with contextlib.suppress(FileNotFoundError):
-                self.run_dir.slice_file(step.name).unlink()
-        elif isinstance(step, Wait):
-            pass  # the loop sleeps until step.until
+        """Run one step with the executor its type maps to."""
+        executors: dict[type, Callable[[Any], Awaitable[None]]] = {
+            Start: self._do_start, Restart: self._do_restart, Recreate: self._do_recreate,
+            Stop: self._do_stop, Remove: self._do_remove, Wait: self._do_wait,
+        }
+        await executors[type(step)](step)
+
+    async def _do_start(self, step: Start) -> None:
+        await self._start(step.spec, restarts=0)
+
+    async def _do_restart(self, step: Restart) -> None:
+        old = self._children.get(step.name)
+        await self._stop(step.name)
+        await self._start(step.spec, restarts=old.restarts + 1 if old else 1)
+
+    async def _do_recreate(self, step: Recreate) -> None:
+        # start-first runs as stop-first here: see the module docstring.
+        old = self._children.get(step.name)
+        await self._stop(step.name)
+        await self._start(step.spec, restarts=old.restarts if old else 0)
+
+    async def _do_stop(self, step: Stop) -> None:
+        await self._stop(step.name)
+
+    async def _do_remove(self, step: Remove) -> None:
+        await self._stop(step.name)
+        self._children.pop(step.name, None)
+        self._say_removed(step.name)
+        _remove(self.run_dir.slice_file(step.name))
+
+    async def _do_wait(self, step: Wait) -> None:
+        pass  # the loop sleeps until step.until
 
     def details(self) -> dict[str, dict[str, Any]]:
         """Status columns only this runtime knows: pid, readings/s and buffered (from /metrics)."""
@@ -407,7 +418,7 @@ class ProcessRuntime:
 
     async def stop_all(self) -> None:
         """Collectors first, then the forwarder: every child gone when this returns."""
-        for name in sorted(self._children, key=lambda n: (n == FORWARDER, n)):
+        for name in sorted(self._children, key=stop_order):
             await self._stop(name)
 
     # -------------------------------------------------------------- mechanics

@@ -201,6 +201,21 @@ async def test_metrics_are_scraped_into_readings_per_second(tmp_path: Path) -> N
         await asyncio.wait_for(task, 30)
 
 
+@pytest.mark.sim
+async def test_a_service_that_cannot_start_is_reported_and_the_others_run(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "state")
+    broken = ServiceSpec(name="opcua", command=(str(tmp_path / "no-such-program"),), config_hash="x")
+    out = io.StringIO()
+    async with quiet_runtime(run_dir) as rt:
+        desired = {"opcua": broken, "forwarder": stand_in(tmp_path, "forwarder")}
+        sup = Supervisor(tmp_path, rt, run_dir, desired, FAST, out=out)
+        task = asyncio.create_task(sup.run())
+        await until(lambda: out.getvalue().count("opcua: start failed: [Errno 2]") >= 2, what="retried")
+        assert rt.children()["forwarder"].exited is None
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
 SUPERVISOR = """
 import asyncio, sys
 from pathlib import Path
