@@ -155,8 +155,11 @@ async def measure(args: argparse.Namespace, work: Path) -> None:
                 cwd=ROOT,
             )
             try:
-                await run_rates(args, collector.pid, counter, sink_counter)
-                if not args.broker:
+                others = {"server": server.process.pid if server.process else 0}
+                if forwarder is not None:
+                    others["forwarder"] = forwarder.pid
+                await run_rates(args, collector.pid, counter, sink_counter, others)
+                if not args.broker and args.restarts > 0:
                     await run_recovery(args, server, counter)
             finally:
                 collector.terminate()
@@ -181,7 +184,9 @@ class _nothing:
         return None
 
 
-async def run_rates(args: argparse.Namespace, pid: int, counter: Counter, subscriber: Any) -> None:
+async def run_rates(
+    args: argparse.Namespace, pid: int, counter: Counter, subscriber: Any, others: dict[str, int]
+) -> None:
     seen = {"index": 0, "readings": 0}
 
     def received() -> int:
@@ -201,8 +206,10 @@ async def run_rates(args: argparse.Namespace, pid: int, counter: Counter, subscr
         await asyncio.sleep(0.2)
     await asyncio.sleep(args.warmup)
     n0, c0, t0 = received(), cpu_seconds(pid), time.monotonic()
+    o0 = {name: cpu_seconds(p) for name, p in others.items()}
     await asyncio.sleep(args.seconds)
     n1, c1, t1 = received(), cpu_seconds(pid), time.monotonic()
+    o1 = {name: cpu_seconds(p) for name, p in others.items()}
     rate = (n1 - n0) / (t1 - t0)
     where = "broker subscriber" if subscriber is not None else "hand-off"
     print(
@@ -217,6 +224,10 @@ async def run_rates(args: argparse.Namespace, pid: int, counter: Counter, subscr
         f"({(c1 - c0) / (t1 - t0) * 100:.0f} % of one core)"
     )
     print(f"collector RSS: {rss_mb(pid):.1f} MB")
+    print(
+        "others: "
+        + ", ".join(f"{name} {(o1[name] - o0[name]) / (t1 - t0) * 100:.0f} % of one core" for name in others)
+    )
 
 
 async def run_recovery(args: argparse.Namespace, server: Server, counter: Counter) -> None:
