@@ -76,6 +76,9 @@ class Forwarder:
         qos = 0 if config.mqtt.format == "sparkplug" else config.mqtt.qos
         self._window = 2000 if qos == 0 else 400  # messages handed to paho and not yet delivered
         self._take = 5000 if config.mqtt.layout == "device" or config.mqtt.format == "sparkplug" else 500
+        # A format may want to see readings as they arrive, before they are published (Sparkplug:
+        # while no session is born, they are the current values its next DBIRTHs carry).
+        self._observe: Callable[[list[Reading]], None] | None = getattr(self.format, "observe", None)
         self._register_metrics()
 
     # -- life cycle
@@ -153,6 +156,8 @@ class Forwarder:
             self._put_error = str(exc)
             raise
         self._put_error = None
+        if self._observe is not None:
+            self._observe(readings)
         self._wake.set()
 
     async def device_state(self, collector: str, state: DeviceState) -> None:

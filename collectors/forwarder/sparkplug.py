@@ -514,6 +514,27 @@ class EdgeNode:
         if offline and device.born:  # history of a device that is offline now: born for it, then dead again
             out.append(self._ddeath(device))
 
+    def observe(self, readings: list[Reading]) -> None:
+        """Take note of readings handed off while the node is not born: the next DBIRTHs carry them.
+
+        A host keeps the DBIRTH value as the live one and files the replayed readings (flagged
+        historical) as history, so without this a tag that changed during a broker outage and
+        then held still would show its value from before the outage until it next changed.
+        Nothing is born now, so a datatype may settle or change here: the DBIRTHs announce it.
+        """
+        if self.born:
+            return
+        devices = self.devices
+        for device_name, tag, value, ts_ms, quality, _reason in readings:
+            device = devices.get(device_name)
+            metric = device.metrics.get(tag) if device is not None else None
+            if device is None or metric is None or ts_ms < metric.ts_ms:
+                continue  # unknown ones are added when they are encoded
+            if value is not None and type(value) is not metric.rule.exact:
+                self._fit(metric, value)
+            metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
+            device.heard = True
+
     def written(self, device_name: str, tag: str, value: Any) -> list[OutMessage]:
         """DDATA of a value a DCMD wrote, so the host sees the write took (Sparkplug 3.0, DCMD)."""
         device = self.devices.get(device_name)
@@ -723,6 +744,10 @@ class SparkplugFormat:
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         return self.node.device_state(state)
+
+    def observe(self, readings: list[Reading]) -> None:
+        """Readings as they reach the forwarder (app.py): see EdgeNode.observe."""
+        self.node.observe(readings)
 
     # -- incoming
 

@@ -259,6 +259,7 @@ async def test_readings_of_a_broker_outage_arrive_afterwards_as_history_in_order
                 subscriber = Subscriber(broker.host, broker.port, "spBv1.0/#")
                 proxy.resume()
                 births = await wait_for(subscriber, lambda m: m.kind == "NBIRTH", within=30)
+                (dbirth,) = await wait_for(subscriber, lambda m: m.kind == "DBIRTH")
                 client.publish([Reading("press-1", "count", 305, TS + 305)])
                 await wait_for(subscriber, lambda m: m.kind == "DDATA" and any(
                     metric.timestamp == TS + 305 for metric in m.payload.metrics), within=20)
@@ -267,6 +268,8 @@ async def test_readings_of_a_broker_outage_arrive_afterwards_as_history_in_order
         finally:
             subscriber.close()
     assert bdseq(births[0]) != bdseq(nbirth)  # a new session (attempts while refused used some bdSeqs)
+    # The birth carries the newest value (taken during the outage): what the host shows live.
+    assert (dbirth.payload.metric("count").value, dbirth.payload.metric("count").timestamp) == (304, TS + 304)
     _, seen = replay(node_messages(subscriber))
     history = [value for _, tag, value, hist in seen if tag == "count" and hist]
     live = [value for _, tag, value, hist in seen if tag == "count" and not hist]
