@@ -286,7 +286,7 @@ def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | Op
     if "protocol" not in data:
         source.problem((), "missing key 'protocol': write protocol: modbus or protocol: opcua")
         return None
-    if protocol not in DEVICE_MODELS:
+    if not isinstance(protocol, str) or protocol not in DEVICE_MODELS:
         source.problem(("protocol",), f"protocol: {_show(protocol)} is not one of modbus, opcua"
                        + _did_you_mean(protocol, DEVICE_MODELS))
         return None

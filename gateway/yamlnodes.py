@@ -101,7 +101,9 @@ def load_yaml(path: Path, env: Mapping[str, str], display: Path | None = None) -
         if exc.context and exc.context_mark is not None:
             start = Position.of(exc.context_mark)
             what += f" ({exc.context} that starts at line {start.line}, column {start.column})"
-        if mark is not None and "${" in text.splitlines()[mark.line] and "flow" in (exc.context or ""):
+        source_lines = text.splitlines()
+        line_text = source_lines[mark.line] if mark is not None and mark.line < len(source_lines) else ""
+        if "${" in line_text and "flow" in (exc.context or ""):
             # `{host: ${PLC}}`: in a {...} mapping a plain value cannot hold { or }
             what += "; inside {...} put a value holding ${VAR} in quotes, e.g. host: \"${PLC_HOST}\""
         source.problem(Position.of(mark) if mark else None, f"not valid YAML: {what}")
@@ -142,7 +144,13 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        value = self.constructor.construct_object(node, deep=True)
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:  # `!!binary x`, `!custom`: a tag we cannot build
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            self.source.problem(Position.of(node.start_mark), f"cannot read this value: {problem}")
+            self.source.tainted.add(loc)
+            return None
         if isinstance(value, str) and "$" in value:
             value = self._substitute(node, value, loc)
         return value
@@ -160,7 +168,10 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 self.source.problem(Position.of(key_node.start_mark), "a key must be a plain word")
                 continue
-            constructed = self.constructor.construct_object(key_node, deep=True)
+            try:
+                constructed = self.constructor.construct_object(key_node, deep=True)
+            except yaml.YAMLError:
+                constructed = None
             # keys like `on`, `1.5` or `null` stay the words they were written as
             key: str | int = (
                 constructed if isinstance(constructed, str | int) and not isinstance(constructed, bool)

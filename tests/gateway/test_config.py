@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -435,3 +436,45 @@ def test_the_config_reference_is_generated_from_the_models(capsys: pytest.Captur
     assert capsys.readouterr().out == (REPO / "docs" / "config.md").read_text(), (
         "docs/config.md is stale: run `fieldgate schema --markdown > docs/config.md`"
     )
+
+
+# ------------------------------------------------------------------ robustness
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JUNK = st.sampled_from(
+    ["", "-", "- x", "{", "}", "[1, 2]", "{a: 1}", "${X}", "${", "null", "~", "true", "1e400", "'", "\"",
+     "  - name: x", "tags: 5", ":", "&a x", "*a", "<<: {}", "? x", "!!binary x", "0x1F", "é", "\t"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    which=st.sampled_from(["press-1", "oven-2", "gateway"]),
+    line=st.integers(0, 40),
+    junk=_JUNK,
+    replace_value=st.booleans(),
+)
+def test_any_corrupted_file_gives_positioned_errors_never_a_crash(
+    tmp_path: Path, which: str, line: int, junk: str, replace_value: bool
+) -> None:
+    files = {"press-1": PRESS, "oven-2": OVEN, "gateway": GATEWAY + "mqtt:\n  host: broker\n  qos: 1\n"}
+    lines = files[which].splitlines()
+    index = line % len(lines)
+    if replace_value and ":" in lines[index]:
+        key = lines[index].split(":", 1)[0]
+        lines[index] = f"{key}: {junk}"
+    else:
+        lines.insert(index, junk)
+    files[which] = "\n".join(lines) + "\n"
+    config_dir = Path(tempfile.mkdtemp(dir=tmp_path))
+    plant(config_dir, {"press-1": files["press-1"], "oven-2": files["oven-2"]}, files["gateway"])
+    try:
+        load_config(config_dir, env={"OVEN_PASSWORD": SECRET})
+    except ConfigErrors as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert problem.position is None or 1 <= problem.position.line <= len(lines) + 1
+            assert problem.message and "Traceback" not in problem.message
+            assert SECRET not in problem.message
