@@ -122,9 +122,16 @@ def ts_ms_of(dt: datetime | None) -> int:
 
 def reading_of(device: str, tag: str, data_value: ua.DataValue) -> Reading:
     """One DataValue as a Reading: source timestamp (else server timestamp, else now)."""
-    quality, reason = quality_of(data_value.StatusCode)
+    status = data_value.StatusCode
+    quality: str
+    reason: str | None
+    if status is None or status.value == 0:  # the common case, on the hot path
+        quality, reason = Quality.GOOD, None
+    else:
+        quality, reason = quality_of(status)
     variant = data_value.Value
-    value = to_json(variant.Value) if variant is not None else None
+    raw = variant.Value if variant is not None else None
+    value = raw if type(raw) is float and math.isfinite(raw) else to_json(raw)
     stamp = data_value.SourceTimestamp or data_value.ServerTimestamp
     return Reading(device, tag, value, ts_ms_of(stamp), quality, reason)
 

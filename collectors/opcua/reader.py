@@ -214,10 +214,14 @@ class DeviceReader:
 
     async def _consume(self, sub: object, by_handle: dict[int, str]) -> None:
         device = self.device.name
-        async for handle, data_value in self.session.changes(sub):  # type: ignore[arg-type]
+        offer_soon = self._offer_soon
+
+        def on_change(handle: int, data_value: ua.DataValue) -> None:
             name = by_handle.get(handle)
             if name is not None:
-                self._offer_soon(reading_of(device, name, data_value))
+                offer_soon(reading_of(device, name, data_value))
+
+        await self.session.consume(sub, on_change)  # type: ignore[arg-type]
         self.session.lost.set()  # the subscription ended: the session is no use any more
 
     async def _poll(self, interval: float, tags: list[tuple[str, ua.NodeId]]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,15 +385,16 @@ class Session:
         request.RequestedParameters = params
         return request
 
-    async def changes(self, sub: Subscription) -> AsyncIterator[tuple[int, ua.DataValue]]:
-        """(client handle, DataValue) per data change, until the subscription or the session ends."""
+    async def consume(self, sub: Subscription, on_change: Callable[[int, ua.DataValue], None]) -> None:
+        """Call `on_change(client handle, DataValue)` per data change until the subscription or the
+        session ends. A plain callback, not another async iterator: it runs ~10^4 times a second."""
         async for event in sub:
-            if isinstance(event, DataChangeEvent):
+            if type(event) is DataChangeEvent:
                 item = event.data.monitored_item
-                yield item.ClientHandle, item.Value
+                on_change(item.ClientHandle, item.Value)
             elif isinstance(event, StatusChangeEvent):
                 status = event.notification.Status
-                if not status.is_good():
+                if not status.is_good():  # e.g. BadTimeout: the server dropped the subscription
                     self.lost_reason = codec.status_name(status)
                     self.lost.set()
                     return
