@@ -43,7 +43,6 @@ def combined() -> dict[str, Any]:
     """One document: $defs for every model, and a root that accepts gateway.yaml or a device file."""
     return {
         "$schema": DRAFT,
-        "$id": "https://fieldgate.invalid/schema/fieldgate.schema.json",
         "title": "fieldgate config (gateway.yaml or a device file)",
         "$defs": _defs(),
         "anyOf": [{"$ref": REF.format(model="GatewayFile")}, {"$ref": "#/$defs/device"}],
