@@ -40,7 +40,7 @@ message in `Incoming.messages` (json `/set/result`) or logs and ignores it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
 
@@ -48,9 +48,8 @@ if TYPE_CHECKING:
     from collectors.forwarder.config import ForwarderConfig
 
 
-@dataclass(slots=True, frozen=True)
-class OutMessage:
-    """One MQTT message to publish."""
+class OutMessage(NamedTuple):
+    """One MQTT message to publish (a NamedTuple: layout tag makes one per reading)."""
 
     topic: str
     payload: bytes
