@@ -5,6 +5,8 @@
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
+# Marks this stage's image, so `fieldgate images build` can prune the ones a rebuild leaves behind.
+LABEL io.fieldgate.stage=build
 COPY wheels/ /wheels/
 # Only fieldgate[opcua] and its dependencies: pip resolves from the wheels and nothing else.
 # pip and setuptools leave the venv afterwards; the .pyc files stay, since the root is read-only.

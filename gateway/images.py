@@ -136,6 +136,7 @@ def build(base: str, tag: str | None, out: Path | None = None) -> tuple[list[Bui
             except EngineError as exc:
                 raise ImagesError(str(exc)) from exc
             built.append(Built(image, name, info.id, info.size, time.monotonic() - started))
+        engine.prune_leftovers()
     return built, base_info.size
 
 

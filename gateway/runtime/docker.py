@@ -124,6 +124,14 @@ class Engine:
             raise EngineError(f"building {tag} ended without an image (log: {log})")
         return info
 
+    def prune_leftovers(self) -> int:
+        """Remove untagged images earlier builds of ours left (old images, build stages); bytes freed."""
+        freed = 0
+        for label in ("io.fieldgate.stage=build", "io.fieldgate.component"):
+            result = self.client.images.prune(filters={"dangling": True, "label": label})
+            freed += int(result.get("SpaceReclaimed") or 0)
+        return freed
+
     def save(self, names: list[str], out: Path) -> str:
         """`docker save` of several images into one tar (shared layers stored once); returns its sha256."""
         api = self.client.api
