@@ -18,7 +18,8 @@ Choices where the specification leaves room, made the way Ignition reads them:
   a value that does not fit (a scaled int16 reading 21.5) changes the datatype, and the
   device is born again (DBIRTH) before the value is sent, so a host never decodes a wrong type.
 - A device is born when it is first heard of (a reading or an `online` state), not before:
-  the gateway cannot tell a device that was never polled from one that is absent.
+  the gateway cannot tell a device that was never polled from one that is absent. A metric
+  with no value yet is born null (is_null) with Quality 64 (uncertain).
 """
 
 from __future__ import annotations
@@ -254,11 +255,10 @@ class _Metric:
 
 
 class _Device:
-    __slots__ = ("born", "collector", "heard", "metrics", "name", "online", "topics")
+    __slots__ = ("born", "heard", "metrics", "name", "online", "topics")
 
-    def __init__(self, name: str, collector: str | None, base: str, node: str) -> None:
+    def __init__(self, name: str, base: str, node: str) -> None:
         self.name = name
-        self.collector = collector
         self.metrics: dict[str, _Metric] = {}
         self.born = False  # DBIRTH sent in the current node session
         self.heard = False  # a reading or an `online` state came since the forwarder started
@@ -287,14 +287,14 @@ class EdgeNode:
         self.devices: dict[str, _Device] = {}
         self.type_changes = 0
         for catalog in devices:
-            device = self._add_device(catalog.name, catalog.collector)
+            device = self._add_device(catalog.name)
             for tag in catalog.tags:
                 self._add_metric(device, tag.name, tag)
 
     # -- model
 
-    def _add_device(self, name: str, collector: str | None) -> _Device:
-        device = self.devices[name] = _Device(name, collector, self._base, self.node)
+    def _add_device(self, name: str) -> _Device:
+        device = self.devices[name] = _Device(name, self._base, self.node)
         return device
 
     def _add_metric(self, device: _Device, tag: str, catalog: CatalogTag | None) -> _Metric:
@@ -362,13 +362,14 @@ class EdgeNode:
                     pass
             if not carried:
                 pm.is_null = True
+            quality = metric.quality if carried else Quality.UNCERTAIN  # no value read yet
             props = pm.properties
-            _property(props, "Quality", pb.Int32, "int_value", QUALITY_CODES.get(metric.quality, 0))
+            _property(props, "Quality", pb.Int32, "int_value", QUALITY_CODES.get(quality, 0))
             if metric.unit:
                 _property(props, "engUnit", pb.String, "string_value", metric.unit)
             _property(props, "readOnly", pb.Boolean, "boolean_value", not metric.writable)
             metric.host_ts = metric.ts_ms if carried else -1
-            metric.host_good = metric.quality == Quality.GOOD
+            metric.host_good = quality == Quality.GOOD
         device.born = True
         return OutMessage(device.topics["DBIRTH"], payload.SerializeToString())
 
@@ -379,7 +380,7 @@ class EdgeNode:
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
-        device = self.devices.get(state.device) or self._add_device(state.device, None)
+        device = self.devices.get(state.device) or self._add_device(state.device)
         device.online = state.online
         if state.online:
             device.heard = True
@@ -409,7 +410,7 @@ class EdgeNode:
                 run.append(reading)
         out: list[OutMessage] = []
         for name, run in runs.items():
-            device = self.devices.get(name) or self._add_device(name, None)
+            device = self.devices.get(name) or self._add_device(name)
             self._device_data(device, run, historical, out)
         return out
 
