@@ -100,7 +100,8 @@ def load_yaml(path: Path, env: Mapping[str, str], display: Path | None = None) -
         what = exc.problem or exc.context or "syntax error"
         if exc.context and exc.context_mark is not None:
             start = Position.of(exc.context_mark)
-            what += f" ({exc.context} that starts at line {start.line}, column {start.column})"
+            what += f", {exc.context} that starts at line {start.line}, column {start.column}"
+        what = _explain_yaml(what)
         source_lines = text.splitlines()
         line_text = source_lines[mark.line] if mark is not None and mark.line < len(source_lines) else ""
         if "${" in line_text and "flow" in (exc.context or ""):
@@ -118,6 +119,24 @@ def load_yaml(path: Path, env: Mapping[str, str], display: Path | None = None) -
         return source
     source.data = _Builder(source, text, env).build(node, ())
     return source
+
+
+# PyYAML's parser words for the slips people make, in words a plant engineer acts on.
+_YAML_HINTS = (
+    ("found character '\\t'", "a tab character: YAML indents with spaces only"),
+    ("expected <block end>", "this line's indentation does not match the lines above it "
+     "(keys of one mapping, and the items of one list, start in the same column)"),
+    ("mapping values are not allowed here", "a ': ' where a plain value was expected: fix the "
+     "indentation, or quote a value that contains ': '"),
+    ("could not find expected ':'", "a key without ':' after it, or a value that runs onto the next line"),
+)
+
+
+def _explain_yaml(problem: str) -> str:
+    for needle, hint in _YAML_HINTS:
+        if needle in problem:
+            return f"{hint} (YAML: {problem})"
+    return problem
 
 
 def _compose(text: str) -> yaml.Node | None:
