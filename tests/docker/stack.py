@@ -196,13 +196,17 @@ class Stack:
     def topic_prefix(self) -> str:
         return f"fieldgate/{self.gateway_id}"
 
-    def add_device(self, name: str, text: str, simulate: bool = True, sim_text: str | None = None) -> Path:
+    def add_device(
+        self, name: str, text: str, simulate: bool = True, sim_text: str | None = None,
+        sim_host: str | None = None,
+    ) -> Path:
         path = self.plant / "devices" / f"{name}.yaml"
         path.write_text(text)
         if simulate:
             sim_path = self.sim_dir / f"{name}.yaml"
             sim_path.write_text(sim_text or text)
-            sim = Process(fieldgate("simulate", str(sim_path)), self.workdir / f"sim-{name}.log")
+            host = ["--host", sim_host] if sim_host else []
+            sim = Process(fieldgate("simulate", str(sim_path), *host), self.workdir / f"sim-{name}.log")
             self.processes.append(sim)
             sim.wait_for_output("simulating", 30)
         return path

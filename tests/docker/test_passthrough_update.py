@@ -116,3 +116,37 @@ def test_update_goes_live_when_healthy_and_rolls_back_when_not(
     finally:
         for image in (good, broken):
             engine.images.remove(image, noprune=True)
+
+
+def test_bridge_network_reaches_the_gateway_pc_through_the_host_gateway(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """network: bridge: the containers get their own network; 127.0.0.1 in the config becomes the
+    gateway PC (host.docker.internal), where the broker and the simulator listen on every address."""
+    broker_port = free_port()
+    (tmp_path / "broker-dir").mkdir()
+    broker = Mosquitto(tmp_path / "broker-dir", extra_conf=f"listener {broker_port} 0.0.0.0\n").start()
+    try:
+        subscriber = Subscriber("127.0.0.1", broker_port)
+        try:
+            stack = make_stack(broker_port, network="bridge")
+            stack.add_device("press-1", modbus_tcp_device("press-1", free_port()), sim_host="0.0.0.0")
+            stack.up()
+            temperature = readings(stack.topic_prefix, "press-1", "temperature")
+            reading = subscriber.wait_for(temperature, timeout=120)[0]
+            assert reading.json()["value"] == pytest.approx(21.5)
+            containers = stack.containers()
+            for name in ("forwarder", "modbus"):
+                host = containers[name].attrs["HostConfig"]
+                assert host["NetworkMode"] == f"{stack.project}_default", name
+                assert "host.docker.internal:host-gateway" in host["ExtraHosts"], name
+            # The supervisor scrapes /metrics on the container's own address: the rate shows up.
+            deadline = time.monotonic() + 60
+            while "readings_per_s" not in next(
+                    (s for s in stack.status_json()["services"] if s["name"] == "modbus"), {}):
+                assert time.monotonic() < deadline, stack.status_json()
+                time.sleep(1)
+        finally:
+            subscriber.close()
+    finally:
+        broker.stop()
