@@ -247,9 +247,9 @@ async def bench(args: argparse.Namespace) -> None:
                 await sub.until(n, 120)
                 live_s, live_cpu = sub.last - t0, cpu_seconds(forwarder.pid) - cpu0
 
-                # replay from the disk backlog; first let the resend window (2 x keep-alive + 1 s)
+                # replay from the disk backlog; first let the resend window (2 x keep-alive + 2 s)
                 # pass, so the cut resends nothing that the live phase already delivered
-                await asyncio.sleep(5.5)
+                await asyncio.sleep(6.5)
                 proxy.refuse()
                 proxy.drop()
                 await asyncio.sleep(0.3)

@@ -658,10 +658,10 @@ class SparkplugFormat:
         identity = config.gateway
         self.node = EdgeNode(identity.group, identity.id, config.devices)
         # QoS 0 written to a link that died silently vanishes until the loss is noticed. The broker
-        # gives up on us after 1.5 x keep-alive; our client notices only when its PINGREQ, sent a
-        # keep-alive after the last packet in, stays unanswered for another: up to 2 x keep-alive,
-        # plus the session's housekeeping tick. The window covers the longer of the two.
-        self.resend_window = max(1.5 * config.mqtt.keepalive, 2.0 * config.mqtt.keepalive + 1.0)
+        # gives up on us after 1.5 x keep-alive; paho notices only when its PINGREQ, sent a
+        # keep-alive after the last bytes in, stays unanswered for another: 2 x keep-alive, plus
+        # two of the session's 0.5 s housekeeping ticks, plus a margin for a busy event loop.
+        self.resend_window = max(1.5 * config.mqtt.keepalive, 2.0 * config.mqtt.keepalive + 2.0)
         self._store = BdSeqStore(config.buffer.dir / STATE_FILE)
         self._bd_seq = self._store.load()
         self._primary = config.mqtt.primary_host

@@ -163,13 +163,13 @@ async def test_ndeath_will_matches_the_nbirth_and_bdseq_survives_restarts(
 ) -> None:
     forwarder = ForwarderProcess(tmp_path, config_dict(tmp_path, broker, format="sparkplug")).start()
     try:
-        (first,) = await wait_for(subscriber, lambda m: m.kind == "NBIRTH", within=20)
+        (first,) = await wait_for(subscriber, lambda m: m.kind == "NBIRTH", within=30)
         forwarder.kill()  # SIGKILL: the broker publishes the will
         (death,) = await wait_for(subscriber, lambda m: m.kind == "NDEATH", within=10)
         assert bdseq(death) == bdseq(first)
         assert death.message.qos == 1 and death.seq is None
         forwarder.start()
-        births = await wait_for(subscriber, lambda m: m.kind == "NBIRTH", count=2, within=20)
+        births = await wait_for(subscriber, lambda m: m.kind == "NBIRTH", count=2, within=30)
         assert bdseq(births[1]) == (bdseq(first) + 1) % 256
         assert births[1].seq == 0
         assert forwarder.stop() == 0  # a clean stop says NDEATH itself, with its session's bdSeq
