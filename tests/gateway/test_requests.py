@@ -27,7 +27,7 @@ def test_plan_of_the_example_plant(capsys: pytest.CaptureFixture[str]) -> None:
     assert "oven-2: opc.tcp://127.0.0.1:4840" in out
     assert "  poll every 5s: one Read of 1 node" in out
     # per link: requests/s, and how busy the serial line is
-    assert "  serial:/dev/ttyFG0: meter-7; 0.6 requests/s, 19200 8E1: line busy 1%" in out
+    assert "  serial:/dev/ttyFG0: meter-7; 0.6 requests/s, 19200 8N2: line busy 1%" in out
     assert "  tcp:127.0.0.1:5020: press-1; 5 requests/s" in out
 
 
