@@ -12,7 +12,16 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.docker.stack import ROOT, Stack, after, fieldgate, modbus_rtu_device, modbus_tcp_device, readings
+from tests.docker.stack import (
+    ROOT,
+    Stack,
+    after,
+    fieldgate,
+    modbus_rtu_device,
+    modbus_tcp_device,
+    opcua_device,
+    readings,
+)
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 
@@ -131,7 +140,9 @@ def test_bridge_network_reaches_the_gateway_pc_through_the_host_gateway(
         try:
             stack = make_stack(broker_port, network="bridge")
             stack.add_device("press-1", modbus_tcp_device("press-1", free_port()), sim_host="0.0.0.0")
+            oven = stack.add_device("oven-2", opcua_device("oven-2", free_port()), sim_host="0.0.0.0")
             stack.up()
+            subscriber.wait_for(readings(stack.topic_prefix, "oven-2", "temperature"), timeout=120)
             temperature = readings(stack.topic_prefix, "press-1", "temperature")
             reading = subscriber.wait_for(temperature, timeout=120)[0]
             assert reading.json()["value"] == pytest.approx(21.5)
@@ -146,6 +157,17 @@ def test_bridge_network_reaches_the_gateway_pc_through_the_host_gateway(
                     (s for s in stack.status_json()["services"] if s["name"] == "modbus"), {}):
                 assert time.monotonic() < deadline, stack.status_json()
                 time.sleep(1)
+            # update: start-first (the OPC UA default): the new container runs beside the old one
+            # until it is healthy, then takes its name.
+            old = stack.containers()["opcua"].id
+            oven.write_text(oven.read_text().replace("interval: 200ms", "interval: 300ms"))
+            edited = time.time()
+            stack.wait_containers(
+                lambda c: "opcua" in c and c["opcua"].id != old and c["opcua"].status == "running",
+                120, "the opcua collector replaced start-first")
+            assert stack.supervisor is not None and "recreate opcua start-first" in stack.supervisor.text()
+            resumed = after(edited, readings(stack.topic_prefix, "oven-2", "temperature"))
+            subscriber.wait_for(resumed, timeout=60)
         finally:
             subscriber.close()
     finally:
