@@ -1,7 +1,8 @@
 """`fieldgate demo`: the whole gateway on one machine with nothing but Python installed.
 
-It copies the demo plant shipped in the package (gateway/demo_plant/) to a temporary
-directory, points every port at a free one, and starts, in this order:
+It copies the example plant (examples/plant/, shipped in the package as gateway/demo_plant/)
+to a temporary directory, points every port at a free one and every serial port at a pty
+pair the simulator creates there, and starts, in this order:
 
 1. a broker: the local `mosquitto` when one is installed, else amqtt embedded in this process;
 2. `fieldgate simulate` for the plant's devices (Modbus TCP and OPC UA), as a child process;
@@ -38,6 +39,7 @@ from typing import IO, Any
 
 import yaml
 
+from collectors.core.errors import FieldgateError
 from gateway.plan import Policy
 from gateway.runtime.process import ProcessRuntime, RunDir, child_environment, die_with_parent
 from gateway.supervisor import Supervisor, load
@@ -117,7 +119,12 @@ def copy_plant(target: Path, broker_port: int, skip: Sequence[str] = ()) -> Path
         device = yaml.safe_load(entry.read_text())
         if device["protocol"] in skip:
             continue
-        if device["protocol"] == "modbus":
+        if device["protocol"] == "modbus" and "rtu" in device["connection"]:
+            # The simulator makes a pty pair at this path: a serial line with nothing attached.
+            # A pty has no parity bit, and some kernels (gVisor's) refuse to set one: EINVAL.
+            rtu = device["connection"]["rtu"]
+            rtu["port"], rtu["parity"] = str(target / Path(rtu["port"]).name), "N"
+        elif device["protocol"] == "modbus":
             device["connection"]["tcp"]["port"] = free_port()
         else:
             path = device["endpoint"].split("/", 3)[3:] if device["endpoint"].count("/") > 2 else []
@@ -126,16 +133,30 @@ def copy_plant(target: Path, broker_port: int, skip: Sequence[str] = ()) -> Path
     return plant
 
 
-def device_ports(plant: Path) -> list[int]:
-    """Where the simulators must listen before the collectors start."""
-    ports = []
+def device_endpoints(plant: Path) -> list[int | Path]:
+    """Where the simulators must listen (TCP ports, pty paths) before the collectors start."""
+    endpoints: list[int | Path] = []
     for file in sorted((plant / "devices").glob("*.yaml")):
         device = yaml.safe_load(file.read_text())
-        if device["protocol"] == "modbus":
-            ports.append(int(device["connection"]["tcp"]["port"]))
+        if device["protocol"] == "modbus" and "rtu" in device["connection"]:
+            endpoints.append(Path(device["connection"]["rtu"]["port"]))
+        elif device["protocol"] == "modbus":
+            endpoints.append(int(device["connection"]["tcp"]["port"]))
         else:
-            ports.append(int(device["endpoint"].split(":")[2].split("/")[0]))
-    return ports
+            endpoints.append(int(device["endpoint"].split(":")[2].split("/")[0]))
+    return endpoints
+
+
+def _exists(path: Path) -> bool:
+    return os.path.exists(path)  # one stat of a local path: not worth a thread
+
+
+async def wait_path(path: Path, timeout: float = START_TIMEOUT) -> None:  # noqa: ASYNC109
+    for _ in range(int(timeout / 0.05)):
+        if _exists(path):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{path} did not appear after {timeout:.0f}s")
 
 
 # ------------------------------------------------------------------ children and the broker
@@ -327,6 +348,12 @@ async def run_demo(duration: float | None, view: bool, broker_kind: str = "auto"
     try:
         with log_path.open("a", buffering=1) as log_file:
             return await _run(workdir, log_file, duration, view, broker_kind, out, stop)
+    except (FieldgateError, RuntimeError, TimeoutError, OSError) as exc:
+        # The log goes with the temporary directory: show its end, which says why.
+        tail = log_path.read_text(errors="replace").splitlines()[-40:] if log_path.exists() else []
+        print("\n".join(["--- end of the demo's log ---", *tail, "---"]), file=sys.stderr)
+        print(f"fieldgate demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -359,8 +386,9 @@ async def _run(workdir: Path, log_file: IO[str], duration: float | None, view: b
         files = [str(p) for p in sorted((plant / "devices").glob("*.yaml"))]
         simulator = await stack.enter_async_context(
             child([sys.executable, "-m", "gateway.cli", "simulate", *files], log_file, "simulator"))
-        for device_port in device_ports(plant):
-            await _wait_or_die(wait_port(device_port), simulator, "the simulator")
+        for endpoint in device_endpoints(plant):
+            ready = wait_path(endpoint) if isinstance(endpoint, Path) else wait_port(endpoint)
+            await _wait_or_die(ready, simulator, "the simulator")
 
         prefix = (config.mqtt.topic_prefix if config.mqtt.topic_prefix else f"fieldgate/{config.gateway.id}")
 
@@ -412,7 +440,7 @@ async def _wait_or_die(waiting: Any, process: asyncio.subprocess.Process, what: 
         if waiter.done():
             waiter.result()
             return
-        raise RuntimeError(f"{what} exited with code {process.returncode}; see the log")
+        raise RuntimeError(f"{what} exited with code {process.returncode}")
     finally:
         for f in (died, waiter):
             f.cancel()

@@ -41,7 +41,7 @@ def workdir_of(stdout: str) -> str:
 
 @pytest.mark.sim
 def test_demo_shows_readings_of_every_device_and_leaves_nothing_behind() -> None:
-    assert DEMO_DEVICES == ["oven-2", "press-1", "pump-7"]
+    assert DEMO_DEVICES == ["meter-7", "oven-2", "press-1"]
     result = demo("--duration", "20", "--no-view")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -50,6 +50,7 @@ def test_demo_shows_readings_of_every_device_and_leaves_nothing_behind() -> None
         assert re.search(rf"^{device}/\w+ = \S+.* \[good\]$", out, re.MULTILINE), (device, out[-2000:])
     assert re.search(r"^press-1/temperature = [\d.]+ degC \[good\]$", out, re.MULTILINE)
     assert re.search(r"^oven-2/setpoint = 180.00 degC \[good\]$", out, re.MULTILINE)
+    assert re.search(r"^meter-7/voltage = 2[23]\d\.\d\d V \[good\]$", out, re.MULTILINE)  # RTU, over a pty
     assert f"readings seen from 3 device(s): {', '.join(DEMO_DEVICES)}" in out
     workdir = workdir_of(out)
     assert not Path(workdir).exists()
