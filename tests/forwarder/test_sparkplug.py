@@ -347,3 +347,50 @@ def test_disconnecting_says_ndeath_with_the_session_bdseq(tmp_path: Path) -> Non
     assert [m.topic for m in goodbye] == [will.topic]
     assert bdseq(goodbye[0]) == bdseq(will)
     assert not fmt.ready
+
+
+def test_an_unreadable_state_file_starts_bdseq_again_at_0(tmp_path: Path) -> None:
+    state = tmp_path / "buffer" / "sparkplug.json"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"{not json")
+    fmt = SparkplugFormat(config(tmp_path))
+    will = fmt.will()
+    assert will is not None and bdseq(will) == 0
+    assert orjson.loads(state.read_bytes()) == {"bdSeq": 0}
+
+
+def test_legacy_text_state_is_understood(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path, primary_host="scada-a")
+    online = fmt.handle_incoming("spBv1.0/STATE/scada-a", b"ONLINE")
+    assert [kind(m) for m in online.messages] == ["NBIRTH"]
+    assert fmt.handle_incoming("spBv1.0/STATE/scada-a", b"OFFLINE").reconnect
+
+
+def test_a_large_backlog_is_split_into_bounded_messages_in_order(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    backlog = [Reading("press-1", "count", i % 30000, T0 + i) for i in range(4500)]
+    out = fmt.encode(backlog, True)
+    assert [kind(m) for m in out] == ["DBIRTH", "DDATA", "DDATA", "DDATA"]
+    metrics = [metric for m in out[1:] for metric in sp.decode(m.payload).metrics]
+    assert [len(sp.decode(m.payload).metrics) for m in out[1:]] == [2000, 2000, 500]
+    assert [m.timestamp for m in metrics] == [T0 + i for i in range(4500)]
+    seqs = [sp.decode(m.payload).seq for m in out]
+    assert seqs == [1, 2, 3, 4]
+
+
+def test_a_float32_tag_with_a_value_beyond_float32_becomes_double(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    fmt.encode([Reading("press-1", "temperature", 21.5, T0)], False)
+    out = fmt.encode([Reading("press-1", "temperature", 1e300, T0 + 1)], False)
+    assert [kind(m) for m in out] == ["DBIRTH"]
+    birth = sp.decode(out[0].payload)
+    assert (birth.metric("temperature").datatype, birth.metric("temperature").value) == (sp.DOUBLE, 1e300)
+    assert fmt.node.type_changes == 1
+
+
+def test_data_before_the_birth_is_a_bug_of_the_caller(tmp_path: Path) -> None:
+    fmt = SparkplugFormat(config(tmp_path, primary_host="scada-a"))
+    fmt.will()
+    assert fmt.connected() == [] and not fmt.ready
+    with pytest.raises(RuntimeError, match="before the NBIRTH"):
+        fmt.encode([Reading("press-1", "count", 1, T0)], False)
