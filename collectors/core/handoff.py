@@ -337,6 +337,7 @@ class HandoffServer:
         self._peers: dict[str, _Peer] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.readings_in = 0
         self.last_frame_at = 0.0
 
@@ -362,10 +363,16 @@ class HandoffServer:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
+        # Close the connections and let their tasks end on the closed stream: a cancelled
+        # client_connected_cb task makes Python 3.11's asyncio log a spurious CancelledError.
+        for writer in list(self._writers):
+            writer.close()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            _, stuck = await asyncio.wait(set(self._connections), timeout=2.0)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.gather(*stuck, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         with suppress(FileNotFoundError):
@@ -386,6 +393,7 @@ class HandoffServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._writers.add(writer)
         peer: _Peer | None = None
         try:
             hello = await read_frame(reader)
@@ -401,6 +409,7 @@ class HandoffServer:
             log.error("hand-off peer dropped: %s", exc)
         finally:
             self._connections.discard(task)
+            self._writers.discard(writer)
             if peer is not None and self._peers.get(peer.collector) is peer:
                 del self._peers[peer.collector]
                 log.info("collector %s left the hand-off", peer.collector)
