@@ -295,6 +295,25 @@ def test_slices_carry_no_password_and_the_component_gets_it_from_its_environment
     assert password is not None and password.get_secret_value() == SECRET
 
 
+def test_a_rendered_slice_file_reads_its_password_from_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collectors.forwarder.config import load_forwarder_config
+
+    gateway = GATEWAY + "mqtt: {username: gw, password: '${FG_TEST_MQTT_PASSWORD}'}\n"
+    config = load_config(plant(tmp_path, {"press-1": PRESS}, gateway), env={"FG_TEST_MQTT_PASSWORD": SECRET})
+    path = tmp_path / "forwarder.yaml"
+    path.write_text(yaml.safe_dump(forwarder_slice(config, tmp_path / "h.sock").model_dump(mode="json")))
+    assert SECRET not in path.read_text()
+    assert "password_env: FG_TEST_MQTT_PASSWORD" in path.read_text()
+    monkeypatch.setenv("FG_TEST_MQTT_PASSWORD", SECRET)
+    password = load_forwarder_config(path).mqtt.password
+    assert password is not None and password.get_secret_value() == SECRET
+    monkeypatch.delenv("FG_TEST_MQTT_PASSWORD")
+    with pytest.raises(ValueError, match="environment variable FG_TEST_MQTT_PASSWORD is not set"):
+        load_forwarder_config(path)
+
+
 def test_a_literal_password_gets_a_variable_of_its_own(tmp_path: Path) -> None:
     config = load_config(plant(tmp_path, {"oven-2": OVEN.replace("${OVEN_PASSWORD}", SECRET)}), env={})
     opcua = collector_slices(config, tmp_path / "h.sock", tmp_path / "state", None)["opcua"]
@@ -424,11 +443,15 @@ def test_the_committed_schema_files_are_current(tmp_path: Path) -> None:
         )
 
 
-def test_example_devices_carry_the_editor_schema_comment() -> None:
+def test_example_files_carry_the_editor_schema_comment() -> None:
     for path in sorted((REPO / "devices").glob("*.yaml")):
         first = path.read_text().splitlines()[0]
         assert first == "# yaml-language-server: $schema=../docs/schema/device.schema.json"
         assert (path.parent / "../docs/schema/device.schema.json").exists()
+    gateway = REPO / "examples" / "plant" / "gateway.yaml"
+    first = gateway.read_text().splitlines()[0]
+    assert first == "# yaml-language-server: $schema=../../docs/schema/gateway.schema.json"
+    assert (gateway.parent / "../../docs/schema/gateway.schema.json").exists()
 
 
 def test_the_config_reference_is_generated_from_the_models(capsys: pytest.CaptureFixture[str]) -> None:
