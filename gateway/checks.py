@@ -42,6 +42,8 @@ def cross_file(
     problems.extend(_tcp_framers(loaded))
     problems.extend(_writable_overlaps(loaded))
     problems.extend(_start_first_serial(gateway_source, gateway, loaded))
+    problems.extend(_reserved_names(loaded))
+    problems.extend(_topics_and_ports(gateway_source, gateway))
     warnings.extend(_shared_units(loaded))
     warnings.extend(_file_names(loaded))
     return problems
@@ -206,6 +208,42 @@ def _start_first_serial(
             gateway_source, ("collectors", "modbus", "update"),
             f"collectors.modbus.update: start-first would open serial port {', '.join(ports)} from two "
             "collectors during an update; use stop-first while Modbus RTU devices are configured",
+        )
+
+
+# `{topic_prefix}/status` carries the gateway's retained online/offline (SPEC.md, MQTT json format);
+# a device of that name would publish on it with `layout: device`, and confuse subscribers either way.
+RESERVED_DEVICE_NAMES = frozenset({"status"})
+
+
+def _reserved_names(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
+    for source, device in loaded:
+        if device.name.lower() in RESERVED_DEVICE_NAMES:
+            yield _problem(
+                source, ("name",),
+                f"device {device.name}: the name is reserved: {{topic_prefix}}/{device.name} carries the "
+                "gateway's online/offline state; choose another name",
+            )
+
+
+def _topics_and_ports(gateway_source: Source, gateway: object) -> Iterator[Problem]:
+    mqtt = getattr(gateway, "mqtt", None)
+    prefix = getattr(mqtt, "topic_prefix", None)
+    bad_prefix = prefix is not None and (
+        not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/")
+    )
+    if bad_prefix:
+        yield _problem(
+            gateway_source, ("mqtt", "topic_prefix"),
+            f"mqtt.topic_prefix: {prefix!r} is not a topic prefix: levels separated by /, no + or #, "
+            "no / at either end (e.g. fieldgate/line3)",
+        )
+    port = getattr(getattr(gateway, "metrics", None), "port", None)
+    if port is not None and not 1 <= port <= 65535 - 2:
+        yield _problem(
+            gateway_source, ("metrics", "port"),
+            f"metrics.port: {port} leaves no room for the collectors' ports (port+1, port+2): "
+            "choose 1..65533",
         )
 
 
