@@ -112,8 +112,11 @@ components receive a password through their environment (`password_env`), never 
 on one serial port share its baud rate, parity, stop bits and byte size and have different
 unit ids; no two writable tags cover the same register (within a device, and between devices
 on one link and unit); `collectors.modbus.update: start-first` is refused while RTU devices
-are configured (a serial port has one owner). Warnings (the config still runs): a file not
-named after its device, two device files polling one TCP endpoint and unit.
+are configured (a serial port has one owner); one TCP endpoint has one framing; the device
+name `status` is reserved (`{topic_prefix}/status` is the gateway's online/offline state);
+`mqtt.topic_prefix` has no `+`, `#` or outer `/`; `metrics.port` leaves room for port+1 and
+port+2. Warnings (the config still runs): a file not named after its device, two device
+files polling one TCP endpoint and unit.
 
 **Editors.** `fieldgate schema` prints the JSON Schema (draft 2020-12) of both kinds of file;
 `fieldgate schema --write plant/.schema` writes `gateway.schema.json` and `device.schema.json`
