@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -58,12 +60,30 @@ def test_demo_shows_readings_of_every_device_and_leaves_nothing_behind() -> None
 
 
 @pytest.mark.sim
-def test_demo_with_the_embedded_broker_and_the_live_view() -> None:
-    result = demo("--duration", "15", "--broker", "embedded")
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    assert "broker: embedded amqtt broker on 127.0.0.1:" in out
+def test_demo_with_the_embedded_broker_and_the_live_view_stops_on_ctrl_c() -> None:
+    command = [sys.executable, "-m", "gateway.cli", "demo", "--broker", "embedded"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=child_environment())
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert "broker: embedded amqtt broker on 127.0.0.1:" in first
+        workdir = workdir_of(first)
+        deadline = time.monotonic() + 60
+        while not all(any(f"collectors.{name}" in p for p in processes_mentioning(workdir))
+                      for name in ("forwarder", "modbus", "opcua")):
+            assert time.monotonic() < deadline, processes_mentioning(workdir)
+            time.sleep(0.2)
+        time.sleep(6)  # readings from every device (the meter polls every 2 s)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err[-3000:]
     # the live table's last frame: a row per tag of every device, with quality
     for device in DEMO_DEVICES:
         assert re.search(rf"│ {device}\s+│ \w+\s+│.*│ good\s+│", out), (device, out[-3000:])
-    assert processes_mentioning(workdir_of(out)) == []
+    assert processes_mentioning(workdir) == []
+    assert not Path(workdir).exists()
