@@ -286,6 +286,7 @@ class EdgeNode:
         self.born = False
         self.devices: dict[str, _Device] = {}
         self.type_changes = 0
+        self._latest: dict[tuple[str, str], Reading] = {}  # newest reading handed off, per tag
         for catalog in devices:
             device = self._add_device(catalog.name)
             for tag in catalog.tags:
@@ -321,8 +322,14 @@ class EdgeNode:
         payload.metrics.add(name=BDSEQ, datatype=pb.Int64, long_value=bd_seq, timestamp=payload.timestamp)
         return OutMessage(self.ndeath_topic, payload.SerializeToString(), 1, False)
 
-    def births(self, bd_seq: int) -> list[OutMessage]:
-        """NBIRTH (seq 0, the bdSeq of the CONNECT's will, Node Control/Rebirth), then a DBIRTH per device."""
+    def births(self, bd_seq: int, new_session: bool = True) -> list[OutMessage]:
+        """NBIRTH (seq 0, the bdSeq of the CONNECT's will, Node Control/Rebirth), then a DBIRTH per device.
+
+        A new session's DBIRTHs carry the newest readings handed off (see `observe`); a rebirth
+        asked within a session carries the values published so far, in the stream's order.
+        """
+        if new_session:
+            self._catch_up()
         self._seq = 0
         self.born = True
         now = _ms()
@@ -516,25 +523,36 @@ class EdgeNode:
             out.append(self._ddeath(device))
 
     def observe(self, readings: list[Reading]) -> None:
-        """Take note of readings handed off while the node is not born: the next DBIRTHs carry them.
+        """Take note of readings as they reach the forwarder, before they are published.
 
         A host keeps the DBIRTH value as the live one and files the replayed readings (flagged
-        historical) as history, so without this a tag that changed during a broker outage and
-        then held still would show its value from before the outage until it next changed.
-        Nothing is born now, so a datatype may settle or change here: the DBIRTHs announce it.
+        historical) as history, so a new session's DBIRTHs must carry the newest value of each
+        tag, or a tag that changed during a broker outage and then held still would show its
+        value from before the outage until it next changed. One dict store per reading: the
+        work is done at the next session's birth (`_catch_up`).
         """
-        if self.born:
-            return
+        latest = self._latest
+        for reading in readings:
+            latest[reading[0], reading[1]] = reading
+
+    def _catch_up(self) -> None:
+        """Before a new session's births: the newest readings handed off become the current values.
+
+        Nothing is born at this point, so a datatype may settle or change here: the DBIRTHs
+        announce it. (A rebirth within a session keeps the published stream's values instead.)
+        """
         devices = self.devices
-        for device_name, tag, value, ts_ms, quality, _reason in readings:
+        for (device_name, tag), reading in self._latest.items():
             device = devices.get(device_name)
             metric = device.metrics.get(tag) if device is not None else None
-            if device is None or metric is None or ts_ms < metric.ts_ms:
+            if device is None or metric is None or reading.ts_ms < metric.ts_ms:
                 continue  # unknown ones are added when they are encoded
+            value = reading.value
             if value is not None and type(value) is not metric.rule.exact:
                 self._fit(metric, value)
-            metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
+            metric.value, metric.ts_ms, metric.quality = value, reading.ts_ms, reading.quality
             device.heard = True
+        self._latest.clear()
 
     def written(self, device_name: str, tag: str, value: Any) -> list[OutMessage]:
         """DDATA of a value a DCMD wrote, so the host sees the write took (Sparkplug 3.0, DCMD)."""
@@ -722,10 +740,10 @@ class SparkplugFormat:
             return []
         return self._births()
 
-    def _births(self) -> list[OutMessage]:
+    def _births(self, new_session: bool = True) -> list[OutMessage]:
         assert self._bd_seq is not None, "will() comes before every CONNECT"
         self.stats.births += 1
-        return self.node.births(self._bd_seq)
+        return self.node.births(self._bd_seq, new_session)
 
     def connection_lost(self, graceful: bool) -> None:
         self._connected = False
@@ -805,7 +823,7 @@ class SparkplugFormat:
                     log.info("Sparkplug: rebirth requested before the birth; the birth will come")
                     return Incoming()
                 log.info("Sparkplug: rebirth requested")
-                return Incoming(messages=self._births())
+                return Incoming(messages=self._births(new_session=False))
             log.info("Sparkplug: ignoring NCMD metric %r", metric.name or metric.alias)
         return Incoming()
 

@@ -181,11 +181,14 @@ def test_historical_readings_are_flagged_and_do_not_update_the_live_value(tmp_pa
     assert sp.decode(rebirth.messages[1].payload).metric("count").value == 5
 
 
-def test_readings_taken_while_not_born_are_the_values_the_next_births_carry(tmp_path: Path) -> None:
+def test_a_new_session_births_with_the_newest_readings_handed_off(tmp_path: Path) -> None:
     fmt, _ = started(tmp_path)
+    fmt.observe([Reading("press-1", "count", 1, T0)])
     fmt.encode([Reading("press-1", "count", 1, T0)], False)
+    fmt.observe([Reading("press-1", "count", 2, T0 + 1), Reading("press-1", "temperature", 22.5, T0 + 1)])
+    # ...still in the live lane when the session is lost, then replayed as history
     fmt.connection_lost(graceful=False)
-    outage = [Reading("press-1", "count", i, T0 + i) for i in range(2, 6)]
+    outage = [Reading("press-1", "count", i, T0 + i) for i in range(3, 6)]
     outage.append(Reading("oven-2", "setpoint", 180.5, T0 + 3))
     fmt.observe(outage)  # as they reach the forwarder, on their way to the disk buffer
     fmt.will()
@@ -194,15 +197,16 @@ def test_readings_taken_while_not_born_are_the_values_the_next_births_carry(tmp_
         ("NBIRTH", N), ("DBIRTH", "press-1"), ("DBIRTH", "oven-2")]
     press, oven = (sp.decode(m.payload) for m in births[1:])
     assert (press.metric("count").value, press.metric("count").timestamp) == (5, T0 + 5)
+    assert press.metric("temperature").value == 22.5
     assert (oven.metric("setpoint").datatype, oven.metric("setpoint").value) == (sp.DOUBLE, 180.5)
     replayed = fmt.encode(outage, True)
     assert [kind(m) for m in replayed] == ["DDATA", "DDATA"]
     assert all(metric.is_historical for m in replayed for metric in sp.decode(m.payload).metrics)
-    fmt.observe([Reading("press-1", "count", 99, T0 + 99)])  # born: only encode() tells the host
+    fmt.observe([Reading("press-1", "count", 99, T0 + 99)])  # not yet published
     live = sp.decode(fmt.encode([Reading("press-1", "count", 6, T0 + 6)], False)[0].payload)
     assert [(m.value, m.is_historical) for m in live.metrics] == [(6, False)]
     rebirth = fmt.handle_incoming(f"spBv1.0/{G}/NCMD/{N}", REBIRTH).messages
-    assert sp.decode(rebirth[1].payload).metric("count").value == 6  # the stream's order, not hand-off's
+    assert sp.decode(rebirth[1].payload).metric("count").value == 6  # a rebirth keeps the stream's order
 
 
 def test_history_of_an_offline_device_is_framed_by_birth_and_death(tmp_path: Path) -> None:
