@@ -293,8 +293,10 @@ class Forwarder:
             await asyncio.sleep(COMMIT_INTERVAL)
             ticks += 1
             fsync = ticks % round(SYNC_INTERVAL / COMMIT_INTERVAL) == 0
-            if fsync and self.buffer.durability == "always":
-                await asyncio.to_thread(self.buffer.sync)  # fsync blocks: keep the loop free
+            if fsync:
+                handles = self.buffer.sync_handles()
+                if handles:
+                    await asyncio.to_thread(Buffer.fsync, handles)  # fsync blocks: keep the loop free
             else:
                 self.buffer.write_commits()
             if self.session.outstanding < self._window:

@@ -341,10 +341,12 @@ class DiskLane(Lane):
             os.close(self._fd)
             self._fd = None
 
-    def sync(self) -> None:
-        if self._fd is not None and self._unsynced:
-            os.fsync(self._fd)
-            self._unsynced = False
+    def sync_handle(self) -> int | None:
+        """A duplicate of the written segment's descriptor, to fsync away from the event loop."""
+        if self._fd is None or not self._unsynced:
+            return None
+        self._unsynced = False
+        return os.dup(self._fd)  # the original may be closed by a rotation meanwhile
 
     # -- reading
 
@@ -609,12 +611,23 @@ class Buffer:
             if isinstance(lane, DiskLane):
                 lane.write_commit()
 
+    def sync_handles(self) -> list[int]:
+        """Persist commit offsets; descriptors to pass to `fsync` (the forwarder does, every second)."""
+        self.write_commits()
+        lanes = [lane for lane in (self.backlog, self.live) if isinstance(lane, DiskLane)]
+        return [fd for lane in lanes if (fd := lane.sync_handle()) is not None]
+
+    @staticmethod
+    def fsync(handles: list[int]) -> None:
+        """Flush to the device (blocking: the forwarder runs it in a worker thread)."""
+        for fd in handles:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def sync(self) -> None:
-        """fsync what was written and persist commit offsets (the forwarder calls it every second)."""
-        for lane in (self.backlog, self.live):
-            if isinstance(lane, DiskLane):
-                lane.sync()
-                lane.write_commit()
+        self.fsync(self.sync_handles())
 
     def close(self) -> None:
         """Shutdown: the live lane goes to disk, offsets are written, files flushed."""
@@ -622,8 +635,7 @@ class Buffer:
         self.backlog.rewind()
         if self.durability == "outage":
             self.spill()
+        with suppress(OSError):
+            self.sync()
         for lane in (self.backlog, self.live):
-            with suppress(OSError):
-                if isinstance(lane, DiskLane):
-                    lane.sync()
             lane.close()

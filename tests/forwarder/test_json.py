@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from collectors.core.model import Reading, WriteRequest, WriteResult
 from collectors.forwarder.app import Forwarder
 from collectors.forwarder.config import ForwarderConfig
-from tests.forwarder.helpers import collector, config_dict, make_config, until
+from tests.forwarder.helpers import ROOT, collector, config_dict, make_config, until
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Subscriber
 
@@ -182,3 +185,15 @@ async def test_metrics_and_healthz(tmp_path: Path, broker: Mosquitto, port: int)
         await until(lambda: forwarder.session.connected, 30, "the reconnect")
         status, body = await get("/metrics")
         assert "fieldgate_forwarder_reconnects_total 1" in body
+
+
+def test_entry_point_refuses_a_bad_config_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "forwarder.yaml"
+    bad.write_text("gateway: {id: line3}\nmqtt: {qos: 3}\nbuffer: {durability: sometimes}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "collectors.forwarder", "--config", str(bad)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 1
+    assert f"{bad}: mqtt.qos: Input should be 0, 1 or 2" in done.stderr
+    assert f"{bad}: buffer.durability: Input should be 'outage' or 'always'" in done.stderr
