@@ -31,6 +31,7 @@ def _defs() -> dict[str, Any]:
         ref_template=REF,
     )
     defs: dict[str, Any] = dict(top["$defs"])
+    defs["gateway"] = {"title": "fieldgate gateway.yaml", "$ref": REF.format(model="GatewayFile")}
     defs["device"] = {
         "title": "fieldgate device file",
         "description": "One device per file in devices/, chosen by its protocol key.",
@@ -45,13 +46,12 @@ def combined() -> dict[str, Any]:
         "$schema": DRAFT,
         "title": "fieldgate config (gateway.yaml or a device file)",
         "$defs": _defs(),
-        "anyOf": [{"$ref": REF.format(model="GatewayFile")}, {"$ref": "#/$defs/device"}],
+        "anyOf": [{"$ref": "#/$defs/gateway"}, {"$ref": "#/$defs/device"}],
     }
 
 
 def gateway_schema() -> dict[str, Any]:
-    return {"$schema": DRAFT, "title": "fieldgate gateway.yaml", "$defs": _defs(),
-            "$ref": REF.format(model="GatewayFile")}
+    return {"$schema": DRAFT, "title": "fieldgate gateway.yaml", "$defs": _defs(), "$ref": "#/$defs/gateway"}
 
 
 def device_schema() -> dict[str, Any]:
