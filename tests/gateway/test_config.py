@@ -422,6 +422,8 @@ def test_schema_validates_the_examples_and_refuses_a_bad_file(capsys: pytest.Cap
     assert cli.main(["schema"]) == 0
     document = json.loads(capsys.readouterr().out)
     jsonschema.Draft202012Validator.check_schema(document)
+    assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert {"gateway", "device"} <= set(document["$defs"])
     validator = jsonschema.Draft202012Validator(document)
     files = [REPO / "examples" / "plant" / "gateway.yaml", *sorted((REPO / "devices").glob("*.yaml"))]
     assert len(files) == 4
