@@ -9,6 +9,7 @@ real forwarder and Modbus collector, a Modbus simulator and a real Mosquitto.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import pytest
 from gateway.demo import free_port_run
 from gateway.plan import Policy, ServiceSpec
 from gateway.runtime.process import ProcessRuntime, RunDir, child_environment, http_get, parse_metrics
-from gateway.supervisor import Supervisor, format_table, read_status, status_rows
+from gateway.supervisor import ConfigWatcher, Supervisor, format_table, read_status, status_rows
 from tests.support.broker import Mosquitto, free_port, wait_port
 from tests.support.mqtt import Subscriber
 
@@ -214,6 +215,47 @@ async def test_a_service_that_cannot_start_is_reported_and_the_others_run(tmp_pa
         assert rt.children()["forwarder"].exited is None
         sup.stopping.set()
         await asyncio.wait_for(task, 30)
+
+
+@pytest.mark.sim
+async def test_a_protocol_no_longer_used_is_removed_and_a_new_one_started(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "state")
+    forwarder, modbus, opcua = (stand_in(tmp_path, name) for name in ("forwarder", "modbus", "opcua"))
+    modbus = dataclasses.replace(modbus, config_file=str(run_dir.slice_file("modbus")), config_text="devices: []\n")
+    lines: list[str] = []
+    async with ProcessRuntime(run_dir, printer=lines.append, relay=io.StringIO(), health_interval=0.2) as rt:
+        desired = {"forwarder": forwarder, "modbus": modbus}
+        sup = Supervisor(tmp_path, rt, run_dir, desired, FAST, out=io.StringIO())
+        task = asyncio.create_task(sup.run())
+        await until(lambda: "modbus" in rt.children() and rt.children()["modbus"].health == "healthy")
+        assert run_dir.slice_file("modbus").read_text() == "devices: []\n"
+        pids = {name: child.pid for name, child in rt.children().items()}
+        sup.desired = {"forwarder": forwarder, "opcua": opcua}  # what a config change does
+        await until(lambda: set(rt.children()) == {"forwarder", "opcua"}, what="modbus out, opcua in")
+        assert not alive(pids["modbus"]) and rt.children()["forwarder"].pid == pids["forwarder"]
+        assert not run_dir.slice_file("modbus").exists()
+        assert "modbus    removed (no longer configured)" in lines
+        sup.stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.mark.unit
+def test_the_config_watcher_reports_a_change_once_the_files_have_settled(tmp_path: Path) -> None:
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "gateway.yaml").write_text("gateway: {id: a}\n")
+    device = tmp_path / "devices" / "press-1.yaml"
+    device.write_text("name: press-1\n")
+    watcher = ConfigWatcher(tmp_path)
+    assert watcher.poll() is False
+    device.write_text("name: press-1\nunit: 2\n")
+    assert watcher.poll() is False  # maybe half written: look again
+    assert watcher.poll() is True
+    assert watcher.poll() is False
+    (tmp_path / "devices" / ".press-1.yaml.swp").write_text("editor")  # not a device file
+    (tmp_path / "devices" / "notes.txt").write_text("x")
+    assert [watcher.poll(), watcher.poll()] == [False, False]
+    device.rename(tmp_path / "devices" / "press-1.yaml~")  # a backup name: the device is gone
+    assert [watcher.poll(), watcher.poll()] == [False, True]
 
 
 SUPERVISOR = """
