@@ -161,6 +161,10 @@ class ForwarderUnderTest:
                 out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
         return out
 
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -277,6 +281,7 @@ async def main(args: argparse.Namespace) -> None:
         for qos in (0, 1):
             print(f"paho-mqtt alone, one message per reading, QoS {qos}: {ceiling[qos]:>9,.0f} msg/s")
         results = {}
+        rss = {}
         for name, mqtt in [
             ("tag-q0", {"qos": 0, "layout": "tag"}),
             ("tag-q1", {"qos": 1, "layout": "tag"}),
@@ -286,6 +291,7 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 count = args.readings * (5 if mqtt["layout"] == "device" else 1)
                 results[name] = await live(forwarder, count)
+                rss[name] = forwarder.peak_rss_mb()
             finally:
                 forwarder.stop()
         print(f"forwarder json layout tag, QoS 0:        {results['tag-q0']:>9,.0f} readings/s"
@@ -294,6 +300,7 @@ async def main(args: argparse.Namespace) -> None:
               f"  ({results['tag-q1'] / ceiling[1]:.0%} of paho alone)")
         print(f"forwarder json layout device, QoS 1:     {results['device-q1']:>9,.0f} readings/s"
               f"  (50 readings per message; target >= 100,000)")
+        print("forwarder peak RSS: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rss.items()))
         o = await outage(workdir, broker, args.outage, args.rate)
         replay = o["backlog"] / o["drain_s"]
         print(f"outage {args.outage:g}s at {args.rate} readings/s (layout tag, QoS 1): "

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL = 1.0  # fsync of the disk buffer (see buffer.py for why not per batch)
 COMMIT_INTERVAL = 0.25  # how often delivered offsets are persisted (a crash resends at most this much)
 WRITE_TIMEOUT = 10.0
+RESEND_MAX = 100_000  # most readings kept for the format's resend window (newest kept)
 
 
 @dataclass(slots=True)
@@ -66,7 +67,8 @@ class Forwarder:
         self._pending_writes: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
         self._generation = 0  # bumped when the session goes away: late deliveries of old batches are ignored
-        self._recent: deque[tuple[float, list[Reading]]] = deque()
+        self._recent: deque[tuple[float, list[Reading]]] = deque()  # the format's resend window
+        self._recent_count = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stack = AsyncExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,6 +198,7 @@ class Forwarder:
                 log.info("resending %d readings published just before the connection was lost", len(again))
             self.buffer.requeue(again)
         self._recent.clear()
+        self._recent_count = 0
         self.format.connection_lost(graceful)
 
     def message(self, topic: str, payload: bytes) -> None:
@@ -280,10 +283,13 @@ class Forwarder:
             self.stats.latency_sum += now - batch.arrived
             self.stats.latency_count += 1
         if self.format.resend_window > 0:
-            self._recent.append((now, batch.readings))
+            recent = self._recent
+            recent.append((now, batch.readings))
+            self._recent_count += len(batch.readings)
             cutoff = now - self.format.resend_window
-            while self._recent and self._recent[0][0] < cutoff:
-                self._recent.popleft()
+            # Bounded in readings too: at 100k readings/s a minute's window would not fit the memory.
+            while recent and (recent[0][0] < cutoff or self._recent_count > RESEND_MAX):
+                self._recent_count -= len(recent.popleft()[1])
         if self.session.outstanding < self._window:
             self._wake.set()
 

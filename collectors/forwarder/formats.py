@@ -31,7 +31,7 @@ historical, every reading it published in that window before the loss was notice
 data (Sparkplug) written to a dead socket vanishes without an error for up to 1.5 x
 keep-alive; json at QoS >= 1 does not need it. The resent readings go to the back of the
 replay lane, so a host sees them after older replayed readings (they carry their own
-timestamps, flagged historical).
+timestamps, flagged historical). The window holds at most app.RESEND_MAX readings.
 
 Errors: a format never raises for bad input from the broker; it answers with an error
 message in `Incoming.messages` (json `/set/result`) or logs and ignores it.
