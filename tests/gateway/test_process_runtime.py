@@ -221,7 +221,8 @@ async def test_a_service_that_cannot_start_is_reported_and_the_others_run(tmp_pa
 async def test_a_protocol_no_longer_used_is_removed_and_a_new_one_started(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "state")
     forwarder, modbus, opcua = (stand_in(tmp_path, name) for name in ("forwarder", "modbus", "opcua"))
-    modbus = dataclasses.replace(modbus, config_file=str(run_dir.slice_file("modbus")), config_text="devices: []\n")
+    slice_file = str(run_dir.slice_file("modbus"))
+    modbus = dataclasses.replace(modbus, config_file=slice_file, config_text="devices: []\n")
     lines: list[str] = []
     async with ProcessRuntime(run_dir, printer=lines.append, relay=io.StringIO(), health_interval=0.2) as rt:
         desired = {"forwarder": forwarder, "modbus": modbus}
