@@ -53,7 +53,7 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Message(msg.topic, msg.payload, bool(msg.retain), msg.qos, time.time()))
+            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, time.time()))
             self._lock.notify_all()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
