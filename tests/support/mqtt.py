@@ -53,7 +53,8 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, time.time()))
+            message = Message(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, time.time())
+            self.messages.append(message)
             self._lock.notify_all()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
@@ -72,7 +73,9 @@ class Subscriber:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = sorted({m.topic for m in self.messages})[:20]
-                    raise TimeoutError(f"{len(found)}/{count} matching messages after {timeout}s; topics seen: {seen}")
+                    raise TimeoutError(
+                        f"{len(found)}/{count} matching messages after {timeout}s; topics seen: {seen}"
+                    )
                 self._lock.wait(remaining)
 
     def on_topic(self, topic: str) -> list[Message]:
