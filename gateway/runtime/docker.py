@@ -375,7 +375,10 @@ class DockerRuntime:
         return self._client
 
     async def __aenter__(self) -> DockerRuntime:
-        await asyncio.to_thread(lambda: self.client)
+        try:
+            await asyncio.to_thread(lambda: self.client)
+        except EngineError as exc:
+            raise SystemExit(f"fieldgate: {exc}") from exc
         self._stats_task = asyncio.create_task(self._stats_loop(), name="docker-stats")
         return self
 
