@@ -216,13 +216,15 @@ class Supervisor:
             self.say(f"config change refused; what runs stays as it is:\n{errors}")
             self.write_status(force=True)
             return
-        desired = self.runtime.desired(config, self.config_dir)
-        changed = sorted(
-            (name for name in set(desired) | set(self.desired)
-             if (desired.get(name) is None) != (self.desired.get(name) is None)
-             or (name in desired and desired[name].config_hash != self.desired[name].config_hash)),
-            key=start_order,
-        )
+        try:
+            desired = self.runtime.desired(config, self.config_dir)
+        except (FieldgateError, ValueError, OSError) as exc:  # e.g. a slice the runtime cannot render
+            self.config_error = str(exc)
+            self.say(f"config change refused; what runs stays as it is:\n{exc}")
+            self.write_status(force=True)
+            return
+        names = set(desired) | set(self.desired)
+        changed = sorted((n for n in names if desired.get(n) != self.desired.get(n)), key=start_order)
         self.config_error = ""
         self.config_applied = time.time()
         self.desired = desired
@@ -232,7 +234,10 @@ class Supervisor:
         observed = await self.runtime.observe()
         for step in plan_shutdown(observed):
             self.say(str(step))
-            await self.runtime.execute(step)
+            try:
+                await self.runtime.execute(step)
+            except (FieldgateError, OSError) as exc:  # stop the others anyway
+                self.say(f"{step.name}: stop failed: {exc}")
         self._observed = await self.runtime.observe()
         self.write_status(force=True, running=False)
 
@@ -327,7 +332,10 @@ def main_up(args: argparse.Namespace) -> int:
     kind = args.runtime or getattr(config, "runtime", "process")
     run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
     with run_dir_lock(run_dir):
-        asyncio.run(_up(config_dir, kind, run_dir, config, Policy()))
+        try:
+            asyncio.run(_up(config_dir, kind, run_dir, config, Policy()))
+        except KeyboardInterrupt:  # before the signal handlers were in place: nothing ran yet
+            return 130
     return 0
 
 
