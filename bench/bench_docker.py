@@ -116,6 +116,8 @@ def main() -> int:
             print(f"\n{'RSS (MiB)':<12} {'idle':>7} {'load':>7}")
             for name in sorted(idle):
                 print(f"{name:<12} {idle[name]:>7.1f} {loaded.get(name, float('nan')):>7.1f}")
+            time.sleep(6)  # one more stats round, so CPU and readings/s describe the load
+            print("\n`fieldgate status` under load:\n" + stack.status().stdout)
 
             sub.clear()
             containers["modbus"].kill()
