@@ -1,6 +1,6 @@
 """OPC UA end to end: notifications/s, the collector's CPU per 1,000 notifications and RSS, recovery time.
 
-    python bench/bench_opcua.py [--tags 1000] [--tick 0.08] [--seconds 10] [--restarts 5] [--broker]
+    python bench/bench_opcua.py [--tags 1000] [--tick 0.05] [--seconds 10] [--restarts 5] [--broker]
 
 An asyncua server (collectors.opcua.simulator, its own process) changes `--tags` variables every
 `--tick` seconds; the collector (`python -m collectors.opcua`, its own process) subscribes to all
@@ -290,7 +290,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tags", type=int, default=1000)
-    parser.add_argument("--tick", type=float, default=0.08, help="seconds between server value changes")
+    parser.add_argument("--tick", type=float, default=0.05, help="seconds between server value changes")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--restarts", type=int, default=5)
