@@ -1,6 +1,7 @@
 """OPC UA end to end: notifications/s, the collector's CPU per 1,000 notifications and RSS, recovery time.
 
-    python bench/bench_opcua.py [--tags 1000] [--tick 0.05] [--seconds 10] [--restarts 5] [--broker]
+    python bench/bench_opcua.py [--tags 1000] [--tick 0.05] [--seconds 10] [--restarts 5]
+    python bench/bench_opcua.py --broker [--layout device]
 
 An asyncua server (collectors.opcua.simulator, its own process) changes `--tags` variables every
 `--tick` seconds; the collector (`python -m collectors.opcua`, its own process) subscribes to all
