@@ -325,12 +325,12 @@ def render_table(readings: Readings, services: str, title: str) -> Any:
     return table
 
 
-def services_line(runtime: ProcessRuntime) -> str:
-    parts = []
+def services_line(runtime: ProcessRuntime, readings: Readings) -> str:
+    parts = [f"gateway: {readings.gateway_status}"]
     for name, c in sorted(runtime.children().items()):
         state = "exited" if c.exited is not None else (c.health or "running")
         parts.append(f"{name}: {state} (restarts {c.restarts})")
-    return "  |  ".join(parts) or "starting services..."
+    return "  |  ".join(parts)
 
 
 # ------------------------------------------------------------------ the demo
@@ -416,10 +416,10 @@ async def _run(workdir: Path, log_file: IO[str], duration: float | None, view: b
         if view:
             from rich.live import Live
 
-            with Live(render_table(readings, services_line(runtime), title), refresh_per_second=4,
+            with Live(render_table(readings, services_line(runtime, readings), title), refresh_per_second=4,
                       transient=False) as live:
                 while not await _stopped(stop, task, deadline, 0.25):
-                    live.update(render_table(readings, services_line(runtime), title))
+                    live.update(render_table(readings, services_line(runtime, readings), title))
             print(file=out)
         else:
             while not await _stopped(stop, task, deadline, 0.5):
