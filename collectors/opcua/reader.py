@@ -68,7 +68,7 @@ class DeviceReader:
         for reading in readings:
             tag = self._tags[reading.tag]
             last = self._last.get(reading.tag)
-            if reading.value is None and reading.quality == Quality.BAD and last is not None:
+            if reading.value is None and reading.quality == Quality.BAD:
                 # Part 4, 7.7.1: a Bad DataValue carries no value; ours carries the last one (SPEC)
                 reading = reading._replace(value=self._report.last_value(self.device.name, reading.tag))
             # The initial Read and the subscription's first notification carry the same sample.
