@@ -396,7 +396,7 @@ def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
         image = svc.get("image") or (f"pid {svc['pid']}" if svc.get("pid") else "-")
         row = [
             svc["name"], state, svc.get("health") or "-",
-            _num(svc.get("readings_per_s"), "{:.1f}"), _num(svc.get("buffered")),
+            "-" if ended else _num(svc.get("readings_per_s"), "{:.1f}"), _num(svc.get("buffered")),
             str(svc.get("restarts", 0)), uptime,
         ]
         if resources:
