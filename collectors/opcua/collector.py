@@ -76,7 +76,8 @@ class DeviceLink:
             except DeviceError as exc:
                 self._offline(exc.reason, str(exc))
             except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
-                self._offline(describe_error(exc), f"{type(exc).__name__}: {describe_error(exc)}")
+                reason = describe_error(exc)
+                self._offline(reason, reason)
             except Exception as exc:  # a bug must not end the device's loop: log it fully and retry
                 log.exception("%s: unexpected error", self.device.name)
                 self._offline("internal error", repr(exc))

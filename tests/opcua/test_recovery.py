@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from asyncua import Server, ua
 
 from collectors.core.model import Quality
 from tests.opcua.conftest import oven
@@ -98,3 +99,33 @@ async def test_a_silent_link_is_noticed_by_the_keepalive_watchdog_and_healed(
             )
             assert [s.online for s in sink.states] == [True, False, True]
             assert time.monotonic() - resumed < 10
+
+
+async def test_a_session_the_server_closes_is_rebuilt(tmp_path: Path) -> None:
+    """The transport stays up, the server forgets the session (a timeout, an admin, a redundancy switch)."""
+    server = Server()
+    await server.init()
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+    server.set_endpoint(endpoint)
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    speed = await server.nodes.objects.add_variable(ua.NodeId.from_string("ns=1;s=speed"), "speed", 1.0)
+    device = {
+        "name": "line",
+        "protocol": "opcua",
+        "endpoint": endpoint,
+        "timeout": "1s",
+        "subscription": {"publishing_interval": "100ms"},
+        "tags": [
+            {"name": "speed", "node": "ns=1;s=speed"},
+            {"name": "count", "node": "ns=1;s=speed", "mode": "poll", "poll": "200ms"},
+        ],
+    }
+    async with server, running_collector([device], tmp_path) as (_, sink):
+        await sink.wait_for(lambda r: r.tag == "speed" and r.value == 1.0)
+        for session in list(server.iserver._external_sessions.values()):
+            await session.close_session()
+        await sink.wait_state(lambda s: not s.online, within=15)
+        await speed.write_value(2.0)
+        back = await sink.wait_for(lambda r: r.tag == "speed" and r.value == 2.0, within=15)
+        assert back[0].quality == Quality.GOOD
+        assert [s.online for s in sink.states][-1] is True
