@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
 from pydantic import ValidationError
 
 from collectors.core.service import run_service, setup_logging
@@ -22,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_collector_config(args.config)
-    except (OSError, ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top)"
+            print(f"{args.config}: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    except (OSError, yaml.YAMLError) as exc:  # unreadable, or not YAML
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, "opcua")

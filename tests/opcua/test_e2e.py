@@ -101,3 +101,30 @@ def test_readings_and_writes_through_the_forwarder_and_the_broker(
     subscriber.publish(f"{PREFIX}/oven/temperature/set", json.dumps({"value": 1, "id": "ro"}))
     refused = subscriber.wait_for(_on(f"{PREFIX}/oven/temperature/set/result"), timeout=15)[0].json()
     assert refused["id"] == "ro" and refused["ok"] is False and "not writable" in refused["error"]
+
+
+def test_the_entrypoint_refuses_a_bad_config_with_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "opcua.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "opcua",
+                "devices": [
+                    {
+                        "name": "oven",
+                        "protocol": "opcua",
+                        "endpoint": "opc.tcp://h:4840",
+                        "tags": [{"name": "t", "node": "Oven.Temperature"}],
+                    }
+                ],
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "collectors.opcua", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert str(config) in done.stderr and "'Oven.Temperature' is not a NodeId" in done.stderr
