@@ -458,6 +458,11 @@ def test_up_runs_restarts_applies_changes_and_stops_cleanly(
         assert [line.split()[:3] for line in lines[2:]] == [
             ["forwarder", "running", "healthy"], ["modbus", "running", "healthy"]]
 
+        # a second supervisor on the same directory is refused
+        second = run_cli("up", str(plant), "--runtime", "process")
+        assert (second.returncode, second.stderr.strip()) == (
+            1, f"fieldgate: another supervisor already runs {run_dir.root}")
+
         # kill -9 the collector: it is restarted and readings resume
         pids = service_pids(run_dir)
         os.kill(pids["modbus"] or 0, signal.SIGKILL)
