@@ -441,7 +441,7 @@ def test_up_runs_restarts_applies_changes_and_stops_cleanly(
 ) -> None:
     run_dir = RunDir.for_config(plant)
     log = tmp_path / "up.log"
-    up = popen_cli(log, "up", str(plant), "--runtime", "process")
+    up = popen_cli(log, "up", str(plant))  # runtime: process in gateway.yaml
     try:
         # readings arrive, with the device file's value, unit and quality
         temp = reading(subscriber, "fieldgate/line9/press-1/temperature", lambda p: p["quality"] == "good")
