@@ -72,8 +72,8 @@ def _device(args: argparse.Namespace) -> OpcuaDevice:
     security: dict[str, object] = {"policy": policy, "mode": mode or "SignAndEncrypt"}
     if args.username:
         security["username"] = args.username
-        if args.password_file:
-            security["password_file"] = args.password_file
+    if args.password_file:  # without --username the model says "a password needs a username"
+        security["password_file"] = args.password_file
     # A session needs a device; a tag on the server's clock makes it a valid one.
     where = urlparse(args.endpoint)
     return OpcuaDevice.model_validate(
