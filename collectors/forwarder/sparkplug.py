@@ -15,11 +15,13 @@ Choices where the specification leaves room, made the way Ignition reads them:
   Births always carry it; data carries it when not good, and on the way back to good.
 - Births carry `engUnit` (the catalog's unit) and `readOnly` (not writable) properties.
 - A metric's datatype is the catalog's (Modbus) or inferred from its first value (OPC UA);
-  a value that does not fit (a scaled int16 reading 21.5) changes the datatype, and the
-  device is born again (DBIRTH) before the value is sent, so a host never decodes a wrong type.
-- A device is born when it is first heard of (a reading or an `online` state), not before:
-  the gateway cannot tell a device that was never polled from one that is absent. A metric
-  with no value yet is born null (is_null) with Quality 64 (uncertain).
+  a value that does not fit (a scaled int16 reading 21.5) changes the datatype, announced
+  by births before the value is sent, so a host never decodes a wrong type.
+- Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
+  before any data; one known to be offline then gets its DDEATH. A metric with no value yet
+  is born null (is_null) with Quality 64 (uncertain). A device or tag outside the catalog,
+  or a datatype change, makes the node born again (NBIRTH and every DBIRTH, same bdSeq),
+  once per batch, for the same reason.
 """
 
 from __future__ import annotations
@@ -255,13 +257,12 @@ class _Metric:
 
 
 class _Device:
-    __slots__ = ("born", "heard", "metrics", "name", "online", "topics")
+    __slots__ = ("born", "metrics", "name", "online", "topics")
 
     def __init__(self, name: str, base: str, node: str) -> None:
         self.name = name
         self.metrics: dict[str, _Metric] = {}
         self.born = False  # DBIRTH sent in the current node session
-        self.heard = False  # a reading or an `online` state came since the forwarder started
         self.online: bool | None = None
         self.topics = {kind: f"{base}/{kind}/{node}/{name}" for kind in ("DBIRTH", "DDATA", "DDEATH")}
 
@@ -286,6 +287,8 @@ class EdgeNode:
         self.born = False
         self.devices: dict[str, _Device] = {}
         self.type_changes = 0
+        self.birth_count = 0
+        self.bd_seq = 0  # of the current session, for births within it
         self._latest: dict[tuple[str, str], Reading] = {}  # newest reading handed off, per tag
         for catalog in devices:
             device = self._add_device(catalog.name)
@@ -323,13 +326,18 @@ class EdgeNode:
         return OutMessage(self.ndeath_topic, payload.SerializeToString(), 1, False)
 
     def births(self, bd_seq: int, new_session: bool = True) -> list[OutMessage]:
-        """NBIRTH (seq 0, the bdSeq of the CONNECT's will, Node Control/Rebirth), then a DBIRTH per device.
+        """NBIRTH (seq 0, the bdSeq of the CONNECT's will, Node Control/Rebirth), then every DBIRTH.
 
-        A new session's DBIRTHs carry the newest readings handed off (see `observe`); a rebirth
-        asked within a session carries the values published so far, in the stream's order.
+        Sparkplug 3.0 (Payloads: DBIRTH, DDATA) wants every DBIRTH right after the NBIRTH and
+        before any data, so every device is born here, null values and all; the ones known to
+        be offline then get their DDEATH. A new session's DBIRTHs carry the newest readings
+        handed off (see `observe`); a rebirth within a session carries the values published
+        so far, in the stream's order.
         """
         if new_session:
             self._catch_up()
+        self.bd_seq = bd_seq
+        self.birth_count += 1
         self._seq = 0
         self.born = True
         now = _ms()
@@ -337,12 +345,11 @@ class EdgeNode:
         payload.metrics.add(name=BDSEQ, datatype=pb.Int64, long_value=bd_seq, timestamp=now)
         payload.metrics.add(name=REBIRTH, datatype=pb.Boolean, boolean_value=False, timestamp=now)
         out = [OutMessage(self.nbirth_topic, payload.SerializeToString())]
-        for device in self.devices.values():
-            device.born = False
-            if device.heard and device.online is not False:
-                out.append(self._dbirth(device))
+        devices = self.devices.values()
+        out += [self._dbirth(device) for device in devices]
+        out += [self._ddeath(device) for device in devices if device.online is False]
         log.info("Sparkplug NBIRTH of %s/%s (bdSeq %d, %d devices)", self.group, self.node, bd_seq,
-                 len(out) - 1)
+                 len(devices))
         return out
 
     def session_ended(self) -> None:
@@ -387,10 +394,9 @@ class EdgeNode:
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
-        device = self.devices.get(state.device) or self._add_device(state.device)
+        device = self.devices.get(state.device) or self._new_device(state.device)
         device.online = state.online
         if state.online:
-            device.heard = True
             if self.born and not device.born:
                 log.info("Sparkplug DBIRTH of %s: online again", device.name)
                 return [self._dbirth(device)]
@@ -404,7 +410,8 @@ class EdgeNode:
 
         A reading is sent flagged `is_historical` when the forwarder says so (replayed from the
         buffer) or when the host already holds a newer live value of its tag; only the others
-        update what the host shows live.
+        update what the host shows live. A device, tag or datatype the births did not announce
+        makes the node born again first, once for the whole batch.
         """
         if not self.born:
             raise RuntimeError("Sparkplug data before the NBIRTH: the forwarder must wait for `ready`")
@@ -416,20 +423,25 @@ class EdgeNode:
             else:
                 run.append(reading)
         out: list[OutMessage] = []
+        if not runs.keys() <= self.devices.keys():
+            self._settle(readings)
+            out += self.births(self.bd_seq, new_session=False)
         for name, run in runs.items():
-            device = self.devices.get(name) or self._add_device(name)
-            self._device_data(device, run, historical, out)
+            self._device_data(self.devices[name], run, historical, readings, out)
         return out
 
-    def _prepare(self, device: _Device, run: list[Reading]) -> None:
-        """Before a DBIRTH: add tags outside the catalog and settle datatypes from these values."""
-        metrics = device.metrics
-        for reading in run:
-            metric = metrics.get(reading.tag)
-            if metric is None:
-                metric = self._new_tag(device, reading.tag)
-            if reading.value is not None:
-                self._fit(metric, reading.value)
+    def _settle(self, readings: list[Reading]) -> None:
+        """Add the devices and tags outside the catalog and fit datatypes to these values."""
+        devices = self.devices
+        for device_name, tag, value, *_ in readings:
+            device = devices.get(device_name) or self._new_device(device_name)
+            metric = device.metrics.get(tag) or self._new_tag(device, tag)
+            if value is not None:
+                self._fit(metric, value)
+
+    def _new_device(self, name: str) -> _Device:
+        log.warning("Sparkplug: device %s is not in the catalog; adding it to the edge node", name)
+        return self._add_device(name)
 
     def _new_tag(self, device: _Device, tag: str) -> _Metric:
         log.warning("Sparkplug: %s/%s is not in the catalog; adding it to the device", device.name, tag)
@@ -453,13 +465,14 @@ class EdgeNode:
         return changed
 
     def _device_data(
-        self, device: _Device, run: list[Reading], historical: bool, out: list[OutMessage]
+        self, device: _Device, run: list[Reading], historical: bool, batch: list[Reading],
+        out: list[OutMessage],
     ) -> None:
         offline = device.online is False
         if not historical:
-            device.heard, device.online, offline = True, True, False  # a live reading: the device answers
-        if not device.born:
-            self._prepare(device, run)
+            device.online, offline = True, False  # a live reading: the device answers
+        if not device.born:  # offline until now: its session starts again, with these values' datatypes
+            self._settle(run)
             out.append(self._dbirth(device))
         metrics = device.metrics
         topic = device.topics["DDATA"]
@@ -486,16 +499,18 @@ class EdgeNode:
                         raise DoesNotFit(tag)
                     wire = metric.rule.coerce(value)
                 except DoesNotFit:
-                    # A new tag or a new datatype: the device is born again before the value goes out.
+                    # A new tag or datatype: settle the whole batch, so the node is born again once.
                     flush()
-                    if metric is None:
-                        metric = self._new_tag(device, tag)
+                    self._settle(batch)
+                    metric = metrics[tag]
                     if value is not None:
-                        self._fit(metric, value)
+                        self._fit(metric, value)  # only when the batch itself changes type again
                         wire = metric.rule.coerce(value)
                     if ts_ms >= metric.ts_ms:
                         metric.value, metric.ts_ms, metric.quality = value, ts_ms, quality
-                    out.append(self._dbirth(device))
+                    out += self.births(self.bd_seq, new_session=False)
+                    if not device.born:  # offline: born again for the rest of its history
+                        out.append(self._dbirth(device))
                     if metric.host_ts == ts_ms and metric.value is value:
                         continue  # the DBIRTH carried it
             hist = historical or ts_ms < metric.host_ts
@@ -551,7 +566,6 @@ class EdgeNode:
             if value is not None and type(value) is not metric.rule.exact:
                 self._fit(metric, value)
             metric.value, metric.ts_ms, metric.quality = value, reading.ts_ms, reading.quality
-            device.heard = True
         self._latest.clear()
 
     def written(self, device_name: str, tag: str, value: Any) -> list[OutMessage]:
@@ -652,7 +666,6 @@ class BdSeqStore:
 class SparkplugStats:
     """Counters for the forwarder's metrics."""
 
-    births: int = 0
     rebirth_requests: int = 0
     commands_refused: int = 0
     write_errors: int = 0
@@ -699,7 +712,7 @@ class SparkplugFormat:
         stats, node = self.stats, self.node
         for name, help_text, read in (
             ("forwarder_sparkplug_births_total", "NBIRTHs published (sessions and rebirths)",
-             lambda: stats.births),
+             lambda: node.birth_count),
             ("forwarder_sparkplug_rebirth_requests_total", "NCMD Node Control/Rebirth received",
              lambda: stats.rebirth_requests),
             ("forwarder_sparkplug_commands_refused_total", "NCMD/DCMD metrics refused (unknown, "
@@ -742,7 +755,6 @@ class SparkplugFormat:
 
     def _births(self, new_session: bool = True) -> list[OutMessage]:
         assert self._bd_seq is not None, "will() comes before every CONNECT"
-        self.stats.births += 1
         return self.node.births(self._bd_seq, new_session)
 
     def connection_lost(self, graceful: bool) -> None:

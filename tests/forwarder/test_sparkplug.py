@@ -61,12 +61,20 @@ def bdseq(message: OutMessage) -> int:
 REBIRTH = sp.command([sp.command_metric(True, sp.BOOLEAN, name="Node Control/Rebirth")])
 
 
+def device_births(messages: list[OutMessage]) -> dict[str, sp.Payload]:
+    return {m.topic.rsplit("/", 1)[-1]: sp.decode(m.payload) for m in messages if kind(m) == "DBIRTH"}
+
+
 def test_will_and_nbirth_share_the_bdseq_and_nbirth_has_seq_0(tmp_path: Path) -> None:
     fmt, (will, *births) = started(tmp_path)
     assert will.topic == f"spBv1.0/{G}/NDEATH/{N}" and will.qos == 1 and not will.retain
     death = sp.decode(will.payload)
     assert death.seq is None  # NDEATH carries no seq
-    assert [kind(m) for m in births] == ["NBIRTH"]  # no device heard of yet
+    # Every configured device is born right after the NBIRTH, before any data (Sparkplug 3.0).
+    assert [(kind(m), m.topic.rsplit("/", 1)[-1]) for m in births] == [
+        ("NBIRTH", N), ("DBIRTH", "press-1"), ("DBIRTH", "oven-2")]
+    assert [sp.decode(m.payload).seq for m in births] == [0, 1, 2]
+    assert all(m.qos == 0 and not m.retain for m in births)
     nbirth = sp.decode(births[0].payload)
     assert births[0].qos == 0 and nbirth.seq == 0
     assert nbirth.metric("bdSeq").value == death.metric("bdSeq").value == 0
@@ -76,14 +84,15 @@ def test_will_and_nbirth_share_the_bdseq_and_nbirth_has_seq_0(tmp_path: Path) ->
     assert fmt.ready
 
 
-def test_dbirth_before_ddata_with_every_metric_then_aliases_only(tmp_path: Path) -> None:
-    fmt, _ = started(tmp_path)
+def test_dbirth_has_every_metric_then_ddata_aliases_only(tmp_path: Path) -> None:
+    fmt, births = started(tmp_path)
+    assert births[2].topic == f"spBv1.0/{G}/DBIRTH/{N}/press-1"
+    birth = device_births(births)["press-1"]
     readings = [Reading("press-1", "temperature", 21.5, T0), Reading("press-1", "run", True, T0 + 1)]
     out = fmt.encode(readings, False)
-    assert [kind(m) for m in out] == ["DBIRTH", "DDATA"]
-    assert out[0].topic == f"spBv1.0/{G}/DBIRTH/{N}/press-1"
-    birth, data = sp.decode(out[0].payload), sp.decode(out[1].payload)
-    assert (birth.seq, data.seq) == (1, 2)
+    assert [kind(m) for m in out] == ["DDATA"]
+    data = sp.decode(out[0].payload)
+    assert (birth.seq, data.seq) == (1, 3)
     by_name = {m.name: m for m in birth.metrics}
     assert set(by_name) == {"temperature", "count", "run", "recipe"}
     assert {name: m.datatype for name, m in by_name.items()} == {
@@ -98,19 +107,17 @@ def test_dbirth_before_ddata_with_every_metric_then_aliases_only(tmp_path: Path)
         (None, by_name["run"].alias, True, T0 + 1, False),
     ]
     # Aliases are unique over the whole edge node, not per device.
-    other = fmt.encode([Reading("oven-2", "setpoint", 180.0, T0)], False)
-    oven = sp.decode(other[0].payload)
-    assert aliases.isdisjoint({m.alias for m in oven.metrics})
+    assert aliases.isdisjoint({m.alias for m in device_births(births)["oven-2"].metrics})
 
 
 def test_seq_counts_every_message_and_wraps_past_255(tmp_path: Path) -> None:
     fmt, births = started(tmp_path)
-    seqs = [sp.decode(births[1].payload).seq]
+    seqs = [sp.decode(m.payload).seq for m in births[1:]]
     for i in range(600):
         for message in fmt.encode([Reading("press-1", "count", i % 100, T0 + i)], False):
             seqs.append(sp.decode(message.payload).seq)
     assert seqs == [i % 256 for i in range(len(seqs))]
-    assert len(seqs) == 602  # NBIRTH, DBIRTH, 600 DDATA
+    assert len(seqs) == 603  # NBIRTH, 2 DBIRTHs, 600 DDATA
 
 
 def test_bdseq_survives_a_restart_and_wraps(tmp_path: Path) -> None:
@@ -133,8 +140,8 @@ def test_rebirth_on_ncmd_restarts_seq_and_carries_current_values(tmp_path: Path)
     fmt.encode([Reading("press-1", "temperature", 21.5, T0), Reading("press-1", "count", -7, T0)], False)
     fmt.encode([Reading("press-1", "temperature", 22.0, T0 + 5)], False)
     incoming = fmt.handle_incoming(f"spBv1.0/{G}/NCMD/{N}", REBIRTH)
-    assert [kind(m) for m in incoming.messages] == ["NBIRTH", "DBIRTH"]
-    nbirth, dbirth = (sp.decode(m.payload) for m in incoming.messages)
+    assert [kind(m) for m in incoming.messages] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+    nbirth, dbirth = (sp.decode(m.payload) for m in incoming.messages[:2])
     assert (nbirth.seq, dbirth.seq) == (0, 1)
     assert nbirth.metric("bdSeq").value == fmt.bd_seq  # same session, same bdSeq
     assert dbirth.metric("temperature").value == 22.0 and dbirth.metric("temperature").timestamp == T0 + 5
@@ -193,9 +200,7 @@ def test_a_new_session_births_with_the_newest_readings_handed_off(tmp_path: Path
     fmt.observe(outage)  # as they reach the forwarder, on their way to the disk buffer
     fmt.will()
     births = fmt.connected()
-    assert [(kind(m), m.topic.rsplit("/", 1)[-1]) for m in births] == [
-        ("NBIRTH", N), ("DBIRTH", "press-1"), ("DBIRTH", "oven-2")]
-    press, oven = (sp.decode(m.payload) for m in births[1:])
+    press, oven = device_births(births)["press-1"], device_births(births)["oven-2"]
     assert (press.metric("count").value, press.metric("count").timestamp) == (5, T0 + 5)
     assert press.metric("temperature").value == 22.5
     assert (oven.metric("setpoint").datatype, oven.metric("setpoint").value) == (sp.DOUBLE, 180.5)
@@ -214,29 +219,48 @@ def test_history_of_an_offline_device_is_framed_by_birth_and_death(tmp_path: Pat
     fmt.will()
     fmt.device_state(DeviceState("press-1", True))
     fmt.device_state(DeviceState("press-1", False))  # while disconnected: only taken note of
-    assert [kind(m) for m in fmt.connected()] == ["NBIRTH"]
+    births = fmt.connected()
+    assert [kind(m) for m in births] == ["NBIRTH", "DBIRTH", "DBIRTH", "DDEATH"]
+    assert births[3].topic.endswith("/press-1")
     out = fmt.encode([Reading("press-1", "count", 1, T0)], True)
     assert [kind(m) for m in out] == ["DBIRTH", "DDATA", "DDEATH"]
     assert sp.decode(out[1].payload).metrics[0].is_historical
 
 
-def test_datatypes_from_values_and_type_changes_rebirth_the_device(tmp_path: Path) -> None:
-    fmt, _ = started(tmp_path)
-    # A scaled int16 (21.5) does not fit Int16: the first DBIRTH already says Double.
-    out = fmt.encode([Reading("press-1", "count", 21.5, T0)], False)
-    assert [kind(m) for m in out] == ["DBIRTH", "DDATA"]
-    assert sp.decode(out[0].payload).metric("count").datatype == sp.DOUBLE
-    # OPC UA: no type in the catalog, the first value decides.
-    out = fmt.encode([Reading("oven-2", "setpoint", 180, T0), Reading("oven-2", "batch", "B-17", T0)], False)
-    birth = sp.decode(out[0].payload)
-    assert (birth.metric("setpoint").datatype, birth.metric("batch").datatype) == (sp.INT64, sp.STRING)
-    # A value of another type later: DBIRTH again, then the value, never a wrongly typed value.
-    out = fmt.encode([Reading("oven-2", "setpoint", 180.5, T0 + 1)], False)
-    assert [kind(m) for m in out] == ["DBIRTH"]
-    assert sp.decode(out[0].payload).metric("setpoint").datatype == sp.DOUBLE
-    assert sp.decode(out[0].payload).metric("setpoint").value == 180.5
-    out = fmt.encode([Reading("oven-2", "setpoint", 181, T0 + 2)], False)  # an int fits a Double
-    assert [kind(m) for m in out] == ["DDATA"] and sp.decode(out[0].payload).metrics[0].value == 181.0
+def test_datatypes_known_before_the_birth_are_announced_by_it(tmp_path: Path) -> None:
+    fmt = SparkplugFormat(config(tmp_path))
+    # A scaled int16 (21.5) does not fit Int16, OPC UA tags have no type in the catalog: the
+    # readings that reached the forwarder before the session decide.
+    fmt.observe([Reading("press-1", "count", 21.5, T0), Reading("oven-2", "setpoint", 180, T0),
+                 Reading("oven-2", "batch", "B-17", T0)])
+    fmt.will()
+    births = device_births(fmt.connected())
+    assert births["press-1"].metric("count").datatype == sp.DOUBLE
+    assert births["press-1"].metric("temperature").datatype == sp.FLOAT  # the catalog's
+    assert (births["oven-2"].metric("setpoint").datatype, births["oven-2"].metric("batch").datatype) == (
+        sp.INT64, sp.STRING)
+    assert fmt.node.type_changes == 1  # int16 -> Double; OPC UA tags only settled
+
+
+def test_a_datatype_change_makes_the_node_born_again_once_per_batch(tmp_path: Path) -> None:
+    fmt, births = started(tmp_path)
+    assert device_births(births)["oven-2"].metric("setpoint").datatype == sp.STRING  # unknown yet
+    batch = [Reading("oven-2", "setpoint", 180.5, T0), Reading("press-1", "count", 21.5, T0),
+             Reading("oven-2", "batch", 7, T0 + 1), Reading("oven-2", "setpoint", 181, T0 + 2)]
+    out = fmt.encode(batch, False)
+    # All DBIRTHs again right after an NBIRTH (same bdSeq), then the data, never a wrongly typed value.
+    assert [kind(m) for m in out] == ["NBIRTH", "DBIRTH", "DBIRTH", "DDATA", "DDATA"]
+    assert sp.decode(out[0].payload).seq == 0 and bdseq(out[0]) == fmt.bd_seq
+    reborn = device_births(out)
+    assert reborn["oven-2"].metric("setpoint").datatype == sp.DOUBLE
+    assert reborn["oven-2"].metric("setpoint").value == 180.5  # the birth carried the first value
+    assert reborn["oven-2"].metric("batch").datatype == sp.INT64
+    assert reborn["press-1"].metric("count").datatype == sp.DOUBLE
+    oven = sp.decode(next(m for m in out if kind(m) == "DDATA" and m.topic.endswith("oven-2")).payload)
+    assert [m.value for m in oven.metrics] == [7, 181.0]  # an int travels as the Double it now is
+    assert fmt.node.birth_count == 2
+    again = fmt.encode([Reading("oven-2", "setpoint", 182, T0 + 3)], False)
+    assert [kind(m) for m in again] == ["DDATA"]
 
 
 @pytest.mark.parametrize(
@@ -252,9 +276,12 @@ def test_datatypes_from_values_and_type_changes_rebirth_the_device(tmp_path: Pat
     ],
 )
 def test_values_round_trip_through_an_independent_decoder(tmp_path: Path, value: Any, datatype: int) -> None:
-    fmt, _ = started(tmp_path)
-    out = fmt.encode([Reading("oven-2", "batch", value, T0)], False)
-    birth, data = sp.decode(out[0].payload), sp.decode(out[-1].payload)
+    fmt = SparkplugFormat(config(tmp_path))
+    fmt.observe([Reading("oven-2", "batch", value, T0)])
+    fmt.will()
+    birth = device_births(fmt.connected())["oven-2"]
+    out = fmt.encode([Reading("oven-2", "batch", value, T0 + 1)], False)
+    data = sp.decode(out[-1].payload)
     assert birth.metric("batch").datatype == datatype
     metric = data.metrics[0]
     if value is None:
@@ -268,21 +295,23 @@ def test_values_round_trip_through_an_independent_decoder(tmp_path: Path, value:
 def test_signed_catalog_types_travel_as_twos_complement(tmp_path: Path) -> None:
     fmt, _ = started(tmp_path)
     out = fmt.encode([Reading("press-1", "count", -2, T0)], False)
-    metric = sp.decode(out[1].payload).metrics[0]
+    metric = sp.decode(out[0].payload).metrics[0]
     assert metric.value_field == 10  # int_value
     assert metric.value == 0xFFFFFFFE and sp.signed(metric.value, sp.INT16) == -2
 
 
-def test_a_tag_outside_the_catalog_is_added_with_a_new_alias(tmp_path: Path) -> None:
-    fmt, _ = started(tmp_path)
-    first = fmt.encode([Reading("press-1", "count", 1, T0)], False)
-    out = fmt.encode([Reading("press-1", "pressure", 2.5, T0 + 1)], False)
-    assert [kind(m) for m in out] == ["DBIRTH"]  # which carries the new value
-    assert sp.decode(out[0].payload).metric("pressure").value == 2.5
-    names = {m.name: m.alias for m in sp.decode(out[0].payload).metrics}
-    assert "pressure" in names and names["pressure"] not in {
-        m.alias for m in sp.decode(first[0].payload).metrics
-    }
+def test_tags_and_devices_outside_the_catalog_are_added_with_new_aliases(tmp_path: Path) -> None:
+    fmt, births = started(tmp_path)
+    known = {m.alias for b in device_births(births).values() for m in b.metrics}
+    out = fmt.encode([Reading("press-1", "pressure", 2.5, T0 + 1), Reading("mixer-9", "speed", 3, T0)], False)
+    assert [kind(m) for m in out] == ["NBIRTH", "DBIRTH", "DBIRTH", "DBIRTH", "DDATA", "DDATA"]
+    reborn = device_births(out)
+    pressure, speed = reborn["press-1"].metric("pressure"), reborn["mixer-9"].metric("speed")
+    assert (pressure.datatype, speed.datatype) == (sp.DOUBLE, sp.INT64)
+    assert len({pressure.alias, speed.alias}) == 2 and {pressure.alias, speed.alias}.isdisjoint(known)
+    data = {m.topic.rsplit("/", 1)[-1]: sp.decode(m.payload).metrics[0] for m in out[4:]}
+    assert (data["press-1"].alias, data["press-1"].value) == (pressure.alias, 2.5)
+    assert (data["mixer-9"].alias, data["mixer-9"].value) == (speed.alias, 3)
 
 
 def test_primary_host_state_gates_births_and_offline_ends_the_session(tmp_path: Path) -> None:
@@ -293,7 +322,7 @@ def test_primary_host_state_gates_births_and_offline_ends_the_session(tmp_path: 
     offline = fmt.handle_incoming(state, orjson.dumps({"online": False, "timestamp": T0}))
     assert offline.messages == [] and not offline.reconnect
     online = fmt.handle_incoming(state, orjson.dumps({"online": True, "timestamp": T0 + 1}))
-    assert [kind(m) for m in online.messages] == ["NBIRTH"] and fmt.ready
+    assert [kind(m) for m in online.messages] == ["NBIRTH", "DBIRTH", "DBIRTH"] and fmt.ready
     stale = fmt.handle_incoming(state, orjson.dumps({"online": False, "timestamp": T0}))
     assert stale.messages == [] and fmt.ready  # older than the online one: ignored
     gone = fmt.handle_incoming(state, orjson.dumps({"online": False, "timestamp": T0 + 2}))
@@ -309,8 +338,8 @@ def test_primary_host_state_gates_births_and_offline_ends_the_session(tmp_path: 
 
 
 def test_dcmd_becomes_a_typed_write_and_its_result_a_ddata(tmp_path: Path) -> None:
-    fmt, _ = started(tmp_path)
-    birth = sp.decode(fmt.encode([Reading("press-1", "count", 1, T0)], False)[0].payload)
+    fmt, births = started(tmp_path)
+    birth = device_births(births)["press-1"]
     dcmd = f"spBv1.0/{G}/DCMD/{N}/press-1"
     incoming = fmt.handle_incoming(dcmd, sp.command([
         sp.command_metric(1, sp.INT32, name="run"),  # an int for a bool tag: converted
@@ -366,7 +395,7 @@ def test_an_unreadable_state_file_starts_bdseq_again_at_0(tmp_path: Path) -> Non
 def test_legacy_text_state_is_understood(tmp_path: Path) -> None:
     fmt, _ = started(tmp_path, primary_host="scada-a")
     online = fmt.handle_incoming("spBv1.0/STATE/scada-a", b"ONLINE")
-    assert [kind(m) for m in online.messages] == ["NBIRTH"]
+    assert kind(online.messages[0]) == "NBIRTH"
     assert fmt.handle_incoming("spBv1.0/STATE/scada-a", b"OFFLINE").reconnect
 
 
@@ -374,20 +403,20 @@ def test_a_large_backlog_is_split_into_bounded_messages_in_order(tmp_path: Path)
     fmt, _ = started(tmp_path)
     backlog = [Reading("press-1", "count", i % 30000, T0 + i) for i in range(4500)]
     out = fmt.encode(backlog, True)
-    assert [kind(m) for m in out] == ["DBIRTH", "DDATA", "DDATA", "DDATA"]
-    metrics = [metric for m in out[1:] for metric in sp.decode(m.payload).metrics]
-    assert [len(sp.decode(m.payload).metrics) for m in out[1:]] == [2000, 2000, 500]
+    assert [kind(m) for m in out] == ["DDATA", "DDATA", "DDATA"]
+    metrics = [metric for m in out for metric in sp.decode(m.payload).metrics]
+    assert [len(sp.decode(m.payload).metrics) for m in out] == [2000, 2000, 500]
     assert [m.timestamp for m in metrics] == [T0 + i for i in range(4500)]
     seqs = [sp.decode(m.payload).seq for m in out]
-    assert seqs == [1, 2, 3, 4]
+    assert seqs == [3, 4, 5]
 
 
 def test_a_float32_tag_with_a_value_beyond_float32_becomes_double(tmp_path: Path) -> None:
     fmt, _ = started(tmp_path)
     fmt.encode([Reading("press-1", "temperature", 21.5, T0)], False)
     out = fmt.encode([Reading("press-1", "temperature", 1e300, T0 + 1)], False)
-    assert [kind(m) for m in out] == ["DBIRTH"]
-    birth = sp.decode(out[0].payload)
+    assert [kind(m) for m in out] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+    birth = device_births(out)["press-1"]
     assert (birth.metric("temperature").datatype, birth.metric("temperature").value) == (sp.DOUBLE, 1e300)
     assert fmt.node.type_changes == 1
 

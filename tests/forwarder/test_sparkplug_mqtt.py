@@ -50,7 +50,7 @@ def node_messages(subscriber: Subscriber) -> list[Spb]:
     out = []
     for message in list(subscriber.messages):
         levels = message.topic.split("/")
-        if levels[0] == "spBv1.0" and levels[1] == GROUP and levels[3] == NODE:
+        if levels[0] == "spBv1.0" and levels[1] == GROUP and levels[3] == NODE and "CMD" not in levels[2]:
             device = levels[4] if len(levels) > 4 else None
             out.append(Spb(levels[2], device, sp.decode(message.payload), message))
     return out
@@ -136,7 +136,7 @@ async def test_births_data_device_outages_and_seq_wrap(
             client.device_state(DeviceState("press-1", False, "timeout"))
             client.device_state(DeviceState("press-1", True))
         await wait_for(subscriber, lambda m: m.kind == "DDATA", count=rounds)
-        await wait_for(subscriber, lambda m: m.kind == "DBIRTH", count=rounds + 1)
+        await wait_for(subscriber, lambda m: m.kind == "DBIRTH", count=rounds + 2)  # + oven-2
     messages = [m for m in node_messages(subscriber) if m.kind != "NDEATH"]
     assert messages[0].kind == "NBIRTH" and messages[0].seq == 0
     assert messages[0].payload.metric("Node Control/Rebirth").value is False
@@ -181,25 +181,24 @@ async def test_ndeath_will_matches_the_nbirth_and_bdseq_survives_restarts(
 
 async def test_rebirth_on_ncmd(tmp_path: Path, broker: Mosquitto, subscriber: Subscriber) -> None:
     config = make_config(tmp_path, broker, format="sparkplug")
-    async with Forwarder(config), collector(config) as client:
+    async with Forwarder(config) as forwarder, collector(config) as client:
         client.publish([Reading("press-1", "count", 7, TS), Reading("oven-2", "setpoint", 180.5, TS)])
         (nbirth,) = await wait_for(subscriber, lambda m: m.kind == "NBIRTH")
-        await wait_for(subscriber, lambda m: m.kind == "DDATA", count=2)
+        assert await client.drain(10)
+        await until(lambda: forwarder.buffer.pending == 0, 10, "the readings to be published")
         rebirth = sp.command([sp.command_metric(True, sp.BOOLEAN, name="Node Control/Rebirth")])
         await asyncio.to_thread(subscriber.publish, NCMD, rebirth, 0)
-        births = await wait_for(subscriber, lambda m: m.kind == "NBIRTH", count=2)
-        dbirths = await wait_for(subscriber, lambda m: m.kind == "DBIRTH", count=4)
+        await wait_for(subscriber, lambda m: m.kind == "DBIRTH" and m.seq == 2, count=2)
         client.publish([Reading("press-1", "count", 8, TS + 1)])
-        await wait_for(subscriber, lambda m: m.kind == "DDATA", count=3)
-    again = births[1]
-    assert again.seq == 0 and bdseq(again) == bdseq(nbirth)  # same session, same bdSeq
-    reborn = {m.device: m for m in dbirths[2:]}
-    assert set(reborn) == {"press-1", "oven-2"}
-    assert sorted(m.seq or 0 for m in reborn.values()) == [1, 2]
-    assert reborn["press-1"].payload.metric("count").value == 7
-    assert reborn["oven-2"].payload.metric("setpoint").value == 180.5
-    after = [m for m in node_messages(subscriber) if m.kind == "DDATA"][-1]
-    assert after.seq == 3
+        await wait_for(subscriber, lambda m: m.kind == "DDATA" and m.payload.metrics[0].timestamp == TS + 1)
+    messages = [m for m in node_messages(subscriber) if m.kind != "NDEATH"]  # the goodbye at the end
+    answer = messages[max(i for i, m in enumerate(messages) if m.kind == "NBIRTH"):]
+    assert [m.kind for m in answer] == ["NBIRTH", "DBIRTH", "DBIRTH", "DDATA"]
+    assert [m.seq for m in answer] == [0, 1, 2, 3]
+    assert bdseq(answer[0]) == bdseq(nbirth)  # same session, same bdSeq
+    reborn = {m.device: m.payload for m in answer[1:3]}
+    assert reborn["press-1"].metric("count").value == 7
+    assert reborn["oven-2"].metric("setpoint").value == 180.5
 
 
 async def test_primary_host_state_gates_births_and_its_absence_is_bridged_with_history(
