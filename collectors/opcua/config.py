@@ -96,6 +96,14 @@ class OpcuaTag(StrictModel):
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcuaTag:
+        if self.poll is not None and self.mode != "poll":
+            raise ValueError("poll applies to mode: poll tags; a subscribed tag follows the subscription")
+        if self.deadband_type == "percent" and self.deadband > 100:
+            raise ValueError(f"a percent deadband is 0..100 (of the EURange), not {self.deadband:g}")
+        return self
+
     @field_validator("node")
     @classmethod
     def _node_id(cls, value: str) -> str:
