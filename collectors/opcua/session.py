@@ -124,6 +124,7 @@ class Session:
         self._watchdog = watchdog if watchdog is not None else max(1.0, min(device.timeout, 5.0))
         self._client: Client | None = None
         self.lost = asyncio.Event()
+        self._connected = False
         self.lost_reason = "session lost"
         self._namespaces: list[str] = []
         self._datatypes: dict[ua.NodeId, tuple[ua.VariantType, bool]] = {}
@@ -171,6 +172,7 @@ class Session:
         client.connection_lost_callback = self._on_lost
         try:
             await asyncio.wait_for(client.connect(auto_reconnect=False), device.timeout * 2)
+            self._connected = True
         except ua.UaStatusCodeError as exc:
             if exc.code in _AUTH_CODES:
                 who = f"user {security.username!r}" if security.username else "this client"
@@ -229,6 +231,9 @@ class Session:
         if client is None:
             return
         client.connection_lost_callback = None
+        if not self._connected:  # asyncua unwinds a failed connect itself; a cancelled one leaves the socket
+            client.disconnect_socket()
+            return
         if self.lost.is_set():
             # The transport is gone: tear down locally without waiting on a dead server.
             with suppress(Exception):
