@@ -475,6 +475,11 @@ class DockerRuntime:
                 # The tag now names another build: report it so the planner recreates the container.
                 image = f"{image}@{attrs['Image'][7:19]}"
             kind = _state(attrs)
+            restarting = state.get("Status") == "restarting"
+            if kind == "stopping" and restarting and self._outdated(service, container):
+                # The Engine would restart it again and again on the old config or image (a broken
+                # update it crash-loops on): say it is down, so the planner recreates it now.
+                kind = "exited"
             started = parse_time(state.get("StartedAt")) or time.time()
             finished = parse_time(state.get("FinishedAt")) or started
             since = _mono(finished if kind == "exited" else started)
@@ -495,6 +500,13 @@ class DockerRuntime:
             if name not in observed:
                 self._tracks[name].details = {}
         return observed
+
+    def _outdated(self, service: str, container: Any) -> bool:
+        if self.project is None or service not in self.project.services:
+            return True
+        wanted = self.project.services[service]
+        return bool(container.labels.get(HASH_LABEL) != wanted.config_hash
+                    or container.attrs["Config"]["Image"] != wanted.limits.image)
 
     def _note(self, service: str, track: Track, obs: Observed) -> None:
         """Status columns the planner does not know: Engine restarts and crash loops, limits."""

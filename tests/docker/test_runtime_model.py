@@ -173,6 +173,19 @@ def test_engine_restarts_show_as_a_crash_loop_and_a_rebuilt_tag_is_rolled_out(tm
     assert [(type(s), s.name) for s in steps] == [(Recreate, "modbus")]
 
 
+def test_a_container_crash_looping_on_an_old_config_is_recreated_at_once(tmp_path: Path) -> None:
+    runtime, specs = runtime_for(tmp_path)
+    hashes = {name: spec.config_hash for name, spec in specs.items()}
+    stale = container("modbus", "0123456789abcdef", status="restarting", health=None, restarts=5)
+    runtime._client = FakeClient([container("forwarder", hashes["forwarder"]), stale,
+                                  container("opcua", hashes["opcua"])],
+                                 {spec.image: "sha256:" + "a" * 64 for spec in specs.values()})
+    observed = runtime._observe()
+    assert observed["modbus"].state == "exited"
+    steps = plan(specs, observed, observed["modbus"].since, BackoffState())
+    assert [(type(s), s.name) for s in steps] == [(Recreate, "modbus")]
+
+
 def test_docker_timestamps() -> None:
     assert parse_time("0001-01-01T00:00:00Z") is None
     assert parse_time("2026-11-28T08:00:00.123456789Z") == pytest.approx(1795852800.123456, abs=1e-6)
