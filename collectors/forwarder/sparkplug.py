@@ -664,10 +664,13 @@ class SparkplugFormat:
             if not metric.writable:
                 self._refuse(label, "not writable")
                 continue
+            # A tag whose type no value has shown yet takes the command's own type; the
+            # collector converts it to the device's type, or refuses.
+            datatype = metric.datatype if metric.settled else pm.datatype
             try:
-                value = convert_for_tag(metric_value(pm, metric.datatype), metric.datatype)
+                value = convert_for_tag(metric_value(pm, datatype), datatype)
             except (DoesNotFit, TypeError, ValueError):
-                self._refuse(label, f"value does not fit datatype {metric.datatype}")
+                self._refuse(label, f"value does not fit datatype {pb.DataType.Name(datatype)}")
                 continue
             self._write_count += 1
             request = WriteRequest(f"dcmd-{self._write_count}", device_name, metric.name, value)

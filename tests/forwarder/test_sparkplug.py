@@ -358,6 +358,14 @@ def test_dcmd_becomes_a_typed_write_and_its_result_a_ddata(tmp_path: Path) -> No
     assert fmt.stats.write_errors == 1
 
 
+def test_dcmd_to_a_tag_of_unknown_type_keeps_the_commands_type(tmp_path: Path) -> None:
+    fmt, births = started(tmp_path)
+    assert device_births(births)["oven-2"].metric("setpoint").datatype == sp.STRING  # no value yet
+    incoming = fmt.handle_incoming(f"spBv1.0/{G}/DCMD/{N}/oven-2", sp.command([
+        sp.command_metric(181.5, sp.DOUBLE, name="setpoint")]))
+    assert [(w.tag, w.value) for w in incoming.writes] == [("setpoint", 181.5)]
+
+
 @pytest.mark.parametrize(
     ("metric", "why"),
     [
