@@ -23,6 +23,10 @@ Choices where the specification leaves room, made the way Ignition reads them:
   is born null (is_null) with Quality 64 (uncertain). A device or tag outside the catalog,
   or a datatype change, makes the node born again (NBIRTH and every DBIRTH, same bdSeq),
   once per batch, for the same reason.
+- Readings the forwarder replays (taken while disconnected or while the primary host was
+  away, left from a previous run, or resent after an ungraceful loss) go as `is_historical`,
+  in order, as does any reading older than the live value the host holds. A new session's
+  DBIRTHs carry the newest readings handed off, so a host's live values are current at once.
 """
 
 from __future__ import annotations
