@@ -174,6 +174,7 @@ class Link:
         # the transaction manager keeps its own copy of the parameters; its timeout is per request
         client.ctx.comm_params.timeout_connect = device.timeout
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         reason, detail = "timeout", ""
         for _attempt in range(device.retries + 1):
             pause = self._last_frame + self.frame_delay - loop.time()
@@ -186,6 +187,10 @@ class Link:
                 # pymodbus enforces the timeout itself; this one only guards against a hang
                 async with asyncio.timeout(device.timeout * 2 + 1.0):
                     response = await getattr(client, call)(address, device_id=device.unit, **kwargs)
+                    if task is not None and task.cancelling():
+                        # 3.11's wait_for in pymodbus can drop a cancel that came with the
+                        # answer (cpython gh-86296); raise it again so writes and shutdown end
+                        raise asyncio.CancelledError
             except (ModbusIOException, TimeoutError) as exc:
                 reason, detail = "timeout", str(exc)
                 if not client.connected:

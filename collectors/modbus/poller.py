@@ -107,9 +107,14 @@ class DevicePoller:
 
     async def _run_class(self, interval: float, blocks: list[_PlannedBlock]) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         next_tick = loop.time()
         while True:
             await self.poll_once(blocks)
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (inside pymodbus) returns an answer that arrived with
+                # a cancel and drops the cancel (cpython gh-86296): honour it, or shutdown hangs.
+                raise asyncio.CancelledError
             next_tick += interval
             now = loop.time()
             if next_tick <= now:  # overran: skip the ticks we missed, keep the grid

@@ -95,3 +95,26 @@ def test_which_reasons_mean_the_device_is_unreachable() -> None:
     assert device_unreachable("exception 11: gateway target device failed to respond")
     assert not device_unreachable("exception 2: illegal data address")
     assert not device_unreachable("short answer")
+
+
+async def test_a_cancel_the_library_swallows_still_stops_the_poller() -> None:
+    class SwallowingLink(ScriptedLink):
+        swallowed = False
+
+        async def read(self, device: ModbusDevice, table: Table, start: int, count: int) -> list[int]:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed = True
+                return [7] * count  # what 3.11's wait_for does when the answer came with the cancel
+            return [7] * count
+
+    poller, _readings, _states = make(SwallowingLink())
+    task = asyncio.create_task(poller.run())
+    await asyncio.sleep(0.05)
+    task.cancel()  # the poller's TaskGroup passes it to the class task, whose read swallows it
+    await asyncio.wait({task}, timeout=2)
+    assert task.done(), "the poller kept polling after its cancel was swallowed"
+    assert task.cancelled()
