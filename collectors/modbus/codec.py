@@ -55,19 +55,33 @@ def _decimals(number: float) -> int:
     return min(-exponent, 15) if isinstance(exponent, int) and exponent < 0 else 0
 
 
+# float32 -> its short decimal, for values seen recently: plant values repeat (setpoints, states,
+# slow measurements) and formatting is the codec's dearest step. Bounded: cleared when full.
+_SHORT_CACHE: dict[float, float] = {}
+_SHORT_CACHE_MAX = 8192
+
+
 def shortest_float32(value: float) -> float:
     """A short decimal that packs to the same float32 as `value` (which is one).
 
     7 significant digits suffice for most values a device shows (21.3, 0.1), 9 for any.
     """
-    if not math.isfinite(value):
-        return value
+    if value == 0.0 or not math.isfinite(value):
+        return value  # before the cache: -0.0 == 0.0 as a key, but they are two float32s
+    cached = _SHORT_CACHE.get(value)
+    if cached is not None:
+        return cached
     packed = _F32.pack(value)
     for digits in (7, 8):
-        candidate = float(f"{value:.{digits}g}")
-        if _F32.pack(candidate) == packed:
-            return candidate
-    return float(f"{value:.9g}")
+        short = float(f"{value:.{digits}g}")
+        if _F32.pack(short) == packed:
+            break
+    else:
+        short = float(f"{value:.9g}")
+    if len(_SHORT_CACHE) >= _SHORT_CACHE_MAX:
+        _SHORT_CACHE.clear()
+    _SHORT_CACHE[value] = short
+    return short
 
 
 @dataclass(frozen=True, slots=True)
