@@ -157,6 +157,8 @@ class ModbusCollector:
         return f"no hand-off to the forwarder for {down:.0f}s"
 
     def _poll_problem(self) -> str | None:
+        if not self.pollers:
+            return None
         now = time.monotonic()
         last = max((p.stats.last_success or 0.0 for p in self.pollers), default=0.0)
         quiet = now - (last or self._started)
