@@ -39,7 +39,7 @@ from collectors.forwarder.config import (
     MetricsConfig,
     MqttConfig,
 )
-from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice
+from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice, ModbusTag
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
 from gateway.yamlnodes import Loc, Problem, Source, load_yaml
 
@@ -712,10 +712,9 @@ def catalog(config: GatewayConfig) -> list[CatalogDevice]:
         device = entry.device
         tags = []
         for tag in device.tags:
-            if isinstance(device, ModbusDevice):
-                type_name = "bool" if tag.is_bool else tag.type.value  # type: ignore[union-attr]
-            else:
-                type_name = None
+            type_name = None
+            if isinstance(tag, ModbusTag):
+                type_name = "bool" if tag.is_bool else tag.type.value
             tags.append(CatalogTag(name=tag.name, type=type_name, unit=tag.unit, writable=tag.writable))
         devices.append(CatalogDevice(name=device.name, collector=device.protocol, tags=tags))
     return devices

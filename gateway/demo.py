@@ -75,7 +75,7 @@ def free_port_run(count: int, tries: int = 50) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-async def wait_port(port: int, timeout: float = START_TIMEOUT, host: str = "127.0.0.1") -> None:  # noqa: ASYNC109
+async def wait_port(port: int, timeout: float = START_TIMEOUT, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -151,7 +151,7 @@ def _exists(path: Path) -> bool:
     return os.path.exists(path)  # one stat of a local path: not worth a thread
 
 
-async def wait_path(path: Path, timeout: float = START_TIMEOUT) -> None:  # noqa: ASYNC109
+async def wait_path(path: Path, timeout: float = START_TIMEOUT) -> None:
     for _ in range(int(timeout / 0.05)):
         if _exists(path):
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -32,10 +33,8 @@ def run_service(main: Coroutine[Any, Any, None]) -> int:
             if not task.cancelled():
                 raise
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

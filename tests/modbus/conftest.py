@@ -97,7 +97,7 @@ class Sink:
         return [r for r in self.received if r.device == device and r.tag == tag]
 
 
-async def until(check: Callable[[], Any], timeout: float = 8.0, what: str = "condition") -> None:  # noqa: ASYNC109
+async def until(check: Callable[[], Any], timeout: float = 8.0, what: str = "condition") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():
