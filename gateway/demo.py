@@ -99,6 +99,20 @@ def missing_protocols() -> list[str]:
     return [p for p, lib in PROTOCOL_LIBRARIES.items() if importlib.util.find_spec(lib) is None]
 
 
+def missing_demo_parts(view: bool, broker_kind: str) -> list[str]:
+    """What this run of the demo needs and cannot import: the live view (rich) and the embedded
+    broker (amqtt) come with `fieldgate[demo]`, not with the core the images install."""
+    missing = []
+    if view and importlib.util.find_spec("rich") is None:
+        missing.append("the live view needs rich: pip install 'fieldgate[demo]' (or run with --no-view)")
+    embedded = broker_kind == "embedded" or (broker_kind == "auto" and find_mosquitto() is None)
+    if embedded and importlib.util.find_spec("amqtt") is None:
+        why = "" if broker_kind == "embedded" else "mosquitto is not installed and "
+        missing.append(f"no broker: {why}the embedded one needs amqtt: pip install 'fieldgate[demo]'"
+                       + ("" if broker_kind == "embedded" else " (or install mosquitto)"))
+    return missing
+
+
 def copy_plant(target: Path, broker_port: int, skip: Sequence[str] = ()) -> Path:
     """Copy the packaged demo plant into `target`, with free ports and a local buffer; devices
     of the protocols in `skip` (their extra is not installed) stay out."""
@@ -365,12 +379,16 @@ async def _run(workdir: Path, log_file: IO[str], duration: float | None, view: b
     def say(text: str) -> None:
         print(text, file=out if not view else log_file, flush=True)
 
+    parts = missing_demo_parts(view, broker_kind)
+    for text in parts:
+        print(f"fieldgate demo: {text}", file=sys.stderr)
+    if parts:
+        return 1
     async with contextlib.AsyncExitStack() as stack:
         port, what = await stack.enter_async_context(broker(workdir, log_file, broker_kind))
         missing = missing_protocols()
         if len(missing) == len(PROTOCOL_LIBRARIES):
-            print("fieldgate demo: no collector is installed: pip install 'fieldgate[modbus,opcua]'",
-                  file=sys.stderr)
+            print("fieldgate demo: no collector is installed: pip install 'fieldgate[demo]'", file=sys.stderr)
             return 1
         for protocol in missing:
             print(f"fieldgate demo: {protocol} devices left out: pip install 'fieldgate[{protocol}]' "

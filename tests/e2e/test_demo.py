@@ -87,3 +87,28 @@ def test_demo_with_the_embedded_broker_and_the_live_view_stops_on_ctrl_c() -> No
         assert re.search(rf"│ {device}\s+│ \w+\s+│.*│ good\s+│", out), (device, out[-3000:])
     assert processes_mentioning(workdir) == []
     assert not Path(workdir).exists()
+
+
+def demo_without(modules: tuple[str, ...], *args: str) -> subprocess.CompletedProcess[str]:
+    """`fieldgate demo` in an interpreter where `modules` cannot be imported (as after `pip install .`
+    without the demo extra): a None in sys.modules is what an absent package looks like to imports."""
+    hide = "".join(f"sys.modules[{m!r}] = None; " for m in modules)
+    code = f"import sys; {hide}from gateway.cli import main; sys.exit(main(['demo', *sys.argv[1:]]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                          env=child_environment())
+
+
+@pytest.mark.sim
+def test_demo_without_the_demo_extra_names_it_and_starts_nothing() -> None:
+    result = demo_without(("rich", "amqtt"), "--broker", "embedded", "--duration", "5")
+    assert result.returncode == 1
+    assert "the live view needs rich: pip install 'fieldgate[demo]' (or run with --no-view)" in result.stderr
+    assert "no broker: the embedded one needs amqtt: pip install 'fieldgate[demo]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "plant:" not in result.stdout  # nothing was started
+
+    # Without rich, --no-view and a local mosquitto still make the whole demo.
+    result = demo_without(("rich", "amqtt"), "--no-view", "--duration", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "broker: mosquitto on 127.0.0.1:" in result.stdout
+    assert re.search(r"^press-1/temperature = [\d.]+ degC \[good\]$", result.stdout, re.MULTILINE)
