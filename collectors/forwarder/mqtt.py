@@ -315,11 +315,9 @@ class BrokerSession:
         sock = client.socket()
         while isinstance(sock, ssl.SSLSocket) and sock.pending() and self._client is client:
             client.loop_read(100)
-        if _QUICKACK is not None and sock is not None and self._client is client:
-            try:
+        if _QUICKACK is not None and isinstance(sock, socket.socket) and self._client is client:
+            with suppress(OSError):  # closed by paho during the read: the session is going away anyway
                 sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            except OSError:  # closed by paho during the read: the session is going away anyway
-                pass
 
     def _writable(self) -> None:
         client = self._client
