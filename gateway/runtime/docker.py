@@ -168,13 +168,16 @@ class Engine:
 # no supervisor runs and after a reboot. The supervisor restarts what the Engine does not: a
 # container stopped behind its back (`docker kill` counts as a manual stop, so the Engine
 # leaves it down) and one that stays unhealthy, which the Engine only reports. Engine
-# restarts are counted from RestartCount, so `status` shows them and a crash loop.
+# restarts are counted from RestartCount, so `status` shows them and a crash loop: three
+# restarts without a stable run between them. The Engine's own delay doubles up to a minute
+# and stays there, so a count over a time window would stop calling a loop a loop once the
+# delay reached the minute; only a stable run (STABLE_RUN seconds running, not unhealthy) ends it.
 
 CONTAINER_NUMBER = "1"
 CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy
 STATS_INTERVAL = 5.0
-CRASH_WINDOW = 60.0  # Engine restarts this close together make a crash loop
-CRASH_LOOP_AFTER = 3
+STABLE_RUN = 30.0  # running this long, not unhealthy, ends a crash loop (the planner's stable_after)
+CRASH_LOOP_AFTER = 3  # Engine restarts without a stable run between them
 
 
 def parse_time(text: str | None) -> float | None:
@@ -312,7 +315,7 @@ class Track:
     health: str | None = None
     health_since: float | None = None
     restarts: int = 0  # by the supervisor
-    engine_restarts: list[float] = field(default_factory=list)  # when the Engine restarted it
+    engine_restarts: list[float] = field(default_factory=list)  # when, since its last stable run
     last_restart_count: int = 0
     readings: tuple[float, float] | None = None  # (monotonic, counter) of the last scrape
     details: dict[str, Any] = field(default_factory=dict)
@@ -469,6 +472,10 @@ class DockerRuntime:
             health = health if health in ("starting", "healthy", "unhealthy") else None
             if health != track.health:
                 track.health, track.health_since = health, time.monotonic()
+            running_since = parse_time(state.get("StartedAt"))
+            if (state.get("Status") == "running" and health != "unhealthy" and running_since is not None
+                    and time.time() - running_since >= STABLE_RUN):
+                track.engine_restarts = []  # a stable run: earlier crashes no longer make a loop
             image = attrs["Config"]["Image"]
             current = self._image_id(image)
             if current is not None and current != attrs["Image"]:
@@ -495,7 +502,7 @@ class DockerRuntime:
                 exit_code=int(state.get("ExitCode", 0)) if kind == "exited" else None,
                 instance=container.short_id,
             )
-            self._note(service, track, observed[service])
+            self._note(service, track, observed[service], state)
         for name in list(self._tracks):
             if name not in observed:
                 self._tracks[name].details = {}
@@ -508,16 +515,23 @@ class DockerRuntime:
         return bool(container.labels.get(HASH_LABEL) != wanted.config_hash
                     or container.attrs["Config"]["Image"] != wanted.limits.image)
 
-    def _note(self, service: str, track: Track, obs: Observed) -> None:
+    def _note(self, service: str, track: Track, obs: Observed, state: dict[str, Any]) -> None:
         """Status columns the planner does not know: Engine restarts and crash loops, limits."""
-        recent = [t for t in track.engine_restarts if time.monotonic() - t < CRASH_WINDOW]
-        track.engine_restarts = recent
-        looping = len(recent) >= CRASH_LOOP_AFTER or (obs.state == "stopping" and len(recent) >= 2)
+        restarts = len(track.engine_restarts)
+        restarting = state.get("Status") == "restarting"
+        looping = restarts >= CRASH_LOOP_AFTER or (restarting and restarts >= 2)
         details = track.details
         details["container"] = obs.instance
+        exited = f"exited with code {state.get('ExitCode', 0)}"
+        if state.get("OOMKilled"):
+            exited += ", out of memory"
         if looping:
-            details["state"] = f"crash-looping ({len(recent)} restarts by the Engine in {CRASH_WINDOW:.0f}s)"
+            details["state"] = (f"crash-looping ({restarts} restarts by the Engine without a {STABLE_RUN:.0f}s "
+                                f"run; last {exited})")
             details["crash_looping"] = True
+        elif restarting:
+            details["state"] = f"restarting ({exited}; the Engine restarts it)"
+            details.pop("crash_looping", None)
         else:
             details.pop("state", None)
             details.pop("crash_looping", None)

@@ -191,3 +191,56 @@ def test_docker_timestamps() -> None:
     assert parse_time("2026-11-28T08:00:00.123456789Z") == pytest.approx(1795852800.123456, abs=1e-6)
     assert parse_time("2026-11-28T08:00:00Z") == pytest.approx(1795852800.0)
     assert os.environ.get("DOCKER_HOST") != "unix:///nonexistent.sock"
+
+
+def _rfc3339(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_crash_loop_stays_one_while_the_engines_delay_is_long_and_a_stable_run_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Engine's restart delay doubles to a minute and stays there; its restarts are then a minute
+    apart, yet the service is still crash-looping until it runs STABLE_RUN seconds."""
+    import time
+
+    from gateway.runtime.docker import STABLE_RUN
+
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    runtime, specs = runtime_for(tmp_path)
+    hashes = {name: spec.config_hash for name, spec in specs.items()}
+    modbus = container("modbus", hashes["modbus"], status="restarting", health=None)
+    modbus.attrs["State"].update({"ExitCode": 137, "OOMKilled": True})
+    runtime._client = FakeClient([container("forwarder", hashes["forwarder"]), modbus,
+                                  container("opcua", hashes["opcua"])],
+                                 {spec.image: "sha256:" + "a" * 64 for spec in specs.values()})
+    runtime._observe()
+    modbus.attrs["RestartCount"] = 1
+    runtime._observe()
+    assert runtime.details()["modbus"]["state"] == (
+        "restarting (exited with code 137, out of memory; the Engine restarts it)")
+    for count in (2, 3, 4):  # the Engine's delay is at its cap: a minute, then a run of two seconds
+        clock[0] += 60
+        modbus.attrs["State"].update({"Status": "running", "StartedAt": _rfc3339(clock[0])})
+        runtime._observe()
+        clock[0] += 2
+        modbus.attrs["State"]["Status"] = "restarting"
+        modbus.attrs["RestartCount"] = count
+        runtime._observe()
+    details = runtime.details()["modbus"]
+    assert details["crash_looping"] is True
+    assert details["state"] == (f"crash-looping (4 restarts by the Engine without a {STABLE_RUN:.0f}s run; "
+                                "last exited with code 137, out of memory)")
+    clock[0] += 60
+    modbus.attrs["State"].update({"Status": "running", "StartedAt": _rfc3339(clock[0])})
+    clock[0] += 5
+    runtime._observe()
+    assert runtime.details()["modbus"]["crash_looping"] is True  # running, but not for long yet
+    clock[0] += STABLE_RUN
+    runtime._observe()
+    assert "crash_looping" not in runtime.details()["modbus"]
+    assert "state" not in runtime.details()["modbus"]
