@@ -2,6 +2,12 @@
 
 Each component registers gauges as callables read at scrape time, so nothing extra runs
 on the hot path.
+
+`/healthz` answers 503 with one line per problem when a component is unwell in a way a
+restart can cure (the supervisor restarts it after a grace period), 200 `ok` when all is
+well, and 200 with lines starting `degraded:` when it works as designed around a fault
+outside it that a restart cannot cure (a broker that cannot be reached: the forwarder
+buffers and keeps retrying).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class Metrics:
         self._namespace = namespace
         self._families: dict[str, tuple[str, str, Callable[[], list[Sample] | float]]] = {}
         self._health: list[Callable[[], str | None]] = []
+        self._degraded: list[Callable[[], str | None]] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], list[Sample] | float]) -> None:
         self._families[name] = ("gauge", help_text, read)
@@ -32,8 +39,26 @@ class Metrics:
         """`check()` returns None when healthy, or a sentence saying what is wrong."""
         self._health.append(check)
 
+    def degraded_check(self, check: Callable[[], str | None]) -> None:
+        """`check()` returns None, or a sentence on a fault outside the component that it rides out
+        (healthy, but the reader should know: `/healthz` stays 200 and shows it)."""
+        self._degraded.append(check)
+
     def problems(self) -> list[str]:
         return [p for p in (check() for check in self._health) if p]
+
+    def notes(self) -> list[str]:
+        return [note for note in (check() for check in self._degraded) if note]
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, the body of /healthz)."""
+        problems = self.problems()
+        if problems:
+            return False, "\n".join(problems) + "\n"
+        notes = self.notes()
+        if notes:
+            return True, "".join(f"degraded: {note}\n" for note in notes)
+        return True, "ok\n"
 
     def render(self) -> str:
         lines: list[str] = []
@@ -61,9 +86,8 @@ class Metrics:
             if path.startswith("/metrics"):
                 status, body = "200 OK", self.render()
             elif path.startswith("/healthz"):
-                problems = self.problems()
-                status = "503 Service Unavailable" if problems else "200 OK"
-                body = "\n".join(problems) + "\n" if problems else "ok\n"
+                healthy, body = self.health()
+                status = "200 OK" if healthy else "503 Service Unavailable"
             else:
                 status, body = "404 Not Found", "try /metrics or /healthz\n"
             data = body.encode()

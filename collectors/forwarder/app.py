@@ -9,6 +9,13 @@
 The hand-off is acknowledged once `Buffer.put` returns: in memory for `outage` durability,
 written to disk for `always`. A batch leaves the buffer when every message the format made
 of it is delivered (see formats.py for the seam and buffer.py for the lanes).
+
+Health (`/healthz`, which the supervisor restarts on): unhealthy only when a restart can help,
+that is when something of ours is stuck: the hand-off not listening or the buffer unable to
+store readings (nothing is acknowledged to the collectors), the publisher or the reconnect
+loop gone, or a session that is connected while its publishes stay unacknowledged. A broker
+that cannot be reached is an outage a restart cannot cure: the forwarder buffers, retries and
+answers 200 with a `degraded:` line (and the broker gauges in /metrics).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResul
 from collectors.forwarder.buffer import Batch, Buffer
 from collectors.forwarder.config import CatalogDevice, ForwarderConfig
 from collectors.forwarder.formats import OutMessage, PayloadFormat, create_format
-from collectors.forwarder.mqtt import BrokerSession
+from collectors.forwarder.mqtt import BACKOFF_MAX, BrokerSession
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,11 @@ SYNC_INTERVAL = 1.0  # fsync of the disk buffer (see buffer.py for why not per b
 COMMIT_INTERVAL = 0.25  # how often delivered offsets are persisted (a crash resends at most this much)
 WRITE_TIMEOUT = 10.0
 RESEND_MAX = 100_000  # most readings kept for the format's resend window (newest kept)
+# A connected session whose publishes wait this many keep-alives for an acknowledgement is stuck.
+# A dead link is not: paho's keep-alive drops it within 3 x keepalive of the last byte received
+# (a PINGREQ after one keep-alive of silence, the connection closed after another without the
+# PINGRESP, the last byte at most one keep-alive before the wait began), and it becomes an outage.
+STUCK_KEEPALIVES = 4
 
 
 @dataclass(slots=True)
@@ -74,6 +86,7 @@ class Forwarder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._down_since = 0.0
         self._up_since = 0.0
+        self._busy_since = 0.0  # when the session last went from nothing outstanding to something
         self._put_error: str | None = None
         qos = 0 if config.mqtt.format == "sparkplug" else config.mqtt.qos
         self._window = 2000 if qos == 0 else 400  # messages handed to paho and not yet delivered
@@ -233,8 +246,15 @@ class Forwarder:
     # -- publishing
 
     def _publish_all(self, messages: list[OutMessage]) -> None:
+        self._note_busy()
         for message in messages:
             self.session.publish(message)
+
+    def _note_busy(self) -> None:
+        """Start the clock of the stuck-session check when publishes begin to wait."""
+        if not self.session.outstanding:
+            assert self._loop is not None
+            self._busy_since = self._loop.time()
 
     async def _publish_loop(self) -> None:
         buffer, session, wake = self.buffer, self.session, self._wake
@@ -260,6 +280,7 @@ class Forwarder:
             return
         remaining = len(messages)
         generation = self._generation
+        self._note_busy()
 
         def one_delivered() -> None:
             nonlocal remaining
@@ -368,24 +389,75 @@ class Forwarder:
         )
         m.gauge("forwarder_buffered_bytes", "bytes of the disk buffer", lambda: buffer.disk_bytes)
         m.gauge("forwarder_broker_connected", "1 while connected", lambda: int(session.connected))
+        m.gauge("forwarder_broker_disconnected_seconds", "how long the broker session has been down (0 while up)",
+                self._disconnected_for)
+        m.gauge("forwarder_broker_unacked_seconds",
+                "how long publishes have waited for the broker without any acknowledgement (0: none waiting)",
+                self._unacked_for)
+        m.counter("forwarder_broker_connect_attempts_total", "connection attempts (reconnects included)",
+                  lambda: session.attempts)
         m.health_check(self._broker_health)
         m.health_check(self._handoff_health)
+        m.degraded_check(self._degraded)
         register = getattr(self.format, "register_metrics", None)
         if register is not None:  # a format's own counters (Sparkplug: births, refused commands)
             register(m)
 
-    def _broker_health(self) -> str | None:
+    @property
+    def stuck_after(self) -> float:
+        """Seconds a connected session may leave publishes unacknowledged before it counts as stuck."""
+        return max(2.0, STUCK_KEEPALIVES * self.config.mqtt.keepalive)
+
+    @property
+    def retry_stall_after(self) -> float:
+        """Seconds without a connection attempt ending, while down, before retrying counts as stalled.
+
+        One attempt lasts at most the TCP connect (paho: 5 s), a name lookup, and one keep-alive
+        waiting for CONNACK; then the backoff waits at most 1.5 x BACKOFF_MAX."""
+        return self.config.mqtt.keepalive + 2 * BACKOFF_MAX + 30.0
+
+    def _now(self) -> float:
         assert self._loop is not None
-        now = self._loop.time()
-        limit = max(2.0, 2 * self.config.mqtt.keepalive)
-        if not self.session.connected:
-            if now - self._down_since > limit:
-                reason = self.session.last_error or "not connected"
-                return f"broker session down for {now - self._down_since:.0f}s: {reason}"
-            return None
-        if self.session.outstanding and now - max(self.session.last_delivery, self._up_since) > limit:
-            waiting = self.session.outstanding
-            return f"broker session stuck: {waiting} messages unacknowledged for over {limit:g}s"
+        return self._loop.time()
+
+    def _disconnected_for(self) -> float:
+        return 0.0 if self.session.connected else round(self._now() - self._down_since, 3)
+
+    def _unacked_for(self) -> float:
+        session = self.session
+        if not session.connected or not session.outstanding:
+            return 0.0
+        return round(self._now() - max(session.last_delivery, self._busy_since, self._up_since), 3)
+
+    def _broker_health(self) -> str | None:
+        session = self.session
+        if not session.retrying:
+            return "broker session stopped: the broker is no longer tried"
+        if not session.connected:
+            waited = self._now() - max(session.last_attempt, self._down_since)
+            if waited > self.retry_stall_after:
+                return f"broker reconnects stalled: no connection attempt has ended for {waited:.0f}s"
+            return None  # an outage: see _degraded
+        waited = self._unacked_for()
+        if waited > self.stuck_after:
+            return (
+                f"broker session stuck: connected, but {session.outstanding} messages unacknowledged "
+                f"for {waited:.0f}s (limit {self.stuck_after:g}s, {STUCK_KEEPALIVES} x mqtt.keepalive)"
+            )
+        return None
+
+    def _degraded(self) -> str | None:
+        """The broker is out of reach (or Sparkplug's primary host offline): readings wait in the buffer."""
+        mqtt, session = self.config.mqtt, self.session
+        buffered = f"{self.buffer.pending} readings buffered"
+        if not session.connected:
+            reason = session.last_error or "connection lost"
+            return (
+                f"broker {mqtt.host}:{mqtt.port} not connected for {self._disconnected_for():.0f}s "
+                f"({reason}); {buffered}; reconnecting (attempt {session.attempts})"
+            )
+        if not self.format.ready:
+            return f"connected, waiting for the format to be ready (Sparkplug: the primary host's STATE); {buffered}"
         return None
 
     def _handoff_health(self) -> str | None:

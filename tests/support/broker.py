@@ -44,6 +44,15 @@ class Mosquitto:
         )
         self.process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def durable(cls, workdir: Path) -> Mosquitto:
+        """One that keeps subscriber sessions across stop()/start() (persistence), so a test's
+        persistent Subscriber misses nothing published while everyone reconnects."""
+        store = workdir / "mosquitto-store"
+        store.mkdir(exist_ok=True)
+        # `user root`: run as root, Mosquitto would switch to its own user, which cannot write in workdir
+        return cls(workdir, extra_conf=f"persistence true\npersistence_location {store}/\nuser root\n")
+
     def start(self) -> Mosquitto:
         if self.process is None:
             with self.log.open("ab") as log:
