@@ -157,6 +157,14 @@ class DeviceReader:
         if not names:
             return None
         specs = []
+        server_filters = session.deadband_filter_usable
+        if not server_filters and any(self._tags[n].config.deadband > 0 for n in names):
+            log.info(
+                "%s: the server (%s) applies a deadband against the previous sample, not the last value "
+                "reported, and would never report a slow ramp: the collector applies the deadbands itself",
+                device.name,
+                session.product_uri,
+            )
         for name in names:
             tag = self._tags[name].config
             deadband = tag.deadband
@@ -177,7 +185,7 @@ class DeviceReader:
                     resolved[name],
                     device.subscription.sampling_interval,
                     device.subscription.queue_size,
-                    deadband,
+                    deadband if server_filters else 0.0,
                     tag.deadband_type,
                 )
             )

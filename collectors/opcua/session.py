@@ -78,6 +78,10 @@ SESSION_LOST_CODES = {
     ua.StatusCodes.BadTooManySessions,
 }
 
+# Server products (BuildInfo.ProductUri) whose deadband compares each sample with the previous
+# sample: asyncua and python-opcua (FreeOpcUa) servers, asyncua 2.1 checked.
+SAMPLE_DEADBAND_PRODUCTS = frozenset({"urn:freeopcua.github.io:python:server"})
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorSpec:
@@ -130,6 +134,7 @@ class Session:
         self._datatypes: dict[ua.NodeId, tuple[ua.VariantType, bool]] = {}
         self.max_nodes_per_read = 0  # the server's OperationLimits; 0: none
         self.max_items_per_call = 0
+        self.product_uri = ""  # the server's BuildInfo.ProductUri
 
     # ------------------------------------------------------------------ connect / close
 
@@ -183,7 +188,8 @@ class Session:
         await self._read_limits()
 
     async def _read_limits(self) -> None:
-        """The server's OperationLimits (Part 5, 6.3.11): reads and item creation are split to fit them."""
+        """The server's OperationLimits (Part 5, 6.3.11): reads and item creation are split to fit them;
+        and its ProductUri (see `deadband_filter_usable`)."""
         limits = [
             ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
             ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
@@ -192,13 +198,29 @@ class Session:
         params.NodesToRead = [
             ua.ReadValueId(NodeId=ua.NodeId(ua.Int32(i)), AttributeId=ua.AttributeIds.Value) for i in limits
         ]
-        values = await self.client.uaclient.read(params)
+        params.NodesToRead.append(
+            ua.ReadValueId(
+                NodeId=ua.NodeId(ua.Int32(ua.ObjectIds.Server_ServerStatus_BuildInfo_ProductUri)),
+                AttributeId=ua.AttributeIds.Value,
+            )
+        )
+        *values, product = await self.client.uaclient.read(params)
         found = []
         for dv in values:
             ok = dv.StatusCode is None or dv.StatusCode.is_good()
             number = dv.Value.Value if ok and dv.Value is not None else None
             found.append(int(number) if isinstance(number, int) and number > 0 else 0)  # 0: no limit
         self.max_nodes_per_read, self.max_items_per_call = found
+        uri = product.Value.Value if product.Value is not None else None
+        self.product_uri = uri if isinstance(uri, str) else ""
+
+    @property
+    def deadband_filter_usable(self) -> bool:
+        """False for servers known to apply a DataChangeFilter's deadband against the previous
+        sample instead of the last value reported (Part 4, 7.22.2): there a value creeping in
+        steps smaller than the deadband would never be reported, so the collector asks for every
+        change and applies the deadband itself."""
+        return self.product_uri not in SAMPLE_DEADBAND_PRODUCTS
 
     async def _set_security(self, client: Client) -> None:
         device, security = self.device, self.device.security

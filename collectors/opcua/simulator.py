@@ -12,7 +12,11 @@ One asyncua Server per device, listening on `host` and the port (and path) of th
 registered until the `ns=` index exists (`nsu=` URIs are registered as written), string and
 numeric identifiers as given. Values move per the tag's `simulate:` key with the signals of
 collectors.core.simulate (every `tick` seconds); writable tags accept writes and then keep the
-written value. Endpoints: security None, and Basic256Sha256 SignAndEncrypt. When the device
+written value. A deadband a client asks for (absolute DataChangeFilter) is applied as Part 4,
+7.22.2 says: against the last value sent to that client, so a value creeping in steps smaller
+than the deadband is still reported once it has moved more (asyncua's own server compares each
+sample with the previous sample and never reports such a value; see `_PartFourMonitoredItems`).
+Endpoints: security None, and Basic256Sha256 SignAndEncrypt. When the device
 file names a `username`, only that user with its password (`password` / `password_file`) may
 connect; otherwise anonymous sessions are allowed. The server certificate is generated on
 first start into `state_dir` (default: a directory in the system temp dir) and reused, so a
@@ -42,6 +46,7 @@ from urllib.parse import urlparse
 from asyncua import Server, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.monitored_item_service import MonitoredItemService
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from collectors.core.config import read_secret
@@ -49,6 +54,8 @@ from collectors.core.simulate import Signal, signal_for
 from collectors.opcua.config import OpcuaDevice, OpcuaTag
 
 log = logging.getLogger(__name__)
+
+PRODUCT_URI = "urn:fieldgate:simulator"  # not asyncua's: this server applies deadbands as Part 4 says
 
 _NS = re.compile(r"^ns=(\d+);(.+)$")
 _NSU = re.compile(r"^nsu=([^;]+);(.+)$")
@@ -69,6 +76,57 @@ class _Users:
         if username == self._username and password == self._password:
             return User(role=UserRole.User, name=username)
         return None
+
+
+class _PartFourMonitoredItems(MonitoredItemService):
+    """asyncua's monitored items, with the data change filter of Part 4, 7.22.2.
+
+    asyncua (2.1) decides "changed" and "deadband exceeded" by comparing each new sample with
+    the previous sample. Part 4 compares it with the last value queued for the client, which is
+    what makes a deadband report a slow ramp: 0.0, 0.05, 0.10, 0.15 with deadband 0.1 reports
+    0.0 and 0.15 there, and only 0.0 with asyncua. Here the item's "current" DataValue is the
+    last one reported, and a sample that does not pass leaves it as it was.
+    """
+
+    async def datachange_callback(
+        self, handle: int, value: ua.DataValue, error: ua.StatusCode | None = None
+    ) -> None:
+        if error:
+            await super().datachange_callback(handle, value, error)
+            return
+        mid = self._monitored_datachange[handle]
+        mdata = self._monitored_items[mid]
+        if mdata.mode == ua.MonitoringMode.Disabled:
+            return
+        values = mdata.mvalue
+        values.set_current_datavalue(value)  # the last reported one becomes "old"
+        flt = mdata.filter
+        if flt:
+            passed = self._is_data_changed(values, flt.Trigger) and self._is_deadband_exceeded(values, flt)
+        else:
+            passed = self._is_data_changed(values, ua.DataChangeTrigger.StatusValue)
+        if not passed:
+            values.current_dvalue = values.old_dvalue  # still the last value the client was sent
+            return
+        event = ua.MonitoredItemNotification()
+        event.ClientHandle = mdata.client_handle
+        event.Value = value
+        await self.isub.enqueue_datachange_event(mid, event, mdata.queue_size)
+
+
+def _apply_deadbands_as_part_four(server: Server) -> None:
+    """Every subscription created on `server` gets `_PartFourMonitoredItems` (this server only)."""
+    service = server.iserver.subscription_service
+    create = service.create_subscription
+
+    async def create_subscription(*args: Any, **kwargs: Any) -> ua.CreateSubscriptionResult:
+        result = await create(*args, **kwargs)
+        subscription = service.subscriptions.get(result.SubscriptionId)
+        if subscription is not None:  # no monitored item exists yet: swap the class before any does
+            subscription.monitored_item_srv.__class__ = _PartFourMonitoredItems
+        return result
+
+    service.create_subscription = create_subscription  # type: ignore[method-assign]
 
 
 class _Variable:
@@ -156,7 +214,10 @@ class OpcuaSimulator:
                 device.security.username, read_secret(device.security.password, device.security.password_file)
             )
         )
+        server.product_uri = PRODUCT_URI
+        server.manufacturer_name = "fieldgate"
         await server.init()
+        _apply_deadbands_as_part_four(server)
         server.set_endpoint(endpoint)
         server.set_server_name(f"fieldgate simulator {device.name}")
         await server.set_application_uri(f"urn:fieldgate:simulator:{device.name}")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -15,14 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from asyncua import Server, ua
 
 from collectors.core.model import Quality, WriteRequest, iso_ms
+from collectors.opcua.config import OpcuaDevice
+from collectors.opcua.simulator import OpcuaSimulator
 from tests.opcua.conftest import PASSWORD, USER
-from tests.opcua.support import http_get, running_collector
+from tests.opcua.support import SimulatorProcess, http_get, running_collector
 from tests.support.broker import free_port
 
 pytestmark = pytest.mark.sim
+
+REPO = Path(__file__).resolve().parents[2]
 
 SOURCE_TS = datetime(2026, 11, 28, 8, 0, 0, 123000, tzinfo=UTC)
 GUID = uuid.UUID("12345678-1234-5678-1234-567812345678")
@@ -320,7 +326,7 @@ async def test_strict_trust_refuses_a_server_certificate_not_in_the_trust_dir(
         await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.GOOD)
 
 
-async def test_deadbands_absolute_on_the_server_and_percent_of_the_eurange(tmp_path: Path) -> None:
+async def test_deadbands_absolute_and_percent_of_the_eurange(tmp_path: Path) -> None:
     port = free_port()
     server = Server()
     await server.init()
@@ -353,3 +359,80 @@ async def test_deadbands_absolute_on_the_server_and_percent_of_the_eurange(tmp_p
         await sink.wait_for(lambda r: r.tag == "level" and r.value == 150.0)
     assert [r.value for r in sink.got if r.tag == "pressure"] == [0.0, 2.0, 5.0]
     assert [r.value for r in sink.got if r.tag == "level"] == [100.0, 125.0, 150.0]  # 10 % of 0..200 = 20
+
+
+CREEP = [round(0.3 * i, 6) for i in range(11)]  # 0.0 .. 3.0 in steps of 0.3, a tenth of a degree per 1/3 s
+QUIET = [0.0, 0.4, -0.3, 0.2, -0.4, 0.3, 0.0, 0.4, -0.2, 0.1, 0.0]  # never 1.0 away from its first value
+
+
+@pytest.mark.parametrize("server", ["simulator", "asyncua"])
+async def test_a_value_creeping_in_steps_smaller_than_the_deadband_is_reported_once_it_moved_more(
+    server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Part 4, 7.22.2: a deadband compares with the last value reported, not the previous sample.
+
+    `simulator`: the collector sends the DataChangeFilter and fieldgate's simulator applies it;
+    `asyncua`: a plain asyncua server, which compares with the previous sample (it would report
+    `creep` once and never again), so the collector applies the deadband itself.
+    """
+    port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}"
+    tags: list[dict[str, Any]] = [
+        {"name": "creep", "node": "ns=2;s=Creep", "deadband": 1.0, "max_silence": "10m"},
+        {"name": "quiet", "node": "ns=2;s=Quiet", "deadband": 1.0, "max_silence": "1500ms"},
+    ]
+    values = {name: 0.0 for name in ("creep", "quiet")}
+    caplog.set_level(logging.INFO, logger="collectors.opcua")
+    async with contextlib.AsyncExitStack() as stack:
+        if server == "simulator":
+            served = OpcuaDevice.model_validate(
+                _device(endpoint, [{**t, "simulate": {"kind": "constant", "value": 0.0}} for t in tags])
+            )
+            sim = await stack.enter_async_context(OpcuaSimulator([served], state_dir=tmp_path / "sim"))
+            target, nodes = sim.servers["oven"], {n: v.node.nodeid for n, v in sim.variables["oven"].items()}
+        else:
+            target = Server()
+            await target.init()
+            target.set_endpoint(endpoint)
+            target.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            await target.register_namespace("urn:test:creep")
+            nodes = {}
+            for tag in tags:
+                node = await target.nodes.objects.add_variable(tag["node"], tag["name"], 0.0)
+                nodes[tag["name"]] = node.nodeid
+            await stack.enter_async_context(target)
+        _, sink = await stack.enter_async_context(running_collector([_device(endpoint, tags)], tmp_path))
+        await sink.wait_for(lambda r: r.tag == "creep")
+        await sink.wait_for(lambda r: r.tag == "quiet")
+        for creep, quiet in zip(CREEP, QUIET, strict=True):
+            values.update(creep=creep, quiet=quiet)
+            for name, value in values.items():
+                await target.write_attribute_value(nodes[name], ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+            await asyncio.sleep(0.3)
+        await sink.wait_for(lambda r: r.tag == "creep" and r.value == 2.4, within=10)
+        await sink.wait_for(lambda r: r.tag == "quiet", count=2, within=10)  # a heartbeat at least
+    # moved 1.2 (> 1.0) since the last report: reported; 0.9 and 0.3 steps before that: not
+    assert [r.value for r in sink.got if r.tag == "creep"] == [0.0, 1.2, 2.4]
+    quiet = [r for r in sink.got if r.tag == "quiet"]
+    gaps = [b.ts_ms - a.ts_ms for a, b in itertools.pairwise(quiet)]
+    assert all(gap >= 1400 for gap in gaps), gaps  # only the max_silence heartbeat, no sub-deadband move
+    assert all(r.quality == Quality.GOOD for r in quiet)
+    collector_filters = "the collector applies the deadbands itself" in caplog.text
+    assert collector_filters is (server == "asyncua")
+
+
+async def test_the_shipped_oven_reports_its_temperature_as_the_simulator_moves_it(tmp_path: Path) -> None:
+    """devices/oven-2.yaml under `fieldgate simulate`: a sine of 0.08 degC per 0.1 s tick against a
+    deadband of 0.1 was once reported a single time in 25 s."""
+    device = yaml.safe_load((REPO / "devices" / "oven-2.yaml").read_text())
+    port = free_port()
+    device["endpoint"] = f"opc.tcp://127.0.0.1:{port}"
+    sim = SimulatorProcess(device, tmp_path, port).start()
+    try:
+        async with running_collector([device], tmp_path) as (_, sink):
+            temps = await sink.wait_for(lambda r: r.tag == "temperature", count=6, within=20)
+    finally:
+        sim.stop()
+    values = [r.value for r in temps]
+    assert len(set(values)) == 6 and all(isinstance(v, float) and 175 <= v <= 185 for v in values)
+    assert all(abs(b - a) >= 0.1 for a, b in itertools.pairwise(values))
