@@ -9,15 +9,21 @@ real forwarder and Modbus collector, a Modbus simulator and a real Mosquitto.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +348,7 @@ def test_status_table_shows_resources_when_the_runtime_measures_them() -> None:
 
 GATEWAY_YAML = """\
 gateway: {{id: line9, group: plant1}}
-mqtt: {{host: 127.0.0.1, port: {broker_port}, qos: 1}}
+mqtt: {{host: 127.0.0.1, port: {broker_port}, qos: 1{mqtt_extra}}}
 metrics: {{port: {metrics_port}}}
 buffer: {{dir: {buffer}}}
 runtime: process
@@ -413,11 +419,17 @@ def service_pids(run_dir: RunDir) -> dict[str, int | None]:
 
 @pytest.fixture
 def plant(tmp_path: Path, broker: Mosquitto) -> Iterator[Path]:
+    with plant_for(tmp_path, broker) as plant:
+        yield plant
+
+
+@contextlib.contextmanager
+def plant_for(tmp_path: Path, broker: Mosquitto, mqtt_extra: str = "") -> Iterator[Path]:
     """A plant directory with one Modbus device, served by `fieldgate simulate` on a free port."""
     plant = tmp_path / "plant"
     (plant / "devices").mkdir(parents=True)
     (plant / "gateway.yaml").write_text(GATEWAY_YAML.format(
-        broker_port=broker.port, metrics_port=free_port_run(3), buffer=tmp_path / "buffer"))
+        broker_port=broker.port, metrics_port=free_port_run(3), buffer=tmp_path / "buffer", mqtt_extra=mqtt_extra))
     sim_port = free_port()
     (tmp_path / "sim.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=1))
     (plant / "devices" / "press-1.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=1))
@@ -509,3 +521,64 @@ def test_up_refuses_an_invalid_config_and_starts_nothing(plant: Path) -> None:
     assert result.returncode == 1
     assert "press-1.yaml:" in result.stderr and "nothing started" in result.stderr
     assert not RunDir.for_config(plant).status_file.exists()
+
+
+def forwarder_healthz(plant: Path) -> tuple[int, str]:
+    port = int(re.search(r"metrics: {port: (\d+)}", (plant / "gateway.yaml").read_text()).group(1))  # type: ignore[union-attr]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.sim
+def test_up_keeps_a_forwarder_waiting_for_its_broker_running_and_replays_the_outage(tmp_path: Path) -> None:
+    """A restart cannot bring a broker back: through an outage longer than the old rule allowed
+    (unhealthy after 2 x keepalive), the forwarder stays healthy, is not restarted, and every
+    poll taken meanwhile reaches the broker once it is back."""
+    broker = Mosquitto.durable(tmp_path).start()
+    sub = Subscriber(broker.host, broker.port, "fieldgate/line9/#", persistent=True)
+    topic = "fieldgate/line9/press-1/temperature"
+    try:
+        with plant_for(tmp_path, broker, mqtt_extra=", keepalive: 1s") as plant:
+            run_dir = RunDir.for_config(plant)
+            log = tmp_path / "up.log"
+            up = popen_cli(log, "up", str(plant))
+            try:
+                wait_sync(lambda: [s["health"] for s in (read_status(run_dir) or {}).get("services", [])]
+                          == ["healthy", "healthy"], what="both healthy")
+                reading(sub, topic, lambda p: p["quality"] == "good")
+                pid = service_pids(run_dir)["forwarder"]
+
+                broker.stop()
+                stopped = time.time()
+                seen: list[str] = []
+                while time.time() < stopped + 8:  # 8 keep-alives: the old rule failed it after 2
+                    forwarder = {s["name"]: s for s in (read_status(run_dir) or {})["services"]}["forwarder"]
+                    seen.append(forwarder["health"])
+                    time.sleep(0.2)
+                status, body = forwarder_healthz(plant)
+                broker.start()
+                back = time.time()
+                assert set(seen) == {"healthy"}, seen
+                assert status == 200 and body.startswith("degraded: broker 127.0.0.1:"), body
+
+                # every poll of the outage arrives: no hole in the time series
+                def outage_covered() -> bool:
+                    stamps = sorted({datetime.fromisoformat(m.json()["ts"]).timestamp()
+                                     for m in sub.on_topic(topic)})
+                    inside = [t for t in stamps if stopped - 2 <= t <= back + 2]
+                    gaps = [b - a for a, b in itertools.pairwise(inside)]
+                    return bool(gaps) and inside[0] <= stopped and inside[-1] >= back and max(gaps) < 1.5
+
+                wait_sync(outage_covered, within=60, what="the outage's readings")
+                forwarder = {s["name"]: s for s in (read_status(run_dir) or {})["services"]}["forwarder"]
+                assert (forwarder["pid"], forwarder["restarts"]) == (pid, 0)
+                assert "restart forwarder" not in log.read_text()
+                wait_sync(lambda: forwarder_healthz(plant) == (200, "ok\n"), within=30, what="ok again")
+            finally:
+                stop(up, signal.SIGKILL)
+    finally:
+        sub.close()
+        broker.stop()
