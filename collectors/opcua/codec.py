@@ -3,6 +3,7 @@
 - `to_json(value)`: a decoded Variant value (any built-in type, or an array of them) as a
   JSON value: numbers and booleans as they are, DateTime as ISO 8601 UTC with ms, ByteString
   as base64, NodeId / QualifiedName as their string forms, LocalizedText as its text,
+  XmlElement as its XML text, DiagnosticInfo as an object of the fields it carries,
   structures as objects, NaN/Inf as null (JSON has no spelling for them).
 - `quality_of(status)`: the StatusCode's severity bits (Part 4, 7.39: 00 good, 01 uncertain,
   10/11 bad) as our quality, with the code's symbolic name as the reason.
@@ -70,6 +71,8 @@ def to_json(value: Any) -> Value:
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, ua.LocalizedText):
         return value.Text
+    if isinstance(value, ua.XmlElement):
+        return value.Value
     if isinstance(value, ua.NodeId | ua.QualifiedName):
         return str(value.to_string())
     if isinstance(value, ua.StatusCode):
@@ -82,6 +85,9 @@ def to_json(value: Any) -> Value:
         return to_json(value.Value)
     if isinstance(value, ua.DataValue):
         return to_json(value.Value.Value if value.Value is not None else None)
+    if isinstance(value, ua.DiagnosticInfo):  # the fields it carries; Encoding is their mask on the wire
+        fields = (f.name for f in dataclasses.fields(value) if f.name != "Encoding")
+        return {name: to_json(getattr(value, name)) for name in fields if getattr(value, name) is not None}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[return-value]
     return str(value)
