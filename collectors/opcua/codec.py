@@ -87,7 +87,7 @@ def to_json(value: Any) -> Value:
         return to_json(value.Value.Value if value.Value is not None else None)
     if isinstance(value, ua.DiagnosticInfo):  # the fields it carries; Encoding is their mask on the wire
         fields = (f.name for f in dataclasses.fields(value) if f.name != "Encoding")
-        return {name: to_json(getattr(value, name)) for name in fields if getattr(value, name) is not None}
+        return {name: to_json(getattr(value, name)) for name in fields if getattr(value, name) is not None}  # type: ignore[return-value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}  # type: ignore[return-value]
     return str(value)
