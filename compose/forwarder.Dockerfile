@@ -37,8 +37,10 @@ ENV PATH=/opt/fieldgate/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     FIELDGATE_METRICS_PORT=9108
 USER 10001:10001
-# /healthz answers 503 with the reasons when the component is unwell (polls failing, hand-off
-# down); urlopen raises on it. The compose file repeats this with the configured port.
+# /healthz answers 503 with the reasons when the forwarder is stuck (hand-off or buffer failing,
+# a connected broker session that stops acknowledging); urlopen raises on it. A broker out of
+# reach answers 200 "degraded: ..." (it buffers and retries; a restart would not help).
+# The compose file repeats this with the configured port.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['FIELDGATE_METRICS_PORT'], timeout=4)"]
 ENTRYPOINT ["python3", "-m", "collectors.forwarder"]
