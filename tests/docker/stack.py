@@ -220,6 +220,21 @@ class Stack:
         return subprocess.run(fieldgate("status", str(self.plant)), capture_output=True, text=True,
                               cwd=ROOT, timeout=30)
 
+    def status_table(self) -> dict[str, dict[str, str]]:
+        """`fieldgate status DIR` as a user reads it: service -> column -> cell (cells are aligned
+        under their headers; a state may hold spaces, so columns are cut at the header positions)."""
+        lines = [line for line in self.status().stdout.splitlines() if line.strip()]
+        header = next((i for i, line in enumerate(lines) if line.startswith("SERVICE")), None)
+        if header is None:
+            return {}
+        names = lines[header].split()
+        starts = [lines[header].index(name) for name in names]
+        table: dict[str, dict[str, str]] = {}
+        for line in lines[header + 1:]:
+            cells = [line[start:end].strip() for start, end in zip(starts, [*starts[1:], None], strict=True)]
+            table[cells[0]] = dict(zip(names, cells, strict=True))
+        return table
+
     def containers(self) -> dict[str, Any]:
         found = self.client.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={self.project}"})

@@ -141,6 +141,52 @@ def test_killed_container_is_restarted_and_readings_resume(stack: Stack, sub: Su
     assert "restart modbus" in (stack.supervisor.text() if stack.supervisor else "")
 
 
+IN_CONTAINER_PID = (
+    "import os; print(*[p for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()"
+    " and open(f'/proc/{p}/cmdline', 'rb').read().split(b'\\0')[1:3] == [b'-m', b'collectors.opcua']])"
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_hung_collector_turns_unhealthy_and_the_supervisor_restarts_it(stack: Stack, sub: Subscriber) -> None:
+    """The OPC UA collector's process is frozen (SIGSTOP: a hang, its /healthz stops answering);
+    Docker's HEALTHCHECK marks it unhealthy, which the Engine never acts on; the supervisor
+    restarts it after its grace, readings resume and `fieldgate status` counts the restart."""
+    container = stack.wait_containers(
+        lambda c: (c["opcua"].attrs["State"].get("Health") or {}).get("Status") == "healthy", 90,
+        "the opcua collector healthy")["opcua"]
+    restarts_before = int(stack.status_table()["opcua"]["RESTARTS"])
+    started_before = container.attrs["State"]["StartedAt"]
+    code, out = container.exec_run(["python3", "-c", IN_CONTAINER_PID])
+    assert code == 0, out
+    (pid,) = out.decode().split()
+    assert container.exec_run(["python3", "-c", f"import os, signal; os.kill({pid}, signal.SIGSTOP)"])[0] == 0
+    frozen = time.time()
+    stack.wait_containers(
+        lambda c: (c["opcua"].attrs["State"].get("Health") or {}).get("Status") == "unhealthy", 90,
+        "Docker's health check reporting the hung collector unhealthy")
+    unhealthy = time.time()
+    deadline = time.monotonic() + 15  # the supervisor looks every second and writes its status file
+    while (row := stack.status_table()["opcua"])["STATE"] != "unhealthy":
+        assert time.monotonic() < deadline, row
+        time.sleep(0.5)
+    restarted = stack.wait_containers(
+        lambda c: c["opcua"].attrs["State"]["StartedAt"] != started_before and c["opcua"].status == "running",
+        120, "the supervisor restarting the unhealthy collector")["opcua"]
+    assert restarted.id == container.id  # restarted, not recreated: nothing in its config changed
+    log = stack.supervisor.text() if stack.supervisor else ""
+    assert "restart opcua (unhealthy for" in log, log[-3000:]
+    resumed = sub.wait_for(after(time.time(), readings(stack.topic_prefix, "oven-2", "temperature")),
+                           timeout=60)[0]
+    assert resumed.json()["quality"] == "good"
+    print(f"\nSIGSTOP -> unhealthy {unhealthy - frozen:.0f}s -> readings resume {resumed.at - frozen:.0f}s")
+    deadline = time.monotonic() + 30
+    while (row := stack.status_table()["opcua"])["RESTARTS"] != str(restarts_before + 1):
+        assert time.monotonic() < deadline, row
+        time.sleep(1)
+    assert row["STATE"] in ("running", "starting"), row
+
+
 def test_supervisor_stop_stops_the_containers(stack: Stack, tmp_path: Path) -> None:
     assert stack.supervisor is not None
     assert stack.supervisor.stop() == 0
