@@ -72,7 +72,7 @@ class DeviceLink:
                     await self.reader.run()
             except SecurityError as exc:
                 cap = RECONNECT_MAX_SECURITY
-                self._offline(exc.reason, str(exc))
+                self._offline(exc.reason, str(exc), refused=True)
             except DeviceError as exc:
                 self._offline(exc.reason, str(exc))
             except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
@@ -93,12 +93,19 @@ class DeviceLink:
         self.online, self.reason, self._offline_reported = True, None, False
         self._collector.state(DeviceState(self.device.name, True))
 
-    def _offline(self, reason: str, detail: str) -> None:
-        self._latch.failure(detail)
+    def _offline(self, reason: str, detail: str, refused: bool = False) -> None:
+        """`refused`: the server refused our credentials or we refused its certificate. That needs a
+        person, so it is logged at ERROR and reported with its reason even when the device was
+        already offline for another reason (a server restarted with a new key first drops the
+        session, BadShutdown, then presents the new certificate)."""
+        first = self._latch.failure(detail)
+        newly_refused = refused and reason != self.reason
+        if newly_refused and not first:
+            log.error("opcua device %s (%s): %s", self.device.name, self.device.endpoint, detail)
         self.failures += 1
         was_online = self.online
         self.online, self.reason = False, reason
-        if was_online or not self._offline_reported:
+        if was_online or not self._offline_reported or newly_refused:
             # Each tag once `bad` with its last value (SPEC: "when a device stops answering")
             self._offline_reported = True
             readings = bad_readings(

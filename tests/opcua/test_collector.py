@@ -345,6 +345,42 @@ async def test_strict_trust_refuses_a_server_certificate_not_in_the_trust_dir(
         await sink.wait_for(lambda r: r.tag == "temperature" and r.quality == Quality.GOOD)
 
 
+async def test_tofu_pins_the_server_certificate_and_refuses_a_changed_one_with_a_clear_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}"
+    security = {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", "trust": "tofu"}
+    tags = [{"name": "speed", "node": "ns=2;s=Speed", "simulate": {"kind": "constant", "value": 12.5}}]
+    device = _device(endpoint, tags, security=security)
+    served = [OpcuaDevice.model_validate(device)]
+    pin = tmp_path / "state" / "opcua" / "pinned" / "oven.der"
+    caplog.set_level(logging.INFO, logger="collectors.opcua")
+    async with running_collector([device], tmp_path) as (_, sink):
+        async with OpcuaSimulator(served, state_dir=tmp_path / "first-key"):
+            await sink.wait_for(lambda r: r.tag == "speed" and r.quality == Quality.GOOD)
+        first = pin.read_bytes()
+        assert first == (tmp_path / "first-key" / "oven" / "server-cert.der").read_bytes()
+        # the same endpoint comes back with another key pair (a replaced device, or a man in the middle)
+        async with OpcuaSimulator(served, state_dir=tmp_path / "second-key"):
+            refused = await sink.wait_state(lambda s: s.reason == "BadCertificateUntrusted", within=20)
+            bad = await sink.wait_for(lambda r: r.quality == Quality.BAD and r.reason == "BadCertificateUntrusted")
+    assert not refused.online and bad[0].value == 12.5
+    assert pin.read_bytes() == first  # the pin is kept
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    changed = [m for m in errors if "the server certificate changed" in m]
+    assert changed, errors
+    assert "refusing to connect" in changed[0] and f"delete {pin}" in changed[0]
+
+    pin.unlink()  # as the log line says, when the server was re-keyed on purpose
+    async with (
+        OpcuaSimulator(served, state_dir=tmp_path / "second-key"),
+        running_collector([device], tmp_path) as (_, sink),
+    ):
+        await sink.wait_for(lambda r: r.tag == "speed" and r.quality == Quality.GOOD)
+    assert pin.read_bytes() == (tmp_path / "second-key" / "oven" / "server-cert.der").read_bytes()
+
+
 async def test_deadbands_absolute_and_percent_of_the_eurange(tmp_path: Path) -> None:
     port = free_port()
     server = Server()
