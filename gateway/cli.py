@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tag", default=None, help="image tag (default: the package version)")
     s = images.add_parser("save", help="write an offline bundle (docker save tar + manifest)")
     s.add_argument("out", type=Path)
+    s.add_argument("--tag", default=None, help="the images' tag (default: the package version)")
     lo = images.add_parser("load", help="load an offline bundle, checking its sha256")
     lo.add_argument("bundle", type=Path)
     return parser

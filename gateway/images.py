@@ -220,7 +220,7 @@ def main_images(args: argparse.Namespace) -> int:
                 print(f"{b.name:<42} {_mb(b.size):>10} {_mb(b.size - base_size):>10} {b.seconds:>6.1f}s")
             print(f"{'base ' + base:<42} {_mb(base_size):>10}")
         elif args.images_verb == "save":
-            manifest = save(args.out)
+            manifest = save(args.out, getattr(args, "tag", None))
             size = _mb(int(str(manifest["bytes"])))
             print(f"wrote {args.out / BUNDLE_TAR} ({size}, sha256 {manifest['sha256']})")
         elif args.images_verb == "load":
