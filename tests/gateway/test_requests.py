@@ -25,7 +25,12 @@ def test_plan_of_the_example_plant(capsys: pytest.CaptureFixture[str]) -> None:
     assert "    input 0..3 (4 regs, 0 gap) every 2s: voltage, current" in out
     # the OPC UA device: subscription and polled node
     assert "oven-2: opc.tcp://127.0.0.1:4840" in out
-    assert "  poll every 5s: one Read of 1 node" in out
+    assert "  subscription: publishing 500ms, 3 monitored items, client queue 10000" in out
+    assert (
+        "    temperature  ns=2;s=Oven.Temperature  sampling 100ms  queue 10"
+        "  deadband 0.1 absolute (server DataChangeFilter)"
+    ) in out
+    assert "  poll every 5s: one Read of 1 node\n    batch  ns=2;i=1042\n" in out
     # per link: requests/s, and how busy the serial line is
     assert "  serial:/dev/ttyFG0: meter-7; 0.6 requests/s, 19200 8N2: line busy 1%" in out
     assert "  tcp:127.0.0.1:5020: press-1; 5 requests/s" in out

@@ -33,10 +33,18 @@ def test_browse_prints_tag_entries_that_make_a_valid_device_file(
     assert by_name["temperature"]["node"] == "nsu=urn:fieldgate:simulator:ns2;s=Oven.Temperature"
     assert by_name["setpoint"].get("writable") is True and "writable" not in by_name["temperature"]
     assert "(Double" in out and "(Boolean" in out and "(String" in out
-    # pasted into a device file, it validates
+    # pasted as printed below a device file's first lines, `fieldgate validate` accepts it
     OpcuaDevice.model_validate(
         {"name": "pasted", "protocol": "opcua", "endpoint": device["endpoint"], "tags": tags}
     )
+    plant = tmp_path / "plant"
+    (plant / "devices").mkdir(parents=True)
+    (plant / "gateway.yaml").write_text("gateway: {id: line3}\nmetrics: {port: null}\n")
+    (plant / "devices" / "pasted.yaml").write_text(
+        f"name: pasted\nprotocol: opcua\nendpoint: {device['endpoint']}\n" + out
+    )
+    capsys.readouterr()
+    assert main(["validate", str(plant)]) == 0, capsys.readouterr()
 
 
 def test_browse_of_a_server_that_is_not_there_says_so(
