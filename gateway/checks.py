@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from collectors.core.yamlnodes import Loc, Problem, Source
 from collectors.modbus.config import ModbusDevice, ModbusTag
 from collectors.opcua.config import OpcuaDevice
-from gateway.yamlnodes import Loc, Problem, Source
 
 AnyDevice = ModbusDevice | OpcuaDevice
 

@@ -20,8 +20,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import astuple
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -29,7 +28,16 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from collectors.core.config import ByteSize, HandoffConfig, StrictModel
 from collectors.core.errors import ConfigError
-from collectors.core.names import NAME_PATTERN
+from collectors.core.validation import (
+    ConfigErrors,
+    context,
+    did_you_mean,
+    in_order,
+    report_validation,
+    scrub,
+    show,
+)
+from collectors.core.yamlnodes import Loc, Problem, Source, load_yaml
 from collectors.forwarder.config import (
     BufferConfig,
     CatalogDevice,
@@ -41,7 +49,6 @@ from collectors.forwarder.config import (
 )
 from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice, ModbusTag
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
-from gateway.yamlnodes import Loc, Problem, Source, load_yaml
 
 GATEWAY_FILE = "gateway.yaml"
 DEVICES_DIR = "devices"
@@ -159,14 +166,6 @@ class GatewayConfig(GatewayFile):
         return sum(len(entry.device.tags) for entry in self.devices)
 
 
-class ConfigErrors(ConfigError, ValueError):
-    """Every problem of a config directory; str() is one `file:line:column: message` per line."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
 # ------------------------------------------------------------------ loading
 
 
@@ -186,7 +185,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     else:
         gateway_source = load_yaml(gateway_path, env)
         gateway_model = _validate_gateway(gateway_source, env)
-        problems.extend(_in_order(gateway_source.problems))
+        problems.extend(in_order(gateway_source.problems))
 
     device_paths = device_files(dir)
     if not device_paths:
@@ -197,15 +196,15 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     for path in device_paths:
         source = load_yaml(path, env)
         device = validate_device(source, env)
-        problems.extend(_in_order(source.problems))
+        problems.extend(in_order(source.problems))
         if device is not None:
             loaded.append((source, device))
 
     warnings: list[Problem] = []
     if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths):
-        problems.extend(_in_order(checks.cross_file(gateway_source, gateway_model, loaded, warnings)))
+        problems.extend(in_order(checks.cross_file(gateway_source, gateway_model, loaded, warnings)))
     if problems:
-        raise ConfigErrors(_scrub(problems, [gateway_source, *(s for s, _ in loaded)]))
+        raise ConfigErrors(scrub(problems, [gateway_source, *(s for s, _ in loaded)]))
     assert gateway_model is not None and gateway_source is not None
     secret_env = {}
     if ("mqtt", "password") in gateway_source.env_refs:
@@ -217,7 +216,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
         **{name: getattr(gateway_model, name) for name in GatewayFile.model_fields},
         dir=dir,
         devices=[DeviceFile(source=source.file, device=device) for source, device in loaded],
-        warnings=[str(w) for w in _in_order(warnings)],
+        warnings=[str(w) for w in in_order(warnings)],
         secret_env=secret_env,
     )
 
@@ -243,12 +242,12 @@ def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = Non
     for path in paths:
         source = load_yaml(path, env)
         device = validate_device(source, env)
-        problems.extend(_in_order(source.problems))
+        problems.extend(in_order(source.problems))
         sources.append(source)
         if device is not None:
             result.append(DeviceFile(source=path, device=device))
     if problems:
-        raise ConfigErrors(_scrub(problems, sources))
+        raise ConfigErrors(scrub(problems, sources))
     return result
 
 
@@ -268,12 +267,6 @@ def _validate_gateway(source: Source, env: Mapping[str, str]) -> GatewayFile | N
     return None if source.problems else model
 
 
-def _in_order(problems: list[Problem]) -> list[Problem]:
-    """By file (in the order met), then line and column."""
-    files = {p.file: i for i, p in reversed(list(enumerate(problems)))}
-    return sorted(problems, key=lambda p: (files[p.file], *(astuple(p.position) if p.position else (0, 0))))
-
-
 def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | OpcuaDevice | None:
     """The device model of one loaded device file, or None with the problems on `source`."""
     if source.broken:
@@ -287,8 +280,8 @@ def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | Op
         source.problem((), "missing key 'protocol': write protocol: modbus or protocol: opcua")
         return None
     if not isinstance(protocol, str) or protocol not in DEVICE_MODELS:
-        source.problem(("protocol",), f"protocol: {_show(protocol)} is not one of modbus, opcua"
-                       + _did_you_mean(protocol, DEVICE_MODELS))
+        source.problem(("protocol",), f"protocol: {show(protocol)} is not one of modbus, opcua"
+                       + did_you_mean(protocol, DEVICE_MODELS))
         return None
     model_class = DEVICE_MODELS[protocol]
     _duplicate_tags(source)
@@ -333,254 +326,11 @@ def _duplicate_tags(source: Source) -> None:
             first[name] = i
 
 
-# ------------------------------------------------------------------ pydantic errors -> positions
+# ------------------------------------------------------------------ file paths
+# (pydantic errors -> positions: collectors/core/validation.py, shared with the components' entry points)
 
 # Files that must exist when the config names them; found relative to the file naming them.
 MUST_EXIST = ("password_file", "ca_file", "cert_file", "key_file", "user_certificate", "user_private_key")
-_SECRET_KEYS = frozenset({"password"})
-
-
-def report_validation(source: Source, exc: ValidationError, model: type[BaseModel]) -> None:
-    """Turn pydantic's errors into `file:line:column` problems on `source`, one per place."""
-    grouped: dict[tuple[Loc, bool], list[str]] = {}
-    for error in exc.errors(include_url=False):
-        loc, key, message = _explain(source, error, model)
-        if any(loc[: len(t)] == t for t in source.tainted):
-            continue  # already reported where the value was written
-        if "is used twice" in message and any("unique in a device" in p.message for p in source.problems):
-            continue  # _duplicate_tags said it, at the second tag
-        messages = grouped.setdefault((loc, key), [])
-        if message not in messages:
-            messages.append(message)
-    # `adress` unknown and `address` missing are one slip: say it once, at the misspelt key
-    for (loc, key), messages in list(grouped.items()):
-        if key and (match := re.search(r"did you mean '([^']+)'", messages[0])):
-            grouped.pop(((*loc[:-1], match.group(1)), False), None)
-    for (loc, key), messages in grouped.items():
-        # a missing or unknown key is named in the message; the context is its mapping
-        where = _context(source, loc[:-1] if key or messages[0].startswith("missing key") else loc)
-        if len(messages) > 1 and all(m.startswith("expected ") for m in messages):
-            text = "expected " + " or ".join(m.removeprefix("expected ").split(" (got")[0] for m in messages)
-        else:
-            text = "; ".join(messages)
-        source.problem(loc, f"{where}{text}", key=key)
-
-
-def _explain(source: Source, error: Any, model: type[BaseModel]) -> tuple[Loc, bool, str]:
-    """(where in the data, whether the key itself is meant, the message)."""
-    kind = error["type"]
-    loc = _data_loc(source.data, error["loc"])
-    secret = any(part in _SECRET_KEYS for part in loc)
-    value = error.get("input")
-    got = "" if secret else f" (got {_show(value)})"
-    name = str(loc[-1]) if loc else ""
-    if kind == "extra_forbidden":
-        allowed = sorted(_fields_at(model, loc[:-1]))
-        return loc, True, (
-            f"unknown key {name!r}{_did_you_mean(name, allowed)}; allowed here: {', '.join(allowed)}"
-        )
-    if kind == "missing":
-        description = _description(model, loc)
-        return loc, False, f"missing key {name!r}" + (f" ({description})" if description else "")
-    if kind in ("literal_error", "enum"):
-        choices = _choices(error.get("ctx", {}).get("expected", ""))
-        shown = "this value" if secret else _show(value)
-        hint = "" if secret else _did_you_mean(value, choices)
-        description = _description(model, loc) or ""
-        if not hint and description and description != " | ".join(choices):
-            hint = f" ({description})"  # e.g. word_order: "little = CDAB"
-        return loc, False, f"{shown} is not one of {', '.join(choices)}{hint}"
-    if kind == "string_pattern_mismatch":
-        if error.get("ctx", {}).get("pattern") == NAME_PATTERN:
-            return loc, False, (
-                f"{_show(value)} is not allowed: a name holds letters, digits and _ . : - only "
-                "(it is one MQTT topic level: no spaces, /, + or #)"
-            )
-        description = _description(model, loc)
-        return loc, False, f"{_show(value)} is not allowed: expected " + (description or error["msg"])
-    if kind == "value_error":
-        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
-        return _refine(source, loc, message), False, message
-    if kind.endswith("_type") and kind != "model_type":
-        return loc, False, f"expected {_type_word(kind)}{got}"
-    if kind == "model_type":
-        return loc, False, f"expected a mapping of keys{got}"
-    return loc, False, f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
-
-
-def _data_loc(data: Any, raw: Iterable[str | int]) -> Loc:
-    """pydantic's loc walked through the data: union member names and the like are dropped."""
-    loc: list[str | int] = []
-    current = data
-    parts = list(raw)
-    for i, part in enumerate(parts):
-        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
-        if in_list or (isinstance(current, dict) and part in current):
-            current = current[part]
-            loc.append(part)
-        elif isinstance(current, dict) and i == len(parts) - 1 and isinstance(part, str):
-            loc.append(part)  # a missing key
-        # else: a union member ("float", "function-after[...]"), not a place in the file
-    return tuple(loc)
-
-
-def _refine(source: Source, loc: Loc, message: str) -> Loc:
-    """A model-level message ("length applies only to string tags") points at the key it names."""
-    if match := re.search(r"tag name '([^']+)' is used twice", message):
-        tags = _get(source.data, (*loc, "tags")) or []
-        names = [t.get("name") if isinstance(t, dict) else None for t in tags]
-        positions = [i for i, n in enumerate(names) if n == match.group(1)]
-        if len(positions) > 1:
-            return (*loc, "tags", positions[1], "name")
-    mapping = _get(source.data, loc)
-    if isinstance(mapping, dict):
-        mentioned = [(m.start(), key) for key in mapping if isinstance(key, str)
-                     for m in [re.search(rf"\b{re.escape(key)}\b", message)] if m]
-        if mentioned:
-            return (*loc, min(mentioned)[1])
-    return loc
-
-
-def _get(data: Any, loc: Loc) -> Any:
-    for part in loc:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _context(source: Source, loc: Loc) -> str:
-    """`device press-1, tag temperature: simulate.kind: ` (or `mqtt.qos: ` in gateway.yaml)."""
-    data = source.data
-    parts: list[str] = []
-    keys: list[str] = []
-    if isinstance(data, dict) and "protocol" in data:
-        name = data.get("name")
-        parts.append(f"device {name}" if isinstance(name, str) else "device")
-    i = 0
-    while i < len(loc):
-        part = loc[i]
-        if part == "tags" and i + 1 < len(loc) and isinstance(loc[i + 1], int) and not keys:
-            tag = _get(data, loc[: i + 2])
-            tag_name = tag.get("name") if isinstance(tag, dict) else None
-            parts.append(f"tag {tag_name}" if isinstance(tag_name, str) else f"tag #{int(loc[i + 1]) + 1}")
-            i += 2
-            continue
-        keys.append(f"[{part}]" if isinstance(part, int) else str(part))
-        i += 1
-    path = ".".join(keys).replace(".[", "[")
-    head = ", ".join(parts)
-    if head and path:
-        return f"{head}: {path}: "
-    return f"{head or path}: " if head or path else ""
-
-
-def _fields_at(model: type[BaseModel], loc: Loc) -> set[str]:
-    """The keys allowed at `loc` (field names of the model found there)."""
-    candidates: list[type[BaseModel]] = [model]
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        found: list[type[BaseModel]] = []
-        for candidate in candidates:
-            field = candidate.model_fields.get(str(part))
-            if field is not None:
-                found.extend(_models_in(field.annotation))
-        candidates = found or candidates
-    return {name for candidate in candidates for name in candidate.model_fields}
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
-
-
-def _description(model: type[BaseModel], loc: Loc) -> str | None:
-    keys = [p for p in loc if isinstance(p, str)]
-    if not keys:
-        return None
-    parents: list[type[BaseModel]] = [model]
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        nxt = [m for p in parents if (f := p.model_fields.get(part)) for m in _models_in(f.annotation)]
-        parents = nxt or parents
-    for parent in parents:
-        field = parent.model_fields.get(str(loc[-1]))
-        if field is not None and field.description:
-            return field.description
-    return None
-
-
-def _choices(expected: str) -> list[str]:
-    """"'big' or 'little'" -> ['big', 'little']; "1 or 2" -> ['1', '2']."""
-    quoted = re.findall(r"'([^']*)'", expected)
-    return quoted or [c.strip() for c in re.split(r",| or ", expected) if c.strip()]
-
-
-def _did_you_mean(value: Any, choices: Iterable[Any]) -> str:
-    import difflib
-
-    if not isinstance(value, str):
-        return ""
-    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
-    if not close:
-        lowered = {str(c).lower(): str(c) for c in choices}
-        close = [lowered[value.lower()]] if value.lower() in lowered else []
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_TYPE_WORDS = {
-    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
-    "list": "a list", "dict": "a mapping of keys", "path": "a file path",
-}
-
-
-def _type_word(kind: str) -> str:
-    base = kind.removesuffix("_type").removesuffix("_parsing")
-    return _TYPE_WORDS.get(base, base.replace("_", " "))
-
-
-def _scrub(problems: list[Problem], sources: Iterable[Source | None]) -> list[Problem]:
-    """Belt and braces: no problem text may contain a password, whatever produced it."""
-    secrets = {
-        str(value) for source in sources if source is not None
-        for loc, value in _leaves(source.data, ()) if loc and loc[-1] in _SECRET_KEYS and str(value)
-    }
-    if not secrets:
-        return problems
-    clean = []
-    for problem in problems:
-        message = problem.message
-        for secret in secrets:
-            message = message.replace(secret, "***")
-        clean.append(Problem(problem.file, problem.position, message))
-    return clean
-
-
-def _leaves(data: Any, loc: Loc) -> Iterator[tuple[Loc, Any]]:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _leaves(value, (*loc, key))
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            yield from _leaves(value, (*loc, i))
-    else:
-        yield loc, data
-
-
-# ------------------------------------------------------------------ file paths
 
 
 def absolute_paths(model: Any, base: Path) -> Any:
@@ -607,7 +357,7 @@ def _check_files(source: Source, model: BaseModel, loc: Loc) -> None:
     for name in type(model).model_fields:
         value = getattr(model, name)
         if name in MUST_EXIST and isinstance(value, PurePath) and not Path(value).is_file():
-            source.problem((*loc, name), f"{_context(source, (*loc, name))}file {value} does not exist")
+            source.problem((*loc, name), f"{context(source, (*loc, name))}file {value} does not exist")
         elif isinstance(value, BaseModel):
             _check_files(source, value, (*loc, name))
         elif isinstance(value, list):

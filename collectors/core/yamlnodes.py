@@ -4,7 +4,11 @@ PyYAML's `compose` gives a node tree with marks; we build the data ourselves fro
 each value keeps its line and column (for `file:line:column` errors), duplicate keys are
 caught (`safe_load` silently keeps the last one), and `${VAR}` / `${VAR:-default}` are
 replaced in string scalars with an error at the exact column when a variable is not set.
-`$${` writes a literal `${`.
+`$${` writes a literal `${`. Without an environment (`env=None`: the slices the gateway renders,
+already substituted) every value is taken as written.
+
+Here in collectors.core, not in the gateway, because each component's entry point reports its
+own config file the same way (collectors never import `gateway`, SPEC.md).
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class Source:
         self.problems.append(Problem(self.file, position, message))
 
 
-def load_yaml(path: Path, env: Mapping[str, str], display: Path | None = None) -> Source:
+def load_yaml(path: Path, env: Mapping[str, str] | None, display: Path | None = None) -> Source:
     """Read one YAML file into a Source; problems (syntax, duplicate keys, unset variables) are
     collected on it rather than raised, so a caller can list every error of every file."""
     source = Source(display or path)
@@ -150,7 +154,7 @@ def _compose(text: str) -> yaml.Node | None:
 
 
 class _Builder:
-    def __init__(self, source: Source, text: str, env: Mapping[str, str]) -> None:
+    def __init__(self, source: Source, text: str, env: Mapping[str, str] | None) -> None:
         self.source = source
         self.text = text
         self.env = env
@@ -170,7 +174,7 @@ class _Builder:
             self.source.problem(Position.of(node.start_mark), f"cannot read this value: {problem}")
             self.source.tainted.add(loc)
             return None
-        if isinstance(value, str) and "$" in value:
+        if isinstance(value, str) and "$" in value and self.env is not None:
             value = self._substitute(node, value, loc)
         return value
 
@@ -231,6 +235,7 @@ class _Builder:
                 )
                 self.source.tainted.add(loc)
                 continue
+            assert self.env is not None
             if name in self.env:
                 out.append(self.env[name])
                 if whole is not None:

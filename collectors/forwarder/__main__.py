@@ -1,6 +1,8 @@
 """`python -m collectors.forwarder --config FILE`: the forwarder's process entry point.
 
-FILE is the forwarder's rendered slice (ForwarderConfig), YAML or JSON.
+FILE is the forwarder's rendered slice (ForwarderConfig), YAML or JSON. An invalid file is
+refused whole, one `file:line:column: message` per problem (as `fieldgate validate` words them),
+and nothing starts.
 """
 
 from __future__ import annotations
@@ -9,31 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from collectors.core.service import run_service, setup_logging
+from collectors.core.validation import ConfigErrors, load_validated
 from collectors.forwarder.config import ForwarderConfig
 
 
 def load(path: Path) -> ForwarderConfig:
-    """Read and validate the slice; errors name the file and the key."""
+    """Read and validate the slice; SystemExit listing every problem with its position."""
     try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML too
-    except OSError as exc:
-        raise SystemExit(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise SystemExit(f"{where}: not valid YAML/JSON: {getattr(exc, 'problem', exc)}") from exc
-    try:
-        return ForwarderConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [
-            f"{path}: {'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
-            for error in exc.errors()
-        ]
-        raise SystemExit("\n".join(lines)) from exc
+        return load_validated(path, ForwarderConfig)
+    except ConfigErrors as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
