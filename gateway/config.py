@@ -456,18 +456,59 @@ def slice_environment(config: GatewayConfig) -> dict[str, str]:
 
 
 def catalog(config: GatewayConfig) -> list[CatalogDevice]:
-    """Every device and tag, and which collector owns it (the forwarder routes writes with it)."""
+    """Every device and tag, and which collector owns it (the forwarder routes writes with it).
+
+    A Modbus tag's type is that of the values its collector hands off (`modbus_value_type`),
+    so a Sparkplug host is told the right datatype at the first birth; an OPC UA tag's type
+    is known only from its first value (None here).
+    """
     devices = []
     for entry in config.devices:
         device = entry.device
         tags = []
         for tag in device.tags:
-            type_name = None
-            if isinstance(tag, ModbusTag):
-                type_name = "bool" if tag.is_bool else tag.type.value
+            type_name = modbus_value_type(tag) if isinstance(tag, ModbusTag) else None
             tags.append(CatalogTag(name=tag.name, type=type_name, unit=tag.unit, writable=tag.writable))
         devices.append(CatalogDevice(name=device.name, collector=device.protocol, tags=tags))
     return devices
+
+
+# Integer types an integer-scaled value may need, in order of preference after the tag's own.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1),
+}
+
+
+def modbus_value_type(tag: ModbusTag) -> str:
+    """The type of the engineering values the Modbus collector hands off for `tag`.
+
+    It follows collectors/modbus/codec.py (`_converter`) exactly: a bit or bool is a bool, a
+    string a string; without scale and offset a number keeps its register type. With them,
+    `raw * scale + offset` is a float (float64) unless both are whole numbers, where it stays an
+    int: then the register type when every raw value still fits it, else the smallest of
+    int32, int64, uint64 that holds the whole range (uint16 * 10 reaches 655350), float64 past
+    those. A scaled float32 is computed in double precision: float64.
+    """
+    if tag.is_bool:
+        return "bool"
+    kind = tag.type.value
+    if kind == "string":
+        return kind
+    scale, offset = tag.scale, tag.offset
+    if scale == 1.0 and offset == 0.0:
+        return kind
+    if kind in ("float32", "float64") or not (scale.is_integer() and offset.is_integer()):
+        return "float64"
+    low, high = _INT_RANGES[kind]
+    ends = (low * int(scale) + int(offset), high * int(scale) + int(offset))
+    lo, hi = min(ends), max(ends)
+    for name in (kind, "int32", "int64", "uint64"):
+        first, last = _INT_RANGES[name]
+        if first <= lo and hi <= last:
+            return name
+    return "float64"
 
 
 # ------------------------------------------------------------------ CLI verbs

@@ -432,7 +432,9 @@ def plant_for(tmp_path: Path, broker: Mosquitto, mqtt_extra: str = "") -> Iterat
         broker_port=broker.port, metrics_port=free_port_run(3), buffer=tmp_path / "buffer", mqtt_extra=mqtt_extra))
     sim_port = free_port()
     (tmp_path / "sim.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=1))
-    (plant / "devices" / "press-1.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=1))
+    # The plant reads level (raw 50) with scale 2; the edit below makes it 4. An int16 with a whole
+    # scale other than 1 is an int32 in the catalog either way, so the forwarder's slice stays the same.
+    (plant / "devices" / "press-1.yaml").write_text(PRESS_YAML.format(port=sim_port, scale=2))
     simulator = popen_cli(tmp_path / "simulator.log", "simulate", str(tmp_path / "sim.yaml"))
     try:
         wait_port(sim_port, timeout=30)
@@ -458,7 +460,7 @@ def test_up_runs_restarts_applies_changes_and_stops_cleanly(
         # readings arrive, with the device file's value, unit and quality
         temp = reading(subscriber, "fieldgate/line9/press-1/temperature", lambda p: p["quality"] == "good")
         assert 20 <= temp["value"] <= 30 and temp["unit"] == "degC"
-        assert reading(subscriber, "fieldgate/line9/press-1/level", lambda p: True)["value"] == 50
+        assert reading(subscriber, "fieldgate/line9/press-1/level", lambda p: True)["value"] == 100
 
         # status: one row per service
         wait_sync(lambda: [s["health"] for s in (read_status(run_dir) or {}).get("services", [])]
@@ -487,8 +489,8 @@ def test_up_runs_restarts_applies_changes_and_stops_cleanly(
         # an edited device file is applied while running: only the collector is recreated
         pids = service_pids(run_dir)
         device = plant / "devices" / "press-1.yaml"
-        device.write_text(device.read_text().replace("scale: 1\n", "scale: 2\n"))
-        level = reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 100)
+        device.write_text(device.read_text().replace("scale: 2\n", "scale: 4\n"))
+        level = reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 200)
         assert level["unit"] == "cm"
         assert service_pids(run_dir)["forwarder"] == pids["forwarder"]
         assert service_pids(run_dir)["modbus"] != pids["modbus"]
@@ -499,7 +501,7 @@ def test_up_runs_restarts_applies_changes_and_stops_cleanly(
         device.write_text(device.read_text().replace("type: int16", "type: int17"))
         wait_sync(lambda: "config change refused" in log.read_text(), what="refusal")
         assert "press-1.yaml:" in log.read_text().split("config change refused")[1]
-        reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 100)
+        reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 200)
         assert service_pids(run_dir) == pids
         refused = run_cli("status", str(plant))
         assert "config change refused" in refused.stdout
