@@ -34,7 +34,12 @@ from collectors.forwarder.formats import OutMessage
 
 log = logging.getLogger(__name__)
 
-MAX_INFLIGHT = 20  # paho's QoS>0 window; larger is slower (each PUBACK scans the in-flight list)
+# paho's own QoS>0 in-flight limit is off (0 = none). With a limit, every PUBACK walks paho's whole
+# message dict for a queued message to send next, and a small limit (paho's default 20) leaves the
+# link idle while its round trips wait: at QoS 1, layout tag, 42 -> 34 us of forwarder CPU per
+# message and 16k -> 20-26k messages/s. The forwarder bounds what it hands to paho instead (app.py:
+# its window plus one batch), so everything paho holds is on the wire.
+MAX_INFLIGHT = 0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0  # a broker back from an outage is found within ~10 s; a retry is one TCP connect
 MISC_INTERVAL = 0.5
