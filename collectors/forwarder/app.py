@@ -94,6 +94,8 @@ class Forwarder:
         # A format may want to see readings as they arrive, before they are published (Sparkplug:
         # while no session is born, they are the current values its next DBIRTHs carry).
         self._observe: Callable[[list[Reading]], None] | None = getattr(self.format, "observe", None)
+        # A format may have messages of its own clock (Sparkplug: births held for first values).
+        self._tick: Callable[[], list[OutMessage]] | None = getattr(self.format, "tick", None)
         self._register_metrics()
 
     # -- life cycle
@@ -173,6 +175,7 @@ class Forwarder:
         self._put_error = None
         if self._observe is not None:
             self._observe(readings)
+        self._format_tick()
         self._wake.set()
 
     async def device_state(self, collector: str, state: DeviceState) -> None:
@@ -314,10 +317,20 @@ class Forwarder:
         if self.session.outstanding < self._window:
             self._wake.set()
 
+    def _format_tick(self) -> None:
+        """Publish what the format has to say on its own clock (see formats.py), and go online after."""
+        if self._tick is None or not self.session.connected:
+            return
+        messages = self._tick()
+        if messages:
+            self._publish_all(messages)
+            self._update_online()
+
     async def _housekeeping(self) -> None:
         ticks = 0
         while True:
             await asyncio.sleep(COMMIT_INTERVAL)
+            self._format_tick()
             ticks += 1
             fsync = ticks % round(SYNC_INTERVAL / COMMIT_INTERVAL) == 0
             if fsync:

@@ -20,6 +20,12 @@ Life of a session, as the forwarder drives it::
     connection lost -> connection_lost(graceful=False); shutdown -> publish(disconnecting()),
                        then a clean DISCONNECT and connection_lost(graceful=True)
 
+Optional, looked up with getattr: `observe(readings)` sees readings as they reach the
+forwarder, before they are buffered for publishing; `tick() -> list[OutMessage]` is called
+while connected after each hand-off batch and every 0.25 s, and what it returns is
+published before the forwarder checks `ready` again (Sparkplug: births held until the first
+values tell the datatypes); `register_metrics(metrics)` adds a format's own counters.
+
 Delivery: a batch leaves the buffer once every message `encode` made for it is delivered:
 PUBACK (QoS 1), PUBCOMP (QoS 2), or written to the socket (QoS 0). After a reconnect what
 was not delivered is encoded again, in order. `historical` is True for readings that did

@@ -15,14 +15,29 @@ Choices where the specification leaves room, made the way Ignition reads them:
 - Quality travels as the metric property `Quality` (Int32): 192 good, 64 uncertain, 0 bad.
   Births always carry it; data carries it when not good, and on the way back to good.
 - Births carry `engUnit` (the catalog's unit) and `readOnly` (not writable) properties.
-- A metric's datatype is the catalog's (Modbus) or inferred from its first value (OPC UA);
-  a value that does not fit (a scaled int16 reading 21.5) changes the datatype, announced
-  by births before the value is sent, so a host never decodes a wrong type.
+- A metric's datatype is the catalog's (Modbus: the type of the engineering value the
+  collector hands off, scale and offset included) or inferred from its first value (OPC UA:
+  the catalog cannot know it). A value that does not fit anyway changes the datatype,
+  announced by births before the value is sent, so a host never decodes a wrong type.
+- The first NBIRTH of the process waits until every tag without a catalog type has handed
+  off a reading, for at most `SETTLE` seconds (readings meanwhile wait in the buffer; the
+  DBIRTHs carry the newest, the older ones follow as history). A birth must give each
+  metric's datatype (Sparkplug 3.0, tck-id-payloads-metric-datatype-req) and carry every
+  metric the data will use (tck-id-topics-dbirth-metric-reqs), so without the wait each
+  OPC UA tag's first value would make the node born again: a storm of rebirths at start-up.
+  A tag still without a value then (its server down) is left out of the births, not born
+  with a guessed datatype the host would have to unlearn; its first value brings it in
+  with one rebirth of the node. The OPC UA collector learns a node's DataType only when
+  a write needs it, and the hand-off has no message for types; the wait costs a few
+  seconds once, with nothing lost.
 - Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
-  before any data; one known to be offline then gets its DDEATH. A metric with no value yet
-  is born null (is_null) with Quality 64 (uncertain). A device or tag outside the catalog,
-  or a datatype change, makes the node born again (NBIRTH and every DBIRTH, same bdSeq),
-  once per batch, for the same reason.
+  before any data; one known to be offline then gets its DDEATH. A metric with a datatype
+  but no value yet is born null (is_null) with Quality 64 (uncertain). A device or tag
+  outside the catalog, a first value of an untyped tag, or a datatype change, makes the
+  node born again (NBIRTH and every DBIRTH, same bdSeq), once per batch, for the same reason.
+- A DCMD write publishes nothing itself: what the host then sees is the value the collector
+  reports after the write, as the device holds it (Modbus reads it back in the same turn;
+  a device may clamp or refuse), never the commanded value.
 - Readings the forwarder replays (taken while disconnected or while the primary host was
   away, left from a previous run, or resent after an ungraceful loss) go as `is_historical`,
   in order, as does any reading older than the live value the host holds. A new session's
@@ -34,7 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +64,7 @@ from collectors.forwarder.formats import Incoming, OutMessage
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
     TYPE_RULES,
+    UNTYPED,
     DoesNotFit,
     convert_for_tag,
     infer_datatype,
@@ -63,6 +79,10 @@ REBIRTH = "Node Control/Rebirth"
 QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
 MAX_METRICS = 2000  # per DDATA: a replayed backlog becomes several messages, none huge
 STATE_FILE = "sparkplug.json"
+# Most seconds (from the forwarder's start) the first NBIRTH waits for the first value of every
+# tag whose datatype only a value tells (OPC UA): a collector connected to its servers hands
+# them off within a second or two; one that cannot connect should not hold up the plant long.
+SETTLE = 5.0
 
 
 def _ms() -> int:
@@ -86,9 +106,11 @@ class _Metric:
         self.unit = tag.unit if tag else None
         self.writable = tag.writable if tag else False
         declared = CATALOG_TYPES.get((tag.type or "").lower()) if tag else None
-        self.settled = declared is not None  # False: no type known yet, the first value decides
-        self.datatype = declared if declared is not None else pb.String
-        self.rule = TYPE_RULES[self.datatype]
+        # Not settled: no datatype known yet (an OPC UA tag before its first value). Such a
+        # metric is in no birth; its first value settles the datatype and births it.
+        self.settled = declared is not None
+        self.datatype = declared if declared is not None else pb.Unknown
+        self.rule = TYPE_RULES[declared] if declared is not None else UNTYPED
         self.value: Any = None
         self.ts_ms = 0
         self.quality: str = Quality.GOOD
@@ -209,11 +231,14 @@ class EdgeNode:
     # -- device messages
 
     def _dbirth(self, device: _Device) -> OutMessage:
-        """Every metric with name, alias, datatype, its current value (or is_null) and properties."""
+        """Every metric with a datatype: name, alias, datatype, current value (or is_null), properties."""
         now = _ms()
         payload = pb.Payload(timestamp=now, seq=self._next_seq())
         add = payload.metrics.add
         for metric in device.metrics.values():
+            if not metric.settled:  # no datatype known: left out until its first value
+                metric.host_ts = -1
+                continue
             pm = add(name=metric.name, alias=metric.alias, datatype=metric.datatype,
                      timestamp=metric.ts_ms or now)
             carried = False
@@ -364,6 +389,8 @@ class EdgeNode:
                         continue  # the DBIRTH carried it
             hist = historical or ts_ms < metric.host_ts
             if value is None:
+                if not metric.settled:
+                    continue  # no value yet and no datatype: not born, so the host has no such metric
                 pm = add(alias=metric.alias, timestamp=ts_ms, is_null=True)
             else:
                 pm = add(alias=metric.alias, timestamp=ts_ms)
@@ -417,14 +444,10 @@ class EdgeNode:
             metric.value, metric.ts_ms, metric.quality = value, reading.ts_ms, reading.quality
         self._latest.clear()
 
-    def written(self, device_name: str, tag: str, value: Any) -> list[OutMessage]:
-        """DDATA of a value a DCMD wrote, so the host sees the write took (Sparkplug 3.0, DCMD)."""
-        device = self.devices.get(device_name)
-        metric = device.metrics.get(tag) if device else None
-        if not self.born or device is None or metric is None or not device.born:
-            return []
-        ts = max(_ms(), metric.ts_ms)
-        return self.data([Reading(device_name, tag, value, ts)], historical=False)
+    def untyped(self) -> list[tuple[str, str]]:
+        """(device, tag) of every metric whose datatype is not known yet."""
+        return [(device.name, metric.name) for device in self.devices.values()
+                for metric in device.metrics.values() if not metric.settled]
 
 
 def _property(props: pb.Payload.PropertySet, key: str, datatype: int, field: str, value: Any) -> None:
@@ -495,9 +518,17 @@ class SparkplugFormat:
 
     clean_session = True
 
-    def __init__(self, config: ForwarderConfig) -> None:
+    def __init__(
+        self, config: ForwarderConfig, settle: float = SETTLE, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         identity = config.gateway
         self.node = EdgeNode(identity.group, identity.id, config.devices)
+        # The first NBIRTH waits (at most until `_settle_until`) for these tags' first readings.
+        self._awaiting: set[tuple[str, str]] = set(self.node.untyped())
+        self._clock = clock
+        self._settle = settle
+        self._settle_until = clock() + settle
+        self._birth_pending = False  # connected and allowed to be born, held by the settle wait
         # QoS 0 written to a link that died silently vanishes until the loss is noticed. The broker
         # gives up on us after 1.5 x keep-alive; paho notices only when its PINGREQ, sent a
         # keep-alive after the last bytes in, stays unanswered for another: 2 x keep-alive, plus
@@ -513,7 +544,6 @@ class SparkplugFormat:
         self._connected = False
         self._host_online = False
         self._host_state_ts = -1
-        self._pending: dict[str, tuple[str, str, Any]] = {}
         self._write_count = 0
         self.stats = SparkplugStats()
 
@@ -561,18 +591,51 @@ class SparkplugFormat:
         if self._primary and not self._host_online:
             log.info("Sparkplug: waiting for primary host %s to be online before the births", self._primary)
             return []
+        return self._births_unless_settling()
+
+    def _births_unless_settling(self) -> list[OutMessage]:
+        if self._settling():
+            self._birth_pending = True
+            log.info("Sparkplug: the NBIRTH waits up to %.1fs for the first values of %d tags whose "
+                     "datatype only a value tells", self._settle_until - self._clock(), len(self._awaiting))
+            return []
+        return self._births()
+
+    def _settling(self) -> bool:
+        """True while the first NBIRTH should still wait for the first values of untyped tags."""
+        if not self._awaiting:
+            return False
+        if self._clock() < self._settle_until:
+            return True
+        missing = sorted(f"{device}/{tag}" for device, tag in self._awaiting)
+        log.warning("Sparkplug: no value after %gs from %s%s: born without them; each joins the births "
+                    "(the node is born again) with its first value", self._settle, ", ".join(missing[:5]),
+                    f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        self._awaiting.clear()  # decided once: later sessions never wait
+        return False
+
+    def tick(self) -> list[OutMessage]:
+        """The births held by the settle wait, once it is over; else nothing.
+
+        The forwarder calls this after readings arrive and a few times a second (formats.py).
+        """
+        if not self._birth_pending or self._settling():
+            return []
         return self._births()
 
     def _births(self, new_session: bool = True) -> list[OutMessage]:
         assert self._bd_seq is not None, "will() comes before every CONNECT"
+        self._birth_pending = False
         return self.node.births(self._bd_seq, new_session)
 
     def connection_lost(self, graceful: bool) -> None:
         self._connected = False
+        self._birth_pending = False
         self._host_online = False  # a new session waits for a fresh STATE
         self.node.session_ended()
 
     def disconnecting(self) -> list[OutMessage]:
+        self._birth_pending = False
         if not self._connected or self._bd_seq is None:
             return []
         self.node.session_ended()
@@ -587,8 +650,14 @@ class SparkplugFormat:
         return self.node.device_state(state)
 
     def observe(self, readings: list[Reading]) -> None:
-        """Readings as they reach the forwarder (app.py): see EdgeNode.observe."""
+        """Readings as they reach the forwarder (app.py): see EdgeNode.observe; and the settle wait's
+        tags that have now been heard from (a reading without a value counts: waiting longer would
+        not tell its datatype sooner)."""
         self.node.observe(readings)
+        awaiting = self._awaiting
+        if awaiting:
+            for reading in readings:
+                awaiting.discard((reading[0], reading[1]))
 
     # -- incoming
 
@@ -627,9 +696,10 @@ class SparkplugFormat:
             was_online, self._host_online = self._host_online, True
             if self._connected and not self.node.born and not was_online:
                 log.info("Sparkplug: primary host %s is online", self._primary)
-                return Incoming(messages=self._births())
+                return Incoming(messages=self._births_unless_settling())
             return Incoming()
         self._host_online = False
+        self._birth_pending = False
         if self.node.born and self._bd_seq is not None:
             log.warning("Sparkplug: primary host %s is offline: NDEATH, disconnect, buffer", self._primary)
             self.node.session_ended()
@@ -677,11 +747,7 @@ class SparkplugFormat:
                 self._refuse(label, f"value does not fit datatype {pb.DataType.Name(datatype)}")
                 continue
             self._write_count += 1
-            request = WriteRequest(f"dcmd-{self._write_count}", device_name, metric.name, value)
-            self._pending[request.id] = (device_name, metric.name, value)
-            if len(self._pending) > 10_000:  # the forwarder answers every write; this only bounds a bug
-                self._pending.pop(next(iter(self._pending)))
-            writes.append(request)
+            writes.append(WriteRequest(f"dcmd-{self._write_count}", device_name, metric.name, value))
         return Incoming(writes=writes)
 
     def _refuse(self, label: str, reason: str) -> None:
@@ -689,14 +755,13 @@ class SparkplugFormat:
         log.warning("Sparkplug: DCMD %s refused: %s", label, reason)
 
     def write_result(self, result: WriteResult) -> list[OutMessage]:
-        pending = self._pending.pop(result.id, None)
+        """Counted and logged, nothing published: the host sees the value the collector reports
+        after the write, as the device holds it, in the reading stream (see the module docstring).
+        A DDATA of the commanded value would show a value the device may never have taken."""
         if not result.ok:
             self.stats.write_errors += 1
             log.warning("Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag,
                         result.error or "write failed")
             return []
         self.stats.writes_done += 1
-        if pending is None:
-            return []
-        device, tag, value = pending
-        return self.node.written(device, tag, value)
+        return []

@@ -144,6 +144,14 @@ TYPE_RULES: dict[int, TypeRule] = {
     )
 }
 
+def _untyped(value: Any) -> Any:
+    raise DoesNotFit(value)
+
+
+# A metric whose datatype neither the catalog nor any value has told yet: nothing fits it, so
+# its first value always takes the slow path that settles the datatype (and births it).
+UNTYPED = TypeRule(pb.Unknown, "", _untyped)
+
 # The catalog's types (Modbus register types, and the usual OPC UA built-in type names).
 CATALOG_TYPES: dict[str, int] = {
     "bool": pb.Boolean, "boolean": pb.Boolean,

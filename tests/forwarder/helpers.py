@@ -29,7 +29,7 @@ CATALOG = [
         "collector": "modbus",
         "tags": [
             {"name": "temperature", "unit": "degC", "type": "float32"},
-            {"name": "pressure", "unit": "bar"},
+            {"name": "pressure", "unit": "bar", "type": "float64"},  # a scaled register, as the catalog gives it
             {"name": "run", "type": "bool", "writable": True},
             {"name": "count", "type": "uint16"},
         ],

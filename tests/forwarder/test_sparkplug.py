@@ -42,7 +42,7 @@ def config(tmp_path: Path, **mqtt: Any) -> ForwarderConfig:
 
 
 def started(tmp_path: Path, **mqtt: Any) -> tuple[SparkplugFormat, list[OutMessage]]:
-    fmt = SparkplugFormat(config(tmp_path, **mqtt))
+    fmt = SparkplugFormat(config(tmp_path, **mqtt), settle=0)
     will = fmt.will()
     assert will is not None
     return fmt, [will, *fmt.connected()]
@@ -125,11 +125,11 @@ def test_bdseq_survives_a_restart_and_wraps(tmp_path: Path) -> None:
     assert fmt.bd_seq == 0
     fmt.will()  # a reconnect
     assert fmt.bd_seq == 1
-    again = SparkplugFormat(config(tmp_path))  # a restarted forwarder
+    again = SparkplugFormat(config(tmp_path), settle=0)  # a restarted forwarder
     will = again.will()
     assert will is not None and sp.decode(will.payload).metric("bdSeq").value == 2
     (tmp_path / "buffer" / "sparkplug.json").write_bytes(orjson.dumps({"bdSeq": 255}))
-    wrapped = SparkplugFormat(config(tmp_path))
+    wrapped = SparkplugFormat(config(tmp_path), settle=0)
     wrapped.will()
     births = wrapped.connected()
     assert sp.decode(births[0].payload).metric("bdSeq").value == 0
@@ -215,7 +215,7 @@ def test_a_new_session_births_with_the_newest_readings_handed_off(tmp_path: Path
 
 
 def test_history_of_an_offline_device_is_framed_by_birth_and_death(tmp_path: Path) -> None:
-    fmt = SparkplugFormat(config(tmp_path))
+    fmt = SparkplugFormat(config(tmp_path), settle=0)
     fmt.will()
     fmt.device_state(DeviceState("press-1", True))
     fmt.device_state(DeviceState("press-1", False))  # while disconnected: only taken note of
@@ -228,7 +228,7 @@ def test_history_of_an_offline_device_is_framed_by_birth_and_death(tmp_path: Pat
 
 
 def test_datatypes_known_before_the_birth_are_announced_by_it(tmp_path: Path) -> None:
-    fmt = SparkplugFormat(config(tmp_path))
+    fmt = SparkplugFormat(config(tmp_path), settle=0)
     # A scaled int16 (21.5) does not fit Int16, OPC UA tags have no type in the catalog: the
     # readings that reached the forwarder before the session decide.
     fmt.observe([Reading("press-1", "count", 21.5, T0), Reading("oven-2", "setpoint", 180, T0),
@@ -244,7 +244,7 @@ def test_datatypes_known_before_the_birth_are_announced_by_it(tmp_path: Path) ->
 
 def test_a_datatype_change_makes_the_node_born_again_once_per_batch(tmp_path: Path) -> None:
     fmt, births = started(tmp_path)
-    assert device_births(births)["oven-2"].metric("setpoint").datatype == sp.STRING  # unknown yet
+    assert device_births(births)["oven-2"].metrics == []  # no datatype known yet: not born
     batch = [Reading("oven-2", "setpoint", 180.5, T0), Reading("press-1", "count", 21.5, T0),
              Reading("oven-2", "batch", 7, T0 + 1), Reading("oven-2", "setpoint", 181, T0 + 2)]
     out = fmt.encode(batch, False)
@@ -272,11 +272,10 @@ def test_a_datatype_change_makes_the_node_born_again_once_per_batch(tmp_path: Pa
         ([3, -4], sp.INT64_ARRAY),
         ([True, False, False, True, True, False, True, False, True], sp.BOOLEAN_ARRAY),
         (["a", "bc", ""], sp.STRING_ARRAY),
-        (None, sp.STRING),
     ],
 )
 def test_values_round_trip_through_an_independent_decoder(tmp_path: Path, value: Any, datatype: int) -> None:
-    fmt = SparkplugFormat(config(tmp_path))
+    fmt = SparkplugFormat(config(tmp_path), settle=0)
     fmt.observe([Reading("oven-2", "batch", value, T0)])
     fmt.will()
     birth = device_births(fmt.connected())["oven-2"]
@@ -284,9 +283,7 @@ def test_values_round_trip_through_an_independent_decoder(tmp_path: Path, value:
     data = sp.decode(out[-1].payload)
     assert birth.metric("batch").datatype == datatype
     metric = data.metrics[0]
-    if value is None:
-        assert metric.is_null
-    elif isinstance(value, list):
+    if isinstance(value, list):
         assert sp.unpack_array(datatype, metric.value) == value
     else:
         assert sp.signed(metric.value, datatype) == value  # data messages carry no datatype: the birth's
@@ -337,7 +334,82 @@ def test_primary_host_state_gates_births_and_offline_ends_the_session(tmp_path: 
     assert fmt.handle_incoming(state, b"not json").messages == []
 
 
-def test_dcmd_becomes_a_typed_write_and_its_result_a_ddata(tmp_path: Path) -> None:
+def test_a_tag_with_neither_a_catalog_type_nor_a_value_is_not_born_until_its_first_value(
+    tmp_path: Path,
+) -> None:
+    fmt = SparkplugFormat(config(tmp_path), settle=0)
+    fmt.observe([Reading("oven-2", "batch", None, T0, "bad", "BadNodeIdUnknown")])
+    fmt.will()
+    births = fmt.connected()
+    assert device_births(births)["oven-2"].metrics == []  # a birth must give a datatype: none known
+    # A reading without a value changes nothing the host knows of; the first value births it.
+    assert fmt.encode([Reading("oven-2", "batch", None, T0 + 1, "bad", "BadNodeIdUnknown")], False) == []
+    out = fmt.encode([Reading("oven-2", "batch", 42, T0 + 2)], False)
+    assert [kind(m) for m in out] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+    batch = device_births(out)["oven-2"].metric("batch")
+    assert (batch.datatype, batch.value, batch.timestamp) == (sp.INT64, 42, T0 + 2)  # the birth carried it
+    assert fmt.node.type_changes == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_first_birth_waits_for_the_first_values_of_untyped_tags(tmp_path: Path) -> None:
+    clock = Clock()
+    fmt = SparkplugFormat(config(tmp_path), settle=5.0, clock=clock)
+    fmt.will()
+    assert fmt.connected() == [] and not fmt.ready  # oven-2's tags have no datatype yet
+    readings = [Reading("press-1", "count", 3, T0), Reading("oven-2", "setpoint", 180.5, T0)]
+    fmt.observe(readings)
+    clock.now += 1
+    assert fmt.tick() == []  # oven-2/batch not heard from yet
+    fmt.observe([Reading("oven-2", "batch", "B-17", T0 + 1)])
+    births = fmt.tick()
+    assert [kind(m) for m in births] == ["NBIRTH", "DBIRTH", "DBIRTH"] and fmt.ready
+    oven = device_births(births)["oven-2"]
+    assert (oven.metric("setpoint").datatype, oven.metric("setpoint").value) == (sp.DOUBLE, 180.5)
+    assert (oven.metric("batch").datatype, oven.metric("batch").value) == (sp.STRING, "B-17")
+    # The readings held meanwhile go out (as history, from the buffer) without another birth.
+    out = fmt.encode([*readings, Reading("oven-2", "batch", "B-17", T0 + 1)], True)
+    assert [kind(m) for m in out] == ["DDATA", "DDATA"]
+    assert fmt.node.birth_count == 1 and fmt.tick() == []
+
+
+def test_the_settle_wait_is_bounded_and_happens_once(tmp_path: Path) -> None:
+    clock = Clock()
+    fmt = SparkplugFormat(config(tmp_path), settle=5.0, clock=clock)
+    fmt.will()
+    assert fmt.connected() == []
+    fmt.observe([Reading("oven-2", "setpoint", 180.5, T0)])
+    clock.now += 4.9
+    assert fmt.tick() == []
+    clock.now += 0.2  # past the settle time: born without the tag that never answered
+    births = fmt.tick()
+    assert [kind(m) for m in births] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+    assert [m.name for m in device_births(births)["oven-2"].metrics] == ["setpoint"]
+    fmt.connection_lost(graceful=False)
+    fmt.will()
+    assert [kind(m) for m in fmt.connected()] == ["NBIRTH", "DBIRTH", "DBIRTH"]  # no wait again
+
+
+def test_births_held_by_the_settle_wait_are_never_sent_after_the_session_ends(tmp_path: Path) -> None:
+    clock = Clock()
+    fmt = SparkplugFormat(config(tmp_path), settle=5.0, clock=clock)
+    fmt.will()
+    assert fmt.connected() == []
+    fmt.connection_lost(graceful=False)
+    clock.now += 10
+    assert fmt.tick() == [] and not fmt.ready  # no session: nothing to be born in
+    fmt.will()
+    assert [kind(m) for m in fmt.connected()] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+
+
+def test_dcmd_becomes_a_typed_write_and_its_result_publishes_nothing(tmp_path: Path) -> None:
     fmt, births = started(tmp_path)
     birth = device_births(births)["press-1"]
     dcmd = f"spBv1.0/{G}/DCMD/{N}/press-1"
@@ -348,11 +420,9 @@ def test_dcmd_becomes_a_typed_write_and_its_result_a_ddata(tmp_path: Path) -> No
     assert [(w.device, w.tag, w.value) for w in incoming.writes] == [("press-1", "run", True),
                                                                     ("press-1", "recipe", "R-9")]
     assert incoming.writes[0].id != incoming.writes[1].id
-    out = fmt.write_result(WriteResult(incoming.writes[0].id, "press-1", "run", True))
-    data = sp.decode(out[0].payload)
-    assert kind(out[0]) == "DDATA"
-    assert [(m.alias, m.value, m.is_historical) for m in data.metrics] == [
-        (birth.metric("run").alias, True, False)]
+    # The host learns the value the device holds from the collector's read-back, not the command.
+    assert fmt.write_result(WriteResult(incoming.writes[0].id, "press-1", "run", True)) == []
+    assert fmt.stats.writes_done == 1
     failed = WriteResult(incoming.writes[1].id, "press-1", "recipe", False, "device error")
     assert fmt.write_result(failed) == []
     assert fmt.stats.write_errors == 1
@@ -360,7 +430,7 @@ def test_dcmd_becomes_a_typed_write_and_its_result_a_ddata(tmp_path: Path) -> No
 
 def test_dcmd_to_a_tag_of_unknown_type_keeps_the_commands_type(tmp_path: Path) -> None:
     fmt, births = started(tmp_path)
-    assert device_births(births)["oven-2"].metric("setpoint").datatype == sp.STRING  # no value yet
+    assert device_births(births)["oven-2"].metrics == []  # no value yet: no datatype, not born
     incoming = fmt.handle_incoming(f"spBv1.0/{G}/DCMD/{N}/oven-2", sp.command([
         sp.command_metric(181.5, sp.DOUBLE, name="setpoint")]))
     assert [(w.tag, w.value) for w in incoming.writes] == [("setpoint", 181.5)]
@@ -394,7 +464,7 @@ def test_an_unreadable_state_file_starts_bdseq_again_at_0(tmp_path: Path) -> Non
     state = tmp_path / "buffer" / "sparkplug.json"
     state.parent.mkdir(parents=True)
     state.write_bytes(b"{not json")
-    fmt = SparkplugFormat(config(tmp_path))
+    fmt = SparkplugFormat(config(tmp_path), settle=0)
     will = fmt.will()
     assert will is not None and bdseq(will) == 0
     assert orjson.loads(state.read_bytes()) == {"bdSeq": 0}
@@ -430,7 +500,7 @@ def test_a_float32_tag_with_a_value_beyond_float32_becomes_double(tmp_path: Path
 
 
 def test_data_before_the_birth_is_a_bug_of_the_caller(tmp_path: Path) -> None:
-    fmt = SparkplugFormat(config(tmp_path, primary_host="scada-a"))
+    fmt = SparkplugFormat(config(tmp_path, primary_host="scada-a"), settle=0)
     fmt.will()
     assert fmt.connected() == [] and not fmt.ready
     with pytest.raises(RuntimeError, match="before the NBIRTH"):

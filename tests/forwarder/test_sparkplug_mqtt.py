@@ -325,12 +325,16 @@ async def test_dcmd_writes_reach_the_collector_and_non_writable_tags_are_refused
 ) -> None:
     config = make_config(tmp_path, broker, format="sparkplug")
     asked: list[WriteRequest] = []
+    clients: list[Any] = []
 
     async def on_write(request: WriteRequest) -> WriteResult:
+        """As the Modbus collector does: write, read back, report what the device now holds."""
         asked.append(request)
+        clients[0].publish([Reading(request.device, request.tag, request.value, time.time_ns() // 1_000_000)])
         return WriteResult(request.id, request.device, request.tag, True)
 
     async with Forwarder(config) as forwarder, collector(config, on_write=on_write) as client:
+        clients.append(client)
         client.publish([Reading("press-1", "run", False, TS), Reading("press-1", "count", 3, TS)])
         (birth,) = await wait_for(subscriber, lambda m: m.kind == "DBIRTH")
         dcmd = f"spBv1.0/{GROUP}/DCMD/{NODE}/press-1"
