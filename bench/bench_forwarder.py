@@ -6,8 +6,12 @@ Processes: Mosquitto; the forwarder (`python -m collectors.forwarder`, its own p
 a subscriber (this script with --subscribe, its own process) counting what arrives; and
 this script, which hands readings off through a real HandoffClient.
 
-  paho alone   one message per reading (the same payloads), paho's loop_start() thread,
-               QoS 0 and QoS 1: messages/s until the last one is written (QoS 0) or acked (QoS 1).
+  paho alone   one message per reading, the same topics and payloads as the forwarder's, paho's
+               loop_start() thread, QoS 0 and QoS 1: messages/s until the last one is written
+               (QoS 0) or acked (QoS 1). QoS 1 runs with paho's default in-flight limit (20) and
+               with none (0, as the forwarder's session at QoS 1); the better is the ceiling. The
+               subscriber consumes these messages too, so the broker and the machine do the same
+               work for paho alone as for the forwarder.
   live         `--readings` handed off at once; readings/s from the first to the last reading
                the forwarder reports delivered (its /metrics), for layout tag at QoS 0 and 1
                and layout device (QoS 1, 50 tags per device message).
@@ -17,6 +21,7 @@ this script, which hands readings off through a real HandoffClient.
                keep flowing meanwhile); bytes on disk per buffered reading come from /metrics
                just before the broker returns. Lost = readings handed off that never reached
                the subscriber (a persistent session, so its own reconnect loses nothing).
+               `--outage 0` skips this part.
 """
 
 from __future__ import annotations
@@ -60,12 +65,16 @@ def subscribe(port: int, out: str) -> None:
 
     seen: set[tuple[str, Any]] = set()
     messages = [0]
+    ceiling = [0]
 
     def on_message(client: Any, userdata: Any, message: Any) -> None:
         if message.topic.endswith("/status"):
             return
-        messages[0] += 1
         body = orjson.loads(message.payload)
+        if message.topic.startswith("ceiling/"):
+            ceiling[0] += 1
+            return
+        messages[0] += 1
         if "readings" in body:
             for tag, reading in body["readings"].items():
                 seen.add((message.topic + "/" + tag, reading["value"]))
@@ -73,7 +82,7 @@ def subscribe(port: int, out: str) -> None:
             seen.add((message.topic, body["value"]))
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe("bench/#", 1)
+        client.subscribe([("bench/#", 1), ("ceiling/#", 1)])
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-sub", clean_session=False)
     client.reconnect_delay_set(1, 2)
@@ -86,21 +95,22 @@ def subscribe(port: int, out: str) -> None:
     while not stop.wait(0.2):
         pass
     client.loop_stop()
-    Path(out).write_text(json.dumps({"distinct": len(seen), "messages": messages[0]}))
+    Path(out).write_text(json.dumps({"distinct": len(seen), "messages": messages[0], "ceiling": ceiling[0]}))
 
 
 # --------------------------------------------------------------------------- paho alone
 
 
-def paho_ceiling(port: int, qos: int, count: int) -> float:
+def paho_ceiling(port: int, qos: int, count: int, max_inflight: int = 20) -> float:
     import threading
 
     import paho.mqtt.client as paho
 
+    # What the forwarder publishes for the same readings (its catalog is empty: no units).
     payloads = [
-        (f"ceiling/d{i % 100}/{TAGS[i % 50]}",
-         orjson.dumps({"value": i * 0.5, "ts": iso_ms(TS0 + i), "quality": "good", "unit": "degC"}))
-        for i in range(count)
+        (f"ceiling/{r.device}/{r.tag}",
+         orjson.dumps({"value": r.value, "ts": iso_ms(r.ts_ms), "quality": "good", "unit": None}))
+        for r in readings(0, count)
     ]
     done = threading.Event()
     acked = [0]
@@ -111,6 +121,7 @@ def paho_ceiling(port: int, qos: int, count: int) -> float:
             done.set()
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-paho-{qos}")
+    client.max_inflight_messages_set(max_inflight)
     client.on_publish = on_publish
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -274,12 +285,11 @@ async def main(args: argparse.Namespace) -> None:
     await asyncio.sleep(1.0)
     try:
         print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; Mosquitto on loopback")
-        ceiling = {
-            0: paho_ceiling(broker.port, 0, args.readings),
-            1: paho_ceiling(broker.port, 1, args.readings // 2),
-        }
-        for qos in (0, 1):
-            print(f"paho-mqtt alone, one message per reading, QoS {qos}: {ceiling[qos]:>9,.0f} msg/s")
+        q1 = {inflight: paho_ceiling(broker.port, 1, args.readings // 2, inflight) for inflight in (20, 0)}
+        ceiling = {0: paho_ceiling(broker.port, 0, args.readings), 1: max(q1.values())}
+        print(f"paho-mqtt alone, one message per reading, QoS 0: {ceiling[0]:>9,.0f} msg/s")
+        print(f"paho-mqtt alone, one message per reading, QoS 1: {ceiling[1]:>9,.0f} msg/s"
+              f"  (in-flight limit 20: {q1[20]:,.0f}, none: {q1[0]:,.0f})")
         results = {}
         rss = {}
         for name, mqtt in [
@@ -301,14 +311,16 @@ async def main(args: argparse.Namespace) -> None:
         print(f"forwarder json layout device, QoS 1:     {results['device-q1']:>9,.0f} readings/s"
               f"  (50 readings per message; target >= 100,000)")
         print("forwarder peak RSS: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rss.items()))
-        o = await outage(workdir, broker, args.outage, args.rate)
-        replay = o["backlog"] / o["drain_s"]
-        print(f"outage {args.outage:g}s at {args.rate} readings/s (layout tag, QoS 1): "
-              f"{o['backlog']:,.0f} readings in the disk backlog, "
-              f"{o['disk'] / max(o['backlog'], 1):.1f} bytes on disk per reading")
-        print(f"replay: reconnected {o['reconnect_s']:.1f}s after the broker's return (backoff), drained in "
-              f"{o['drain_s']:.1f}s = {replay:,.0f} readings/s, {replay / args.rate:.1f}x the live rate "
-              "(live kept flowing)")
+        o = {"sent": 0.0, "dropped": 0.0}
+        if args.outage > 0:
+            o = await outage(workdir, broker, args.outage, args.rate)
+            replay = o["backlog"] / o["drain_s"]
+            print(f"outage {args.outage:g}s at {args.rate} readings/s (layout tag, QoS 1): "
+                  f"{o['backlog']:,.0f} readings in the disk backlog, "
+                  f"{o['disk'] / max(o['backlog'], 1):.1f} bytes on disk per reading")
+            print(f"replay: reconnected {o['reconnect_s']:.1f}s after the broker's return (backoff), drained in "
+                  f"{o['drain_s']:.1f}s = {replay:,.0f} readings/s, {replay / args.rate:.1f}x the live rate "
+                  "(live kept flowing)")
         await asyncio.sleep(3)
         subscriber.terminate()
         subscriber.wait(30)
@@ -317,7 +329,8 @@ async def main(args: argparse.Namespace) -> None:
             args.readings * (5 if name.startswith("device") else 1) for name in results
         ) + int(o["sent"])
         print(f"readings lost: {expected - counted['distinct']} of {expected} handed off "
-              f"(dropped by max_bytes: {o['dropped']:.0f}); messages received {counted['messages']:,}")
+              f"(dropped by max_bytes: {o['dropped']:.0f}); messages received {counted['messages']:,}, "
+              f"paho alone's {counted['ceiling']:,}")
     finally:
         if subscriber.poll() is None:
             subscriber.kill()
@@ -333,6 +346,6 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--readings", type=int, default=60_000, help="readings per live run (device: 5x)")
-    parser.add_argument("--outage", type=float, default=60.0, help="seconds the broker is away")
+    parser.add_argument("--outage", type=float, default=60.0, help="seconds the broker is away (0: skip)")
     parser.add_argument("--rate", type=int, default=1000, help="live readings/s during the outage run")
     asyncio.run(main(parser.parse_args()))
