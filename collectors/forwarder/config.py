@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
-from collectors.core.config import ByteSize, Duration, HandoffConfig, StrictModel, password_from_env
+from collectors.core.config import ByteSize, Duration, HandoffConfig, StrictModel, password_from_env, read_slice
 from collectors.core.names import Name
 
 
@@ -108,6 +108,4 @@ class ForwarderConfig(StrictModel):
 
 
 def load_forwarder_config(path: Path) -> ForwarderConfig:
-    import yaml
-
-    return ForwarderConfig.model_validate(yaml.safe_load(path.read_text()))
+    return ForwarderConfig.model_validate(read_slice(path))

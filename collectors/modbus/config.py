@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from collectors.core.config import CollectorSettings, Duration, StrictModel
+from collectors.core.config import CollectorSettings, Duration, StrictModel, read_slice
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 
@@ -197,6 +197,4 @@ class ModbusCollectorConfig(CollectorSettings):
 
 
 def load_collector_config(path: Path) -> ModbusCollectorConfig:
-    import yaml
-
-    return ModbusCollectorConfig.model_validate(yaml.safe_load(path.read_text()))
+    return ModbusCollectorConfig.model_validate(read_slice(path))

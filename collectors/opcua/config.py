@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from collectors.core.config import CollectorSettings, Duration, StrictModel, password_from_env
+from collectors.core.config import CollectorSettings, Duration, StrictModel, password_from_env, read_slice
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 
@@ -148,6 +148,4 @@ class OpcuaCollectorConfig(CollectorSettings):
 
 
 def load_collector_config(path: Path) -> OpcuaCollectorConfig:
-    import yaml
-
-    return OpcuaCollectorConfig.model_validate(yaml.safe_load(path.read_text()))
+    return OpcuaCollectorConfig.model_validate(read_slice(path))
