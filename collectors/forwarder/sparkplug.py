@@ -19,8 +19,9 @@ Choices where the specification leaves room, made the way Ignition reads them:
   collector hands off, scale and offset included) or inferred from its first value (OPC UA:
   the catalog cannot know it). A value that does not fit anyway changes the datatype,
   announced by births before the value is sent, so a host never decodes a wrong type.
-- The first NBIRTH of the process waits until every tag without a catalog type has handed
-  off a reading, for at most `SETTLE` seconds (readings meanwhile wait in the buffer; the
+- The first NBIRTH of the process waits until every tag whose datatype is not known (not
+  from the catalog, nor learned from values by a previous run: `BdSeqStore` keeps those) has
+  handed off a reading, for at most `SETTLE` seconds (readings meanwhile wait in the buffer; the
   DBIRTHs carry the newest, the older ones follow as history). A birth must give each
   metric's datatype (Sparkplug 3.0, tck-id-payloads-metric-datatype-req) and carry every
   metric the data will use (tck-id-topics-dbirth-metric-reqs), so without the wait each
@@ -79,6 +80,7 @@ REBIRTH = "Node Control/Rebirth"
 QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
 MAX_METRICS = 2000  # per DDATA: a replayed backlog becomes several messages, none huge
 STATE_FILE = "sparkplug.json"
+_BY_NAME: dict[str, int] = {pb.DataType.Name(datatype): datatype for datatype in TYPE_RULES}
 # Most seconds (from the forwarder's start) the first NBIRTH waits for the first value of every
 # tag whose datatype only a value tells (OPC UA): a collector connected to its servers hands
 # them off within a second or two; one that cannot connect should not hold up the plant long.
@@ -96,7 +98,7 @@ class _Metric:
     """One tag as a metric, with what the host has been told about it."""
 
     __slots__ = (
-        "alias", "datatype", "host_good", "host_ts", "name", "quality", "rule",
+        "alias", "datatype", "declared", "host_good", "host_ts", "name", "quality", "rule",
         "settled", "ts_ms", "unit", "value", "writable",
     )
 
@@ -108,7 +110,7 @@ class _Metric:
         declared = CATALOG_TYPES.get((tag.type or "").lower()) if tag else None
         # Not settled: no datatype known yet (an OPC UA tag before its first value). Such a
         # metric is in no birth; its first value settles the datatype and births it.
-        self.settled = declared is not None
+        self.settled = self.declared = declared is not None
         self.datatype = declared if declared is not None else pb.Unknown
         self.rule = TYPE_RULES[declared] if declared is not None else UNTYPED
         self.value: Any = None
@@ -119,7 +121,9 @@ class _Metric:
 
     def retype(self, value: Any) -> bool:
         """Settle or change the datatype for a value that does not fit; True when it changed."""
-        datatype = infer_datatype(value)
+        return self.set_datatype(infer_datatype(value))
+
+    def set_datatype(self, datatype: int) -> bool:
         self.settled = True
         if datatype == self.datatype:
             return False
@@ -158,6 +162,7 @@ class EdgeNode:
         self.born = False
         self.devices: dict[str, _Device] = {}
         self.type_changes = 0
+        self.types_version = 0  # moves on whenever a datatype settles or changes
         self.birth_count = 0
         self.bd_seq = 0  # of the current session, for births within it
         self._latest: dict[tuple[str, str], Reading] = {}  # newest reading handed off, per tag
@@ -332,6 +337,8 @@ class EdgeNode:
                 pass
         old = metric.datatype
         changed = metric.retype(value)
+        if changed:
+            self.types_version += 1
         if changed and was_settled:
             self.type_changes += 1
             log.warning("Sparkplug: %s carries %r, which %s cannot: now %s", metric.name, value,
@@ -449,6 +456,22 @@ class EdgeNode:
         return [(device.name, metric.name) for device in self.devices.values()
                 for metric in device.metrics.values() if not metric.settled]
 
+    def learned(self) -> Learned:
+        """The datatypes learned from values (not the catalog's), to be kept across restarts."""
+        return [(device.name, metric.name, pb.DataType.Name(metric.datatype))
+                for device in self.devices.values() for metric in device.metrics.values()
+                if metric.settled and not metric.declared]
+
+    def adopt(self, learned: Learned) -> None:
+        """Datatypes a previous run learned, for configured tags the catalog gives none: they are
+        born at once (null until a value comes); a value that does not fit changes them as usual."""
+        for device_name, tag, type_name in learned:
+            device = self.devices.get(device_name)
+            metric = device.metrics.get(tag) if device is not None else None
+            datatype = _BY_NAME.get(type_name)
+            if metric is not None and not metric.declared and datatype is not None:
+                metric.set_datatype(datatype)
+
 
 def _property(props: pb.Payload.PropertySet, key: str, datatype: int, field: str, value: Any) -> None:
     props.keys.append(key)
@@ -459,19 +482,30 @@ def _property(props: pb.Payload.PropertySet, key: str, datatype: int, field: str
 # --------------------------------------------------------------------------- bdSeq store
 
 
+Learned = list[tuple[str, str, str]]  # (device, tag, Sparkplug datatype name) learned from values
+
+
 class BdSeqStore:
-    """The bdSeq of the last CONNECT, kept in `{buffer.dir}/sparkplug.json` across restarts.
+    """The bdSeq of the last CONNECT, kept in `{buffer.dir}/sparkplug.json` across restarts, with
+    the datatypes learned from values (OPC UA tags), so a restarted forwarder births them at once.
 
     Written (and fsync'ed) before every CONNECT: a will the broker may still publish must never
-    carry the bdSeq of a newer session, or a host would declare that session dead.
+    carry the bdSeq of a newer session, or a host would declare that session dead; and when a
+    datatype is learned (rare: a tag's first value, or a change).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.datatypes: Learned = []  # as loaded
 
     def load(self) -> int | None:
         try:
             state = orjson.loads(self.path.read_bytes())
+            learned = state.get("datatypes") if isinstance(state, dict) else None
+            if isinstance(learned, list):
+                entries = [entry for entry in learned if isinstance(entry, list) and len(entry) == 3]
+                self.datatypes = [(d, t, n) for d, t, n in entries if isinstance(d, str) and isinstance(t, str)
+                                  and isinstance(n, str)]
             value = state["bdSeq"]
             if isinstance(value, int) and 0 <= value <= 255:
                 return value
@@ -482,11 +516,11 @@ class BdSeqStore:
             log.warning("Sparkplug state %s unreadable (%s): bdSeq starts again at 0", self.path, exc)
             return None
 
-    def save(self, bd_seq: int) -> None:
+    def save(self, bd_seq: int, datatypes: Learned) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as file:
-            file.write(orjson.dumps({"bdSeq": bd_seq}))
+            file.write(orjson.dumps({"bdSeq": bd_seq, "datatypes": datatypes}))
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, self.path)
@@ -523,6 +557,10 @@ class SparkplugFormat:
     ) -> None:
         identity = config.gateway
         self.node = EdgeNode(identity.group, identity.id, config.devices)
+        self._store = BdSeqStore(config.buffer.dir / STATE_FILE)
+        self._bd_seq = self._store.load()
+        self.node.adopt(self._store.datatypes)
+        self._types_saved = self.node.types_version
         # The first NBIRTH waits (at most until `_settle_until`) for these tags' first readings.
         self._awaiting: set[tuple[str, str]] = set(self.node.untyped())
         self._clock = clock
@@ -534,8 +572,6 @@ class SparkplugFormat:
         # keep-alive after the last bytes in, stays unanswered for another: 2 x keep-alive, plus
         # two of the session's 0.5 s housekeeping ticks, plus a margin for a busy event loop.
         self.resend_window = max(1.5 * config.mqtt.keepalive, 2.0 * config.mqtt.keepalive + 2.0)
-        self._store = BdSeqStore(config.buffer.dir / STATE_FILE)
-        self._bd_seq = self._store.load()
         self._primary = config.mqtt.primary_host
         base = f"{NAMESPACE}/{identity.group}"
         self._ncmd = f"{base}/NCMD/{identity.id}"
@@ -583,8 +619,13 @@ class SparkplugFormat:
 
     def will(self) -> OutMessage | None:
         self._bd_seq = 0 if self._bd_seq is None else (self._bd_seq + 1) & 0xFF
-        self._store.save(self._bd_seq)
+        self._save()
         return self.node.death(self._bd_seq)
+
+    def _save(self) -> None:
+        assert self._bd_seq is not None
+        self._types_saved = self.node.types_version
+        self._store.save(self._bd_seq, self.node.learned())
 
     def connected(self) -> list[OutMessage]:
         self._connected = True
@@ -619,6 +660,8 @@ class SparkplugFormat:
 
         The forwarder calls this after readings arrive and a few times a second (formats.py).
         """
+        if self.node.types_version != self._types_saved and self._bd_seq is not None:
+            self._save()  # a datatype learned: a restart births it at once
         if not self._birth_pending or self._settling():
             return []
         return self._births()

@@ -397,6 +397,17 @@ def test_the_settle_wait_is_bounded_and_happens_once(tmp_path: Path) -> None:
     assert [kind(m) for m in fmt.connected()] == ["NBIRTH", "DBIRTH", "DBIRTH"]  # no wait again
 
 
+def test_a_primary_host_online_during_the_settle_wait_gets_the_births_when_it_ends(tmp_path: Path) -> None:
+    clock = Clock()
+    fmt = SparkplugFormat(config(tmp_path, primary_host="scada-a"), settle=5.0, clock=clock)
+    fmt.will()
+    assert fmt.connected() == []
+    online = fmt.handle_incoming("spBv1.0/STATE/scada-a", orjson.dumps({"online": True, "timestamp": T0}))
+    assert online.messages == [] and fmt.tick() == []
+    fmt.observe([Reading("oven-2", "setpoint", 180.5, T0), Reading("oven-2", "batch", 3, T0)])
+    assert [kind(m) for m in fmt.tick()] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+
+
 def test_births_held_by_the_settle_wait_are_never_sent_after_the_session_ends(tmp_path: Path) -> None:
     clock = Clock()
     fmt = SparkplugFormat(config(tmp_path), settle=5.0, clock=clock)
@@ -407,6 +418,40 @@ def test_births_held_by_the_settle_wait_are_never_sent_after_the_session_ends(tm
     assert fmt.tick() == [] and not fmt.ready  # no session: nothing to be born in
     fmt.will()
     assert [kind(m) for m in fmt.connected()] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+
+
+def test_datatypes_learned_from_values_survive_a_restart_of_the_forwarder(tmp_path: Path) -> None:
+    fmt, _ = started(tmp_path)
+    fmt.encode([Reading("oven-2", "setpoint", 180.5, T0), Reading("oven-2", "batch", "B-17", T0)], False)
+    fmt.tick()  # a datatype learned is saved with the bdSeq
+    state = orjson.loads((tmp_path / "buffer" / "sparkplug.json").read_bytes())
+    assert sorted(state["datatypes"]) == [["oven-2", "batch", "String"], ["oven-2", "setpoint", "Double"]]
+    clock = Clock()
+    again = SparkplugFormat(config(tmp_path), settle=5.0, clock=clock)  # restarted: no value yet
+    again.will()
+    births = again.connected()  # nothing to wait for: every datatype is known
+    oven = device_births(births)["oven-2"]
+    assert [(m.name, m.datatype, m.is_null) for m in oven.metrics] == [
+        ("setpoint", sp.DOUBLE, True), ("batch", sp.STRING, True)]
+    out = again.encode([Reading("oven-2", "setpoint", 181.0, T0 + 5)], False)
+    assert [kind(m) for m in out] == ["DDATA"]  # born with the right datatype: no rebirth
+    # A learned datatype that no longer fits (the node was changed) is changed as any other.
+    changed = again.encode([Reading("oven-2", "batch", 7, T0 + 6)], False)
+    assert [kind(m) for m in changed][:3] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+
+
+def test_a_damaged_list_of_learned_datatypes_is_ignored(tmp_path: Path) -> None:
+    state = tmp_path / "buffer" / "sparkplug.json"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(orjson.dumps({"bdSeq": 4, "datatypes": [
+        ["oven-2", "setpoint", "NoSuchType"], ["oven-2"], "x", ["press-1", "count", "Double"],
+        ["nosuch", "tag", "Double"], ["oven-2", "batch", "Int64"]]}))
+    fmt = SparkplugFormat(config(tmp_path), settle=0)
+    will = fmt.will()
+    assert will is not None and bdseq(will) == 5
+    births = device_births(fmt.connected())
+    assert births["press-1"].metric("count").datatype == sp.INT16  # the catalog's wins
+    assert [(m.name, m.datatype) for m in births["oven-2"].metrics] == [("batch", sp.INT64)]
 
 
 def test_dcmd_becomes_a_typed_write_and_its_result_publishes_nothing(tmp_path: Path) -> None:
@@ -467,7 +512,7 @@ def test_an_unreadable_state_file_starts_bdseq_again_at_0(tmp_path: Path) -> Non
     fmt = SparkplugFormat(config(tmp_path), settle=0)
     will = fmt.will()
     assert will is not None and bdseq(will) == 0
-    assert orjson.loads(state.read_bytes()) == {"bdSeq": 0}
+    assert orjson.loads(state.read_bytes()) == {"bdSeq": 0, "datatypes": []}
 
 
 def test_legacy_text_state_is_understood(tmp_path: Path) -> None:
