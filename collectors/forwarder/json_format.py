@@ -12,13 +12,16 @@ A reading that is not good also carries `"reason"` when the collector gave one.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, iso_ms
 from collectors.forwarder.config import ForwarderConfig
 from collectors.forwarder.formats import Incoming, OutMessage
+
+if TYPE_CHECKING:
+    from collectors.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class JsonFormat:
         self._set_levels = self._prefix.count("/") + 1
         self._seconds: dict[int, str] = {}  # `2026-11-28T08:00:00.` per epoch second: strftime is costly
         self._last_ts, self._last_iso = -1, ""
+        self.set_refused = 0  # /set payloads refused before routing (not JSON, not an object, no value)
 
     def _iso(self, ts_ms: int) -> str:
         if ts_ms == self._last_ts:  # the readings of one poll share their timestamp
@@ -127,6 +131,14 @@ class JsonFormat:
         flush()
         return out
 
+    def register_metrics(self, metrics: Metrics) -> None:
+        """The json format's own counter, next to the forwarder's (app.py calls this)."""
+        metrics.counter(
+            "forwarder_set_payloads_refused_total",
+            "/set payloads answered with an error before routing (not JSON, not an object, no value)",
+            lambda: self.set_refused,
+        )
+
     # -- writes
 
     def handle_incoming(self, topic: str, payload: bytes) -> Incoming:
@@ -148,6 +160,7 @@ class JsonFormat:
         return Incoming(writes=[WriteRequest(write_id, device, tag, body["value"])])
 
     def _refuse(self, device: str, tag: str, write_id: str, error: str) -> Incoming:
+        self.set_refused += 1
         return Incoming(messages=self.write_result(WriteResult(write_id, device, tag, False, error)))
 
     def write_result(self, result: WriteResult) -> list[OutMessage]:
