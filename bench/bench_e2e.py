@@ -28,8 +28,9 @@ Runs, one after the other (fresh collector and forwarder each, same simulator/br
   paho alone  the same messages (payload bytes and topics captured by the subscriber during the
               tag QoS 0 run), one per reading, published by a bare paho-mqtt client in its own
               process to the same broker while the same subscriber listens: once with paho's
-              loop_start() thread (the usual way), once driving paho's loop by hand (what the
-              forwarder does, TCP quick-ack at QoS 1 included). The better one is the ceiling.
+              loop_start() thread and its defaults (the usual way), once driving paho's loop by
+              hand as the forwarder does (no paho in-flight limit, at most 2,000 / 400 messages
+              outstanding, TCP quick-ack at QoS 1). The better one is the ceiling.
   latency     `--latency-rate` readings/s (default 1,000: 4 devices x 25 tags every 100 ms),
               latency = the subscriber's wall clock when the message arrives minus the reading's
               `ts`, which the collector stamps when the poll response arrives (poller.py:
@@ -47,7 +48,19 @@ at 125 registers per request it could serve ~1.6M readings/s; it is not the limi
 takes CPU from the others in proportion to the polls. With layout tag the limit is one MQTT
 message per reading (paho's per-publish cost in the forwarder, Mosquitto's routing, and the
 subscriber's per-message cost, all on the same two cores). With layout device the messages are
-large (one per device and batch) and the per-reading costs (hand-off, buffer, encoding) dominate.
+large (one per device and batch) and the per-reading costs (hand-off, buffer, encoding) dominate;
+there the Modbus side sets the ceiling: one request in flight per device link, a few ms per
+request against the simulator, so readings/s grow with devices, not with a shorter poll.
+
+Latency: the collector's hand-off linger (default 2 ms; `--linger` to try others) and, at QoS 1,
+the PUBACK round trips of a poll's burst are ours. Mosquitto's default (`set_tcp_nodelay false`)
+holds a small message to a subscriber until the subscriber acknowledges the previous one, and
+Linux delays that ACK ~40 ms: with sparse messages (layout device at 1,000 readings/s) that, not
+the gateway, sets p90/p99; `--broker-nodelay` shows the figures with `set_tcp_nodelay true`.
+
+RSS grows with the tags in the config (the collector ~13 KB per tag with libyaml, the
+forwarder's catalog less): the latency runs (100 tags) show the base, the throughput runs the
+`--devices` x `--tags` plant.
 
 Prints figures and compares them with the targets of issue 2; asserts nothing.
 """
@@ -219,8 +232,11 @@ def paho_main(port: int, qos: int, mode: str, messages: list[tuple[str, bytes]],
     import paho.mqtt.client as paho
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-e2e-paho-{qos}-{mode}")
-    client.max_inflight_messages_set(20)  # as the forwarder; paho's default too
-    client.max_queued_messages_set(0)
+    if mode != "thread":
+        # as the forwarder drives it: no in-flight limit (its own window bounds what paho holds),
+        # and publish() only queues (a write-interest callback set), the loop writes
+        client.max_inflight_messages_set(0)
+        client.on_socket_register_write = lambda c, u, s: None
     done = threading.Event()
     acked = [0]
 
@@ -244,14 +260,15 @@ def paho_main(port: int, qos: int, mode: str, messages: list[tuple[str, bytes]],
         client.loop_stop()
     else:
         quickack = getattr(socket, "TCP_QUICKACK", None)
+        window = 400 if qos else 2000
         while not client.is_connected():
             client.loop(0.1)
         sock = client.socket()
         start = time.perf_counter()
         i = 0
         while acked[0] < count:
-            # publish in slices: paho writes inline when no thread runs; read acks in between
-            for _ in range(min(500, count - i)):
+            # at most `window` outstanding, as the forwarder (2000 at QoS 0, 400 at QoS 1)
+            for _ in range(min(window - (i - acked[0]), count - i)):
                 topic, payload = messages[i % n]
                 client.publish(topic, payload, qos)
                 i += 1
