@@ -658,13 +658,22 @@ class SparkplugFormat:
     def tick(self) -> list[OutMessage]:
         """The births held by the settle wait, once it is over; else nothing.
 
-        The forwarder calls this after readings arrive and a few times a second (formats.py).
+        The forwarder calls this after readings arrive and from its housekeeping loop (formats.py),
+        which must go on (commits, fsync) whatever happens here: a failure is logged, not raised.
         """
-        if self.node.types_version != self._types_saved and self._bd_seq is not None:
-            self._save()  # a datatype learned: a restart births it at once
-        if not self._birth_pending or self._settling():
+        try:
+            if self.node.types_version != self._types_saved and self._bd_seq is not None:
+                try:
+                    self._save()  # a datatype learned: a restart births it at once
+                except OSError as exc:  # kept for the next CONNECT's save; the births go on
+                    self._types_saved = self.node.types_version
+                    log.warning("Sparkplug: cannot save learned datatypes to %s: %s", self._store.path, exc)
+            if not self._birth_pending or self._settling():
+                return []
+            return self._births()
+        except Exception:
+            log.exception("Sparkplug: held births or saving learned datatypes failed")
             return []
-        return self._births()
 
     def _births(self, new_session: bool = True) -> list[OutMessage]:
         assert self._bd_seq is not None, "will() comes before every CONNECT"

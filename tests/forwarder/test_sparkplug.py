@@ -440,6 +440,19 @@ def test_datatypes_learned_from_values_survive_a_restart_of_the_forwarder(tmp_pa
     assert [kind(m) for m in changed][:3] == ["NBIRTH", "DBIRTH", "DBIRTH"]
 
 
+def test_a_state_file_that_cannot_be_written_holds_up_no_birth(tmp_path: Path) -> None:
+    clock = Clock()
+    fmt = SparkplugFormat(config(tmp_path), settle=5.0, clock=clock)
+    fmt.will()
+    assert fmt.connected() == []
+    fmt.observe([Reading("oven-2", "setpoint", 180.5, T0), Reading("oven-2", "batch", 3, T0)])
+    fmt.node.types_version += 1  # as if a datatype had been learned meanwhile
+    state = tmp_path / "buffer" / "sparkplug.json"
+    state.unlink()
+    state.mkdir()  # os.replace onto a directory fails
+    assert [kind(m) for m in fmt.tick()] == ["NBIRTH", "DBIRTH", "DBIRTH"]
+
+
 def test_a_damaged_list_of_learned_datatypes_is_ignored(tmp_path: Path) -> None:
     state = tmp_path / "buffer" / "sparkplug.json"
     state.parent.mkdir(parents=True)
