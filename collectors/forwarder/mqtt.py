@@ -233,6 +233,10 @@ class BrokerSession:
                 await asyncio.wait_for(delivered.wait(), wait)
         self._closing_session = True
         client.disconnect()
+        # paho queues the DISCONNECT packet; the event loop writes it. Closing the socket
+        # before that would make the broker publish our last will (offline / NDEATH) too.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), wait)
 
     async def reconnect(self, final_messages: list[OutMessage]) -> None:
         """End this session cleanly; the run loop connects again after the usual backoff."""

@@ -83,6 +83,7 @@ async def test_layout_device_groups_a_batch_per_device(
 
 async def test_status_online_retained_then_offline_on_shutdown(tmp_path: Path, broker: Mosquitto) -> None:
     config = make_config(tmp_path, broker)
+    watcher = Subscriber(broker.host, broker.port, "fieldgate/line3/status")
     async with Forwarder(config) as forwarder:
         await until(lambda: forwarder.session.connected, 10, "the broker session")
         # joins after the forwarder connected: sees the retained status
@@ -96,8 +97,13 @@ async def test_status_online_retained_then_offline_on_shutdown(tmp_path: Path, b
     try:
         status = await asyncio.to_thread(after.wait_for, lambda m: True, 10)
         assert (status[0].payload, status[0].retain) == (b"offline", True)
+        # A clean shutdown says goodbye itself and sends DISCONNECT, so the broker drops the
+        # last will: one offline, not a second one from the will.
+        await asyncio.sleep(1.5)
+        assert [m.payload for m in watcher.on_topic("fieldgate/line3/status")] == [b"online", b"offline"]
     finally:
         after.close()
+        watcher.close()
 
 
 async def test_writes_are_routed_to_the_owning_collector_and_answered(
