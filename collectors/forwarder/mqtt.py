@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # answers PUBREC and PUBCOMP as usual and drops the message (tests/forwarder/test_session.py).
 MAX_INFLIGHT = {0: 0, 1: 0, 2: 20}
 BACKOFF_MIN = 0.5
-BACKOFF_MAX = 10.0  # a broker back from an outage is found within ~10 s; a retry is one TCP connect
+BACKOFF_MAX = 5.0  # a broker back from an outage is found within 5 s; a retry is one TCP connect
 MISC_INTERVAL = 0.5
 # Brokers that leave Nagle's algorithm on (Mosquitto's default: set_tcp_nodelay false) hold each
 # PUBACK after the first until our TCP ACK arrives, and Linux delays that ACK while we have
@@ -260,7 +260,7 @@ class BrokerSession:
                         delay = BACKOFF_MIN
                 assert self._loop is not None
                 self.last_attempt = self._loop.time()
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))  # jitter, never past BACKOFF_MAX
                 delay = min(delay * 2, BACKOFF_MAX)
         finally:
             self._drop_client()
