@@ -313,7 +313,10 @@ class HandoffSink(Protocol):
     """What the forwarder does with what collectors hand it."""
 
     async def readings(self, collector: str, readings: list[Reading]) -> None:
-        """Take readings; return once they are as durable as the buffer policy promises."""
+        """Take readings; return once they are as durable as the buffer policy promises.
+
+        OSError: they could not be stored; the batch is not acknowledged and the connection is
+        closed, so the collector keeps it and sends it again when it reconnects."""
 
     async def device_state(self, collector: str, state: DeviceState) -> None: ...
 
@@ -407,6 +410,9 @@ class HandoffServer:
             pass
         except HandoffError as exc:
             log.error("hand-off peer dropped: %s", exc)
+        except OSError as exc:  # the sink could not store a batch (the forwarder's disk): it logged that
+            log.debug("hand-off batch from %s refused, connection closed so it is sent again: %s",
+                      peer.collector if peer else "?", exc)
         finally:
             self._connections.discard(task)
             self._writers.discard(writer)

@@ -69,7 +69,12 @@ class Forwarder:
     ) -> None:
         self.config = config
         self.format = payload_format or create_format(config)
-        self.buffer = Buffer(config.buffer.dir, config.buffer.max_bytes, config.buffer.durability)
+        # json keeps each tag's order across the replay (a live reading waits behind its tag's
+        # backlog); Sparkplug sends the backlog as is_historical and the newest value live at once.
+        self.buffer = Buffer(
+            config.buffer.dir, config.buffer.max_bytes, config.buffer.durability,
+            keep_tag_order=config.mqtt.format == "json",
+        )
         self.session = BrokerSession(config, self, self.format.will, self.format.clean_session)
         self.handoff = HandoffServer(config.handoff.socket, self)
         self.metrics = Metrics()
@@ -331,12 +336,16 @@ class Forwarder:
         while True:
             await asyncio.sleep(COMMIT_INTERVAL)
             self._format_tick()
+            self.buffer.retry()  # readings a failed spill left in memory, to the disk when it takes them
             ticks += 1
             fsync = ticks % round(SYNC_INTERVAL / COMMIT_INTERVAL) == 0
             if fsync:
                 handles = self.buffer.sync_handles()
                 if handles:
-                    await asyncio.to_thread(Buffer.fsync, handles)  # fsync blocks: keep the loop free
+                    try:
+                        await asyncio.to_thread(Buffer.fsync, handles)  # fsync blocks: keep the loop free
+                    except OSError as exc:  # the data stays written; only a power loss could take it
+                        log.warning("buffer: flushing %s to the device failed: %s", self.config.buffer.dir, exc)
             else:
                 self.buffer.write_commits()
             if self.session.outstanding < self._window:
@@ -387,6 +396,8 @@ class Forwarder:
             ("forwarder_readings_out_total", "readings delivered to the broker", lambda: stats.readings_out),
             ("forwarder_dropped_readings_total", "oldest readings dropped past buffer.max_bytes",
              lambda: buffer.stats.dropped),
+            ("forwarder_buffer_write_errors_total", "writes to the disk buffer that failed (retries included)",
+             lambda: buffer.stats.write_errors),
             ("forwarder_publish_latency_seconds_sum", "hand-off to broker acknowledgement, live batches",
              lambda: stats.latency_sum),
             ("forwarder_publish_latency_seconds_count", "live batches measured", lambda: stats.latency_count),
@@ -398,7 +409,10 @@ class Forwarder:
             m.counter(name, help_text, read)
         m.gauge(
             "forwarder_buffered_readings", "readings waiting for the broker, per lane",
-            lambda: [({"lane": "live"}, buffer.live.pending), ({"lane": "backlog"}, buffer.backlog.pending)],
+            lambda: [
+                ({"lane": "live"}, buffer.live.pending), ({"lane": "backlog"}, buffer.backlog.pending),
+                ({"lane": "unwritten"}, buffer.unwritten.pending),
+            ],
         )
         m.gauge("forwarder_buffered_bytes", "bytes of the disk buffer", lambda: buffer.disk_bytes)
         m.gauge("forwarder_broker_connected", "1 while connected", lambda: int(session.connected))
@@ -476,6 +490,11 @@ class Forwarder:
     def _handoff_health(self) -> str | None:
         if self._put_error is not None:
             return f"hand-off stuck: the buffer cannot store readings: {self._put_error}"
+        if self.buffer.write_error is not None and self.buffer.unwritten.pending:
+            return (
+                f"buffer cannot be written: {self.buffer.write_error}; "
+                f"{self.buffer.unwritten.pending} readings wait in memory"
+            )
         if not self.handoff.serving:
             return "hand-off stuck: not listening"
         if not any(t.get_name() == "forwarder-publish" for t in self._tasks):

@@ -7,13 +7,28 @@ Two lanes, each first-in first-out, so every tag keeps its order within a lane::
              in-memory copy of the tail so publishing never reads the disk back
     backlog  readings that arrived while the broker was away or the format not ready, what
              the live lane held when the session was lost or when it grew past
-             `spill_readings`, and what a previous run left behind: always on disk (backlog/)
+             `spill_readings`, and what a previous run left behind: on disk (backlog/); its
+             tail waits in memory (`unwritten`) while the disk refuses writes (below)
 
-Everything in the backlog is older than everything in the live lane (the live lane is
-spilled whole into the backlog, never partly), so a consumer sees each tag's replayed
-readings in order, and its live readings in order. `take()` alternates between the lanes:
-live readings wait for at most one replay batch, and replay runs at the publisher's full
-speed, well above the live rate. Backlog batches are `historical`.
+For each tag, its backlog readings are older than its live ones: the live lane is spilled
+whole into the backlog, never partly, and, with `keep_tag_order` (json), a reading that
+arrives while its tag still has readings in the backlog goes to the backlog's tail, behind
+them, so the backlog drains oldest first and each tag stays in order. Readings of the other
+tags go live at once. `take()` alternates between the lanes: live readings wait for at most
+one replay batch, and replay runs at the publisher's full speed, well above the live rate;
+backlog batches are `historical`. A tag's readings in the backlog are tracked as the disk
+position of its newest one: the tag queues behind the backlog while that position is not
+yet taken; a live reading of a tag whose backlog readings are taken but not yet acknowledged
+waits (a gate on the live lane) for their acknowledgement, since after a lost connection
+they would be sent again. After a restart, which tags the backlog holds is not known: every
+tag queues behind it until it is all taken. Without `keep_tag_order` (Sparkplug, which flags
+the replay `is_historical` and keeps the newest value live) live readings never wait.
+
+A spill that the disk refuses (full, failing) keeps its readings, already acknowledged to
+the collectors, in memory as the backlog's tail; they are written when the disk takes writes
+again (retried by `retry()` and before every backlog append) or published from memory once
+the disk backlog is all taken. Meanwhile readings from the hand-off that would go to the
+backlog are refused (put raises OSError: the collector keeps them), and `write_error` says why.
 
 On disk a lane is a directory of append-only segment files and a `commit` file::
 
@@ -37,14 +52,16 @@ them counted in `dropped`, and one warning is logged per episode (until the buff
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import struct
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Literal
 
@@ -106,8 +123,10 @@ class Lane(ABC):
     def append(self, readings: list[Reading], arrived: float) -> None: ...
 
     @abstractmethod
-    def take(self, limit: int) -> Batch | None:
-        """The next readings (about `limit` of them), in order; None when there are none."""
+    def take(self, limit: int, until: int | None = None) -> Batch | None:
+        """The next readings (about `limit` of them), in order; None when there are none.
+
+        `until`: take no append numbered past it (the live lane's gates, see `Buffer`)."""
 
     @abstractmethod
     def ack(self, batch: Batch) -> None: ...
@@ -153,14 +172,17 @@ class MemoryLane(Lane):
         self._items.append(_Item(self.appended, readings, arrived))
         self._pending += len(readings)
 
-    def take(self, limit: int) -> Batch | None:
-        if not self._items:
+    def take(self, limit: int, until: int | None = None) -> Batch | None:
+        if not self._items or (until is not None and self._items[0].seq > until):
             return None
         first = self._items.popleft()
         readings = list(first.readings)
         self._taken.append(first)
         last = first
-        while self._items and len(readings) + len(self._items[0].readings) <= limit:
+        while (
+            self._items and len(readings) + len(self._items[0].readings) <= limit
+            and (until is None or self._items[0].seq <= until)
+        ):
             last = self._items.popleft()
             self._taken.append(last)
             readings.extend(last.readings)
@@ -222,6 +244,7 @@ class DiskLane(Lane):
         self._fd: int | None = None
         self._read: tuple[int, object] | None = None  # (segment id, open file)
         self._unsynced = False
+        self._torn = False  # a failed append left bytes past the last record that could not be cut
         self._pending = 0  # readings past the commit offset
         self._recover()
 
@@ -308,17 +331,44 @@ class DiskLane(Lane):
     def disk_bytes(self) -> int:
         return sum(s.size for s in self._segments) - (self._commit[1] if self._segments else 0)
 
+    @property
+    def end(self) -> Position:
+        """Where the next record goes: every position of a record written so far is at or before it."""
+        last = self._segments[-1]
+        return (last.id, last.size)
+
+    @property
+    def taken_to(self) -> Position:
+        """The end of what was taken (published or being published); rewound to `acked_to` on a loss."""
+        return self._cursor
+
+    @property
+    def acked_to(self) -> Position:
+        """The end of what the broker acknowledged (the commit offset)."""
+        return self._commit
+
     # -- writing
 
     def append(self, readings: list[Reading], arrived: float) -> None:
+        """Write one record. On OSError (disk full, I/O error) nothing of it stays in the file."""
         body = _rows(readings)
         segment = self._segments[-1]
-        if segment.size and segment.size + _RECORD.size + len(body) > self._segment_bytes:
+        if self._torn or (segment.size and segment.size + _RECORD.size + len(body) > self._segment_bytes):
             segment = self._rotate()
         if self._fd is None:
             self._fd = os.open(self._path(segment.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         start = (segment.id, segment.size)
-        os.write(self._fd, _RECORD.pack(len(body), len(readings)) + body)
+        record = _RECORD.pack(len(body), len(readings)) + body
+        try:
+            written = os.write(self._fd, record)
+            if written != len(record):  # a full disk can take part of a write: the rest would fail
+                raise OSError(errno.ENOSPC, f"No space left on device (wrote {written} of {len(record)} bytes)")
+        except OSError:
+            try:
+                os.ftruncate(self._fd, segment.size)  # no torn record for the next append to follow
+            except OSError:
+                self._torn = True  # the next append starts a new segment; start-up cuts the torn end
+            raise
         segment.size += _RECORD.size + len(body)
         segment.readings += len(readings)
         self._pending += len(readings)
@@ -328,6 +378,7 @@ class DiskLane(Lane):
             self._cache.append(_Cached(self.appended, start, (segment.id, segment.size), readings, arrived))
 
     def _rotate(self) -> _Segment:
+        self._torn = False
         self._close_fd()
         segment = _Segment(self._segments[-1].id + 1)
         self._segments.append(segment)
@@ -335,11 +386,13 @@ class DiskLane(Lane):
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            if self._unsynced:
-                os.fsync(self._fd)  # a full segment is flushed once
-                self._unsynced = False
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                if self._unsynced:
+                    self._unsynced = False
+                    os.fsync(fd)  # a full segment is flushed once
+            finally:
+                os.close(fd)
 
     def sync_handle(self) -> int | None:
         """A duplicate of the written segment's descriptor, to fsync away from the event loop."""
@@ -350,20 +403,27 @@ class DiskLane(Lane):
 
     # -- reading
 
-    def take(self, limit: int) -> Batch | None:
+    def take(self, limit: int, until: int | None = None) -> Batch | None:
         cache = self._cache
         while cache and cache[0].start < self._cursor:
             self.taken_through = max(self.taken_through, cache.popleft().number)  # read from disk already
         if cache and cache[0].start == self._cursor:
+            if until is not None and cache[0].number > until:
+                return None
             first = cache.popleft()
             readings, end, last = list(first.readings), first.end, first.number
-            while cache and cache[0].start == end and len(readings) + len(cache[0].readings) <= limit:
+            while (
+                cache and cache[0].start == end and len(readings) + len(cache[0].readings) <= limit
+                and (until is None or cache[0].number <= until)
+            ):
                 item = cache.popleft()
                 readings.extend(item.readings)
                 end, last = item.end, item.number
             self.taken_through = max(self.taken_through, last)
             batch = Batch(readings, self.historical, self, end, first.arrived)
         else:
+            # Not in the cache: the backlog, or a live lane rewound (it is then spilled whole,
+            # and its gates with it), so `until` has nothing to hold back here.
             found = self._read_from_disk(limit)
             if found is None:
                 return None
@@ -421,8 +481,11 @@ class DiskLane(Lane):
         if self._commit == self._commit_written:
             return
         tmp = self.dir / "commit.tmp"
-        tmp.write_bytes(orjson.dumps({"segment": self._commit[0], "offset": self._commit[1]}))
-        tmp.replace(self.dir / "commit")
+        try:
+            tmp.write_bytes(orjson.dumps({"segment": self._commit[0], "offset": self._commit[1]}))
+            tmp.replace(self.dir / "commit")
+        except OSError:  # a full disk: tried again next time; meanwhile a crash only resends more
+            return
         self._commit_written = self._commit
 
     def rewind(self) -> None:
@@ -469,10 +532,15 @@ class BufferStats:
     dropped: int = 0
     spilled: int = 0
     dropping: bool = False
+    write_errors: int = 0  # disk writes of the backlog that failed (each retry counts)
+
+
+NOWHERE: Position = (-1, -1)
+_tag_key: Callable[[Reading], tuple[str, str]] = itemgetter(0, 1)  # (device, tag)
 
 
 class Buffer:
-    """The two lanes, the spill rules and the `max_bytes` bound (see the module docstring)."""
+    """The lanes, the spill rules, the per-tag order and the `max_bytes` bound (module docstring)."""
 
     def __init__(
         self,
@@ -480,10 +548,13 @@ class Buffer:
         max_bytes: int,
         durability: Literal["outage", "always"],
         spill_readings: int = 100_000,
+        keep_tag_order: bool = True,
     ) -> None:
+        self.dir = directory
         self.max_bytes = max_bytes
         self.durability = durability
         self.spill_readings = spill_readings
+        self.keep_tag_order = keep_tag_order
         segment_bytes = max(4096, min(MAX_SEGMENT, max_bytes // 16))
         self.backlog = DiskLane("backlog", True, directory / "backlog", segment_bytes, cache=False)
         self.live: MemoryLane | DiskLane
@@ -491,28 +562,87 @@ class Buffer:
             self.live = DiskLane("live", False, directory / "live", segment_bytes, cache=True)
         else:
             self.live = MemoryLane("live", False)
+        # The backlog's tail while the disk refuses writes (full, failing): readings that were
+        # acknowledged already (a spill) wait here, in memory, and are retried; see _to_backlog.
+        self.unwritten = MemoryLane("unwritten", True)
+        self.write_error: str | None = None  # why the last write to the backlog failed, until one succeeds
+        self._write_failure: OSError | None = None
         self.online = False  # the forwarder sets it: session up and the format ready
         self.stats = BufferStats()
         self._states: deque[tuple[int, DeviceState]] = deque()  # (live appends before it, state)
+        # Per-tag order (keep_tag_order): where each tag's newest backlog reading ends on disk,
+        # the live appends that wait for backlog acknowledgements, and where the backlog a
+        # previous run left ends (which tags it holds is not known: every tag waits behind it).
+        self._newest: dict[tuple[str, str], Position] = {}
+        self._gates: deque[tuple[int, Position]] = deque()  # (live append number, backlog position)
+        self._hold_all: Position = NOWHERE
         self._turn_backlog = False
         self.data = asyncio.Event()
         if self.live.pending:  # the previous run's live lane (always): it is history now
             self._move(self.live.drain())
+        if self.backlog.pending:
+            self._hold_all = self.backlog.end
 
     # -- in
 
     def put(self, readings: list[Reading], arrived: float = 0.0) -> None:
-        """Take readings from the hand-off: durable as the durability promises once this returns."""
+        """Take readings from the hand-off: durable as the durability promises once this returns.
+
+        Raises OSError when the readings could not be stored (nothing of them is kept then:
+        the hand-off is not acknowledged, so the collector keeps them)."""
         if not readings:
             return
         if self.online and self.live.pending + len(readings) <= self.spill_readings:
-            self._make_room(self.live, len(readings) * 48)
-            self.live.append(readings, arrived)
+            if self.keep_tag_order and (self.backlog.pending or self.unwritten.pending):
+                self._put_in_order(readings, arrived)
+            else:
+                if self._newest:
+                    self._newest.clear()
+                self._to_live(readings, arrived)
         else:
             if self.live.pending:
                 self.spill()
             self._to_backlog(readings)
         self.data.set()
+
+    def _to_live(self, readings: list[Reading], arrived: float) -> None:
+        self._make_room(self.live, len(readings) * 48)
+        self.live.append(readings, arrived)
+
+    def _put_in_order(self, readings: list[Reading], arrived: float) -> None:
+        """Online with a backlog: a tag with readings not yet taken from the backlog queues behind
+        them (at the backlog's tail); the others go live at once. A live reading of a tag whose
+        last backlog readings are taken but not yet acknowledged waits (a gate) until they are:
+        were the connection lost first, they would be sent again, after the live one."""
+        backlog = self.backlog
+        taken, acked = backlog.taken_to, backlog.acked_to
+        floor = self._hold_all
+        if floor <= acked:
+            floor = self._hold_all = NOWHERE
+        behind: list[Reading]
+        live: list[Reading] = []
+        gate = acked
+        if self.unwritten.pending or floor > taken:
+            behind = readings  # the tail is in memory, or a previous run's backlog is not all taken
+        else:
+            behind = []
+            newest, key = self._newest, _tag_key
+            for reading in readings:
+                at = newest.get(key(reading), floor)
+                if at < floor:
+                    at = floor
+                if at > taken:
+                    behind.append(reading)
+                else:
+                    live.append(reading)
+                    if at > gate:
+                        gate = at
+        if live:
+            self._to_live(live, arrived)
+            if gate > acked:
+                self._gates.append((self.live.appended, gate))
+        if behind:
+            self._to_backlog(behind)
 
     def put_state(self, state: DeviceState) -> DeviceState | None:
         """Order a device state after the live readings before it; returns it when it is due now."""
@@ -522,19 +652,89 @@ class Buffer:
         self.data.set()
         return None
 
-    def _to_backlog(self, readings: list[Reading]) -> None:
+    def _to_backlog(self, readings: list[Reading], keep: bool = False) -> None:
+        """Append to the backlog's tail: on disk, or in memory (`unwritten`) while the disk refuses.
+
+        `keep`: the readings were acknowledged to a collector already (a spill, a resend), so a
+        refusal keeps them in memory. Otherwise (straight from the hand-off) a refusal before
+        any of them was kept raises OSError: the collector keeps them and sends them again.
+        In memory there are at most about `spill_readings` (one live lane) plus what `keep`
+        brings, which is bounded by the live lane and the resend window as well."""
+        lane = self.unwritten
+        if lane.pending and not self._flush_unwritten():
+            failure = self._write_failure
+            if keep or (failure is None and lane.pending + len(readings) <= self.spill_readings):
+                lane.append(readings, 0.0)  # behind the readings already waiting there
+                return
+            if failure is None:
+                raise OSError(errno.ENOBUFS, f"{lane.pending} readings in memory wait to be published")
+            raise OSError(failure.errno, f"{failure.strerror} ({lane.pending} readings wait in memory)")
+        if self._write(readings):
+            return
+        if not keep and lane.pending == len(readings):  # none of them written: hand them back
+            lane.drain()
+            assert self._write_failure is not None
+            raise self._write_failure
+
+    def _write(self, readings: list[Reading]) -> bool:
+        """Write to the disk backlog; what the disk refuses goes to `unwritten` (False then)."""
         for start in range(0, len(readings), RECORD_READINGS):
             chunk = readings[start : start + RECORD_READINGS]
-            self._make_room(self.backlog, len(chunk) * 48)
-            self.backlog.append(chunk, 0.0)
+            try:
+                self._make_room(self.backlog, len(chunk) * 48)
+                self.backlog.append(chunk, 0.0)
+            except OSError as exc:
+                self._write_failed(exc)
+                self.unwritten.append(readings[start:], 0.0)
+                return False
+            if self.keep_tag_order:
+                self._newest.update(dict.fromkeys(map(_tag_key, chunk), self.backlog.end))
+        if self.write_error is not None:
+            log.info("buffer: %s takes writes again", self.backlog.dir)
+            self.write_error = self._write_failure = None
+        return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.stats.write_errors += 1
+        if self.write_error is None:
+            log.error(
+                "buffer: cannot write to %s: %s; readings already acknowledged wait in memory (retried, "
+                "counted in fieldgate_forwarder_buffer_write_errors_total), new ones stay with the "
+                "collectors", self.backlog.dir, exc,
+            )
+        self.write_error = str(exc)
+        self._write_failure = exc
+
+    def _flush_unwritten(self) -> bool:
+        """Move the readings waiting in memory to the disk backlog; True when none wait any more.
+
+        Not while some of them are being published: sent again after a loss, they would then
+        follow newer ones written behind them."""
+        lane = self.unwritten
+        if not lane.pending:
+            return True
+        if lane.inflight:
+            return False
+        readings = lane.drain()
+        if self._write(readings):
+            log.info("buffer: %d readings that waited in memory written to the disk backlog", len(readings))
+            return True
+        return False
+
+    def retry(self) -> None:
+        """Try the disk again for readings waiting in memory (the forwarder calls it 4 times a second)."""
+        if self.unwritten.pending:
+            self._flush_unwritten()
+            self.data.set()
 
     def _move(self, readings: list[Reading]) -> None:
         self.stats.spilled += len(readings)
-        self._to_backlog(readings)
+        self._to_backlog(readings, keep=True)
 
     def spill(self) -> list[DeviceState]:
         """Move the live lane into the backlog (session lost, live lane too long, shutdown)."""
         readings = self.live.drain()
+        self._gates.clear()
         self._move(readings)
         states = [state for _, state in self._states]
         self._states.clear()
@@ -568,15 +768,34 @@ class Buffer:
             return self._states.popleft()[1]
         lanes = (self.backlog, self.live) if self._turn_backlog else (self.live, self.backlog)
         self._turn_backlog = not self._turn_backlog
+        gated = False
         for lane in lanes:
-            batch = lane.take(limit)
+            batch: Batch | None
+            if lane is self.live:
+                until = self._live_until() if self._gates else None
+                gated = until is not None
+                batch = lane.take(limit, until)
+            else:
+                batch = lane.take(limit)
+                if batch is None:  # the disk backlog is all taken: its tail in memory, if any
+                    batch = self.unwritten.take(limit)
             if batch is not None:
                 return batch
-        if self._states:  # readings before it were all taken
+        if self._states and not gated:  # readings before it were all taken
             return self._states.popleft()[1]
         self.data.clear()
         if self.stats.dropping and not self.backlog.pending:
             self.stats.dropping = False
+        return None
+
+    def _live_until(self) -> int | None:
+        """The last live append that may be taken now (None: all); see _put_in_order."""
+        gates, taken, acked = self._gates, self.live.taken_through, self.backlog.acked_to
+        while gates:
+            number, at = gates[0]
+            if number > taken and at > acked:
+                return number - 1
+            gates.popleft()
         return None
 
     def ack(self, batch: Batch) -> None:
@@ -586,6 +805,7 @@ class Buffer:
         """The session is gone: undelivered batches go back; the live lane goes to disk."""
         self.online = False
         self.backlog.rewind()
+        self.unwritten.rewind()
         self.live.rewind()
         return self.spill()
 
@@ -599,7 +819,7 @@ class Buffer:
 
     @property
     def pending(self) -> int:
-        return self.live.pending + self.backlog.pending
+        return self.live.pending + self.backlog.pending + self.unwritten.pending
 
     @property
     def disk_bytes(self) -> int:
@@ -619,12 +839,18 @@ class Buffer:
 
     @staticmethod
     def fsync(handles: list[int]) -> None:
-        """Flush to the device (blocking: the forwarder runs it in a worker thread)."""
+        """Flush to the device (blocking: the forwarder runs it in a worker thread); every handle
+        is closed, the first error raised."""
+        error: OSError | None = None
         for fd in handles:
             try:
                 os.fsync(fd)
+            except OSError as exc:
+                error = error or exc
             finally:
                 os.close(fd)
+        if error is not None:
+            raise error
 
     def sync(self) -> None:
         self.fsync(self.sync_handles())
@@ -633,9 +859,16 @@ class Buffer:
         """Shutdown: the live lane goes to disk, offsets are written, files flushed."""
         self.live.rewind()
         self.backlog.rewind()
+        self.unwritten.rewind()
         if self.durability == "outage":
             self.spill()
+        if not self._flush_unwritten():
+            log.error(
+                "buffer: %d readings could not be written to %s (%s) and are lost with this shutdown",
+                self.unwritten.pending, self.backlog.dir, self.write_error,
+            )
         with suppress(OSError):
             self.sync()
         for lane in (self.backlog, self.live):
-            lane.close()
+            with suppress(OSError):
+                lane.close()

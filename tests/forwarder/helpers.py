@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from collectors.core.config import HandoffConfig
 from collectors.core.handoff import HandoffClient
@@ -90,27 +93,6 @@ def values_by_tag(messages: list[Message], prefix: str = "fieldgate/line3/press-
     return out
 
 
-def runs_needed(values: list[int]) -> int:
-    """How many increasing runs a tag's sequence (first occurrences) splits into at least.
-
-    The buffer replays its backlog in order and interleaves live readings with it, so a tag's
-    sequence is the merge of two increasing sequences: this greedy count must be <= 2.
-    """
-    seen: set[int] = set()
-    tails: list[int] = []
-    for value in values:
-        if value in seen:
-            continue
-        seen.add(value)
-        candidates = [i for i, tail in enumerate(tails) if tail < value]
-        if candidates:
-            best = max(candidates, key=lambda i: tails[i])
-            tails[best] = value
-        else:
-            tails.append(value)
-    return len(tails)
-
-
 class ForwarderProcess:
     """`python -m collectors.forwarder --config FILE` as a real process, killable with SIGKILL."""
 
@@ -153,3 +135,50 @@ def wait_file(path: Path, timeout: float = 15.0) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
+
+
+def out_of_order(values: list[int]) -> list[tuple[int, int]]:
+    """(newest so far, value) for each value that arrives after a newer one of its tag.
+
+    Exact repeats of values already seen are at-least-once re-sends and are skipped; a re-send
+    comes in order too (it is checked by `retained` tests: the last word is the newest)."""
+    breaks: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    newest = -1
+    for value in values:
+        if value in seen:
+            continue
+        seen.add(value)
+        if value < newest:
+            breaks.append((newest, value))
+        newest = max(newest, value)
+    return breaks
+
+
+@contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` (tmpfs) mounted at `path`; skips the test where mounting is
+    not allowed (not root, no CAP_SYS_ADMIN). A file filling it makes real writes fail (ENOSPC)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system holding `directory` to the last byte; remove the file to free it."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 1):
+            with suppress(OSError):
+                while os.write(fd, bytes(size)) == size:
+                    pass
+    finally:
+        os.close(fd)
+    return filler

@@ -15,7 +15,16 @@ import pytest
 
 from collectors.forwarder.app import Forwarder
 from collectors.forwarder.config import ForwarderConfig
-from tests.forwarder.helpers import collector, config_dict, counter_readings, until, values_by_tag
+from tests.forwarder.helpers import (
+    collector,
+    config_dict,
+    counter_readings,
+    fill,
+    out_of_order,
+    small_disk,
+    until,
+    values_by_tag,
+)
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 from tests.support.proxy import TcpProxy
@@ -156,3 +165,53 @@ async def test_a_connected_session_whose_publishes_are_never_acknowledged_is_unh
             assert delivered(durable_subscriber) == set(range(200))
             await until(lambda: forwarder.session.connected and not forwarder.session.outstanding, 10, "idle")
             assert await http_get(port, "/healthz") == (200, "ok\n")
+
+
+async def test_a_spill_the_disk_refuses_loses_nothing_and_is_unhealthy_until_written_or_sent(
+    tmp_path: Path, durable_broker: Mosquitto, durable_subscriber: Subscriber, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session is lost while readings wait in memory for PUBACKs, and the disk is full: the
+    spill fails inside paho's disconnect callback. The readings stay in memory and arrive."""
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        async with TcpProxy(durable_broker.host, durable_broker.port, mqtt=True) as proxy:
+            data = config_dict(tmp_path, _Where(proxy.port), qos=1, keepalive="1s")  # type: ignore[arg-type]
+            data["metrics"] = {"port": free_port()}
+            data["buffer"]["dir"] = str(disk / "buffer")
+            config = ForwarderConfig.model_validate(data)
+            port = config.metrics.port
+            assert port is not None
+            async with Forwarder(config) as forwarder, collector(config) as client:
+                await until(lambda: forwarder.session.connected, 10, "the broker session")
+                proxy.swallow_acks()  # published, never acknowledged: they stay in the live lane
+                client.publish(counter_readings(0, 2000, TAGS))
+                await until(lambda: forwarder.buffer.live.pending == 2000, 10, "2000 unacknowledged readings")
+                filler = fill(disk)
+                proxy.refuse()
+                proxy.drop()  # the connection is lost: the live lane must go to the full disk
+                await until(lambda: not forwarder.session.connected, 10, "the loss to be noticed")
+                assert forwarder.buffer.unwritten.pending == 2000, "kept in memory"
+                status, body = await http_get(port, "/healthz")
+                assert status == 503
+                assert body.startswith("buffer cannot be written: [Errno 28] No space left on device")
+                assert "2000 readings wait in memory" in body
+                _, metrics = await http_get(port, "/metrics")
+                assert metric(metrics, "buffer_write_errors_total") >= 1
+                assert 'fieldgate_forwarder_buffered_readings{lane="unwritten"} 2000' in metrics
+                # new readings meanwhile are not acknowledged: the collector keeps them
+                client.publish(counter_readings(2000, 400, TAGS))
+                await asyncio.sleep(1)
+                assert client.pending == 400 and forwarder.buffer.pending == 2000
+
+                proxy.resume()  # the broker is back, the disk still full: sent from memory
+                await until(lambda: len(delivered(durable_subscriber)) == 2400, 60, "every reading")
+                await until(lambda: forwarder.buffer.pending == 0, 10, "the buffer to empty")
+                assert await http_get(port, "/healthz") == (200, "ok\n")
+                filler.unlink()
+            assert delivered(durable_subscriber) == set(range(2400))
+            with durable_subscriber._lock:
+                by_tag = values_by_tag(list(durable_subscriber.messages))
+            for tag, values in by_tag.items():
+                assert out_of_order(values) == [], f"{tag} out of order"
+    lines = [r for r in caplog.records if "cannot write to" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "ERROR", "one ERROR line per episode"
+    assert not [r for r in caplog.records if r.exc_info], "no exception escaped (paho callback, tasks)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.forwarder.helpers import (
     config_dict,
     counter_readings,
     make_config,
-    runs_needed,
+    out_of_order,
     until,
     values_by_tag,
     wait_file,
@@ -63,38 +64,74 @@ def distinct(subscriber: Subscriber) -> set[int]:
     return {v for values in received(subscriber).values() for v in values}
 
 
-async def test_broker_outage_while_readings_flow_loses_nothing_and_keeps_tag_order(
+OLD = ["temperature", "pressure", "run"]  # flowing before, during and after the outage
+NEW = "count"  # starts once the broker is back: it has no backlog
+NEW_BASE = 1_000_000
+
+
+async def test_broker_outage_while_readings_flow_loses_nothing_and_keeps_each_tags_order(
     tmp_path: Path, durable_broker: Mosquitto, durable_subscriber: Subscriber
 ) -> None:
-    config = make_config(tmp_path, durable_broker, qos=1)
-    sent = 0
+    config = make_config(tmp_path, durable_broker, qos=1, retain=True)
+    sent = new_sent = 0
+    ts0 = 1_764_316_800_000
 
-    async def feed(client, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    async def feed() -> None:  # 1,000 readings/s in 10 ms steps, until cancelled
         nonlocal sent
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while loop.time() < end:  # 1,000 readings/s in 10 ms steps
-            client.publish(counter_readings(sent, 10, TAGS))
+        while True:
+            client.publish(counter_readings(sent, 10, OLD))
             sent += 10
+            await asyncio.sleep(0.01)
+
+    async def feed_new() -> None:  # 100 readings/s of a tag the backlog does not hold
+        nonlocal new_sent
+        while True:
+            client.publish([Reading("press-1", NEW, NEW_BASE + new_sent, ts0 + new_sent)])
+            new_sent += 1
             await asyncio.sleep(0.01)
 
     async with Forwarder(config) as forwarder, collector(config) as client:
         await until(lambda: forwarder.session.connected, 10, "the broker session")
-        await feed(client, 2)
+        feeding = asyncio.create_task(feed())
+        await asyncio.sleep(2)
         durable_broker.stop()
-        await feed(client, 10)  # the outage: 10 s at ~1,000 readings/s
+        await asyncio.sleep(10)  # the outage: 10 s at ~1,000 readings/s
         assert forwarder.buffer.backlog.pending > 5000, "the outage's readings wait in the disk backlog"
         durable_broker.start()
-        await feed(client, 3)
+        await until(lambda: forwarder.buffer.online, 30, "the reconnect")
+        backlog_end = sent  # the old tags' readings up to here were all in the backlog at the reconnect
+        feeding_new = asyncio.create_task(feed_new())
+        await asyncio.sleep(3)
+        feeding.cancel()
+        feeding_new.cancel()
+        await asyncio.gather(feeding, feeding_new, return_exceptions=True)
         assert await client.drain(10)
-        await until(lambda: len(distinct(durable_subscriber)) >= sent, 60, f"all {sent} readings")
+        await until(lambda: len(distinct(durable_subscriber)) >= sent + new_sent, 60, f"all {sent} readings")
+        await until(lambda: forwarder.buffer.pending == 0, 10, "the buffer to empty")
         assert forwarder.buffer.stats.dropped == 0
         assert forwarder.session.connects == 2
-    assert sent >= 10_000
-    assert distinct(durable_subscriber) == set(range(sent)), "every reading arrived"
-    for tag, values in received(durable_subscriber).items():
-        # replayed readings in order, live readings in order, interleaved: two increasing runs at most
-        assert runs_needed(values) <= 2, f"{tag} out of order"
+    assert sent >= 10_000 and new_sent > 0
+    assert distinct(durable_subscriber) == set(range(sent)) | set(range(NEW_BASE, NEW_BASE + new_sent)), (
+        "every reading arrived"
+    )
+    by_tag = received(durable_subscriber)
+    for tag, values in by_tag.items():
+        assert out_of_order(values) == [], f"{tag}: a reading arrived after a newer one of its tag"
+    # the new tag did not wait for the replay: its first reading came before the backlog's last
+    with durable_subscriber._lock:
+        order = [json.loads(m.payload)["value"] for m in durable_subscriber.messages
+                 if m.topic.startswith("fieldgate/line3/press-1/")]
+    first_new = order.index(NEW_BASE)
+    last_replayed = max(i for i, v in enumerate(order) if v < backlog_end)
+    assert first_new < last_replayed, "live readings of a tag without backlog go out during the replay"
+    # retain: true: the retained message of every tag is its newest reading, not a replayed one
+    fresh = Subscriber(durable_broker.host, durable_broker.port, "fieldgate/line3/press-1/+")
+    try:
+        retained = await asyncio.to_thread(fresh.wait_for, lambda m: m.retain, 10, 4)
+    finally:
+        fresh.close()
+    newest = {tag: max(values) for tag, values in by_tag.items()}
+    assert {m.topic.rsplit("/", 1)[1]: json.loads(m.payload)["value"] for m in retained} == newest
 
 
 async def test_sigkill_under_always_loses_nothing_acknowledged(
@@ -127,7 +164,7 @@ async def test_sigkill_under_always_loses_nothing_acknowledged(
         await until(lambda: len(distinct(durable_subscriber)) >= 6000, 60, "all 6000 readings")
         assert distinct(durable_subscriber) == set(range(6000))
         for tag, values in received(durable_subscriber).items():
-            assert runs_needed(values) <= 2, f"{tag} out of order"
+            assert out_of_order(values) == [], f"{tag} out of order"
         assert forwarder.stop() == 0
     finally:
         forwarder.kill()
