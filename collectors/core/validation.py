@@ -15,6 +15,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from collectors.core.errors import ConfigError
@@ -49,6 +50,19 @@ def load_validated(path: Path, model: type[M], env: Mapping[str, str] | None = N
     if source.problems or result is None:
         raise ConfigErrors(scrub(in_order(source.problems), [source]))
     return result
+
+
+def load_slice(path: Path, model: type[M]) -> M:
+    """A rendered slice for a collector's entry point: parsed fast (`read_slice`: libyaml, no
+    positions, so a big slice leaves little RSS behind) and validated; when that fails, read
+    again with positions (`load_validated`), so every problem is reported as
+    `file:line:column: message`. Raises ConfigErrors."""
+    from collectors.core.config import read_slice
+
+    try:
+        return model.model_validate(read_slice(path))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, ValueError):
+        return load_validated(path, model)
 
 
 def in_order(problems: list[Problem]) -> list[Problem]:

@@ -1,6 +1,8 @@
 """`python -m collectors.modbus --config FILE`: the Modbus collector (container and process entrypoint).
 
-FILE is the collector's rendered config (ModbusCollectorConfig) as YAML or JSON.
+FILE is the collector's rendered config (ModbusCollectorConfig) as YAML or JSON. An invalid
+file is refused whole, one `file:line:column: message` per problem (as `fieldgate validate`
+words them), exit code 2, and nothing starts.
 """
 
 from __future__ import annotations
@@ -10,13 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from collectors.core.errors import ConfigError
 from collectors.core.service import run_service, setup_logging
+from collectors.core.validation import ConfigErrors, load_slice
 from collectors.modbus.collector import serve
-from collectors.modbus.config import load_collector_config
+from collectors.modbus.config import ModbusCollectorConfig
 from collectors.modbus.planner import plan_device
 
 
@@ -26,10 +26,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the collector's rendered config (YAML or JSON)")
     args = parser.parse_args(argv)
     try:
-        config = load_collector_config(args.config)
+        config = load_slice(args.config, ModbusCollectorConfig)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
         for device in config.devices:
             plan_device(device)  # a tag no request can read is a config error: say so now
-    except (OSError, ValidationError, ValueError, yaml.YAMLError, ConfigError) as exc:
+    except ConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, "modbus")

@@ -1,4 +1,9 @@
-"""`python -m collectors.opcua --config FILE`: the OPC UA collector (container and process entrypoint)."""
+"""`python -m collectors.opcua --config FILE`: the OPC UA collector (container and process entrypoint).
+
+FILE is the collector's rendered config (OpcuaCollectorConfig) as YAML or JSON. An invalid file
+is refused whole, one `file:line:column: message` per problem (as `fieldgate validate` words
+them), exit code 2, and nothing starts.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from collectors.core.service import run_service, setup_logging
+from collectors.core.validation import ConfigErrors, load_slice
 from collectors.opcua.collector import serve
-from collectors.opcua.config import load_collector_config
+from collectors.opcua.config import OpcuaCollectorConfig
 
 log = logging.getLogger("collectors.opcua")
 
@@ -22,14 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="the collector's rendered config (YAML)")
     args = parser.parse_args(argv)
     try:
-        config = load_collector_config(args.config)
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(top)"
-            print(f"{args.config}: {where}: {error['msg']}", file=sys.stderr)
-        return 2
-    except (OSError, yaml.YAMLError) as exc:  # unreadable, or not YAML
-        print(f"{args.config}: {exc}", file=sys.stderr)
+        config = load_slice(args.config, OpcuaCollectorConfig)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
         return 2
     setup_logging(config.log_level, "opcua")
     # asyncua logs every publish and reconnect attempt at INFO: keep it to warnings.

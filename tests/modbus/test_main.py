@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +90,50 @@ async def test_a_bad_config_exits_2_naming_the_file_and_the_problem(tmp_path: Pa
     assert proc.returncode == 2
     assert str(path) in err.decode()
     assert "its type must be bool" in err.decode()
+
+
+def run_entry_point(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collectors.modbus", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_a_bad_config_is_refused_with_file_line_and_column_for_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "modbus.yaml"
+    bad.write_text(
+        "name: modbus\n"
+        "devices:\n"
+        "  - name: press-1\n"
+        "    protocol: modbus\n"
+        "    connection: {tcp: {host: 127.0.0.1, prot: 502}}\n"
+        "    tags:\n"
+        "      - {name: t, table: coil, address: 0, type: float32}\n"
+        "      - name: u\n"
+        "        table: holding\n"
+        "        address: -3\n"
+        "        type: int16\n"
+    )
+    done = run_entry_point(bad)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"{bad}:5:41: devices[0].connection.tcp: unknown key 'prot' (did you mean 'port'?); "
+        "allowed here: framer, host, port",
+        f"{bad}:7:50: devices[0].tags[0].type: a coil tag holds one bit: its type must be bool, not float32",
+        f"{bad}:10:18: devices[0].tags[1].address: input should be greater than or equal to 0 (got -3)",
+    ]
+
+
+def test_a_json_slice_and_broken_yaml_are_positioned_too(tmp_path: Path) -> None:
+    rendered = tmp_path / "modbus.json"  # the process runtime renders JSON
+    rendered.write_text('{\n  "name": "modbus",\n  "metrics_port": "ninety",\n  "devices": []\n}\n')
+    done = run_entry_point(rendered)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"{rendered}:3:19: metrics_port: expected a whole number (got 'ninety')"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: modbus\ndevices:\n  - name: a\n   protocol: modbus\n")
+    done = run_entry_point(broken)
+    assert done.returncode == 2 and done.stderr.startswith(f"{broken}:4:4: not valid YAML: ")
+    done = run_entry_point(tmp_path / "missing.yaml")
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +14,8 @@ from pydantic import ValidationError
 from collectors.opcua.config import OpcuaDevice
 
 pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _device(tag: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -67,3 +73,30 @@ def test_refused(device: dict[str, Any], message: str) -> None:
 )
 def test_node_id_forms(node: str) -> None:
     assert OpcuaDevice.model_validate(_device({"name": "t", "node": node})).tags[0].node == node
+
+
+def test_the_entry_point_refuses_a_bad_config_with_file_line_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "opcua.yaml"
+    bad.write_text(
+        "name: opcua\n"
+        "devices:\n"
+        "  - name: oven\n"
+        "    protocol: opcua\n"
+        "    endpoint: opc.tcp://h:4840\n"
+        "    tags:\n"
+        "      - {name: t, node: Oven.T}\n"
+        '      - {name: u, node: "ns=2;i=1", deadband: 120, deadband_type: percent}\n'
+        "    security: {password: s3cret-never-shown}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "collectors.opcua", "--config", str(bad)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"{bad}:7:25: devices[0].tags[0].node: 'Oven.T' is not a NodeId: write it like ns=2;s=Oven.Temperature, "
+        "ns=2;i=1042, nsu=urn:vendor:plc;s=Name, ns=2;g=<guid> or ns=2;b=<base64>",
+        f"{bad}:8:47: devices[0].tags[1].deadband: a percent deadband is 0..100 (of the EURange), not 120",
+        f"{bad}:9:26: devices[0].security.password: a password needs a username",
+    ]
+    assert "s3cret" not in done.stderr
