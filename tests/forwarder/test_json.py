@@ -144,6 +144,7 @@ async def test_writes_are_routed_to_the_owning_collector_and_answered(
             ask("run", json.dumps([1, 2])),
             ask("run", json.dumps({"value": "slow", "id": "a10"})),
         ])
+        metrics = forwarder.metrics.render()
     assert answers[0] == {"id": "a1", "ok": True}
     assert answers[1] == {"id": "a2", "ok": False, "error": "value out of range"}
     assert answers[2]["ok"] is False and "not writable" in str(answers[2]["error"])
@@ -154,6 +155,10 @@ async def test_writes_are_routed_to_the_owning_collector_and_answered(
     assert answers[7] == {"id": "a8", "ok": False, "error": 'no "value" in the payload'}
     assert answers[8]["ok"] is False
     assert answers[9]["id"] == "a10" and "no answer from the collector within 1s" in str(answers[9]["error"])
+    # the three payload errors are answered before routing, and counted apart from the writes
+    assert "fieldgate_forwarder_set_payloads_refused_total 3\n" in metrics
+    assert "fieldgate_forwarder_writes_total 7\n" in metrics
+    assert "fieldgate_forwarder_writes_refused_total 6\n" in metrics
     # only the writes that passed the catalog reached the collector, with their values
     assert [(r.id, r.device, r.tag, r.value) for r in seen] == [
         ("a1", "press-1", "run", 1), ("a2", "press-1", "run", 99), ("a10", "press-1", "run", "slow"),
