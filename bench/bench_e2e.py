@@ -263,7 +263,13 @@ def paho_main(port: int, qos: int, mode: str, messages: list[tuple[str, bytes]],
         window = 400 if qos else 2000
         while not client.is_connected():
             client.loop(0.1)
-        sock = client.socket()
+        raw = client.socket()
+        sock = raw if isinstance(raw, socket.socket) and qos and quickack is not None else None
+
+        def quick_ack() -> None:  # what the forwarder does after each read (see its mqtt.py)
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)  # type: ignore[arg-type]
+
         start = time.perf_counter()
         i = 0
         while acked[0] < count:
@@ -273,12 +279,10 @@ def paho_main(port: int, qos: int, mode: str, messages: list[tuple[str, bytes]],
                 client.publish(topic, payload, qos)
                 i += 1
             client.loop(0)
-            if qos and quickack is not None and sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+            quick_ack()
             if i >= count and acked[0] < count:
                 client.loop(0.001)
-                if qos and quickack is not None and sock is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+                quick_ack()
             if time.perf_counter() - start > 300:
                 break
         elapsed = time.perf_counter() - start
@@ -559,7 +563,8 @@ class Bench:
             poll_ms = max(1, round(per_poll / offer * 1000))
             result = self.run(name, qos, layout, args.devices, args.tags, poll_ms, args.seconds, capture=capture)
             print(f"  {name}: offered {result.offered:,.0f}/s, collected {result.collected:,.0f}/s, "
-                  f"received {result.received:,.0f}/s", flush=True)
+                  f"received {result.received:,.0f}/s; peak RSS collector {result.rss['modbus']:.0f} MB, "
+                  f"forwarder {result.rss['forwarder']:.0f} MB", flush=True)
             gained = best is None or result.received > 1.05 * best.received
             if best is None or result.received > best.received:
                 best = result
