@@ -440,7 +440,7 @@ class Forwarder:
         """Seconds without a connection attempt ending, while down, before retrying counts as stalled.
 
         One attempt lasts at most the TCP connect (paho: 5 s), a name lookup, and one keep-alive
-        waiting for CONNACK; then the backoff waits at most 1.5 x BACKOFF_MAX."""
+        waiting for CONNACK; then the backoff waits at most BACKOFF_MAX."""
         return self.config.mqtt.keepalive + 2 * BACKOFF_MAX + 30.0
 
     def _now(self) -> float:
