@@ -18,7 +18,8 @@ this script, which hands readings off through a real HandoffClient.
   outage       layout tag, QoS 1: `--rate` readings/s keep flowing while the broker is stopped
                for `--outage` seconds; then the broker is back and the flow goes on. The replay
                rate is the backlog's readings over the time it took to drain (live readings
-               keep flowing meanwhile); bytes on disk per buffered reading come from /metrics
+               keep flowing meanwhile; those of tags still in the backlog queue behind it, json's
+               per-tag order, so the drain includes them); bytes on disk per buffered reading come from /metrics
                just before the broker returns. Lost = readings handed off that never reached
                the subscriber (a persistent session, so its own reconnect loses nothing).
                `--outage 0` skips this part.
