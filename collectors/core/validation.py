@@ -53,10 +53,11 @@ def load_validated(path: Path, model: type[M], env: Mapping[str, str] | None = N
 
 
 def load_slice(path: Path, model: type[M]) -> M:
-    """A rendered slice for a collector's entry point: parsed fast (`read_slice`: libyaml, no
-    positions, so a big slice leaves little RSS behind) and validated; when that fails, read
-    again with positions (`load_validated`), so every problem is reported as
-    `file:line:column: message`. Raises ConfigErrors."""
+    """A slice for a component's entry point: parsed fast (`read_slice`: orjson for the JSON the
+    gateway renders, libyaml for YAML; no positions, so a big slice leaves little RSS behind) and
+    validated; when that fails, read again with positions (`load_validated`: JSON is YAML, so a
+    rendered slice gets them too), so every problem is reported as `file:line:column: message`.
+    Raises ConfigErrors."""
     from collectors.core.config import read_slice
 
     try:

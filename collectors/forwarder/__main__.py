@@ -1,8 +1,9 @@
 """`python -m collectors.forwarder --config FILE`: the forwarder's process entry point.
 
-FILE is the forwarder's rendered slice (ForwarderConfig), YAML or JSON. An invalid file is
-refused whole, one `file:line:column: message` per problem (as `fieldgate validate` words them),
-and nothing starts.
+FILE is the forwarder's rendered slice (ForwarderConfig), JSON (as rendered) or YAML. It is read
+fast (`load_slice`: orjson, no positions kept, so a big catalog leaves little RSS behind); an
+invalid file is read again with positions and refused whole, one `file:line:column: message`
+per problem (as `fieldgate validate` words them), and nothing starts.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import sys
 from pathlib import Path
 
 from collectors.core.service import run_service, setup_logging
-from collectors.core.validation import ConfigErrors, load_validated
+from collectors.core.validation import ConfigErrors, load_slice
 from collectors.forwarder.config import ForwarderConfig
 
 
 def load(path: Path) -> ForwarderConfig:
     """Read and validate the slice; SystemExit listing every problem with its position."""
     try:
-        return load_validated(path, ForwarderConfig)
+        return load_slice(path, ForwarderConfig)
     except ConfigErrors as exc:
         raise SystemExit(str(exc)) from exc
 
