@@ -8,7 +8,6 @@ broker's PUBACKs (pings still answered, so keep-alive sees a live link).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.forwarder.helpers import (
     values_by_tag,
 )
 from tests.support.broker import Mosquitto, free_port
+from tests.support.http import http_get
 from tests.support.mqtt import Subscriber
 from tests.support.proxy import TcpProxy
 
@@ -33,35 +33,6 @@ pytestmark = pytest.mark.sim
 
 TAGS = ["temperature", "pressure", "run", "count"]
 KEEPALIVE = 1.0  # the old rule (unhealthy after 2 x keepalive down) fired after 2 s
-
-
-@pytest.fixture
-def durable_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto.durable(tmp_path).start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def durable_subscriber(durable_broker: Mosquitto) -> Iterator[Subscriber]:
-    sub = Subscriber(durable_broker.host, durable_broker.port, "fieldgate/line3/#", persistent=True)
-    try:
-        yield sub
-    finally:
-        sub.close()
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 def metric(text: str, name: str) -> float:

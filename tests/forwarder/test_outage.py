@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,30 +28,6 @@ from tests.support.mqtt import Subscriber
 pytestmark = pytest.mark.sim
 
 TAGS = ["temperature", "pressure", "run", "count"]
-
-
-@pytest.fixture
-def durable_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A Mosquitto that keeps subscriber sessions across stop()/start(), so the test's own
-    subscriber misses nothing while everyone reconnects."""
-    store = tmp_path / "mosquitto-store"
-    store.mkdir()
-    # `user root`: run as root, Mosquitto would switch to its own user, which cannot write in tmp_path
-    conf = f"persistence true\npersistence_location {store}/\nuser root\n"
-    broker = Mosquitto(tmp_path, extra_conf=conf).start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def durable_subscriber(durable_broker: Mosquitto) -> Iterator[Subscriber]:
-    sub = Subscriber(durable_broker.host, durable_broker.port, "fieldgate/line3/#", persistent=True)
-    try:
-        yield sub
-    finally:
-        sub.close()
 
 
 def received(subscriber: Subscriber) -> dict[str, list[int]]:

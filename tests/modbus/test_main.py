@@ -17,20 +17,11 @@ from collectors.core.config import HandoffConfig
 from collectors.core.handoff import HandoffServer
 from tests.modbus.conftest import Server, Sink, until
 from tests.support.broker import free_port
+from tests.support.http import http_get
 
 pytestmark = pytest.mark.sim
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def test_the_collector_process_runs_reports_and_stops_on_sigterm(

@@ -136,14 +136,3 @@ class SimulatorProcess:
             self.process.kill()
             self.process.wait(10)
             self.process = None
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    """(status, body) of a GET on 127.0.0.1:port."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    raw = (await reader.read()).decode()
-    writer.close()
-    head, _, body = raw.partition("\r\n\r\n")
-    return int(head.split()[1]), body

@@ -23,8 +23,9 @@ from collectors.core.model import Quality, WriteRequest, iso_ms
 from collectors.opcua.config import OpcuaDevice
 from collectors.opcua.simulator import OpcuaSimulator
 from tests.opcua.conftest import PASSWORD, USER
-from tests.opcua.support import SimulatorProcess, http_get, running_collector
+from tests.opcua.support import SimulatorProcess, running_collector
 from tests.support.broker import free_port
+from tests.support.http import http_get
 
 pytestmark = pytest.mark.sim
 
