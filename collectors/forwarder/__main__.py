@@ -3,7 +3,7 @@
 FILE is the forwarder's rendered slice (ForwarderConfig), JSON (as rendered) or YAML. It is read
 fast (`load_slice`: orjson, no positions kept, so a big catalog leaves little RSS behind); an
 invalid file is read again with positions and refused whole, one `file:line:column: message`
-per problem (as `fieldgate validate` words them), and nothing starts.
+per problem (as `fieldgate validate` words them), exit code 2, and nothing starts.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from collectors.forwarder.config import ForwarderConfig
 
 
 def load(path: Path) -> ForwarderConfig:
-    """Read and validate the slice; SystemExit listing every problem with its position."""
+    """Read and validate the slice; SystemExit(2), like the collectors, after listing every
+    problem with its position."""
     try:
         return load_slice(path, ForwarderConfig)
     except ConfigErrors as exc:
-        raise SystemExit(str(exc)) from exc
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,9 @@ import pytest
 from collectors.core.model import Reading, WriteRequest, WriteResult
 from collectors.forwarder.app import Forwarder
 from collectors.forwarder.config import ForwarderConfig
-from tests.forwarder.helpers import ROOT, collector, config_dict, make_config, until
+from tests.forwarder.helpers import collector, config_dict, make_config, until
 from tests.support.broker import Mosquitto
+from tests.support.entry import run_entry_point
 from tests.support.mqtt import Subscriber
 
 pytestmark = pytest.mark.sim
@@ -199,13 +197,6 @@ async def test_metrics_and_healthz(tmp_path: Path, broker: Mosquitto, port: int)
         assert "fieldgate_forwarder_reconnects_total 1" in body
 
 
-def run_entry_point(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collectors.forwarder", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 def test_entry_point_refuses_a_bad_config_with_file_line_and_column(tmp_path: Path) -> None:
     bad = tmp_path / "forwarder.yaml"
     bad.write_text(
@@ -216,8 +207,8 @@ def test_entry_point_refuses_a_bad_config_with_file_line_and_column(tmp_path: Pa
         "  password: s3cret-never-shown\n"
         "buffer: {durability: sometimes, max_bytes: lots}\n"
     )
-    done = run_entry_point(bad)
-    assert done.returncode == 1 and done.stdout == ""
+    done = run_entry_point("collectors.forwarder", bad)
+    assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{bad}:3:8: mqtt.qos: 3 is not one of 0, 1, 2 (QoS of readings in json mode (Sparkplug data is QoS 0))",
         f"{bad}:4:3: mqtt: unknown key 'layuot' (did you mean 'layout'?); allowed here: client_id, format, host, "
@@ -232,12 +223,12 @@ def test_entry_point_refuses_a_bad_config_with_file_line_and_column(tmp_path: Pa
 def test_entry_point_positions_errors_in_a_json_slice_and_in_broken_syntax(tmp_path: Path) -> None:
     rendered = tmp_path / "forwarder.json"  # the process runtime renders JSON
     rendered.write_text('{\n  "gateway": {"id": "line 3"},\n  "metrics": {"port": "ninety"}\n}\n')
-    done = run_entry_point(rendered)
-    assert done.returncode == 1
+    done = run_entry_point("collectors.forwarder", rendered)
+    assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert lines[0].startswith(f"{rendered}:2:21: gateway.id: 'line 3' is not allowed: a name holds letters")
     assert lines[1] == f"{rendered}:3:23: metrics.port: expected a whole number (got 'ninety')"
     broken = tmp_path / "broken.yaml"
     broken.write_text("gateway:\n  id: line3\n mqtt: {}\n")
-    done = run_entry_point(broken)
-    assert done.returncode == 1 and done.stderr.startswith(f"{broken}:3:2: not valid YAML: ")
+    done = run_entry_point("collectors.forwarder", broken)
+    assert done.returncode == 2 and done.stderr.startswith(f"{broken}:3:2: not valid YAML: ")

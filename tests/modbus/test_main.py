@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from collectors.core.config import HandoffConfig
 from collectors.core.handoff import HandoffServer
 from tests.modbus.conftest import Server, Sink, until
 from tests.support.broker import free_port
+from tests.support.entry import run_entry_point
 from tests.support.http import http_get
 
 pytestmark = pytest.mark.sim
@@ -83,13 +82,6 @@ async def test_a_bad_config_exits_2_naming_the_file_and_the_problem(tmp_path: Pa
     assert "its type must be bool" in err.decode()
 
 
-def run_entry_point(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collectors.modbus", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 def test_a_bad_config_is_refused_with_file_line_and_column_for_every_problem(tmp_path: Path) -> None:
     bad = tmp_path / "modbus.yaml"
     bad.write_text(
@@ -105,7 +97,7 @@ def test_a_bad_config_is_refused_with_file_line_and_column_for_every_problem(tmp
         "        address: -3\n"
         "        type: int16\n"
     )
-    done = run_entry_point(bad)
+    done = run_entry_point("collectors.modbus", bad)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{bad}:5:41: devices[0].connection.tcp: unknown key 'prot' (did you mean 'port'?); "
@@ -118,13 +110,13 @@ def test_a_bad_config_is_refused_with_file_line_and_column_for_every_problem(tmp
 def test_a_json_slice_and_broken_yaml_are_positioned_too(tmp_path: Path) -> None:
     rendered = tmp_path / "modbus.json"  # the process runtime renders JSON
     rendered.write_text('{\n  "name": "modbus",\n  "metrics_port": "ninety",\n  "devices": []\n}\n')
-    done = run_entry_point(rendered)
+    done = run_entry_point("collectors.modbus", rendered)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"{rendered}:3:19: metrics_port: expected a whole number (got 'ninety')"]
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: modbus\ndevices:\n  - name: a\n   protocol: modbus\n")
-    done = run_entry_point(broken)
+    done = run_entry_point("collectors.modbus", broken)
     assert done.returncode == 2 and done.stderr.startswith(f"{broken}:4:4: not valid YAML: ")
-    done = run_entry_point(tmp_path / "missing.yaml")
+    done = run_entry_point("collectors.modbus", tmp_path / "missing.yaml")
     assert done.returncode == 2
     assert done.stderr.strip() == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"

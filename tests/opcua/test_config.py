@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from collectors.opcua.config import OpcuaDevice
+from tests.support.entry import run_entry_point
 
 pytestmark = pytest.mark.unit
 
@@ -88,10 +86,7 @@ def test_the_entry_point_refuses_a_bad_config_with_file_line_and_column(tmp_path
         '      - {name: u, node: "ns=2;i=1", deadband: 120, deadband_type: percent}\n'
         "    security: {password: s3cret-never-shown}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "collectors.opcua", "--config", str(bad)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_entry_point("collectors.opcua", bad)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         f"{bad}:7:25: devices[0].tags[0].node: 'Oven.T' is not a NodeId: write it like ns=2;s=Oven.Temperature, "
