@@ -215,6 +215,10 @@ async def test_dcmd_to_a_scaled_tag_takes_a_fraction_and_the_host_shows_what_the
     (birth,) = await wait_for(plant, lambda m: m.kind == "DBIRTH" and m.device == "press-1", within=30)
     await wait_for(plant, lambda m: m.kind == "DDATA" and m.device == "oven-2")  # the node is born for good
     limit = birth.payload.metric("limit").alias
+    # Births do not wait for Modbus readings (their datatypes come from the catalog): a DCMD
+    # before the Modbus collector has joined the hand-off is refused. Wait for its first value.
+    await wait_for(plant, lambda m: m.kind in ("DBIRTH", "DDATA") and m.device == "press-1" and any(
+        metric.alias == limit and not metric.is_null for metric in m.payload.metrics))
     # 210.5 is a value json /set takes for this tag (raw 21050); the device clamps it to 200.00.
     await asyncio.to_thread(plant.subscriber.publish, *dcmd("press-1", [
         sp.command_metric(210.5, sp.DOUBLE, alias=limit)]), 0)
