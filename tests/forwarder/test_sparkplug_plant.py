@@ -200,7 +200,15 @@ async def test_start_up_births_the_node_once_with_the_datatypes_of_the_values(pl
         "temperature": sp.FLOAT,
         "run": sp.BOOLEAN,
     }
-    assert {m.name: m.value for m in press.metrics} == {
+    # The values: in the birth, or (a Modbus collector that joined the hand-off after the birth,
+    # whose datatypes the catalog gave) in its first DDATA.
+    first_values = {m.name: m.value for m in press.metrics if not m.is_null}
+    if len(first_values) < len(press.metrics):
+        names = {m.alias: m.name for m in press.metrics}
+        first = next(m for m in messages if m.kind == "DDATA" and m.device == "press-1")
+        first_values.update({names[x.alias]: x.value for x in first.payload.metrics
+                             if x.alias in names and names[x.alias] not in first_values})
+    assert first_values == {
         "pressure": 200.0, "limit": 150.0, "flow": 70, "level": 4.5, "temperature": 21.5, "run": True}
     # The OPC UA tags' datatypes come from their values: every one is in the one birth.
     assert {m.name: m.datatype for m in oven.metrics} == {
