@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +19,7 @@ import pytest
 
 from tests.modbus.conftest import Server
 from tests.support.broker import Mosquitto
+from tests.support.entry import start_entry_point, stop_entry_point
 from tests.support.mqtt import Message, Subscriber
 
 pytestmark = pytest.mark.sim
@@ -55,25 +52,6 @@ class Plant:
     subscriber: Subscriber
 
 
-def _process(module: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(config)],
-            stdout=out, stderr=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"{proc.args!r} did not stop on SIGTERM:\n{log.read_text()}") from None
-
-
 @pytest.fixture
 def processes(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[Path, list[Any]]]:
     """Where configs go, and the list the test appends (process, log) pairs to; all stopped after."""
@@ -82,7 +60,7 @@ def processes(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[Path, list[An
         yield tmp_path, started
     finally:
         for proc, log in reversed(started):
-            _stop(proc, log)
+            stop_entry_point(proc, log)
 
 
 @pytest.fixture
@@ -117,7 +95,7 @@ async def plant(processes: tuple[Path, list[Any]], broker: Mosquitto,
     (tmp_path / "modbus.json").write_text(json.dumps(collector))
     for module, name in (("collectors.forwarder", "forwarder"), ("collectors.modbus", "modbus")):
         log = tmp_path / f"{name}.log"
-        started.append((_process(module, tmp_path / f"{name}.json", log), log))
+        started.append((start_entry_point(module, tmp_path / f"{name}.json", log), log))
     try:
         yield Plant(server, subscriber)
     finally:

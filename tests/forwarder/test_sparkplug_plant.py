@@ -11,10 +11,6 @@ after a write the device clamps.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +27,7 @@ from tests.forwarder.test_sparkplug_mqtt import GROUP, NODE, Spb, node_messages,
 from tests.opcua.support import SimulatorProcess
 from tests.support import sparkplug as sp
 from tests.support.broker import Mosquitto, free_port
+from tests.support.entry import start_entry_point, stop_entry_point
 from tests.support.mqtt import Subscriber
 
 pytestmark = pytest.mark.sim
@@ -89,22 +86,6 @@ class Plant:
         return int((await self.modbus.async_getValues(1, FC["holding"], address, 1))[0])
 
 
-def _start(module: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", module, "--config", str(config)], stdout=out,
-                                stderr=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def oven_sim(tmp_path: Path) -> Iterator[dict[str, Any]]:
     port = free_port()
@@ -154,11 +135,12 @@ async def plant(tmp_path: Path, broker: Mosquitto, subscriber: Subscriber,
                              ("opcua", "collectors.opcua")):
             file = tmp_path / f"{name}.yaml"
             file.write_text(slice_text(slices[name]))
-            procs.append(_start(module, file, tmp_path / f"{name}.log"))
+            log = tmp_path / f"{name}.log"
+            procs.append((start_entry_point(module, file, log), log))
         yield Plant(subscriber, modbus)
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        for proc, log in reversed(procs):
+            stop_entry_point(proc, log)
         await modbus.shutdown()
 
 
