@@ -49,3 +49,20 @@ def no_leftover_threads() -> Iterator[None]:
         thread.join(timeout=5)
     leftover = [t.name for t in deadline_threads if t.is_alive()]
     assert not leftover, f"test left threads running: {leftover}"
+
+
+TIERS = ("unit", "sim", "docker", "security")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier (pyproject's markers), so `-m unit` and friends
+    select the whole suite between them and no test runs in two tiers."""
+    wrong = []
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"{item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"each test needs exactly one tier marker of {', '.join(TIERS)}:\n  " + "\n  ".join(wrong)
+        )

@@ -12,6 +12,8 @@ from collectors.core.config import dump_slice, read_slice
 from collectors.core.validation import ConfigErrors, load_slice
 from collectors.modbus.config import ModbusCollectorConfig
 
+pytestmark = pytest.mark.unit
+
 AWKWARD = {
     "floats": [1e-05, 1e20, -2e-10, 1.5e-07, 0.1, 1e16, 5e-324, 3],
     "text": ["°C", "m³/h", "del\x7f", "nel\x85", "ls\u2028ps\u2029", "bom\ufeff", 'quote " and \\', "1e5"],

@@ -9,6 +9,8 @@ import pytest
 from collectors.core.validation import ConfigErrors, load_validated
 from collectors.forwarder.config import ForwarderConfig
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_rendered_slice_is_taken_as_written_and_a_users_file_substituted(tmp_path: Path) -> None:
     path = tmp_path / "forwarder.yaml"

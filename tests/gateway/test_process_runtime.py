@@ -300,6 +300,7 @@ def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> Non
         stop(supervisor, signal.SIGKILL)
 
 
+@pytest.mark.unit
 def test_a_hand_off_socket_path_too_long_moves_to_a_private_tmp_folder(tmp_path: Path) -> None:
     short = RunDir(tmp_path / "plant" / ".fieldgate")
     assert short.handoff_socket == tmp_path / "plant" / ".fieldgate" / "handoff.sock"
@@ -350,6 +351,7 @@ def test_slices_are_json_and_a_simulate_edit_restarts_nothing(tmp_path: Path) ->
     assert after["forwarder"].config_hash == before["forwarder"].config_hash
 
 
+@pytest.mark.unit
 def test_status_table_shows_resources_when_the_runtime_measures_them() -> None:
     now = 1_000_000.0
     status = {"services": [

@@ -13,9 +13,8 @@ from collectors.opcua.config import OpcuaDevice
 from collectors.opcua.session import BrowsedVariable
 from gateway.cli import main
 
-pytestmark = pytest.mark.sim
 
-
+@pytest.mark.sim
 def test_browse_prints_tag_entries_that_make_a_valid_device_file(
     plain_sim: tuple[Any, dict[str, Any]],
     capsys: pytest.CaptureFixture[str],
@@ -47,6 +46,7 @@ def test_browse_prints_tag_entries_that_make_a_valid_device_file(
     assert main(["validate", str(plant)]) == 0, capsys.readouterr()
 
 
+@pytest.mark.sim
 def test_browse_of_a_server_that_is_not_there_says_so(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
