@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from collectors.core.config import dump_slice
 from collectors.core.errors import FieldgateError
+from collectors.core.metrics import reach
 
 COMPOSE_FILE = "docker-compose.yml"
 CONFIG_IN_CONTAINER = "/etc/fieldgate/config.yaml"
@@ -110,6 +111,7 @@ class Slice:
     metrics_port: int | None
     ports: tuple[Passthrough, ...] = ()
     stop_grace: str = "10s"
+    metrics_host: str = "127.0.0.1"  # gateway.yaml metrics.host: where the host reaches /metrics
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class RenderedService:
     limits: Limits
     metrics_port: int | None
     ports: tuple[Passthrough, ...]
+    metrics_host: str = "127.0.0.1"  # the address the supervisor scrapes under host networking
 
     @property
     def config_path(self) -> str:
@@ -227,8 +230,9 @@ def _memory(size: int) -> str:
     return str(size)
 
 
-def _health_test(port: int) -> list[str]:
-    code = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)"
+def _health_test(host: str, port: int) -> list[str]:
+    address = f"[{host}]" if ":" in host else host
+    code = f"import urllib.request; urllib.request.urlopen('http://{address}:{port}/healthz', timeout=4)"
     return ["CMD", "python3", "-c", code]
 
 
@@ -250,7 +254,9 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     else:
         svc["extra_hosts"] = [f"{HOST_GATEWAY}:host-gateway"]
         if item.metrics_port is not None:
-            svc["ports"] = [f"127.0.0.1:{item.metrics_port}:{item.metrics_port}"]
+            # The component listens on all of its own container's addresses (see _for_network);
+            # the host publishes the port on metrics.host only.
+            svc["ports"] = [f"{_publish_address(item.metrics_host)}:{item.metrics_port}:{item.metrics_port}"]
     volumes: list[dict[str, Any]] = [
         {"type": "bind", "source": f"./config/{item.name}.yaml", "target": CONFIG_IN_CONTAINER,
          "read_only": True},
@@ -293,7 +299,7 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     svc["environment"] = env
     if item.metrics_port is not None:
         svc["healthcheck"] = {
-            "test": _health_test(item.metrics_port),
+            "test": _health_test(reach(_listen_host(item.config)), item.metrics_port),
             "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s",
         }
     else:
@@ -309,7 +315,8 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     }
     digest = hashlib.sha256(_dump(hashed).encode()).hexdigest()[:16]
     svc["labels"] = {PROJECT_LABEL: project, SERVICE_LABEL: item.name, HASH_LABEL: digest}
-    return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports)
+    return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports,
+                           reach(item.metrics_host))
 
 
 def project_name(gateway_id: str) -> str:
@@ -376,13 +383,28 @@ def _loopback_to_host(host: str, network: Network) -> str:
     return HOST_GATEWAY if network == "bridge" and host in LOOPBACK else host
 
 
+def _listen_host(model: BaseModel) -> str:
+    """The address a component's slice says its /metrics listens on."""
+    metrics = getattr(model, "metrics", None)
+    return str(metrics.host if metrics is not None else getattr(model, "metrics_host", "127.0.0.1"))
+
+
+def _publish_address(host: str) -> str:
+    """metrics.host as the host side of a compose port mapping (an IP address)."""
+    host = "127.0.0.1" if host == "localhost" else host
+    return f"[{host}]" if ":" in host else host
+
+
 def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
     if network == "host":
         return model
     if name == "forwarder":
         mqtt = model.mqtt  # type: ignore[attr-defined]
         mqtt = mqtt.model_copy(update={"host": _loopback_to_host(mqtt.host, network)})
-        return model.model_copy(update={"mqtt": mqtt})
+        # Inside its own network namespace the component listens on every address of the
+        # container: the published port (on metrics.host) is what the host exposes.
+        metrics = model.metrics.model_copy(update={"host": "0.0.0.0"})  # type: ignore[attr-defined]
+        return model.model_copy(update={"mqtt": mqtt, "metrics": metrics})
     devices = []
     for device in model.devices:  # type: ignore[attr-defined]
         tcp = getattr(getattr(device, "connection", None), "tcp", None)
@@ -396,7 +418,7 @@ def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
                 endpoint = endpoint.replace(f"://{loop}:", f"://{HOST_GATEWAY}:")
             device = device.model_copy(update={"endpoint": endpoint})
         devices.append(device)
-    return model.model_copy(update={"devices": devices})
+    return model.model_copy(update={"devices": devices, "metrics_host": "0.0.0.0"})
 
 
 def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project:
@@ -435,7 +457,7 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
                     warnings.append(f"{name}: serial port {p.port} is not on this machine now; "
                                     "the container cannot start until it is")
             grace = "10s"
-        item = Slice(name, f"collectors.{name}", model, limits, port, ports, grace)
+        item = Slice(name, f"collectors.{name}", model, limits, port, ports, grace, config.metrics.host)
         services[name] = build_service(project, network, item)
     volumes = ["handoff"]
     if "buffer" in {v.get("source") for v in services["forwarder"].compose["volumes"]}:

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from collectors.core.metrics import reach
 from gateway.plan import (
     FORWARDER,
     Health,
@@ -211,11 +212,13 @@ def desired_services(
         text = _render(model, config_dir)
         command = (sys.executable, "-m", f"collectors.{name}", "--config", str(file))
         port = model.metrics.port if name == FORWARDER else model.metrics_port
+        host = model.metrics.host if name == FORWARDER else model.metrics_host
         specs[name] = ServiceSpec(
             name=name,
             command=command,
             config_hash=config_hash(text, command, secrets_digest),
             metrics_port=port,
+            metrics_host=reach(host),
             config_file=str(file),
             config_text=text,
             ready_path=str(socket) if name == FORWARDER else None,
@@ -488,7 +491,7 @@ class ProcessRuntime:
             await asyncio.sleep(self._health_interval)
             health: Health
             try:
-                status, _ = await http_get(port, "/healthz")
+                status, _ = await http_get(port, "/healthz", host=child.spec.metrics_host)
                 health = "healthy" if status == 200 else "unhealthy"
             except (OSError, TimeoutError, ConnectionError):
                 # Not listening yet is "starting"; gone silent after being up is unhealthy.
@@ -505,7 +508,7 @@ class ProcessRuntime:
 
     async def _scrape(self, child: Child, port: int) -> None:
         try:
-            status, text = await http_get(port, "/metrics")
+            status, text = await http_get(port, "/metrics", host=child.spec.metrics_host)
         except (OSError, TimeoutError, ConnectionError):
             return
         if status != 200:
