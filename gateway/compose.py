@@ -201,7 +201,7 @@ def _host_paths(value: Any, skip: frozenset[str]) -> Iterator[Path]:
         yield Path(value)
 
 
-def _secret_names(value: Any) -> Iterator[str]:
+def secret_names(value: Any) -> Iterator[str]:
     """The `password_env` variables a config model reads its secrets from."""
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
@@ -209,10 +209,10 @@ def _secret_names(value: Any) -> Iterator[str]:
             if name == "password_env" and isinstance(item, str):
                 yield item
             else:
-                yield from _secret_names(item)
+                yield from secret_names(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _secret_names(item)
+            yield from secret_names(item)
 
 
 def _file_digest(path: Path) -> str:
@@ -294,7 +294,7 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
         svc["memswap_limit"] = _memory(item.limits.memory)  # no swap: a leak ends in a restart, not in thrash
     svc["pids_limit"] = 128
     env = {"FIELDGATE_METRICS_PORT": str(item.metrics_port) if item.metrics_port is not None else ""}
-    for name in sorted(set(_secret_names(item.config))):
+    for name in sorted(set(secret_names(item.config))):
         env[name] = "${" + name + "}"  # compose takes it from the shell; never the value itself
     svc["environment"] = env
     if item.metrics_port is not None:
