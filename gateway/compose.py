@@ -201,6 +201,14 @@ def _host_paths(value: Any, skip: frozenset[str]) -> Iterator[Path]:
         yield Path(value)
 
 
+def mounted_files(config: BaseModel) -> list[Path]:
+    """The host files and directories a component's slice names (besides its own volumes), which its
+    container gets bind-mounted read-only at the same path."""
+    buffer = getattr(getattr(config, "buffer", None), "dir", None)
+    skip = frozenset({HANDOFF_SOCKET, STATE_DIR, BUFFER_DIR, HANDOFF_DIR, str(buffer)})
+    return sorted(set(_host_paths(config, skip)))
+
+
 def secret_names(value: Any) -> Iterator[str]:
     """The `password_env` variables a config model reads its secrets from."""
     if isinstance(value, BaseModel):
@@ -239,8 +247,7 @@ def _health_test(host: str, port: int) -> list[str]:
 def build_service(project: str, network: Network, item: Slice) -> RenderedService:
     """The compose mapping of one service and its config hash."""
     config_text = slice_text(item.config)
-    skip = frozenset({HANDOFF_SOCKET, STATE_DIR, BUFFER_DIR, HANDOFF_DIR})
-    host_paths = sorted(set(_host_paths(item.config, skip)))
+    host_paths = mounted_files(item.config)
     svc: dict[str, Any] = {"image": item.limits.image, "command": ["--config", CONFIG_IN_CONTAINER]}
     svc["restart"] = "unless-stopped"
     svc["init"] = True
@@ -270,9 +277,8 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
             volumes.append({"type": "bind", "source": buffer_dir, "target": buffer_dir})
     else:
         volumes.append({"type": "volume", "source": f"state-{item.name}", "target": STATE_DIR})
-    for path in host_paths:
-        volumes.append({"type": "bind", "source": str(path), "target": str(path),
-                        "read_only": path.is_file()})
+    for path in host_paths:  # certificates, keys, password files, a trust dir: read, never written
+        volumes.append({"type": "bind", "source": str(path), "target": str(path), "read_only": True})
     for port in item.ports:
         if port.kind == "pty":
             volumes.append({"type": "bind", "source": port.host, "target": port.port})
@@ -423,7 +429,8 @@ def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
 
 def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project:
     """The compose project of a loaded gateway config (`gateway.config.load_config`)."""
-    from gateway.config import collector_slices, forwarder_slice, slice_environment
+    from gateway.checks import container_cannot_read
+    from gateway.config import absolute_paths, collector_slices, forwarder_slice, slice_environment
     from gateway.images import image_name
 
     network: Network = getattr(config, "network", "host") or "host"
@@ -437,7 +444,11 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
     warnings: list[str] = []
     services: dict[str, RenderedService] = {}
     for name, model in slices.items():
-        model = _for_network(name, model, network)
+        # Paths relative to where `fieldgate render plant/` ran mean nothing in a container.
+        model = absolute_paths(_for_network(name, model, network), Path.cwd())
+        for path in mounted_files(model):
+            if (why := container_cannot_read(path)) is not None:
+                warnings.append(f"{name}: {why}")
         if name == "forwarder":
             limits = _limits(getattr(config, "forwarder", None), image_name("forwarder"))
             port = model.metrics.port  # type: ignore[attr-defined]
