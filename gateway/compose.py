@@ -352,8 +352,16 @@ def write(project: Project, out: Path) -> list[Path]:
 
 
 def main_render(args: argparse.Namespace) -> int:
+    from gateway.acl import acl_text
+
+    acl = getattr(args, "acl", None)
     try:
-        project = render(args.dir)
+        config = _load(args.dir)
+        project = render_loaded(config, args.dir)
+        if acl is not None:
+            writers = getattr(args, "writer", None) or [f"{config.gateway.id}-writer"]
+            readers = getattr(args, "reader", None) or [f"{config.gateway.id}-reader"]
+            acl_file = acl_text(config, writers, readers)
     except FieldgateError as exc:
         print(f"fieldgate render: {exc}", file=sys.stderr)
         return 1
@@ -361,18 +369,26 @@ def main_render(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     write(project, args.out)
     print(f"wrote {args.out / COMPOSE_FILE} ({', '.join(project.services)})")
+    if acl is not None:
+        acl.parent.mkdir(parents=True, exist_ok=True)
+        acl.write_text(acl_file, encoding="utf-8")
+        print(f"wrote {acl} (Mosquitto ACL: {config.mqtt.username}, writers {', '.join(writers)}, "
+              f"readers {', '.join(readers)})")
     return 0
+
+
+def _load(config_dir: Path) -> Any:
+    from gateway.config import load_config
+
+    try:
+        return load_config(config_dir)
+    except ValueError as exc:  # pydantic's ValidationError is one; the loader names file:line:column
+        raise RenderError(str(exc)) from exc
 
 
 def render(config_dir: Path) -> Project:
     """Load DIR with the gateway's config loader (every error named, nothing written) and render it."""
-    from gateway.config import load_config
-
-    try:
-        config = load_config(config_dir)
-    except ValueError as exc:  # pydantic's ValidationError is one; the loader names file:line:column
-        raise RenderError(str(exc)) from exc
-    return render_loaded(config, config_dir)
+    return render_loaded(_load(config_dir), config_dir)
 
 
 def _limits(entry: Any, default_image: str, default_update: str = "stop-first") -> Limits:
