@@ -461,7 +461,8 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
     services: dict[str, RenderedService] = {}
     for name, model in slices.items():
         # Paths relative to where `fieldgate render plant/` ran mean nothing in a container.
-        model = absolute_paths(_for_network(name, model, network), Path.cwd())
+        absolute: BaseModel = absolute_paths(_for_network(name, model, network), Path.cwd())
+        model = absolute
         for path in mounted_files(model):
             if (why := container_cannot_read(path)) is not None:
                 warnings.append(f"{name}: {why}")
