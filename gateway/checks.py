@@ -7,8 +7,13 @@ slip (two devices polling one TCP unit, a file not named after its device) are w
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import PurePath
+
+from pydantic import BaseModel
 
 from collectors.core.yamlnodes import Loc, Problem, Source
 from collectors.modbus.config import ModbusDevice, ModbusTag
@@ -46,6 +51,7 @@ def cross_file(
     problems.extend(_topics_and_ports(gateway_source, gateway))
     warnings.extend(_shared_units(loaded))
     warnings.extend(_file_names(loaded))
+    warnings.extend(_unreadable_files(gateway_source, gateway, loaded))
     return problems
 
 
@@ -255,3 +261,69 @@ def _file_names(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]:
                 f"warning: file {source.file.name} describes device {device.name}; naming the file "
                 f"{device.name}.yaml helps find it",
             )
+
+
+# The user and group every image runs as (compose/*.Dockerfile; gateway.compose.USER).
+CONTAINER_UID = CONTAINER_GID = 10001
+# The files a component opens itself (certificates, keys, password files, the strict trust dir).
+READ_FILES = frozenset({"password_file", "ca_file", "cert_file", "key_file", "user_certificate",
+                        "user_private_key", "trust_dir"})
+
+
+def _read_files(model: object, loc: Loc) -> Iterator[tuple[Loc, PurePath]]:
+    if not isinstance(model, BaseModel):
+        return
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if name in READ_FILES and isinstance(value, PurePath):
+            yield (*loc, name), value
+        elif isinstance(value, BaseModel):
+            yield from _read_files(value, (*loc, name))
+
+
+def can_read(st: os.stat_result, uid: int, gids: set[int]) -> bool:
+    """Whether `uid` with groups `gids` may read what `st` describes (list it, for a directory)."""
+    need = 0o5 if stat.S_ISDIR(st.st_mode) else 0o4
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in gids:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
+
+
+def container_cannot_read(path: PurePath) -> str | None:
+    """Why uid 10001 (the containers' user) cannot read `path`, or None when it can (or it is gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # a missing file is an error of its own
+    if can_read(st, CONTAINER_UID, {CONTAINER_GID}):
+        return None
+    return (f"{path} (owner {st.st_uid}, group {st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o}) cannot be "
+            f"read by uid {CONTAINER_UID}, the user the containers run as: make it readable by group "
+            f"{CONTAINER_GID} (chgrp {CONTAINER_GID} FILE; chmod 0640 FILE) or owned by that user "
+            f"(chown {CONTAINER_UID} FILE; chmod 0600 FILE)")
+
+
+def _unreadable_files(
+    gateway_source: Source, gateway: object, loaded: list[tuple[Source, AnyDevice]]
+) -> Iterator[Problem]:
+    """A warning for each certificate, key or password file the component cannot read where it runs:
+    as uid 10001 in a container (docker runtime), as this user in a child process (process runtime)."""
+    docker = getattr(gateway, "runtime", "docker") == "docker"
+    owners = [(gateway_source, gateway), *loaded]
+    for source, model in owners:
+        for at, path in _read_files(model, ()):
+            key = ".".join(str(part) for part in at)
+            if docker:
+                why = container_cannot_read(path)
+            elif os.path.exists(path) and not os.access(path, os.R_OK):
+                why = f"{path} cannot be read by uid {os.getuid()}, the user `fieldgate up` runs the components as"
+            else:
+                why = None
+            if why is not None:
+                yield _problem(source, at, f"warning: {key}: {why}")

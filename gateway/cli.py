@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("render", help="write the compose project (docker-compose.yml and configs)")
     p.add_argument("dir", type=Path)
     p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--acl", type=Path, default=None, metavar="FILE",
+                   help="also write a Mosquitto ACL file for this gateway's topics (docs/security.md)")
+    p.add_argument("--writer", action="append", default=None, metavar="USER",
+                   help="with --acl: a broker account that may write tags (default: {gateway.id}-writer)")
+    p.add_argument("--reader", action="append", default=None, metavar="USER",
+                   help="with --acl: a broker account that may only read (default: {gateway.id}-reader)")
 
     p = verbs.add_parser("up", help="run the supervisor in the foreground; applies config changes")
     p.add_argument("dir", type=Path)

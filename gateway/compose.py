@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from collectors.core.config import dump_slice
 from collectors.core.errors import FieldgateError
+from collectors.core.metrics import reach
 
 COMPOSE_FILE = "docker-compose.yml"
 CONFIG_IN_CONTAINER = "/etc/fieldgate/config.yaml"
@@ -110,6 +111,7 @@ class Slice:
     metrics_port: int | None
     ports: tuple[Passthrough, ...] = ()
     stop_grace: str = "10s"
+    metrics_host: str = "127.0.0.1"  # gateway.yaml metrics.host: where the host reaches /metrics
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class RenderedService:
     limits: Limits
     metrics_port: int | None
     ports: tuple[Passthrough, ...]
+    metrics_host: str = "127.0.0.1"  # the address the supervisor scrapes under host networking
 
     @property
     def config_path(self) -> str:
@@ -198,7 +201,15 @@ def _host_paths(value: Any, skip: frozenset[str]) -> Iterator[Path]:
         yield Path(value)
 
 
-def _secret_names(value: Any) -> Iterator[str]:
+def mounted_files(config: BaseModel) -> list[Path]:
+    """The host files and directories a component's slice names (besides its own volumes), which its
+    container gets bind-mounted read-only at the same path."""
+    buffer = getattr(getattr(config, "buffer", None), "dir", None)
+    skip = frozenset({HANDOFF_SOCKET, STATE_DIR, BUFFER_DIR, HANDOFF_DIR, str(buffer)})
+    return sorted(set(_host_paths(config, skip)))
+
+
+def secret_names(value: Any) -> Iterator[str]:
     """The `password_env` variables a config model reads its secrets from."""
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
@@ -206,10 +217,10 @@ def _secret_names(value: Any) -> Iterator[str]:
             if name == "password_env" and isinstance(item, str):
                 yield item
             else:
-                yield from _secret_names(item)
+                yield from secret_names(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _secret_names(item)
+            yield from secret_names(item)
 
 
 def _file_digest(path: Path) -> str:
@@ -227,16 +238,16 @@ def _memory(size: int) -> str:
     return str(size)
 
 
-def _health_test(port: int) -> list[str]:
-    code = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)"
+def _health_test(host: str, port: int) -> list[str]:
+    address = f"[{host}]" if ":" in host else host
+    code = f"import urllib.request; urllib.request.urlopen('http://{address}:{port}/healthz', timeout=4)"
     return ["CMD", "python3", "-c", code]
 
 
 def build_service(project: str, network: Network, item: Slice) -> RenderedService:
     """The compose mapping of one service and its config hash."""
     config_text = slice_text(item.config)
-    skip = frozenset({HANDOFF_SOCKET, STATE_DIR, BUFFER_DIR, HANDOFF_DIR})
-    host_paths = sorted(set(_host_paths(item.config, skip)))
+    host_paths = mounted_files(item.config)
     svc: dict[str, Any] = {"image": item.limits.image, "command": ["--config", CONFIG_IN_CONTAINER]}
     svc["restart"] = "unless-stopped"
     svc["init"] = True
@@ -250,7 +261,9 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     else:
         svc["extra_hosts"] = [f"{HOST_GATEWAY}:host-gateway"]
         if item.metrics_port is not None:
-            svc["ports"] = [f"127.0.0.1:{item.metrics_port}:{item.metrics_port}"]
+            # The component listens on all of its own container's addresses (see _for_network);
+            # the host publishes the port on metrics.host only.
+            svc["ports"] = [f"{_publish_address(item.metrics_host)}:{item.metrics_port}:{item.metrics_port}"]
     volumes: list[dict[str, Any]] = [
         {"type": "bind", "source": f"./config/{item.name}.yaml", "target": CONFIG_IN_CONTAINER,
          "read_only": True},
@@ -264,9 +277,8 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
             volumes.append({"type": "bind", "source": buffer_dir, "target": buffer_dir})
     else:
         volumes.append({"type": "volume", "source": f"state-{item.name}", "target": STATE_DIR})
-    for path in host_paths:
-        volumes.append({"type": "bind", "source": str(path), "target": str(path),
-                        "read_only": path.is_file()})
+    for path in host_paths:  # certificates, keys, password files, a trust dir: read, never written
+        volumes.append({"type": "bind", "source": str(path), "target": str(path), "read_only": True})
     for port in item.ports:
         if port.kind == "pty":
             volumes.append({"type": "bind", "source": port.host, "target": port.port})
@@ -288,12 +300,12 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
         svc["memswap_limit"] = _memory(item.limits.memory)  # no swap: a leak ends in a restart, not in thrash
     svc["pids_limit"] = 128
     env = {"FIELDGATE_METRICS_PORT": str(item.metrics_port) if item.metrics_port is not None else ""}
-    for name in sorted(set(_secret_names(item.config))):
+    for name in sorted(set(secret_names(item.config))):
         env[name] = "${" + name + "}"  # compose takes it from the shell; never the value itself
     svc["environment"] = env
     if item.metrics_port is not None:
         svc["healthcheck"] = {
-            "test": _health_test(item.metrics_port),
+            "test": _health_test(reach(_listen_host(item.config)), item.metrics_port),
             "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s",
         }
     else:
@@ -309,7 +321,8 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     }
     digest = hashlib.sha256(_dump(hashed).encode()).hexdigest()[:16]
     svc["labels"] = {PROJECT_LABEL: project, SERVICE_LABEL: item.name, HASH_LABEL: digest}
-    return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports)
+    return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports,
+                           reach(item.metrics_host))
 
 
 def project_name(gateway_id: str) -> str:
@@ -339,8 +352,16 @@ def write(project: Project, out: Path) -> list[Path]:
 
 
 def main_render(args: argparse.Namespace) -> int:
+    from gateway.acl import acl_text
+
+    acl = getattr(args, "acl", None)
     try:
-        project = render(args.dir)
+        config = _load(args.dir)
+        project = render_loaded(config, args.dir)
+        if acl is not None:
+            writers = getattr(args, "writer", None) or [f"{config.gateway.id}-writer"]
+            readers = getattr(args, "reader", None) or [f"{config.gateway.id}-reader"]
+            acl_file = acl_text(config, writers, readers)
     except FieldgateError as exc:
         print(f"fieldgate render: {exc}", file=sys.stderr)
         return 1
@@ -348,18 +369,26 @@ def main_render(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     write(project, args.out)
     print(f"wrote {args.out / COMPOSE_FILE} ({', '.join(project.services)})")
+    if acl is not None:
+        acl.parent.mkdir(parents=True, exist_ok=True)
+        acl.write_text(acl_file, encoding="utf-8")
+        print(f"wrote {acl} (Mosquitto ACL: {config.mqtt.username}, writers {', '.join(writers)}, "
+              f"readers {', '.join(readers)})")
     return 0
+
+
+def _load(config_dir: Path) -> Any:
+    from gateway.config import load_config
+
+    try:
+        return load_config(config_dir)
+    except ValueError as exc:  # pydantic's ValidationError is one; the loader names file:line:column
+        raise RenderError(str(exc)) from exc
 
 
 def render(config_dir: Path) -> Project:
     """Load DIR with the gateway's config loader (every error named, nothing written) and render it."""
-    from gateway.config import load_config
-
-    try:
-        config = load_config(config_dir)
-    except ValueError as exc:  # pydantic's ValidationError is one; the loader names file:line:column
-        raise RenderError(str(exc)) from exc
-    return render_loaded(config, config_dir)
+    return render_loaded(_load(config_dir), config_dir)
 
 
 def _limits(entry: Any, default_image: str, default_update: str = "stop-first") -> Limits:
@@ -376,13 +405,28 @@ def _loopback_to_host(host: str, network: Network) -> str:
     return HOST_GATEWAY if network == "bridge" and host in LOOPBACK else host
 
 
+def _listen_host(model: BaseModel) -> str:
+    """The address a component's slice says its /metrics listens on."""
+    metrics = getattr(model, "metrics", None)
+    return str(metrics.host if metrics is not None else getattr(model, "metrics_host", "127.0.0.1"))
+
+
+def _publish_address(host: str) -> str:
+    """metrics.host as the host side of a compose port mapping (an IP address)."""
+    host = "127.0.0.1" if host == "localhost" else host
+    return f"[{host}]" if ":" in host else host
+
+
 def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
     if network == "host":
         return model
     if name == "forwarder":
         mqtt = model.mqtt  # type: ignore[attr-defined]
         mqtt = mqtt.model_copy(update={"host": _loopback_to_host(mqtt.host, network)})
-        return model.model_copy(update={"mqtt": mqtt})
+        # Inside its own network namespace the component listens on every address of the
+        # container: the published port (on metrics.host) is what the host exposes.
+        metrics = model.metrics.model_copy(update={"host": "0.0.0.0"})  # type: ignore[attr-defined]
+        return model.model_copy(update={"mqtt": mqtt, "metrics": metrics})
     devices = []
     for device in model.devices:  # type: ignore[attr-defined]
         tcp = getattr(getattr(device, "connection", None), "tcp", None)
@@ -396,12 +440,13 @@ def _for_network(name: str, model: BaseModel, network: Network) -> BaseModel:
                 endpoint = endpoint.replace(f"://{loop}:", f"://{HOST_GATEWAY}:")
             device = device.model_copy(update={"endpoint": endpoint})
         devices.append(device)
-    return model.model_copy(update={"devices": devices})
+    return model.model_copy(update={"devices": devices, "metrics_host": "0.0.0.0"})
 
 
 def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project:
     """The compose project of a loaded gateway config (`gateway.config.load_config`)."""
-    from gateway.config import collector_slices, forwarder_slice, slice_environment
+    from gateway.checks import container_cannot_read
+    from gateway.config import absolute_paths, collector_slices, forwarder_slice, slice_environment
     from gateway.images import image_name
 
     network: Network = getattr(config, "network", "host") or "host"
@@ -415,7 +460,12 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
     warnings: list[str] = []
     services: dict[str, RenderedService] = {}
     for name, model in slices.items():
-        model = _for_network(name, model, network)
+        # Paths relative to where `fieldgate render plant/` ran mean nothing in a container.
+        absolute: BaseModel = absolute_paths(_for_network(name, model, network), Path.cwd())
+        model = absolute
+        for path in mounted_files(model):
+            if (why := container_cannot_read(path)) is not None:
+                warnings.append(f"{name}: {why}")
         if name == "forwarder":
             limits = _limits(getattr(config, "forwarder", None), image_name("forwarder"))
             port = model.metrics.port  # type: ignore[attr-defined]
@@ -435,7 +485,7 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
                     warnings.append(f"{name}: serial port {p.port} is not on this machine now; "
                                     "the container cannot start until it is")
             grace = "10s"
-        item = Slice(name, f"collectors.{name}", model, limits, port, ports, grace)
+        item = Slice(name, f"collectors.{name}", model, limits, port, ports, grace, config.metrics.host)
         services[name] = build_service(project, network, item)
     volumes = ["handoff"]
     if "buffer" in {v.get("source") for v in services["forwarder"].compose["volumes"]}:

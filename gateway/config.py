@@ -413,7 +413,7 @@ def collector_slices(
     for protocol in config.protocols:
         port = None if metrics_base_port is None else metrics_base_port + METRICS_OFFSET[protocol]
         common: dict[str, Any] = {
-            "name": protocol, "handoff": handoff, "metrics_port": port,
+            "name": protocol, "handoff": handoff, "metrics_port": port, "metrics_host": config.metrics.host,
             "state_dir": state_dir, "log_level": config.log_level,
         }
         if protocol == "modbus":

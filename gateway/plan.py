@@ -74,6 +74,8 @@ class ServiceSpec:
     devices: tuple[str, ...] = ()  # host device paths passed through (serial ports)
     mounts: tuple[str, ...] = ()  # "host:container[:ro]"
     metrics_port: int | None = None  # where /healthz and /metrics answer, if anywhere
+    metrics_host: str = "127.0.0.1"  # the address they answer on (reach() of the bound one)
+    secrets: tuple[str, ...] = ()  # environment variables holding this service's own passwords
     config_file: str | None = None  # where the runtime writes `config_text` before starting
     config_text: str = field(default="", repr=False)  # the rendered slice (covered by config_hash)
     ready_path: str | None = None  # exists once the service is up (the forwarder's hand-off socket)

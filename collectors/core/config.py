@@ -212,6 +212,7 @@ class CollectorSettings(StrictModel):
     name: str = Field(description="collector name: the protocol, e.g. modbus")
     handoff: HandoffConfig = Field(default_factory=HandoffConfig, description="the hand-off to the forwarder")
     metrics_port: int | None = Field(None, description="Prometheus /metrics and /healthz port; none to disable")
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="address /metrics and /healthz listen on")
     state_dir: Path = Field(
         Path("/var/lib/fieldgate/state"), description="where the collector keeps what must survive restarts"
     )

@@ -15,11 +15,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from contextlib import suppress
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[dict[str, str], float]
+
+# Bounds of the HTTP endpoint. Prometheus and the supervisor open one connection per scrape,
+# so a few dozen at once is plenty; a slow or hostile client must not hold more (one held
+# 390 fds before these existed).
+MAX_CONNECTIONS = 16
+REQUEST_DEADLINE = 5.0  # seconds for the whole request: head in, answer out
+MAX_HEAD = 8192  # bytes of request line plus headers
+
+
+def reach(host: str) -> str:
+    """The address a client on this machine dials for a server listening on `host`."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 class Metrics:
@@ -28,6 +39,10 @@ class Metrics:
         self._families: dict[str, tuple[str, str, Callable[[], list[Sample] | float]]] = {}
         self._health: list[Callable[[], str | None]] = []
         self._degraded: list[Callable[[], str | None]] = []
+        self._open = 0  # connections being served now
+        self._refused = 0  # connections closed at once because `_open` was at the cap
+        self._max_connections = MAX_CONNECTIONS
+        self._deadline = REQUEST_DEADLINE
 
     def gauge(self, name: str, help_text: str, read: Callable[[], list[Sample] | float]) -> None:
         self._families[name] = ("gauge", help_text, read)
@@ -73,32 +88,77 @@ class Metrics:
                 lines.append(f"{full}{{{label_text}}} {number}" if label_text else f"{full} {number}")
         return "\n".join(lines) + "\n"
 
-    async def serve(self, port: int, host: str = "0.0.0.0") -> asyncio.Server:
-        return await asyncio.start_server(self._handle, host, port)
+    async def serve(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        deadline: float = REQUEST_DEADLINE,
+    ) -> asyncio.Server:
+        """Listen on host:port (loopback unless the config says otherwise).
+
+        Bounded against slow or hostile clients: at most `max_connections` at once (one more is
+        closed as soon as it is accepted), one `deadline` for the whole request (reading the head
+        and writing the answer), and a request head of at most MAX_HEAD bytes (431 past that).
+        """
+        self._max_connections = max_connections
+        self._deadline = deadline
+        self.counter("http_connections_refused_total",
+                     "connections to /metrics and /healthz closed at once: too many open",
+                     lambda: self._refused)
+        return await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self._max_connections:
+            self._refused += 1
+            writer.transport.abort()  # frees the fd now; a scraper retries
+            return
+        self._open += 1
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)).strip():
-                pass
-            parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            if path.startswith("/metrics"):
-                status, body = "200 OK", self.render()
-            elif path.startswith("/healthz"):
-                healthy, body = self.health()
-                status = "200 OK" if healthy else "503 Service Unavailable"
-            else:
-                status, body = "404 Not Found", "try /metrics or /healthz\n"
-            data = body.encode()
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            async with asyncio.timeout(self._deadline):
+                answer = await self._answer(reader)
+                if answer is not None:
+                    status, body = answer
+                    data = body.encode()
+                    writer.write(
+                        f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+                    )
+                writer.close()  # flushes what is written, then closes
+                await writer.wait_closed()
+        except (TimeoutError, ConnectionError):
             pass
         finally:
-            writer.close()
-            with suppress(ConnectionError):
-                await writer.wait_closed()
+            self._open -= 1
+            writer.transport.abort()  # past the deadline too: the fd goes, whatever the peer does
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[str, str] | None:
+        """(status, body) for the request whose head `reader` holds; None when the peer sent nothing."""
+        too_long = "431 Request Header Fields Too Large", f"request head over {MAX_HEAD} bytes\n"
+        head = 0
+        request = b""
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # the peer stopped sending: answer what came
+                line = exc.partial
+                if not (request or line):
+                    return None
+            except (asyncio.LimitOverrunError, ValueError):
+                return too_long
+            head += len(line)
+            if head > MAX_HEAD:
+                return too_long
+            if not request:
+                request = line
+            if not line.strip() or reader.at_eof():
+                break
+        parts = request.decode("latin-1").split()
+        path = parts[1] if len(parts) > 1 else "/"
+        if path.startswith("/metrics"):
+            return "200 OK", self.render()
+        if path.startswith("/healthz"):
+            healthy, body = self.health()
+            return ("200 OK" if healthy else "503 Service Unavailable"), body
+        return "404 Not Found", "try /metrics or /healthz\n"

@@ -110,7 +110,7 @@ class Forwarder:
         self._down_since = self._loop.time()
         try:
             if self.config.metrics.port is not None:
-                server = await self.metrics.serve(self.config.metrics.port)
+                server = await self.metrics.serve(self.config.metrics.port, self.config.metrics.host)
                 self._stack.push_async_callback(self._close_server, server)
             self._stack.callback(self.buffer.close)
             await self._stack.enter_async_context(self.session)

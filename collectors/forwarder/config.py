@@ -76,6 +76,11 @@ class BufferConfig(StrictModel):
 
 class MetricsConfig(StrictModel):
     port: int | None = Field(9108, description="Prometheus /metrics and /healthz port of the forwarder")
+    host: str = Field(
+        "127.0.0.1", min_length=1,
+        description="address the forwarder's and the collectors' /metrics and /healthz listen on: "
+        "127.0.0.1 (this machine only) unless Prometheus scrapes from elsewhere, e.g. 0.0.0.0",
+    )
 
 
 class CatalogTag(StrictModel):

@@ -70,7 +70,7 @@ class ModbusCollector:
             await self._stack.enter_async_context(self.handoff)
             self._stack.push_async_callback(self._drain)
             if self.config.metrics_port is not None:
-                server = await self.metrics.serve(self.config.metrics_port)
+                server = await self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
                 self.metrics_port = server.sockets[0].getsockname()[1]
                 self._stack.push_async_callback(_close_server, server)
         except BaseException:

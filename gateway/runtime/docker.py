@@ -719,7 +719,7 @@ class DockerRuntime:
                 track.details["memory"] = int(usage - cache)
             port = self.project.services[service].metrics_port if self.project else None
             if port is not None:
-                address = "127.0.0.1"
+                address = self.project.services[service].metrics_host if self.project else "127.0.0.1"
                 if self.project is not None and self.project.network == "bridge":
                     networks = container.attrs.get("NetworkSettings", {}).get("Networks", {})
                     address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")),

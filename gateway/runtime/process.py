@@ -25,6 +25,7 @@ import ctypes
 import hmac
 import json
 import os
+import re
 import secrets
 import signal
 import stat
@@ -36,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from collectors.core.metrics import reach
 from gateway.plan import (
     FORWARDER,
     Health,
@@ -65,6 +67,39 @@ HTTP_TIMEOUT = 2.0
 MAX_SOCKET_PATH = 100
 
 _PR_SET_PDEATHSIG = 1
+
+
+# Never withheld from a child, even when the config names them in a ${VAR}.
+ESSENTIAL_VARIABLES = frozenset({
+    "PATH", "HOME", "PYTHONPATH", "LANG", "LANGUAGE", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME",
+    "SHELL", "TERM",
+})
+_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)")
+
+
+def config_variables(config: GatewayConfig) -> set[str]:
+    """Every `${VAR}` the files of the config directory name (their values are in the slices)."""
+    from gateway.config import GATEWAY_FILE
+
+    names: set[str] = set()
+    for path in (config.dir / GATEWAY_FILE, *(entry.source for entry in config.devices)):
+        with contextlib.suppress(OSError):
+            names.update(_VARIABLE.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return names
+
+
+def service_environment(
+    base: dict[str, str], passwords: dict[str, str], own: tuple[str, ...], named: set[str]
+) -> dict[str, str]:
+    """One child's environment: the supervisor's, less every variable the config names and every
+    password, plus this child's own passwords (the forwarder the broker's, the OPC UA collector
+    its devices'). A child never holds another's secret, nor the values of `${VAR}`s: those are
+    already in its slice."""
+    withheld = (named | passwords.keys()) - ESSENTIAL_VARIABLES
+    env = {key: value for key, value in base.items()
+           if key not in withheld and not key.startswith("FIELDGATE_PASSWORD_")}
+    env.update({name: passwords[name] for name in own if name in passwords})
+    return env
 
 
 def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -192,13 +227,15 @@ def _render(model: Any, source: Path) -> str:
 
 
 def desired_services(
-    config: GatewayConfig, config_dir: Path, run_dir: RunDir, secrets_digest: str = ""
+    config: GatewayConfig, config_dir: Path, run_dir: RunDir,
+    secrets_digest: Callable[[tuple[str, ...]], str] = lambda names: "",
 ) -> dict[str, ServiceSpec]:
     """The forwarder and one collector per protocol in use, as process specs.
 
-    `secrets_digest` stands for the passwords the children get in their environment (see
-    `gateway.config.slice_environment`), so a changed password recreates the services too.
+    `secrets_digest(names)` stands for the passwords a child gets in its environment (see
+    `gateway.config.slice_environment`), so a changed password recreates the service using it.
     """
+    from gateway.compose import secret_names
     from gateway.config import collector_slices, forwarder_slice
 
     socket = run_dir.handoff_socket
@@ -211,14 +248,18 @@ def desired_services(
         text = _render(model, config_dir)
         command = (sys.executable, "-m", f"collectors.{name}", "--config", str(file))
         port = model.metrics.port if name == FORWARDER else model.metrics_port
+        host = model.metrics.host if name == FORWARDER else model.metrics_host
+        own = tuple(sorted(set(secret_names(model))))
         specs[name] = ServiceSpec(
             name=name,
             command=command,
-            config_hash=config_hash(text, command, secrets_digest),
+            config_hash=config_hash(text, command, secrets_digest(own)),
             metrics_port=port,
+            metrics_host=reach(host),
             config_file=str(file),
             config_text=text,
             ready_path=str(socket) if name == FORWARDER else None,
+            secrets=own,
         )
     return specs
 
@@ -343,7 +384,8 @@ class ProcessRuntime:
         self._stop_timeout = stop_timeout
         self._health_interval = health_interval
         self._base_env = child_environment(env)
-        self._env = self._base_env
+        self._passwords: dict[str, str] = {}
+        self._named: set[str] = set()
         self._key = secrets.token_bytes(32)
         self._last_line: dict[str, str] = {}
 
@@ -362,10 +404,14 @@ class ProcessRuntime:
         from gateway.config import slice_environment
 
         passwords = slice_environment(config)
-        # Keyed with a key that lives as long as this runtime (and its children): the hash
-        # shows in status.json, and must say nothing about the passwords themselves.
-        digest = hmac.new(self._key, json.dumps(passwords, sort_keys=True).encode(), "sha256").hexdigest()
-        self._env = {**self._base_env, **passwords}
+
+        def digest(names: tuple[str, ...]) -> str:
+            # Keyed with a key that lives as long as this runtime (and its children): the hash
+            # shows in status.json, and must say nothing about the passwords themselves.
+            own = {name: passwords.get(name) for name in names}
+            return hmac.new(self._key, json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
+
+        self._passwords, self._named = passwords, config_variables(config)
         return desired_services(config, config_dir, self.run_dir, digest)
 
     async def observe(self) -> dict[str, Observed]:
@@ -436,7 +482,7 @@ class ProcessRuntime:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=preexec,
-            env=self._env,
+            env=service_environment(self._base_env, self._passwords, spec.secrets, self._named),
         )
         child = Child(spec, process, started=time.monotonic(), restarts=restarts)
         if spec.metrics_port is not None:
@@ -488,7 +534,7 @@ class ProcessRuntime:
             await asyncio.sleep(self._health_interval)
             health: Health
             try:
-                status, _ = await http_get(port, "/healthz")
+                status, _ = await http_get(port, "/healthz", host=child.spec.metrics_host)
                 health = "healthy" if status == 200 else "unhealthy"
             except (OSError, TimeoutError, ConnectionError):
                 # Not listening yet is "starting"; gone silent after being up is unhealthy.
@@ -505,7 +551,7 @@ class ProcessRuntime:
 
     async def _scrape(self, child: Child, port: int) -> None:
         try:
-            status, text = await http_get(port, "/metrics")
+            status, text = await http_get(port, "/metrics", host=child.spec.metrics_host)
         except (OSError, TimeoutError, ConnectionError):
             return
         if status != 200:

@@ -238,3 +238,66 @@ def test_render_cli_writes_the_project_or_lists_every_error(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "press-1.yaml:" in result.stderr and "uint17" in result.stderr
     assert not bad_out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes root-owned files and chowns them to 10001")
+def test_render_of_a_relative_dir_mounts_every_named_file_read_only_at_an_absolute_path(
+    tmp_path: Path,
+) -> None:
+    """The README's form, `fieldgate render plant/ -o out/`, run in the directory holding plant/."""
+    config_dir = plant(tmp_path)
+    certs = config_dir / "certs"
+    certs.mkdir()
+    for name in ("ca.pem", "client.pem", "client.key", "mqtt.secret"):
+        (certs / name).write_text(f"-- {name} --\n")
+        (certs / name).chmod(0o644)
+    (certs / "client.key").chmod(0o600)  # root-only: the containers' uid 10001 cannot read it
+    text = (config_dir / "gateway.yaml").read_text().replace("  qos: 1\n", (
+        "  qos: 1\n  username: plant\n  password_file: certs/mqtt.secret\n"
+        "  tls: {ca_file: certs/ca.pem, cert_file: certs/client.pem, key_file: certs/client.key}\n"))
+    (config_dir / "gateway.yaml").write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(fieldgate("render", "plant/", "-o", "out/"), capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    forwarder_slice = yaml.safe_load((out / "config" / "forwarder.yaml").read_text())
+    absolute = certs.resolve()
+    assert forwarder_slice["mqtt"]["tls"] == {
+        "ca_file": f"{absolute}/ca.pem", "cert_file": f"{absolute}/client.pem",
+        "key_file": f"{absolute}/client.key", "verify_hostname": True}
+    assert forwarder_slice["mqtt"]["password_file"] == f"{absolute}/mqtt.secret"
+    mounts = [v for v in compose(out)["services"]["forwarder"]["volumes"] if str(v["source"]).startswith(str(absolute))]
+    assert mounts == [
+        {"type": "bind", "source": f"{absolute}/{name}", "target": f"{absolute}/{name}", "read_only": True}
+        for name in ("ca.pem", "client.key", "client.pem", "mqtt.secret")]
+    # The one file uid 10001 cannot read is named, with what to do; the others are not.
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: forwarder: {absolute}/client.key (owner 0, group 0, mode 0600) cannot be read by uid "
+        "10001, the user the containers run as: make it readable by group 10001 (chgrp 10001 FILE; "
+        "chmod 0640 FILE) or owned by that user (chown 10001 FILE; chmod 0600 FILE)"]
+    # validate says so too, at the key's position, and still succeeds
+    result = subprocess.run(fieldgate("validate", "plant"), capture_output=True, text=True, cwd=tmp_path,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "plant/gateway.yaml:" in result.stdout and "warning: mqtt.tls.key_file: " in result.stdout
+    # Group-readable by 10001 is enough
+    os.chown(certs / "client.key", 0, 10001)
+    (certs / "client.key").chmod(0o640)
+    result = subprocess.run(fieldgate("render", "plant/", "-o", "out/"), capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60, env=env)
+    assert result.returncode == 0 and "warning:" not in result.stderr, result.stderr
+
+
+def test_metrics_listen_where_metrics_host_says_and_bridge_publishes_only_there(tmp_path: Path) -> None:
+    project = render(plant(tmp_path / "host"))
+    modbus = yaml.safe_load(project.services["modbus"].config_text)
+    assert modbus["metrics_host"] == "127.0.0.1"  # host networking: loopback unless configured
+    assert "ports" not in project.services["modbus"].compose
+    project = render(plant(tmp_path / "bridge", network="bridge"))
+    services = project.services
+    # The container's own namespace: it listens on all its addresses; the host publishes on loopback.
+    assert yaml.safe_load(services["forwarder"].config_text)["metrics"]["host"] == "0.0.0.0"
+    assert services["forwarder"].compose["ports"] == ["127.0.0.1:9108:9108"]
+    assert services["opcua"].compose["ports"] == ["127.0.0.1:9110:9110"]

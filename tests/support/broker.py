@@ -29,7 +29,9 @@ def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
 class Mosquitto:
     """`start()`/`stop()` keep the same port, so clients can reconnect to it."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_conf: str = "", anonymous: bool = True
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients")
@@ -39,7 +41,7 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous {str(anonymous).lower()}\npersistence false\n"
             f"max_queued_messages 1000000\nmax_inflight_messages 100\n{extra_conf}"
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -52,6 +54,20 @@ class Mosquitto:
         store.mkdir(exist_ok=True)
         # `user root`: run as root, Mosquitto would switch to its own user, which cannot write in workdir
         return cls(workdir, extra_conf=f"persistence true\npersistence_location {store}/\nuser root\n")
+
+    @classmethod
+    def secured(cls, workdir: Path, users: dict[str, str], acl: Path) -> Mosquitto:
+        """One that admits only `users` (name -> password) and gives each the topics `acl` grants."""
+        passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        passwords = workdir / "mosquitto.passwd"
+        passwords.unlink(missing_ok=True)
+        for user, password in users.items():
+            create = ["-c"] if not passwords.exists() else []
+            subprocess.run([passwd, *create, "-b", str(passwords), user, password], check=True,
+                           capture_output=True)
+        # `user root`: as root Mosquitto would switch to its own user, which cannot read workdir
+        return cls(workdir, anonymous=False,
+                   extra_conf=f"password_file {passwords}\nacl_file {acl}\nuser root\n")
 
     def start(self) -> Mosquitto:
         if self.process is None:

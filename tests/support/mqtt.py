@@ -26,7 +26,8 @@ class Message:
 
 class Subscriber:
     def __init__(
-        self, host: str, port: int, topics: str | list[str] = "#", qos: int = 1, persistent: bool = False
+        self, host: str, port: int, topics: str | list[str] = "#", qos: int = 1, persistent: bool = False,
+        username: str | None = None, password: str | None = None,
     ) -> None:
         """`persistent`: a broker-side session (clean_session false) that a broker restarted with
         persistence keeps, so nothing published while this subscriber reconnects is missed."""
@@ -38,6 +39,8 @@ class Subscriber:
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}", clean_session=not persistent
         )
         self._client.reconnect_delay_set(1, 2)
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._subscribed = threading.Event()
