@@ -824,8 +824,10 @@ class SparkplugFormat:
         A DDATA of the commanded value would show a value the device may never have taken."""
         if not result.ok:
             self.stats.write_errors += 1
-            log.warning("Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag,
-                        result.error or "write failed")
+            error = result.error or "write failed"
+            # busy / expired come by the hundred from one flood: counted here, logged once by the collector
+            level = logging.DEBUG if error.startswith(("busy:", "expired:")) else logging.WARNING
+            log.log(level, "Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag, error)
             return []
         self.stats.writes_done += 1
         return []

@@ -202,6 +202,10 @@ def metric_value(metric: pb.Payload.Metric, datatype: int) -> Any:
             raw &= (1 << bits) - 1
             if raw >= 1 << (bits - 1):
                 raw -= 1 << bits
+        elif datatype == pb.Boolean:
+            if raw not in (0, 1):  # 2 is not true: json `/set` refuses it too
+                raise DoesNotFit(raw)
+            return bool(raw)
     if kind in ("dataset_value", "template_value", "extension_value", "bytes_value"):
         raise DoesNotFit(kind)
     return raw

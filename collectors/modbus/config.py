@@ -118,11 +118,13 @@ class ModbusTag(StrictModel):
     writable: bool = Field(False, description="accept writes (coil and holding tables only)")
     write_min: float | None = Field(
         None, allow_inf_nan=False,
-        description="lowest value a write may set, in engineering units (writable numeric tags)",
+        description="lowest value a write may set, in engineering units; lower writes are refused "
+        "(writable numeric tags)",
     )
     write_max: float | None = Field(
         None, allow_inf_nan=False,
-        description="highest value a write may set, in engineering units (writable numeric tags)",
+        description="highest value a write may set, in engineering units; higher writes are refused "
+        "(writable numeric tags)",
     )
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")

@@ -17,6 +17,7 @@ import logging
 
 from collectors.core.errors import DeviceError, WriteError
 from collectors.core.model import WriteRequest, WriteResult, now_ms
+from collectors.core.service import ErrorLatch
 from collectors.core.writes import Busy, Expired, PendingWrites, check_deadline, check_limits
 from collectors.modbus.codec import codec_for, decode
 from collectors.modbus.link import WRITE
@@ -35,6 +36,7 @@ class Writer:
         self.failed = 0
         self.busy = 0  # refused at once: too many pending writes (collectors.core.writes)
         self.expired = 0  # not written: their deadline came first
+        self._crowded = ErrorLatch(log, "writes refused, too many or too late")
 
     async def __call__(self, request: WriteRequest) -> WriteResult:
         try:
@@ -44,7 +46,7 @@ class Writer:
                 self.busy += 1
             else:
                 self.expired += 1
-            log.debug("write %s/%s refused: %s", request.device, request.tag, exc)
+            self._crowded.failure(f"{request.device}/{request.tag}: {exc}")
             return WriteResult(request.id, request.device, request.tag, False, str(exc))
         except (WriteError, DeviceError) as exc:
             self.failed += 1
@@ -52,6 +54,7 @@ class Writer:
             log.warning("write %s/%s = %r refused: %s", request.device, request.tag, request.value, error)
             return WriteResult(request.id, request.device, request.tag, False, error)
         self.ok += 1
+        self._crowded.success()
         return WriteResult(request.id, request.device, request.tag, True)
 
     async def _write(self, request: WriteRequest) -> None:

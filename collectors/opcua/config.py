@@ -102,11 +102,11 @@ class OpcuaTag(StrictModel):
     writable: bool = Field(False, description="accept writes")
     write_min: float | None = Field(
         None, allow_inf_nan=False,
-        description="lowest value a write may set (writable tags of a numeric DataType)",
+        description="lowest value a write may set; lower writes are refused (writable tags of a numeric DataType)",
     )
     write_max: float | None = Field(
         None, allow_inf_nan=False,
-        description="highest value a write may set (writable tags of a numeric DataType)",
+        description="highest value a write may set; higher writes are refused (writable tags of a numeric DataType)",
     )
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")
