@@ -99,14 +99,15 @@ def modbus_tag(**keys: Any) -> ModbusTag:
 def test_write_limits_are_checked_in_the_device_file() -> None:
     assert modbus_tag(write_min=0, write_max=150).write_max == 150
     assert modbus_tag(write_min=5).write_max is None
-    for keys, message in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"write_min": 10, "write_max": 1}, "write_min (10) is above write_max (1)"),
         ({"write_min": 0, "writable": False}, "write_min and write_max apply only to writable: true tags"),
         ({"write_max": 1, "type": "string", "length": 2}, "apply only to numeric tags, not string"),
         ({"write_max": 1, "bit": 3}, "apply only to numeric tags, not a bit"),
         ({"write_max": 1, "type": "bool"}, "apply only to numeric tags, not bool"),
         ({"write_max": float("inf")}, "finite number"),
-    ]:
+    ]
+    for keys, message in cases:
         with pytest.raises(ValidationError, match=re.escape(message)):
             modbus_tag(**keys)
     node = {"name": "setpoint", "node": "ns=2;s=Oven.Setpoint"}
