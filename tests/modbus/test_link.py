@@ -48,6 +48,26 @@ async def test_waiting_writes_are_served_before_waiting_polls() -> None:
 
 
 @pytest.mark.unit
+async def test_a_queue_of_writes_lets_a_waiting_poll_through_every_burst() -> None:
+    lock = PriorityLock(burst=3)
+    order: list[str] = []
+
+    async def use(name: str, priority: int) -> None:
+        await lock.acquire(priority)
+        order.append(name)
+        await asyncio.sleep(0)
+        lock.release()
+
+    await lock.acquire(WRITE)
+    tasks = [asyncio.create_task(use("poll-a", POLL)), asyncio.create_task(use("poll-b", POLL))]
+    tasks += [asyncio.create_task(use(f"w{i}", WRITE)) for i in range(7)]
+    await asyncio.sleep(0.01)
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["w0", "w1", "w2", "poll-a", "w3", "w4", "w5", "poll-b", "w6"]
+
+
+@pytest.mark.unit
 async def test_a_cancelled_waiter_does_not_keep_the_lock() -> None:
     lock = PriorityLock()
     await lock.acquire(POLL)
