@@ -29,9 +29,9 @@ async def server() -> AsyncIterator[tuple[str, Server]]:
     server.set_endpoint(endpoint)
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace("urn:test:writes")
-    folder = await server.nodes.objects.add_folder(ua.NodeId("W", ns), "W")
+    folder = await server.nodes.objects.add_folder(f"ns={ns};s=W", "W")
     for name, (value, variant_type) in NODES.items():
-        node = await folder.add_variable(ua.NodeId(f"W.{name}", ns), name, value, variant_type)
+        node = await folder.add_variable(f"ns={ns};s=W.{name}", name, value, variant_type)
         await node.set_writable()
     async with server:
         yield endpoint, server
