@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,23 @@ def device(port: int, name: str = "d1", **extra: Any) -> ModbusDevice:
     })
 
 
-@pytest.mark.unit
-async def test_waiting_writes_are_served_before_waiting_polls() -> None:
-    lock = PriorityLock()
-    order: list[str] = []
+def user(lock: PriorityLock, order: list[str]) -> Callable[[str, int], Coroutine[Any, Any, None]]:
+    """A holder of the lock that notes its turn in `order`."""
 
     async def use(name: str, priority: int) -> None:
         await lock.acquire(priority)
         order.append(name)
         await asyncio.sleep(0)
         lock.release()
+
+    return use
+
+
+@pytest.mark.unit
+async def test_waiting_writes_are_served_before_waiting_polls() -> None:
+    lock = PriorityLock()
+    order: list[str] = []
+    use = user(lock, order)
 
     await lock.acquire(POLL)  # a poll is in flight
     tasks = [asyncio.create_task(use(n, p)) for n, p in
@@ -51,12 +58,7 @@ async def test_waiting_writes_are_served_before_waiting_polls() -> None:
 async def test_a_queue_of_writes_lets_a_waiting_poll_through_every_burst() -> None:
     lock = PriorityLock(burst=3)
     order: list[str] = []
-
-    async def use(name: str, priority: int) -> None:
-        await lock.acquire(priority)
-        order.append(name)
-        await asyncio.sleep(0)
-        lock.release()
+    use = user(lock, order)
 
     await lock.acquire(WRITE)
     tasks = [asyncio.create_task(use("poll-a", POLL)), asyncio.create_task(use("poll-b", POLL))]
