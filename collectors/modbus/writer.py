@@ -3,7 +3,8 @@
 A write is checked before the device is touched (the device and tag exist, the tag is
 `writable`, the value fits the tag's type, range and `write_min`/`write_max`), then written
 while the link is held, ahead of any waiting poll, and read back in the same turn, so the
-answer and the reading reported with it show what the device now holds, not what was asked.
+answer and the reading reported with it show what the device now holds, not what was asked
+(a read-back that fails is logged, and the write still answered `ok`: it was made).
 A bit of a holding register is written as read-modify-write of its register in that same turn.
 
 Writes do not pile up: a link and a tag take only so many pending writes (the rest are
@@ -89,7 +90,12 @@ class Writer:
                     current = await turn.read(device, table, tag.address, 1)
                     words = codec.encode(request.value, current)
                 await turn.write(device, table, tag.address, words)
-                back = await turn.read(device, table, tag.address, tag.registers)
+                try:
+                    back = await turn.read(device, table, tag.address, tag.registers)
+                except DeviceError as exc:  # written all the same: the answer must not say otherwise
+                    log.warning("wrote %s/%s = %r, but its read-back failed: %s", device.name, tag.name,
+                                request.value, exc.reason)
+                    return
                 ts_ms = now_ms()
         value = decode(tag, device, back)
         log.info("wrote %s/%s = %r (reads back %r)", device.name, tag.name, request.value, value)

@@ -98,3 +98,13 @@ async def test_write_limits_refuse_a_value_outside_them_with_the_limit(
         assert p.device.writes() == []
         assert await set_value(subscriber, "limit", 150, "ok") == {"id": "ok", "ok": True}
         assert p.device.written(6, ADDRESS["limit"]) == [1500]
+
+
+async def test_a_write_made_whose_read_back_fails_is_answered_ok(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber
+) -> None:
+    """Before: "write failed: exception 4: server device failure", and the device held the value."""
+    async with plant(tmp_path, broker, subscriber) as p:
+        p.device.failing_reads.add(ADDRESS["sp1"])  # the read-back of sp1 (polls read from address 0)
+        assert await set_value(subscriber, "sp1", 77, "w") == {"id": "w", "ok": True}
+        assert p.device.written(6, ADDRESS["sp1"]) == [77]

@@ -17,6 +17,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -57,16 +58,21 @@ class Device:
 
     write_delay: float = 0.0
     log: list[Request] = field(default_factory=list)
+    failing_reads: set[int] = field(default_factory=set)  # FC 3 reads from these addresses fail
+
 
     async def action(self, function_code: int, start_address: int, address: int, count: int,
-                     current_registers: list[int], set_values: list[int] | list[bool] | None) -> None:
+                     current_registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
         # pymodbus calls this twice for a write: with the values, then to read them back for the answer
         if function_code in WRITE_CODES and set_values is None:
-            return
+            return None
+        if function_code == 3 and address in self.failing_reads:
+            return ExcCodes.DEVICE_FAILURE
         values = list(set_values) if set_values is not None else None
         self.log.append(Request(time.monotonic(), function_code, address, count, values))
         if values is not None and self.write_delay:
             await asyncio.sleep(self.write_delay)
+        return None
 
     def written(self, function_code: int, address: int) -> list[Any]:
         """Every value written to one register (coil), in order."""
