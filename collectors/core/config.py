@@ -187,6 +187,12 @@ def read_slice(path: Path) -> Any:
     return yaml.load(raw, Loader=loader)  # a safe loader: plain data only
 
 
+def check_write_limits(low: float | None, high: float | None) -> None:
+    """A tag's `write_min` / `write_max`: when both are given, the lowest is not above the highest."""
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"write_min ({low:g}) is above write_max ({high:g})")
+
+
 class HandoffConfig(StrictModel):
     """Where collectors and the forwarder meet on this machine."""
 

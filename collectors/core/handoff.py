@@ -13,7 +13,11 @@ Readings go up in acknowledged batches, writes come down, write results go up. F
       result  {"t": "result", "id": "abc", "device": "press-1", "tag": "run", "ok": true, "error": null}
     forwarder -> collector
       ack     {"t": "ack", "seq": 8}     cumulative: every frame up to seq 8 is the forwarder's now
-      write   {"t": "write", "id": "abc", "device": "press-1", "tag": "run", "value": 1}
+      write   {"t": "write", "id": "abc", "device": "press-1", "tag": "run", "value": 1,
+               "deadline_ms": 1795927524614}
+              `deadline_ms` (ms since the epoch, UTC) is optional: a collector does not start
+              the write after it and answers "expired"; a frame without it never expires, and
+              a collector that does not know the key ignores it.
 
 A collector keeps every frame until it is acknowledged and sends the unacknowledged ones
 again after a reconnect, so a reading the forwarder acknowledged is never lost and one it
@@ -277,8 +281,10 @@ class HandoffClient:
                     self.stats.acked += count
                 self._acked.set()
             elif kind == "write":
+                deadline = message.get("deadline_ms")
                 request = WriteRequest(
-                    str(message.get("id", "")), str(message["device"]), str(message["tag"]), message.get("value")
+                    str(message.get("id", "")), str(message["device"]), str(message["tag"]), message.get("value"),
+                    deadline if isinstance(deadline, int) and not isinstance(deadline, bool) else None,
                 )
                 task = asyncio.create_task(self._serve_write(request), name=f"write-{request.device}")
                 self._write_tasks.add(task)
@@ -386,10 +392,11 @@ class HandoffServer:
         peer = self._peers.get(collector)
         if peer is None:
             return False
-        peer.writer.write(
-            encode_frame({"t": "write", "id": request.id, "device": request.device,
-                          "tag": request.tag, "value": request.value})
-        )
+        frame: dict[str, Any] = {"t": "write", "id": request.id, "device": request.device,
+                                 "tag": request.tag, "value": request.value}
+        if request.deadline_ms is not None:
+            frame["deadline_ms"] = request.deadline_ms
+        peer.writer.write(encode_frame(frame))
         return True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

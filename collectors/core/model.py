@@ -42,12 +42,17 @@ class Reading(NamedTuple):
 
 @dataclass(slots=True, frozen=True)
 class WriteRequest:
-    """A write of one tag, as asked northbound (json `/set` or a Sparkplug DCMD)."""
+    """A write of one tag, as asked northbound (json `/set` or a Sparkplug DCMD).
+
+    `deadline_ms` (ms since the epoch, UTC): the requester's answer is due then, so the
+    collector does not start the write after it; None: no deadline (an older forwarder).
+    """
 
     id: str
     device: str
     tag: str
     value: Any
+    deadline_ms: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -25,12 +25,12 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from collectors.core.handoff import HandoffServer
 from collectors.core.metrics import Metrics
-from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
+from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
 from collectors.forwarder.buffer import Batch, Buffer
 from collectors.forwarder.config import CatalogDevice, ForwarderConfig
 from collectors.forwarder.formats import OutMessage, PayloadFormat, create_format
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL = 1.0  # fsync of the disk buffer (see buffer.py for why not per batch)
 COMMIT_INTERVAL = 0.25  # how often delivered offsets are persisted (a crash resends at most this much)
 WRITE_TIMEOUT = 10.0
+# A write's deadline comes this much before the forwarder's own "no answer" (but at most half the
+# timeout): a collector answers "expired" for a write it could not start in time, and that
+# answer, not the forwarder's guess, reaches the requester.
+WRITE_ANSWER_MARGIN = 2.0
 RESEND_MAX = 100_000  # most readings kept for the format's resend window (newest kept)
 # A connected session whose publishes wait this many keep-alives for an acknowledgement is stuck.
 # A dead link is not: paho's keep-alive drops it within 3 x keepalive of the last byte received
@@ -370,6 +374,8 @@ class Forwarder:
         if key in self._pending_writes:
             self._refuse(request, f"a write with id {request.id!r} to this tag is still pending")
             return
+        margin = min(WRITE_ANSWER_MARGIN, self._write_timeout / 2)
+        request = replace(request, deadline_ms=now_ms() + round((self._write_timeout - margin) * 1000))
         if not self.handoff.send_write(device.collector, request):
             self._refuse(request, f"collector {device.collector!r} is not connected")
             return

@@ -59,6 +59,7 @@ import orjson
 
 from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, WriteResult
+from collectors.core.writes import MAX_PENDING_PER_LINK
 from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
 from collectors.forwarder.formats import Incoming, OutMessage
@@ -80,6 +81,9 @@ REBIRTH = "Node Control/Rebirth"
 QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
 MAX_METRICS = 2000  # per DDATA: a replayed backlog becomes several messages, none huge
 STATE_FILE = "sparkplug.json"
+# Metrics one DCMD may write; the rest of a longer one are refused (a DCMD of 10,000 metrics
+# queued 10,000 writes ahead of every poll). As many as a link takes pending writes.
+MAX_DCMD_METRICS = MAX_PENDING_PER_LINK
 _BY_NAME: dict[str, int] = {pb.DataType.Name(datatype): datatype for datatype in TYPE_RULES}
 # Most seconds (from the forwarder's start) the first NBIRTH waits for the first value of every
 # tag whose datatype only a value tells (OPC UA): a collector connected to its servers hands
@@ -776,7 +780,15 @@ class SparkplugFormat:
         command = pb.Payload.FromString(payload)
         device = self.node.device(device_name)
         writes: list[WriteRequest] = []
-        for pm in command.metrics:
+        metrics = command.metrics
+        if len(metrics) > MAX_DCMD_METRICS:  # one line for the excess, not one per metric
+            excess = len(metrics) - MAX_DCMD_METRICS
+            self.stats.commands_refused += excess
+            log.warning("Sparkplug: DCMD %s: %d metrics refused: too many metrics in one DCMD "
+                        "(limit %d; the first %d are written)", device_name, excess, MAX_DCMD_METRICS,
+                        MAX_DCMD_METRICS)
+            metrics = metrics[:MAX_DCMD_METRICS]
+        for pm in metrics:
             metric = None
             if device is not None:
                 if pm.HasField("name"):
@@ -812,8 +824,10 @@ class SparkplugFormat:
         A DDATA of the commanded value would show a value the device may never have taken."""
         if not result.ok:
             self.stats.write_errors += 1
-            log.warning("Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag,
-                        result.error or "write failed")
+            error = result.error or "write failed"
+            # busy / expired come by the hundred from one flood: counted here, logged once by the collector
+            level = logging.DEBUG if error.startswith(("busy:", "expired:")) else logging.WARNING
+            log.log(level, "Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag, error)
             return []
         self.stats.writes_done += 1
         return []

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from collectors.core.errors import WriteError
+from collectors.core.writes import as_bool
 from collectors.forwarder import sparkplug_b_pb2 as pb
 
 
@@ -57,11 +59,10 @@ def _real(limit: float) -> Coerce:
 
 
 def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise DoesNotFit(value)
+    try:  # the rule every write obeys (json `/set` too): true/false or 0/1, not 2
+        return as_bool("", value)
+    except WriteError:
+        raise DoesNotFit(value) from None
 
 
 def _string(value: Any) -> str:
@@ -202,6 +203,8 @@ def metric_value(metric: pb.Payload.Metric, datatype: int) -> Any:
             if raw >= 1 << (bits - 1):
                 raw -= 1 << bits
         elif datatype == pb.Boolean:
+            if raw not in (0, 1):  # 2 is not true: json `/set` refuses it too
+                raise DoesNotFit(raw)
             return bool(raw)
     if kind in ("dataset_value", "template_value", "extension_value", "bytes_value"):
         raise DoesNotFit(kind)

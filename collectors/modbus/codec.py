@@ -31,6 +31,7 @@ from functools import lru_cache
 
 from collectors.core.errors import WriteError
 from collectors.core.model import Value
+from collectors.core.writes import as_bool, finite
 from collectors.modbus.config import DataType, ModbusDevice, ModbusTag, Order, Table
 
 # type -> (struct code, bytes, smallest raw, largest raw) for the numeric types
@@ -142,11 +143,7 @@ def _swap16(word: int) -> int:
 
 
 def _as_bool(tag: ModbusTag, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    raise WriteError(f"{tag.name} is a bool: write true, false, 1 or 0, not {value!r}")
+    return as_bool(tag.name, value)
 
 
 def _as_text(tag: ModbusTag, value: object) -> bytes:
@@ -166,11 +163,19 @@ def _as_text(tag: ModbusTag, value: object) -> bytes:
 def _to_raw(tag: ModbusTag, value: object) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WriteError(f"{tag.name} is a {tag.type.value}: write a number, not {value!r}")
-    if not math.isfinite(value):
-        raise WriteError(f"{tag.name}: {value!r} is not a finite number")
+    if isinstance(value, float):
+        finite(tag.name, value)
     _code, _size, low, high = _NUMERIC[tag.type]
     unscaled = tag.scale == 1.0 and tag.offset == 0.0
-    raw: float = value if unscaled else (value - tag.offset) / tag.scale
+    try:
+        raw: float = value if unscaled else (value - tag.offset) / tag.scale
+        if tag.type in _FLOATS:
+            raw = float(raw)
+    except (OverflowError, ZeroDivisionError):  # an integer past any float; a scale of 0
+        raw = math.inf
+    if isinstance(raw, float) and not math.isfinite(raw):  # 1e308 / 0.001: a float64 register would hold inf
+        after = "" if unscaled else " after scale and offset"
+        raise WriteError(f"{tag.name}: {value!r} is out of range for {tag.type.value}{after}")
     if tag.type in _FLOATS:
         if not low <= raw <= high:
             raise WriteError(f"{tag.name}: {value!r} is out of range for {tag.type.value}")

@@ -136,8 +136,11 @@ class ModbusCollector:
                 per_device(lambda p: p.stats.online is True))
         m.gauge("modbus_last_success_age_seconds", "since the device last answered a poll (-1: never)",
                 per_device(age))
-        m.counter("modbus_writes_total", "writes served, by result", lambda: [
-            ({"result": "ok"}, float(self.writer.ok)), ({"result": "failed"}, float(self.writer.failed))])
+        m.counter("modbus_writes_total", "writes served, by result (busy: too many pending; expired: too late)",
+                  lambda: [({"result": "ok"}, float(self.writer.ok)),
+                           ({"result": "failed"}, float(self.writer.failed)),
+                           ({"result": "busy"}, float(self.writer.busy)),
+                           ({"result": "expired"}, float(self.writer.expired))])
         m.gauge("handoff_queue", "readings not yet acknowledged by the forwarder",
                 lambda: self.handoff.pending)
         m.counter("handoff_dropped_total", "readings dropped while the forwarder was away",

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from collectors.core.config import CollectorSettings, Duration, StrictModel, read_slice
+from collectors.core.config import CollectorSettings, Duration, StrictModel, check_write_limits, read_slice
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 
@@ -116,6 +116,16 @@ class ModbusTag(StrictModel):
     byte_order: Order | None = Field(None, description="big | little inside a register; default: the device's")
     word_order: Order | None = Field(None, description="big | little (CDAB) register order; default: the device's")
     writable: bool = Field(False, description="accept writes (coil and holding tables only)")
+    write_min: float | None = Field(
+        None, allow_inf_nan=False,
+        description="lowest value a write may set, in engineering units; lower writes are refused "
+        "(writable numeric tags)",
+    )
+    write_max: float | None = Field(
+        None, allow_inf_nan=False,
+        description="highest value a write may set, in engineering units; higher writes are refused "
+        "(writable numeric tags)",
+    )
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")
 
@@ -140,6 +150,13 @@ class ModbusTag(StrictModel):
             raise ValueError(f"the {self.table.value} table is read-only in Modbus: writable must be false")
         if self.address + self.registers - 1 > 65535:
             raise ValueError("the tag runs past address 65535")
+        if self.write_min is not None or self.write_max is not None:
+            if not self.writable:
+                raise ValueError("write_min and write_max apply only to writable: true tags")
+            if not numeric or self.bit is not None:
+                what = "a bit" if self.bit is not None else self.type.value
+                raise ValueError(f"write_min and write_max apply only to numeric tags, not {what}")
+            check_write_limits(self.write_min, self.write_max)
         return self
 
     @property

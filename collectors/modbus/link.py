@@ -2,7 +2,8 @@
 
 Every device on a link talks through its `Link`: it owns the pymodbus client, lets exactly one
 request be in flight (a Modbus TCP device answers one at a time; two masters on one RS-485
-line garble each other), serves waiting writes before waiting polls, keeps the pause between
+line garble each other), serves waiting writes before waiting polls (but lets a poll through
+after every `WRITE_BURST` writes, so a queue of writes does not stop them), keeps the pause between
 frames, and reconnects with capped exponential backoff and jitter. A link that is backing
 off fails its requests at once instead of waiting, so it never holds up another link, nor
 the tasks that poll through it.
@@ -57,13 +58,22 @@ EXCEPTION_NAMES = {
 TIMEOUTS_BEFORE_RECONNECT = 3
 
 
-class PriorityLock:
-    """A lock that hands itself to the waiter with the lowest priority number, FIFO within one."""
+# Writes go ahead of polls, but at most this many in a row while a poll waits: a queue of writes
+# (a recipe download, a DCMD of many metrics) must not stop the polls (it stopped them for 11 s).
+WRITE_BURST = 4
 
-    def __init__(self) -> None:
+
+class PriorityLock:
+    """A lock that hands itself to the waiter with the lowest priority number, FIFO within one,
+    except that after `burst` grants in a row that passed over a less urgent waiter, the oldest
+    of those passed over goes next."""
+
+    def __init__(self, burst: int = WRITE_BURST) -> None:
         self._held = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._burst = burst
+        self._passed_over = 0  # grants in a row while a less urgent waiter waited
 
     @property
     def waiting(self) -> int:
@@ -83,12 +93,24 @@ class PriorityLock:
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            _priority, _order, future = heapq.heappop(self._waiters)
-            if not future.done():
-                future.set_result(None)  # stays held: ownership passes to that waiter
-                return
-        self._held = False
+        waiters = [waiter for waiter in self._waiters if not waiter[2].done()]
+        if not waiters:
+            self._waiters.clear()
+            self._held = False
+            self._passed_over = 0
+            return
+        heapq.heapify(waiters)
+        first = waiters[0]
+        less_urgent = [waiter for waiter in waiters if waiter[0] > first[0]]
+        if less_urgent and self._passed_over >= self._burst:
+            first = min(less_urgent, key=lambda waiter: waiter[1])
+            self._passed_over = 0
+        else:
+            self._passed_over = self._passed_over + 1 if less_urgent else 0
+        waiters.remove(first)
+        heapq.heapify(waiters)
+        self._waiters = waiters
+        first[2].set_result(None)  # stays held: ownership passes to that waiter
 
 
 class Backoff:

@@ -26,6 +26,7 @@ from asyncua import ua
 
 from collectors.core.errors import WriteError
 from collectors.core.model import Quality, Reading, Value, now_ms
+from collectors.core.writes import as_bool, finite
 
 _SEVERITY = 3 << 30
 _UNCERTAIN = 1 << 30
@@ -169,13 +170,10 @@ def _kind(value: Any) -> str:
 
 def _scalar(value: Any, vt: ua.VariantType) -> Any:
     if vt is ua.VariantType.Boolean:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise WriteError(f"this node takes a Boolean (true/false, 0/1), got {value!r}")
+        try:  # the one rule of every collector: true/false or 0/1 (not 2, not "true")
+            return as_bool("this node", value)
+        except WriteError:
+            raise WriteError(f"this node takes a Boolean (true/false, 0/1), got {value!r}") from None
     if vt in INT_RANGES:
         number = _integer(value, vt)
         low, high = INT_RANGES[vt]
@@ -185,8 +183,11 @@ def _scalar(value: Any, vt: ua.VariantType) -> Any:
     if vt in FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise WriteError(f"this node takes a number ({vt.name}), got {_kind(value)}")
-        real = float(value)
-        if vt is ua.VariantType.Float and math.isfinite(real) and abs(real) > 3.4028234663852886e38:
+        try:
+            real = finite("this node", float(value))
+        except OverflowError:  # an integer past any float
+            raise WriteError(f"{vt.name}: the number is out of range") from None
+        if vt is ua.VariantType.Float and abs(real) > 3.4028234663852886e38:
             raise WriteError(f"{value} is out of range for Float")
         return real
     if vt is ua.VariantType.String:

@@ -25,6 +25,7 @@ from collectors.core.metrics import Metrics, Sample
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
 from collectors.core.report import ReportFilter, bad_readings
 from collectors.core.service import ErrorLatch
+from collectors.core.writes import Busy, Expired, PendingWrites, check_deadline, check_limits
 from collectors.opcua.codec import status_name, to_variant
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
 from collectors.opcua.reader import DeviceReader
@@ -133,9 +134,16 @@ class DeviceLink:
             )
         session = reader.session
         try:
-            variant_type, array = await asyncio.wait_for(session.variant_type(node), self.device.timeout)
-            variant = to_variant(request.value, variant_type, array)
-            status = await asyncio.wait_for(session.write(node, variant), self.device.timeout)
+            check_limits(tag.name, request.value, tag.write_min, tag.write_max)
+            check_deadline(request)
+            with self._collector.pending.admit(self.device.name, request.device, request.tag):
+                variant_type, array = await asyncio.wait_for(session.variant_type(node), self.device.timeout)
+                variant = to_variant(request.value, variant_type, array)
+                check_deadline(request, self.device.timeout)  # answered before the requester gives up
+                status = await asyncio.wait_for(session.write(node, variant), self.device.timeout)
+        except (Busy, Expired) as exc:
+            self._collector.writes["busy" if isinstance(exc, Busy) else "expired"] += 1
+            return refused(str(exc))
         except WriteError as exc:
             return refused(str(exc))
         except ua.UaStatusCodeError as exc:
@@ -160,7 +168,8 @@ class OpcuaCollector:
         self.handoff = HandoffClient(config.handoff, config.name, self.write)
         self.links = {d.name: DeviceLink(d, self) for d in config.devices}
         self.readings: dict[str, int] = {d.name: 0 for d in config.devices}
-        self.writes = {"ok": 0, "failed": 0}
+        self.writes = {"ok": 0, "failed": 0, "busy": 0, "expired": 0}  # failed: the other refusals
+        self.pending = PendingWrites()  # per device (its session) and per tag
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self._handoff_grace = handoff_grace
@@ -242,7 +251,10 @@ class OpcuaCollector:
             )
         else:
             result = await link.write(request)
-        self.writes["ok" if result.ok else "failed"] += 1
+        if result.ok:
+            self.writes["ok"] += 1
+        elif not result.error or not result.error.startswith(("busy:", "expired:")):  # counted by the link
+            self.writes["failed"] += 1
         return result
 
     # ------------------------------------------------------------------ metrics and health

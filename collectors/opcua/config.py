@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from collectors.core.config import CollectorSettings, Duration, StrictModel, password_from_env, read_slice
+from collectors.core.config import (
+    CollectorSettings,
+    Duration,
+    StrictModel,
+    check_write_limits,
+    password_from_env,
+    read_slice,
+)
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 
@@ -93,6 +100,14 @@ class OpcuaTag(StrictModel):
         None, description="publish at least this often; default: the device's"
     )
     writable: bool = Field(False, description="accept writes")
+    write_min: float | None = Field(
+        None, allow_inf_nan=False,
+        description="lowest value a write may set; lower writes are refused (writable tags of a numeric DataType)",
+    )
+    write_max: float | None = Field(
+        None, allow_inf_nan=False,
+        description="highest value a write may set; higher writes are refused (writable tags of a numeric DataType)",
+    )
     description: str | None = Field(None, description="free text for people")
     simulate: Simulate | None = Field(None, description="how `fieldgate simulate` moves this value")
 
@@ -102,6 +117,9 @@ class OpcuaTag(StrictModel):
             raise ValueError("poll applies to mode: poll tags; a subscribed tag follows the subscription")
         if self.deadband_type == "percent" and self.deadband > 100:
             raise ValueError(f"a percent deadband is 0..100 (of the EURange), not {self.deadband:g}")
+        if (self.write_min is not None or self.write_max is not None) and not self.writable:
+            raise ValueError("write_min and write_max apply only to writable: true tags")
+        check_write_limits(self.write_min, self.write_max)
         return self
 
     @field_validator("node")

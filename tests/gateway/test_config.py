@@ -168,7 +168,7 @@ def test_unknown_key_gets_the_nearest_valid_one(tmp_path: Path) -> None:
         "devices/press-1.yaml:16:5: device press-1, tag speed: "
         "unknown key 'adress' (did you mean 'address'?); "
         "allowed here: address, bit, byte_order, deadband, description, length, max_silence, name, offset, "
-        "poll, scale, simulate, table, type, unit, word_order, writable"
+        "poll, scale, simulate, table, type, unit, word_order, writable, write_max, write_min"
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,23 @@ def device(port: int, name: str = "d1", **extra: Any) -> ModbusDevice:
     })
 
 
-@pytest.mark.unit
-async def test_waiting_writes_are_served_before_waiting_polls() -> None:
-    lock = PriorityLock()
-    order: list[str] = []
+def user(lock: PriorityLock, order: list[str]) -> Callable[[str, int], Coroutine[Any, Any, None]]:
+    """A holder of the lock that notes its turn in `order`."""
 
     async def use(name: str, priority: int) -> None:
         await lock.acquire(priority)
         order.append(name)
         await asyncio.sleep(0)
         lock.release()
+
+    return use
+
+
+@pytest.mark.unit
+async def test_waiting_writes_are_served_before_waiting_polls() -> None:
+    lock = PriorityLock()
+    order: list[str] = []
+    use = user(lock, order)
 
     await lock.acquire(POLL)  # a poll is in flight
     tasks = [asyncio.create_task(use(n, p)) for n, p in
@@ -45,6 +52,21 @@ async def test_waiting_writes_are_served_before_waiting_polls() -> None:
     lock.release()
     await asyncio.gather(*tasks)
     assert order == ["write-1", "write-2", "poll-a", "poll-b", "poll-c"]
+
+
+@pytest.mark.unit
+async def test_a_queue_of_writes_lets_a_waiting_poll_through_every_burst() -> None:
+    lock = PriorityLock(burst=3)
+    order: list[str] = []
+    use = user(lock, order)
+
+    await lock.acquire(WRITE)
+    tasks = [asyncio.create_task(use("poll-a", POLL)), asyncio.create_task(use("poll-b", POLL))]
+    tasks += [asyncio.create_task(use(f"w{i}", WRITE)) for i in range(7)]
+    await asyncio.sleep(0.01)
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["w0", "w1", "w2", "poll-a", "w3", "w4", "w5", "poll-b", "w6"]
 
 
 @pytest.mark.unit

@@ -75,7 +75,7 @@ def test_reading_takes_the_source_timestamp_else_the_server_timestamp() -> None:
     ("value", "vt", "array", "expected"),
     [
         (1, VT.Boolean, False, True),
-        ("false", VT.Boolean, False, False),
+        (0, VT.Boolean, False, False),
         (12.0, VT.Int16, False, 12),
         ("0x10", VT.UInt16, False, 16),
         (2**64 - 1, VT.UInt64, False, 2**64 - 1),
