@@ -1,13 +1,15 @@
 """What should run vs what runs -> the steps that make them equal. Pure: no processes, no Docker.
 
-Both runtimes share one loop, in balena-supervisor's shape::
+Every decision of the supervisor is made here; a runtime executes one step at a time and
+reports what happened (an `Outcome`). Both runtimes share one loop, in balena-supervisor's shape::
 
     observed = runtime.observe()                      # normalised: name -> Observed
-    backoff  = backoff.settle(observed, now)          # a long healthy run forgets old crashes
+    backoff  = backoff.settle(observed, now)          # count the runtime's own restarts; a long
+                                                      # healthy run forgets old crashes
     steps    = plan(desired, observed, now, backoff)  # this module; unit-tested without I/O
-    for step in steps: runtime.execute(step)          # one executor per step type
-    backoff  = backoff.record(steps, now)             # restarts count towards the next delay
-    sleep until min(next poll, every Wait.until)
+    outcomes = [runtime.execute(step) for step in steps]   # one executor per step type
+    backoff  = backoff.record(outcomes, now)          # restarts and failed executions count
+    sleep until min(next poll, every Wait.until, backoff.next_retry())
 
 A service is one of `forwarder`, `modbus`, `opcua` (one collector per protocol in use).
 `ServiceSpec` is what the config asks for, `Observed` what the runtime sees; both carry a
@@ -19,14 +21,17 @@ The steps, and when `plan` emits them:
 - `Recreate`  present, but its config hash or image differs from the spec; `order` is the
               spec's `update` (stop-first: old one stops before the new one starts;
               start-first: the new one starts and turns healthy before the old one stops).
-              A crashed service whose config changed is recreated at once: the new config
-              may be the fix.
+              A crashed (or engine-restarting) service whose config changed is recreated at
+              once: the new config may be the fix.
 - `Restart`   crashed (exited on its own), once its backoff delay has passed; or running but
               unhealthy for longer than `Policy.unhealthy_grace`, or never healthy within
               `Policy.start_grace` of starting. The delay after the n-th consecutive failure
               is `min(cap, initial * factor**n)`: capped, and it never gives up (IoT Edge's
               give-up-after-20 leaves a plant dark until someone notices).
-- `Wait`      a restart is due later; `until` tells the loop when to look again.
+- `Wait`      a restart is due later, or the last attempt to execute a step for this service
+              failed (an image not on the engine, a program that cannot start) and the same
+              attempt is due again only after the backoff; `until` tells the loop when to look
+              again, `reason` says why (and `fieldgate status` shows it).
 - `Remove`    present but no longer configured (its protocol has no devices left).
 - `Stop`      only from `plan_shutdown`: stop everything, collectors first so they can hand
               their last readings to the forwarder, which stops last and spills its buffer.
@@ -35,8 +40,10 @@ Order is deterministic: removals first (collectors before the forwarder), then t
 then collectors by name, so the forwarder's hand-off socket is up before collectors dial it.
 
 A service is *crash-looping* when it has failed `Policy.crash_loop_after` times in a row
-without a stable run in between (`BackoffState.crash_looping`); `describe_state` turns all of
-this into the word `fieldgate status` prints.
+without a stable run in between (`BackoffState.crash_looping`): restarts the supervisor made
+and restarts the runtime made on its own (the Engine's `restart: unless-stopped`, seen as a
+growing `Observed.restart_count`) count alike. `describe_state` turns all of this into the
+word `fieldgate status` prints.
 """
 
 from __future__ import annotations
@@ -50,8 +57,11 @@ from typing import Any, Literal
 FORWARDER = "forwarder"
 
 UpdateOrder = Literal["stop-first", "start-first"]
-State = Literal["created", "starting", "running", "stopping", "exited"]
+# restarting: the runtime restarts it on its own (the Engine's restart policy); plan leaves it be.
+State = Literal["created", "starting", "running", "restarting", "stopping", "exited"]
 Health = Literal["healthy", "unhealthy", "starting"]
+# Why executing a step failed; `image-missing` is worded for the user by describe_state.
+FailureKind = Literal["image-missing", "cannot-start", "engine", "error"]
 
 
 def config_hash(*parts: Any) -> str:
@@ -91,8 +101,10 @@ class Observed:
     health: Health | None = None  # None: the service has no health check (yet)
     health_since: float | None = None  # when `health` began
     restarts: int = 0  # restarts the supervisor made since it started
-    exit_code: int | None = None
+    exit_code: int | None = None  # of the last exit (exited, restarting)
     instance: str | None = None  # pid or container id, for logs
+    restart_count: int = 0  # restarts the runtime made of this instance on its own (Engine: RestartCount)
+    oom_killed: bool = False  # the last exit was the memory limit's doing
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,57 @@ Step = Start | Recreate | Restart | Stop | Remove | Wait
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What executing one step did: done, or failed with a kind and a reason a user can act on.
+
+    A runtime returns one for every step and raises for none of the failures it expects, so the
+    planner, not the runtime, decides when to try again."""
+
+    step: Step
+    failure: FailureKind | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @classmethod
+    def done(cls, step: Step) -> Outcome:
+        return cls(step)
+
+    @classmethod
+    def failed(cls, step: Step, failure: FailureKind, reason: str) -> Outcome:
+        return cls(step, failure, reason)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The last failed execution for a service, until one succeeds or it is removed."""
+
+    verb: str  # start | recreate | restart | remove
+    kind: FailureKind
+    reason: str
+    key: tuple[str, ...]  # what was tried (spec hash and image): anything else is tried at once
+    attempts: int  # consecutive failed attempts of this key
+    retry_at: float  # the same attempt is not made again before this
+
+    def words(self) -> str:
+        """The status word: `image missing` says what to do; other failures name the step."""
+        return "image missing" if self.kind == "image-missing" else f"{self.verb} failed"
+
+
+def _spec_key(spec: ServiceSpec) -> tuple[str, ...]:
+    return (spec.config_hash, spec.image or "")
+
+
+def _key(step: Step) -> tuple[str, ...]:
+    """What an attempt tried: a failure holds back only the same attempt."""
+    if isinstance(step, Start | Recreate | Restart):
+        return _spec_key(step.spec)
+    return (type(step).__name__.lower(),)
+
+
+@dataclass(frozen=True)
 class Policy:
     """Every interval of the supervisor's decisions; tests shrink them instead of patching sleep."""
 
@@ -188,12 +251,16 @@ class Policy:
 
 @dataclass(frozen=True)
 class BackoffState:
-    """Consecutive failures per service and when each was last restarted. Immutable: methods
-    return a new state, so the loop's history is a sequence of values a test can inspect."""
+    """Consecutive failures per service, when each was last restarted, the last failed execution
+    and the last exit seen. Immutable: methods return a new state, so the loop's history is a
+    sequence of values a test can inspect."""
 
     policy: Policy = Policy()
     failures: Mapping[str, int] = field(default_factory=dict)
     last_restart: Mapping[str, float] = field(default_factory=dict)
+    failed: Mapping[str, Failure] = field(default_factory=dict)
+    restart_counts: Mapping[str, tuple[str | None, int]] = field(default_factory=dict)  # instance, count
+    last_exit: Mapping[str, str] = field(default_factory=dict)  # "exited with code 137, out of memory"
 
     def count(self, name: str) -> int:
         return self.failures.get(name, 0)
@@ -205,29 +272,87 @@ class BackoffState:
         """Earliest time a crashed service may be restarted."""
         return obs.since + self.policy.delay(self.count(obs.name))
 
-    def settle(self, observed: Mapping[str, Observed], now: float) -> BackoffState:
-        """Forget the failures of services that have run, healthy, for `stable_after`."""
+    def next_retry(self, now: float) -> float | None:
+        """The earliest time a failed execution is due again, if any is still ahead."""
+        ahead = [f.retry_at for f in self.failed.values() if f.retry_at > now]
+        return min(ahead) if ahead else None
+
+    def held(self, step: Step, now: float) -> Wait | None:
+        """A Wait instead of `step` while the same attempt failed and its backoff runs."""
+        failure = self.failed.get(step.name)
+        if failure is None or failure.key != _key(step) or now >= failure.retry_at:
+            return None
+        return Wait(step.name, failure.retry_at, f"{failure.verb} failed: {failure.reason}")
+
+    def settle(
+        self, observed: Mapping[str, Observed], now: float, desired: Mapping[str, ServiceSpec] | None = None
+    ) -> BackoffState:
+        """Count the restarts the runtime made on its own since the last look (each one a
+        failure, as if the supervisor had made it), remember the last exit, and forget the
+        failures of services that have run, healthy, for `stable_after`. With `desired`, a
+        failed execution of something no longer wanted (the config went back) is forgotten."""
+        failed = dict(self.failed)
+        if desired is not None:
+            for name, failure in self.failed.items():
+                spec = desired.get(name)
+                if failure.key != (_spec_key(spec) if spec is not None else ("remove",)):
+                    del failed[name]
         failures = dict(self.failures)
+        counts: dict[str, tuple[str | None, int]] = {}
+        last_exit = dict(self.last_exit)
         for name, obs in observed.items():
+            seen = self.restart_counts.get(name)
+            if seen is not None and seen[0] == obs.instance and obs.restart_count > seen[1]:
+                failures[name] = failures.get(name, 0) + obs.restart_count - seen[1]
+            counts[name] = (obs.instance, obs.restart_count)
+            if obs.state in ("exited", "restarting"):
+                last_exit[name] = _exit_text(obs)
             if failures.get(name) and _stable(obs, now, self.policy.stable_after):
                 del failures[name]
-        return self if failures == self.failures else replace(self, failures=failures)
+                last_exit.pop(name, None)
+        if (failures == self.failures and counts == self.restart_counts and last_exit == self.last_exit
+                and failed == self.failed):
+            return self
+        return replace(self, failures=failures, restart_counts=counts, last_exit=last_exit, failed=failed)
 
-    def record(self, steps: Iterable[Step], now: float) -> BackoffState:
-        """Count the restarts among `steps`; a recreate (new config) starts counting afresh."""
+    def record(self, outcomes: Iterable[Outcome], now: float) -> BackoffState:
+        """Count what the executed steps did.
+
+        Done: a restart counts one failure (the crash or the sickness behind it); a start or a
+        recreate (new config) starts counting afresh. Failed: the service's failed record says
+        when the same attempt is due again, `delay(attempts - 1)` after this one (for a
+        restart: after its failure count, which the failed attempt raises too)."""
         failures = dict(self.failures)
         last = dict(self.last_restart)
-        for step in steps:
+        failed = dict(self.failed)
+        last_exit = dict(self.last_exit)
+        for outcome in outcomes:
+            step, name = outcome.step, outcome.step.name
+            if isinstance(step, Wait | Stop):
+                continue
+            if outcome.ok:
+                failed.pop(name, None)
+                if isinstance(step, Restart):
+                    failures[name] = failures.get(name, 0) + 1
+                    last[name] = now
+                elif isinstance(step, Recreate | Start):
+                    failures.pop(name, None)
+                    last[name] = now
+                else:  # Remove: nothing of it is left to count
+                    failures.pop(name, None)
+                    last.pop(name, None)
+                    last_exit.pop(name, None)
+                continue
+            previous = failed.get(name)
+            attempts = previous.attempts + 1 if previous is not None and previous.key == _key(step) else 1
+            exponent = attempts - 1
             if isinstance(step, Restart):
-                failures[step.name] = failures.get(step.name, 0) + 1
-                last[step.name] = now
-            elif isinstance(step, Recreate | Start):
-                failures.pop(step.name, None)
-                last[step.name] = now
-            elif isinstance(step, Remove):
-                failures.pop(step.name, None)
-                last.pop(step.name, None)
-        return replace(self, failures=failures, last_restart=last)
+                exponent = failures.get(name, 0)
+                failures[name] = exponent + 1
+            assert outcome.failure is not None
+            failed[name] = Failure(type(step).__name__.lower(), outcome.failure, outcome.reason, _key(step),
+                                   attempts, now + self.policy.delay(exponent))
+        return replace(self, failures=failures, last_restart=last, failed=failed, last_exit=last_exit)
 
 
 def _stable(obs: Observed, now: float, stable_after: float) -> bool:
@@ -256,7 +381,8 @@ def _change(spec: ServiceSpec, obs: Observed) -> str | None:
 
 
 def _exit_text(obs: Observed) -> str:
-    return f"exited with code {obs.exit_code}" if obs.exit_code is not None else "exited"
+    text = f"exited with code {obs.exit_code}" if obs.exit_code is not None else "exited"
+    return text + (", out of memory" if obs.oom_killed else "")
 
 
 def plan(
@@ -266,34 +392,37 @@ def plan(
     backoff: BackoffState,
 ) -> list[Step]:
     """The steps that bring `observed` to `desired`, in the order to execute them."""
-    policy = backoff.policy
     steps: list[Step] = [
         Remove(name, "no longer configured") for name in sorted(set(observed) - set(desired), key=stop_order)
     ]
     for name in sorted(desired, key=start_order):
-        spec = desired[name]
-        obs = observed.get(name)
-        if obs is None:
-            steps.append(Start(spec, "not running"))
-            continue
-        change = _change(spec, obs)
-        if change is not None and obs.state != "stopping":
-            steps.append(Recreate(spec, spec.update, change))
-        elif obs.state == "created":
-            steps.append(Start(spec, "created, not started"))
-        elif obs.state == "exited":
-            until = backoff.next_restart(obs)
-            attempt = backoff.count(name) + 1
-            if now >= until:
-                steps.append(Restart(spec, _exit_text(obs), attempt))
-            else:
-                steps.append(Wait(name, until, f"{_exit_text(obs)}; restart {attempt} due"))
-        elif obs.state in ("running", "starting"):
-            step = _health_step(spec, obs, now, backoff, policy)
-            if step is not None:
-                steps.append(step)
-        # "stopping": the runtime is already ending it; look again next round.
-    return steps
+        step = _service_step(desired[name], observed.get(name), now, backoff)
+        if step is not None:
+            steps.append(step)
+    # A step whose last attempt failed waits out its backoff (a missing image is not hammered).
+    return [backoff.held(step, now) or step for step in steps]
+
+
+def _service_step(spec: ServiceSpec, obs: Observed | None, now: float, backoff: BackoffState) -> Step | None:
+    if obs is None:
+        return Start(spec, "not running")
+    change = _change(spec, obs)
+    if change is not None and obs.state != "stopping":
+        # Also while the runtime restarts it on its own: it would loop on the old config or image.
+        return Recreate(spec, spec.update, change)
+    if obs.state == "created":
+        return Start(spec, "created, not started")
+    if obs.state == "exited":
+        until = backoff.next_restart(obs)
+        attempt = backoff.count(spec.name) + 1
+        if now >= until:
+            return Restart(spec, _exit_text(obs), attempt)
+        return Wait(spec.name, until, f"{_exit_text(obs)}; restart {attempt} due")
+    if obs.state in ("running", "starting"):
+        return _health_step(spec, obs, now, backoff, backoff.policy)
+    # "stopping": the runtime is already ending it; "restarting": the runtime's own restart
+    # policy brings it back (counted by `settle`). Look again next round.
+    return None
 
 
 def _health_step(
@@ -332,17 +461,35 @@ def next_wake(steps: Iterable[Step], default: float) -> float:
     return min([default, *(s.until for s in steps if isinstance(s, Wait))])
 
 
-def describe_state(obs: Observed | None, backoff: BackoffState, now: float) -> str:
-    """The state word of `fieldgate status`: running, starting, unhealthy, crash-looping, ..."""
+def describe_state(name: str, obs: Observed | None, backoff: BackoffState, now: float) -> str:
+    """The state word of `fieldgate status`: running, starting, unhealthy, crash-looping,
+    image missing, ... with what a user needs to know in brackets."""
+    failure = backoff.failed.get(name)
+    if failure is not None:
+        wait = max(0.0, failure.retry_at - now)
+        why = f"{failure.reason}; next try in {wait:.0f}s"
+        if obs is None or obs.state in ("created", "exited"):
+            return f"{failure.words()} ({why})"
+        return f"{_describe(name, obs, backoff, now)} ({failure.verb} failed: {why})"
     if obs is None:
         return "absent"
-    failures = backoff.count(obs.name)
+    return _describe(name, obs, backoff, now)
+
+
+def _describe(name: str, obs: Observed, backoff: BackoffState, now: float) -> str:
+    failures = backoff.count(name)
+    looping = backoff.crash_looping(name)
     if obs.state == "exited":
         wait = max(0.0, backoff.next_restart(obs) - now)
-        word = "crash-looping" if backoff.crash_looping(obs.name) else "exited"
+        word = "crash-looping" if looping else "exited"
         return f"{word} ({_exit_text(obs)}; restart in {wait:.0f}s)"
-    if backoff.crash_looping(obs.name) and obs.health != "healthy":
-        return f"crash-looping ({failures} failures)"
+    last = backoff.last_exit.get(name)
+    if looping and obs.health != "healthy":
+        stable = f"{backoff.policy.stable_after:.0f}s"
+        return f"crash-looping ({failures} failures without a {stable} stable run" + (
+            f"; last {last})" if last else ")")
+    if obs.state == "restarting":
+        return f"restarting (last {last or _exit_text(obs)})"
     if obs.state == "running" and obs.health == "unhealthy":
         return "unhealthy"
     if obs.state == "running" and obs.health == "starting":

@@ -1,9 +1,11 @@
 """The Docker runtime: the one module that talks to the Docker Engine API (docker-py).
 
 It builds, saves and loads images for `fieldgate images`, and executes the supervisor's steps
-on containers. It decides nothing itself: what to create, start or remove comes from the pure
-planner; this module turns the rendered compose model into Engine API calls and turns the
-Engine's containers back into the planner's observed state.
+on containers. It decides nothing itself: what to create, start or remove, when to try again
+after a failure and what counts as a crash loop comes from the pure planner; this module turns
+the rendered compose model into Engine API calls, executes one step at a time and reports its
+`Outcome` (an image not on the engine is `image-missing`, checked before anything is touched),
+and turns the Engine's containers back into the planner's observed state.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collectors.core.errors import FieldgateError
 from gateway.compose import HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL, Project
 from gateway.plan import (
     Observed,
+    Outcome,
     Recreate,
     Remove,
     Restart,
@@ -57,6 +60,15 @@ if TYPE_CHECKING:
 
 class EngineError(FieldgateError):
     """The Docker engine is not reachable, or refused what we asked of it."""
+
+
+class ImageMissing(EngineError):
+    """A service's image is not on this engine (we never pull: a plant PC is often offline)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image} is not on this engine: `fieldgate images build` "
+                         "or `fieldgate images load BUNDLE` first")
+        self.image = image
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +179,13 @@ class Engine:
 # the Engine restarts a crashed container at once (with its own capped backoff), also while
 # no supervisor runs and after a reboot. The supervisor restarts what the Engine does not: a
 # container stopped behind its back (`docker kill` counts as a manual stop, so the Engine
-# leaves it down) and one that stays unhealthy, which the Engine only reports. Engine
-# restarts are counted from RestartCount, so `status` shows them and a crash loop: three
-# restarts without a stable run between them. The Engine's own delay doubles up to a minute
-# and stays there, so a count over a time window would stop calling a loop a loop once the
-# delay reached the minute; only a stable run (STABLE_RUN seconds running, not unhealthy) ends it.
+# leaves it down) and one that stays unhealthy, which the Engine only reports. A container
+# the Engine is restarting is observed as `restarting`, with its RestartCount: the planner
+# counts those restarts as failures and calls the service crash-looping, as for its own.
 
 CONTAINER_NUMBER = "1"
 CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy
 STATS_INTERVAL = 5.0
-STABLE_RUN = 30.0  # running this long, not unhealthy, ends a crash loop (the planner's stable_after)
-CRASH_LOOP_AFTER = 3  # Engine restarts without a stable run between them
 
 
 def parse_time(text: str | None) -> float | None:
@@ -315,13 +323,9 @@ class Track:
     health: str | None = None
     health_since: float | None = None
     restarts: int = 0  # by the supervisor
-    engine_restarts: list[float] = field(default_factory=list)  # when, since its last stable run
-    last_restart_count: int = 0
     readings: tuple[float, float] | None = None  # (monotonic, counter) of the last scrape
     details: dict[str, Any] = field(default_factory=dict)
     cpu: tuple[float, float] | None = None  # (container total, system total) of the last sample
-    failed_until: float = 0.0  # after a failed create/start, wait until then before trying again
-    failures: int = 0
 
 
 def _mono(epoch: float) -> float:
@@ -335,7 +339,9 @@ def _state(attrs: dict[str, Any]) -> State:
         return "running"
     if status == "created":
         return "created"
-    if status in ("restarting", "removing"):
+    if status == "restarting":
+        return "restarting"  # by its restart policy: counted by the planner, left to the Engine
+    if status == "removing":
         return "stopping"  # the Engine is already on it: the planner looks again next round
     return "exited"
 
@@ -408,17 +414,17 @@ class DockerRuntime:
     async def observe(self) -> dict[str, Observed]:
         return await asyncio.to_thread(self._observe)
 
-    async def execute(self, step: Step) -> None:
+    async def execute(self, step: Step) -> Outcome:
+        """One step, one outcome; when to try a failed one again is the planner's decision."""
         try:
             await asyncio.to_thread(self._execute, step)
-        except (docker.errors.DockerException, EngineError) as exc:
-            # The planner asks again next round; until then say what failed, once per episode.
-            track = self._track(step.name)
-            track.failures += 1
-            track.failed_until = time.monotonic() + min(60.0, 2.0 ** min(track.failures, 6))
-            text = getattr(exc, "explanation", None) or str(exc)
-            self._print(f"{step.name}: {step} failed: {text}")
-        self.changed.set()
+        except ImageMissing as exc:
+            return Outcome.failed(step, "image-missing", str(exc))
+        except docker.errors.ImageNotFound as exc:  # removed between our check and the create
+            return Outcome.failed(step, "image-missing", str(exc.explanation or exc))
+        except (docker.errors.DockerException, EngineError, OSError) as exc:  # OSError: the socket
+            return Outcome.failed(step, "engine", str(getattr(exc, "explanation", None) or exc))
+        return Outcome.done(step)
 
     def details(self) -> dict[str, dict[str, Any]]:
         return {name: dict(track.details) for name, track in self._tracks.items()}
@@ -463,33 +469,21 @@ class DockerRuntime:
             track = self._track(service)
             if track.container != container.id:
                 track.container, track.health, track.health_since = container.id, None, None
-                track.last_restart_count, track.engine_restarts = int(attrs.get("RestartCount", 0)), []
             restart_count = int(attrs.get("RestartCount", 0))
-            if restart_count > track.last_restart_count:
-                track.engine_restarts.extend([time.monotonic()] * (restart_count - track.last_restart_count))
-                track.last_restart_count = restart_count
             health = (state.get("Health") or {}).get("Status")
             health = health if health in ("starting", "healthy", "unhealthy") else None
             if health != track.health:
                 track.health, track.health_since = health, time.monotonic()
-            running_since = parse_time(state.get("StartedAt"))
-            if (state.get("Status") == "running" and health != "unhealthy" and running_since is not None
-                    and time.time() - running_since >= STABLE_RUN):
-                track.engine_restarts = []  # a stable run: earlier crashes no longer make a loop
             image = attrs["Config"]["Image"]
             current = self._image_id(image)
             if current is not None and current != attrs["Image"]:
                 # The tag now names another build: report it so the planner recreates the container.
                 image = f"{image}@{attrs['Image'][7:19]}"
             kind = _state(attrs)
-            restarting = state.get("Status") == "restarting"
-            if kind == "stopping" and restarting and self._outdated(service, container):
-                # The Engine would restart it again and again on the old config or image (a broken
-                # update it crash-loops on): say it is down, so the planner recreates it now.
-                kind = "exited"
+            ended = kind in ("exited", "restarting")
             started = parse_time(state.get("StartedAt")) or time.time()
             finished = parse_time(state.get("FinishedAt")) or started
-            since = _mono(finished if kind == "exited" else started)
+            since = _mono(finished if ended else started)
             observed[service] = Observed(
                 name=service,
                 state=kind,
@@ -499,42 +493,21 @@ class DockerRuntime:
                 health=health if kind == "running" else None,
                 health_since=track.health_since,
                 restarts=track.restarts + restart_count,
-                exit_code=int(state.get("ExitCode", 0)) if kind == "exited" else None,
+                exit_code=int(state.get("ExitCode", 0)) if ended else None,
                 instance=container.short_id,
+                restart_count=restart_count,
+                oom_killed=bool(state.get("OOMKilled")) and ended,
             )
-            self._note(service, track, observed[service], state)
+            self._note(service, track, observed[service])
         for name in list(self._tracks):
             if name not in observed:
                 self._tracks[name].details = {}
         return observed
 
-    def _outdated(self, service: str, container: Any) -> bool:
-        if self.project is None or service not in self.project.services:
-            return True
-        wanted = self.project.services[service]
-        return bool(container.labels.get(HASH_LABEL) != wanted.config_hash
-                    or container.attrs["Config"]["Image"] != wanted.limits.image)
-
-    def _note(self, service: str, track: Track, obs: Observed, state: dict[str, Any]) -> None:
-        """Status columns the planner does not know: Engine restarts and crash loops, limits."""
-        restarts = len(track.engine_restarts)
-        restarting = state.get("Status") == "restarting"
-        looping = restarts >= CRASH_LOOP_AFTER or (restarting and restarts >= 2)
+    def _note(self, service: str, track: Track, obs: Observed) -> None:
+        """Status columns only this runtime knows: the container, the limits."""
         details = track.details
         details["container"] = obs.instance
-        exited = f"exited with code {state.get('ExitCode', 0)}"
-        if state.get("OOMKilled"):
-            exited += ", out of memory"
-        if looping:
-            details["state"] = (f"crash-looping ({restarts} restarts by the Engine without a {STABLE_RUN:.0f}s "
-                                f"run; last {exited})")
-            details["crash_looping"] = True
-        elif restarting:
-            details["state"] = f"restarting ({exited}; the Engine restarts it)"
-            details.pop("crash_looping", None)
-        else:
-            details.pop("state", None)
-            details.pop("crash_looping", None)
         if self.project is not None and service in self.project.services:
             limits = self.project.services[service].limits
             details["cpu_limit"] = limits.cpus
@@ -542,14 +515,20 @@ class DockerRuntime:
 
     # -------------------------------------------------------------- execute
 
-    def _spec_ready(self, spec: ServiceSpec) -> bool:
-        return time.monotonic() >= self._track(spec.name).failed_until
+    def _require_image(self, spec: ServiceSpec) -> None:
+        """Before anything is stopped, removed or created: an old container keeps running."""
+        assert self.project is not None
+        image = spec.image or str(self.project.services[spec.name].compose["image"])
+        with self._lock:
+            present = self.client.images.list(name=image)
+        if not present:
+            raise ImageMissing(image)
 
     def _execute(self, step: Step) -> None:
         if isinstance(step, Wait):
             return
-        if isinstance(step, Start | Restart | Recreate) and not self._spec_ready(step.spec):
-            return
+        if isinstance(step, Start | Recreate):
+            self._require_image(step.spec)
         containers = self.containers()
         current = containers.get(step.name)
         if isinstance(step, Start):
@@ -560,6 +539,7 @@ class DockerRuntime:
         elif isinstance(step, Restart):
             self._track(step.name).restarts += 1
             if current is None:
+                self._require_image(step.spec)
                 self._create_and_start(step.spec)
             else:
                 with self._lock:
@@ -579,9 +559,6 @@ class DockerRuntime:
             if current is not None:
                 self._remove(current, step.name)
             self._tracks.pop(step.name, None)
-        track = self._tracks.get(step.name)
-        if track is not None:
-            track.failures, track.failed_until = 0, 0.0
 
     def _stop_timeout(self, service: str) -> int:
         if self.project is None or service not in self.project.services:
@@ -613,9 +590,6 @@ class DockerRuntime:
         with self._lock:
             self._ensure_shared(factory)
             args = factory.create_args(spec.name, name, image=spec.image)
-            if self.client.images.list(name=args["image"]) == []:
-                raise EngineError(f"image {args['image']} is not on this engine: `fieldgate images build` "
-                                  "or `fieldgate images load BUNDLE` first")
             created = self.client.api.create_container(**args)
             return self.client.containers.get(created["Id"])
 
@@ -856,7 +830,10 @@ async def _update_directly(config_dir: Path, run_dir: RunDir, service: str, with
     async with DockerRuntime(config_dir, run_dir) as runtime:
         specs = runtime.desired(config, config_dir)
         spec = specs[service]
-        await runtime.execute(Recreate(spec, spec.update, "fieldgate update"))
+        outcome = await runtime.execute(Recreate(spec, spec.update, "fieldgate update"))
+        if not outcome.ok:
+            print(f"{service}: recreate failed: {outcome.reason}", file=sys.stderr)
+            return False
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             obs = (await runtime.observe()).get(service)

@@ -38,8 +38,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from gateway.plan import (
     FORWARDER,
+    FailureKind,
     Health,
     Observed,
+    Outcome,
     Recreate,
     Remove,
     Restart,
@@ -371,13 +373,20 @@ class ProcessRuntime:
     async def observe(self) -> dict[str, Observed]:
         return {name: child.observed() for name, child in self._children.items()}
 
-    async def execute(self, step: Step) -> None:
-        """Run one step with the executor its type maps to."""
+    async def execute(self, step: Step) -> Outcome:
+        """Run one step with the executor its type maps to, and say how it went: a program
+        that cannot be started (missing, not executable) or a slice that cannot be written
+        is a failed outcome, which the planner backs off like a crash."""
         executors: dict[type, Callable[[Any], Awaitable[None]]] = {
             Start: self._do_start, Restart: self._do_restart, Recreate: self._do_recreate,
             Stop: self._do_stop, Remove: self._do_remove, Wait: self._do_wait,
         }
-        await executors[type(step)](step)
+        try:
+            await executors[type(step)](step)
+        except OSError as exc:
+            kind: FailureKind = "cannot-start" if isinstance(step, Start | Restart | Recreate) else "error"
+            return Outcome.failed(step, kind, str(exc))
+        return Outcome.done(step)
 
     async def _do_start(self, step: Start) -> None:
         await self._start(step.spec, restarts=0)
