@@ -18,17 +18,26 @@ A service is one of `forwarder`, `modbus`, `opcua` (one collector per protocol i
 The steps, and when `plan` emits them:
 
 - `Start`     desired, and not present at all (or created and never started).
-- `Recreate`  present, but its config hash or image differs from the spec; `order` is the
-              spec's `update` (stop-first: old one stops before the new one starts;
-              start-first: the new one starts and turns healthy before the old one stops).
-              A crashed (or engine-restarting) service whose config changed is recreated at
-              once: the new config may be the fix.
+- `Recreate`  present, but its config hash or image differs from the spec; `order` comes
+              from `update_order`: stop-first (the old one stops, then the new one starts)
+              or start-first (the new one starts beside the old one, which keeps running).
+              Start-first is the spec's `update` when two instances can run at once: not
+              with serial ports (one owner), not with a metrics port on the host's network
+              (one port). A crashed (or engine-restarting) service whose config changed is
+              recreated at once, stop-first: the new config may be the fix.
+- `Handover`  start-first, once the new instance is healthy (or running, without a health
+              check): the old one stops and the new one takes its place.
+- `Rollback`  start-first, when the new instance exits, turns unhealthy or is not healthy
+              within `Policy.start_grace`: it is removed, the old one runs on, and the same
+              recreate backs off like a failed execution. Also (without a failure) when the
+              config changed again while a new instance was starting.
 - `Restart`   crashed (exited on its own), once its backoff delay has passed; or running but
               unhealthy for longer than `Policy.unhealthy_grace`, or never healthy within
               `Policy.start_grace` of starting. The delay after the n-th consecutive failure
               is `min(cap, initial * factor**n)`: capped, and it never gives up (IoT Edge's
               give-up-after-20 leaves a plant dark until someone notices).
-- `Wait`      a restart is due later, or the last attempt to execute a step for this service
+- `Wait`      a restart is due later, a new instance is starting beside the old one, or the
+              last attempt to execute a step for this service
               failed (an image not on the engine, a program that cannot start) and the same
               attempt is due again only after the backoff; `until` tells the loop when to look
               again, `reason` says why (and `fieldgate status` shows it).
@@ -61,7 +70,7 @@ UpdateOrder = Literal["stop-first", "start-first"]
 State = Literal["created", "starting", "running", "restarting", "stopping", "exited"]
 Health = Literal["healthy", "unhealthy", "starting"]
 # Why executing a step failed; `image-missing` is worded for the user by describe_state.
-FailureKind = Literal["image-missing", "cannot-start", "engine", "error"]
+FailureKind = Literal["image-missing", "cannot-start", "engine", "unhealthy", "error"]
 
 
 def config_hash(*parts: Any) -> str:
@@ -87,6 +96,9 @@ class ServiceSpec:
     config_file: str | None = None  # where the runtime writes `config_text` before starting
     config_text: str = field(default="", repr=False)  # the rendered slice (covered by config_hash)
     ready_path: str | None = None  # exists once the service is up (the forwarder's hand-off socket)
+    # Its ports are the host's (a process; a container on `network: host`): a second instance
+    # beside it cannot hold the same metrics port.
+    host_network: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class Observed:
     instance: str | None = None  # pid or container id, for logs
     restart_count: int = 0  # restarts the runtime made of this instance on its own (Engine: RestartCount)
     oom_killed: bool = False  # the last exit was the memory limit's doing
+    candidate: Observed | None = None  # a start-first replacement running beside it
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,34 @@ class Wait:
         return f"wait {self.name} until {self.until:.1f} ({self.reason})"
 
 
-Step = Start | Recreate | Restart | Stop | Remove | Wait
+@dataclass(frozen=True)
+class Handover:
+    spec: ServiceSpec
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __str__(self) -> str:
+        return f"hand {self.name} over to the new instance ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    spec: ServiceSpec
+    reason: str
+    failed: bool = True  # the handover failed: the same recreate backs off; False: only tidying up
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __str__(self) -> str:
+        return f"roll {self.name} back to the running instance ({self.reason})"
+
+
+Step = Start | Recreate | Restart | Stop | Remove | Wait | Handover | Rollback
 
 
 @dataclass(frozen=True)
@@ -225,7 +265,7 @@ def _spec_key(spec: ServiceSpec) -> tuple[str, ...]:
 
 def _key(step: Step) -> tuple[str, ...]:
     """What an attempt tried: a failure holds back only the same attempt."""
-    if isinstance(step, Start | Recreate | Restart):
+    if isinstance(step, Start | Recreate | Restart | Handover | Rollback):
         return _spec_key(step.spec)
     return (type(step).__name__.lower(),)
 
@@ -330,12 +370,18 @@ class BackoffState:
             step, name = outcome.step, outcome.step.name
             if isinstance(step, Wait | Stop):
                 continue
+            if outcome.ok and isinstance(step, Rollback):
+                if step.failed:  # the new instance never turned healthy: back off this recreate
+                    failed[name] = _failure(failed.get(name), step, "unhealthy", step.reason, now, self.policy)
+                continue
+            if outcome.ok and isinstance(step, Recreate) and step.order == "start-first":
+                continue  # half done: the handover (or a rollback) tells how it went
             if outcome.ok:
                 failed.pop(name, None)
                 if isinstance(step, Restart):
                     failures[name] = failures.get(name, 0) + 1
                     last[name] = now
-                elif isinstance(step, Recreate | Start):
+                elif isinstance(step, Recreate | Start | Handover):
                     failures.pop(name, None)
                     last[name] = now
                 else:  # Remove: nothing of it is left to count
@@ -343,16 +389,25 @@ class BackoffState:
                     last.pop(name, None)
                     last_exit.pop(name, None)
                 continue
-            previous = failed.get(name)
-            attempts = previous.attempts + 1 if previous is not None and previous.key == _key(step) else 1
-            exponent = attempts - 1
+            assert outcome.failure is not None
+            exponent = None
             if isinstance(step, Restart):
                 exponent = failures.get(name, 0)
                 failures[name] = exponent + 1
-            assert outcome.failure is not None
-            failed[name] = Failure(type(step).__name__.lower(), outcome.failure, outcome.reason, _key(step),
-                                   attempts, now + self.policy.delay(exponent))
+            failed[name] = _failure(failed.get(name), step, outcome.failure, outcome.reason, now, self.policy,
+                                    exponent)
         return replace(self, failures=failures, last_restart=last, failed=failed, last_exit=last_exit)
+
+
+def _failure(
+    previous: Failure | None, step: Step, kind: FailureKind, reason: str, now: float, policy: Policy,
+    exponent: int | None = None,
+) -> Failure:
+    """The failed record after `step` failed: one more attempt if it tried the same thing."""
+    attempts = previous.attempts + 1 if previous is not None and previous.key == _key(step) else 1
+    verb = "recreate" if isinstance(step, Rollback) else type(step).__name__.lower()
+    delay = policy.delay(attempts - 1 if exponent is None else exponent)
+    return Failure(verb, kind, reason, _key(step), attempts, now + delay)
 
 
 def _stable(obs: Observed, now: float, stable_after: float) -> bool:
@@ -378,6 +433,20 @@ def _change(spec: ServiceSpec, obs: Observed) -> str | None:
     if obs.config_hash != spec.config_hash:
         return f"config {obs.config_hash} -> {spec.config_hash}"
     return None
+
+
+def update_order(spec: ServiceSpec) -> tuple[UpdateOrder, str]:
+    """The order a recreate of `spec` runs in, and why when it is not the one the spec asks for.
+
+    Start-first runs two instances at once, so it needs two of everything an instance holds:
+    a serial port has one owner, and on the host's network the metrics port (where health
+    answers) is one port."""
+    if spec.update == "start-first":
+        if spec.devices:
+            return "stop-first", "start-first would need two owners of a serial port"
+        if spec.host_network and spec.metrics_port is not None:
+            return "stop-first", f"start-first would need metrics port {spec.metrics_port} twice on the host"
+    return spec.update, ""
 
 
 def _exit_text(obs: Observed) -> str:
@@ -406,10 +475,15 @@ def plan(
 def _service_step(spec: ServiceSpec, obs: Observed | None, now: float, backoff: BackoffState) -> Step | None:
     if obs is None:
         return Start(spec, "not running")
+    if obs.candidate is not None:
+        return _handover_step(spec, obs, obs.candidate, now, backoff.policy)
     change = _change(spec, obs)
     if change is not None and obs.state != "stopping":
         # Also while the runtime restarts it on its own: it would loop on the old config or image.
-        return Recreate(spec, spec.update, change)
+        order, why = update_order(spec)
+        if order == "start-first" and obs.state != "running":
+            order, why = "stop-first", "the old one is not running"
+        return Recreate(spec, order, f"{change}; {why}" if why else change)
     if obs.state == "created":
         return Start(spec, "created, not started")
     if obs.state == "exited":
@@ -423,6 +497,24 @@ def _service_step(spec: ServiceSpec, obs: Observed | None, now: float, backoff: 
     # "stopping": the runtime is already ending it; "restarting": the runtime's own restart
     # policy brings it back (counted by `settle`). Look again next round.
     return None
+
+
+def _handover_step(
+    spec: ServiceSpec, obs: Observed, new: Observed, now: float, policy: Policy
+) -> Step:
+    """Start-first in progress: hand over once the new instance is healthy, else roll back."""
+    if _change(spec, new) is not None or _change(spec, obs) is None:
+        return Rollback(spec, "the new instance is not what the config asks for now", failed=False)
+    if new.state == "running" and new.health in ("healthy", None):
+        return Handover(spec, "healthy" if new.health else "running; no health check")
+    if new.state in ("exited", "restarting", "created"):
+        return Rollback(spec, f"the new instance {_exit_text(new) if new.state != 'created' else 'did not start'}")
+    if new.health == "unhealthy":
+        return Rollback(spec, "the new instance is unhealthy")
+    due = new.since + policy.start_grace
+    if now >= due:
+        return Rollback(spec, f"the new instance is not healthy {now - new.since:.0f}s after starting")
+    return Wait(spec.name, due, "the new instance is starting beside the old one")
 
 
 def _health_step(
@@ -465,6 +557,9 @@ def describe_state(name: str, obs: Observed | None, backoff: BackoffState, now: 
     """The state word of `fieldgate status`: running, starting, unhealthy, crash-looping,
     image missing, ... with what a user needs to know in brackets."""
     failure = backoff.failed.get(name)
+    if obs is not None and obs.candidate is not None:
+        new = obs.candidate
+        return f"{_describe(name, obs, backoff, now)} (new instance {new.image or new.instance} starting beside it)"
     if failure is not None:
         wait = max(0.0, failure.retry_at - now)
         why = f"{failure.reason}; next try in {wait:.0f}s"

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -33,17 +33,21 @@ from docker.types import LogConfig, Mount
 from collectors.core.errors import FieldgateError
 from gateway.compose import HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL, Project
 from gateway.plan import (
+    BackoffState,
+    Handover,
     Observed,
     Outcome,
     Recreate,
     Remove,
     Restart,
+    Rollback,
     ServiceSpec,
     Start,
     State,
     Step,
     Stop,
     Wait,
+    plan,
 )
 from gateway.runtime.process import (
     BUFFERED_GAUGES,
@@ -359,7 +363,6 @@ class DockerRuntime:
         client: docker.DockerClient | None = None,
         printer: Callable[[str], None] | None = None,
         stats_interval: float = STATS_INTERVAL,
-        start_first_timeout: float = 90.0,
     ) -> None:
         self.config_dir = config_dir
         self.run_dir = run_dir
@@ -370,7 +373,6 @@ class DockerRuntime:
         self._print = printer or (lambda line: print(line, file=sys.stderr, flush=True))
         self._tracks: dict[str, Track] = {}
         self._stats_interval = stats_interval
-        self._start_first_timeout = start_first_timeout
         self._stats_task: asyncio.Task[None] | None = None
         self._image_ids: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()  # docker-py calls from worker threads, one at a time
@@ -436,18 +438,28 @@ class DockerRuntime:
 
     def containers(self) -> dict[str, Any]:
         """The project's containers by service (start-first candidates left out)."""
+        return self._listing()[0]
+
+    def _listing(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The project's containers by service, and the start-first candidates beside them."""
         if self.project is None:
-            return {}
+            return {}, {}
         with self._lock:
             found = self.client.containers.list(
                 all=True, filters={"label": f"{PROJECT_LABEL}={self.project.name}"}
             )
-        result: dict[str, Any] = {}
+        mains: dict[str, Any] = {}
+        candidates: dict[str, Any] = {}
         for container in found:
             service = container.labels.get(SERVICE_LABEL)
-            if service and container.name == container_name(self.project.name, service):
-                result[service] = container
-        return result
+            if not service:
+                continue
+            name = container_name(self.project.name, service)
+            if container.name == name:
+                mains[service] = container
+            elif container.name == name + CANDIDATE_SUFFIX:
+                candidates[service] = container
+        return mains, candidates
 
     def _image_id(self, name: str) -> str | None:
         cached = self._image_ids.get(name)
@@ -463,46 +475,56 @@ class DockerRuntime:
 
     def _observe(self) -> dict[str, Observed]:
         observed: dict[str, Observed] = {}
-        for service, container in self.containers().items():
-            attrs = container.attrs
-            state = attrs["State"]
+        mains, candidates = self._listing()
+        for service, container in mains.items():
             track = self._track(service)
-            if track.container != container.id:
-                track.container, track.health, track.health_since = container.id, None, None
-            restart_count = int(attrs.get("RestartCount", 0))
-            health = (state.get("Health") or {}).get("Status")
-            health = health if health in ("starting", "healthy", "unhealthy") else None
-            if health != track.health:
-                track.health, track.health_since = health, time.monotonic()
-            image = attrs["Config"]["Image"]
-            current = self._image_id(image)
-            if current is not None and current != attrs["Image"]:
-                # The tag now names another build: report it so the planner recreates the container.
-                image = f"{image}@{attrs['Image'][7:19]}"
-            kind = _state(attrs)
-            ended = kind in ("exited", "restarting")
-            started = parse_time(state.get("StartedAt")) or time.time()
-            finished = parse_time(state.get("FinishedAt")) or started
-            since = _mono(finished if ended else started)
-            observed[service] = Observed(
-                name=service,
-                state=kind,
-                config_hash=container.labels.get(HASH_LABEL),
-                since=since,
-                image=image,
-                health=health if kind == "running" else None,
-                health_since=track.health_since,
-                restarts=track.restarts + restart_count,
-                exit_code=int(state.get("ExitCode", 0)) if ended else None,
-                instance=container.short_id,
-                restart_count=restart_count,
-                oom_killed=bool(state.get("OOMKilled")) and ended,
-            )
-            self._note(service, track, observed[service])
+            obs = self._observed(service, container, track)
+            if service in candidates:  # a start-first handover is under way
+                obs = replace(obs, candidate=self._observed(service, candidates[service], None))
+            observed[service] = obs
+            self._note(service, track, obs)
         for name in list(self._tracks):
             if name not in observed:
                 self._tracks[name].details = {}
         return observed
+
+    def _observed(self, service: str, container: Any, track: Track | None) -> Observed:
+        """One container as the planner sees it; `track` keeps health changes of the service's own."""
+        attrs = container.attrs
+        state = attrs["State"]
+        restart_count = int(attrs.get("RestartCount", 0))
+        health = (state.get("Health") or {}).get("Status")
+        health = health if health in ("starting", "healthy", "unhealthy") else None
+        health_since = None
+        if track is not None:
+            if track.container != container.id:
+                track.container, track.health, track.health_since = container.id, None, None
+            if health != track.health:
+                track.health, track.health_since = health, time.monotonic()
+            health_since = track.health_since
+        image = attrs["Config"]["Image"]
+        current = self._image_id(image)
+        if current is not None and current != attrs["Image"]:
+            # The tag now names another build: report it so the planner recreates the container.
+            image = f"{image}@{attrs['Image'][7:19]}"
+        kind = _state(attrs)
+        ended = kind in ("exited", "restarting")
+        started = parse_time(state.get("StartedAt")) or time.time()
+        finished = parse_time(state.get("FinishedAt")) or started
+        return Observed(
+            name=service,
+            state=kind,
+            config_hash=container.labels.get(HASH_LABEL),
+            since=_mono(finished if ended else started),
+            image=image,
+            health=health if kind == "running" else None,
+            health_since=health_since,
+            restarts=(track.restarts if track else 0) + restart_count,
+            exit_code=int(state.get("ExitCode", 0)) if ended else None,
+            instance=container.short_id,
+            restart_count=restart_count,
+            oom_killed=bool(state.get("OOMKilled")) and ended,
+        )
 
     def _note(self, service: str, track: Track, obs: Observed) -> None:
         """Status columns only this runtime knows: the container, the limits."""
@@ -529,8 +551,8 @@ class DockerRuntime:
             return
         if isinstance(step, Start | Recreate):
             self._require_image(step.spec)
-        containers = self.containers()
-        current = containers.get(step.name)
+        mains, candidates = self._listing()
+        current, candidate = mains.get(step.name), candidates.get(step.name)
         if isinstance(step, Start):
             if current is not None and current.status == "created":
                 self._start(current)
@@ -544,21 +566,39 @@ class DockerRuntime:
             else:
                 with self._lock:
                     current.restart(timeout=self._stop_timeout(step.name))
+        elif isinstance(step, Recreate) and step.order == "start-first":
+            self._start_candidate(step.spec, candidate)
         elif isinstance(step, Recreate):
-            if step.order == "start-first" and current is not None and self._can_start_first(step.name):
-                self._start_first(step.spec, current)
-            else:
-                if current is not None:
-                    self._remove(current, step.name)
-                self._create_and_start(step.spec)
+            if current is not None:
+                self._remove(current, step.name)
+            self._create_and_start(step.spec)
+        elif isinstance(step, Handover):
+            if candidate is None:
+                raise EngineError(f"no new {step.name} container to hand over to")
+            if current is not None:
+                self._remove(current, step.name)
+            with self._lock:
+                candidate.rename(container_name(self._project().name, step.name))
+        elif isinstance(step, Rollback):
+            if candidate is not None:
+                with self._lock:
+                    candidate.remove(force=True)
         elif isinstance(step, Stop):
+            if candidate is not None:  # a handover cut short: the old one was serving
+                with self._lock:
+                    candidate.remove(force=True)
             if current is not None:
                 with self._lock:
                     current.stop(timeout=self._stop_timeout(step.name))
         elif isinstance(step, Remove):
-            if current is not None:
-                self._remove(current, step.name)
+            for container in (candidate, current):
+                if container is not None:
+                    self._remove(container, step.name)
             self._tracks.pop(step.name, None)
+
+    def _project(self) -> Project:
+        assert self.project is not None, "desired() renders the project before anything runs"
+        return self.project
 
     def _stop_timeout(self, service: str) -> int:
         if self.project is None or service not in self.project.services:
@@ -618,42 +658,19 @@ class DockerRuntime:
                 container.stop(timeout=self._stop_timeout(service))
             container.remove(force=True)
 
-    def _can_start_first(self, service: str) -> bool:
-        """Two containers of one service at once: not on one serial port, not on one host port."""
-        assert self.project is not None
-        svc = self.project.services[service]
-        if svc.ports or self.project.network == "host":
-            self._print(f"{service}: start-first runs as stop-first here "
-                        "(serial ports have one owner; host networking has one metrics port)")
-            return False
-        return True
-
-    def _start_first(self, spec: ServiceSpec, old: Any) -> None:
-        """Start the replacement beside the old container; promote it once healthy, else drop it."""
-        assert self.project is not None
-        candidate_name = container_name(self.project.name, spec.name) + CANDIDATE_SUFFIX
-        with self._lock, contextlib.suppress(docker.errors.NotFound):
-            self.client.containers.get(candidate_name).remove(force=True)
-        candidate = self._create(spec, candidate_name)
-        self._start(candidate)
-        deadline = time.monotonic() + self._start_first_timeout
-        health = None
-        while time.monotonic() < deadline:
+    def _start_candidate(self, spec: ServiceSpec, stale: Any) -> None:
+        """Start-first, first half: the replacement starts beside the old container and returns at
+        once; the planner hands over once it is healthy, or rolls back."""
+        if stale is not None:  # left by an earlier handover that did not finish
             with self._lock:
-                candidate.reload()
-            state = candidate.attrs["State"]
-            health = (state.get("Health") or {}).get("Status")
-            if state.get("Status") != "running" or health in ("healthy", None):
-                break
-            time.sleep(1.0)
-        if candidate.attrs["State"].get("Status") != "running" or health not in ("healthy", None):
-            with self._lock:
+                stale.remove(force=True)
+        candidate = self._create(spec, container_name(self._project().name, spec.name) + CANDIDATE_SUFFIX)
+        try:
+            self._start(candidate)
+        except docker.errors.APIError:
+            with self._lock, contextlib.suppress(docker.errors.APIError):
                 candidate.remove(force=True)
-            raise EngineError(f"the new {spec.name} container did not turn healthy ({health}); "
-                              "the old one runs on")
-        self._remove(old, spec.name)
-        with self._lock:
-            candidate.rename(container_name(self.project.name, spec.name))
+            raise
 
     # -------------------------------------------------------------- stats and metrics
 
@@ -750,6 +767,7 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
             metrics_port=svc.metrics_port,
             config_file=str(out / svc.config_path),
             config_text=svc.config_text,
+            host_network=project.network == "host",
         )
     return specs
 
@@ -828,19 +846,29 @@ async def _update_directly(config_dir: Path, run_dir: RunDir, service: str, with
     if config is None:
         raise EngineError(errors)
     async with DockerRuntime(config_dir, run_dir) as runtime:
-        specs = runtime.desired(config, config_dir)
-        spec = specs[service]
-        outcome = await runtime.execute(Recreate(spec, spec.update, "fieldgate update"))
-        if not outcome.ok:
-            print(f"{service}: recreate failed: {outcome.reason}", file=sys.stderr)
-            return False
+        want = {service: runtime.desired(config, config_dir)[service]}
+        spec = want[service]
+        backoff = BackoffState()
         deadline = time.monotonic() + within
+        # The supervisor's loop for this one service: the planner decides (recreate, hand over,
+        # roll back), the runtime executes.
         while time.monotonic() < deadline:
-            obs = (await runtime.observe()).get(service)
-            if obs is not None and obs.image == spec.image and obs.state == "running" and obs.health in (
-                "healthy", None
-            ):
+            observed = {name: obs for name, obs in (await runtime.observe()).items() if name == service}
+            obs = observed.get(service)
+            if (obs is not None and obs.candidate is None and obs.image == spec.image
+                    and obs.config_hash == spec.config_hash and obs.state == "running"
+                    and obs.health in ("healthy", None)):
                 return True
+            now = time.monotonic()
+            backoff = backoff.settle(observed, now, want)
+            outcomes = []
+            for step in plan(want, observed, now, backoff):
+                if not isinstance(step, Wait):
+                    print(f"{service}: {step}")
+                    outcomes.append(outcome := await runtime.execute(step))
+                    if not outcome.ok:
+                        print(f"{service}: {outcome.reason}", file=sys.stderr)
+            backoff = backoff.record(outcomes, time.monotonic())
             await asyncio.sleep(1.0)
     return False
 

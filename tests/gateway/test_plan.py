@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.plan import (
     BackoffState,
+    Handover,
     Observed,
     Outcome,
     Policy,
     Recreate,
     Remove,
     Restart,
+    Rollback,
     ServiceSpec,
     Start,
     Step,
@@ -22,6 +26,7 @@ from gateway.plan import (
     next_wake,
     plan,
     plan_shutdown,
+    update_order,
 )
 
 pytestmark = pytest.mark.unit
@@ -381,3 +386,113 @@ RESTARTING = [
 def test_a_service_the_runtime_restarts_itself(title: str, want: dict[str, ServiceSpec],
                                               have: dict[str, Observed], expected: list[tuple[str, str]]) -> None:
     assert summary(plan(want, have, 100.0, BackoffState(POLICY))) == expected
+
+
+# ------------------------------------------------------------------ update order and the start-first handover
+
+
+def net_spec(update: str = "start-first", host: bool = False, port: int | None = 9110,
+             devices: tuple[str, ...] = (), hash_: str = "h2") -> ServiceSpec:
+    return ServiceSpec(name="opcua", command=("c",), config_hash=hash_, image="c-opcua:2", update=update,  # type: ignore[arg-type]
+                       metrics_port=port, host_network=host, devices=devices)
+
+
+ORDER = [
+    ("start-first on a bridge network", net_spec(), "start-first", ""),
+    ("stop-first asked", net_spec("stop-first"), "stop-first", ""),
+    ("host network: one metrics port", net_spec(host=True), "stop-first",
+     "start-first would need metrics port 9110 twice on the host"),
+    ("host network without a metrics port", net_spec(host=True, port=None), "start-first", ""),
+    ("a serial port has one owner", net_spec(devices=("/dev/ttyUSB0",)), "stop-first",
+     "start-first would need two owners of a serial port"),
+]
+
+
+@pytest.mark.parametrize(("title", "want", "order", "why"), ORDER, ids=[c[0] for c in ORDER])
+def test_the_planner_chooses_the_update_order_from_what_the_runtime_reports(
+    title: str, want: ServiceSpec, order: str, why: str
+) -> None:
+    assert update_order(want) == (order, why)
+    running = observed(obs("opcua", image="c-opcua:1", health="healthy"))
+    (step,) = plan(desired(want), running, 100.0, BackoffState(POLICY))
+    assert isinstance(step, Recreate) and step.order == order
+    assert step.reason == "image c-opcua:1 -> c-opcua:2" + (f"; {why}" if why else "")
+
+
+def test_a_crashed_service_is_recreated_stop_first_even_when_start_first_is_asked() -> None:
+    crashed = observed(obs("opcua", state="exited", exit_code=1, image="c-opcua:1"))
+    (step,) = plan(desired(net_spec()), crashed, 100.0, BackoffState(POLICY))
+    assert step == Recreate(net_spec(), "stop-first", "image c-opcua:1 -> c-opcua:2; the old one is not running")
+
+
+OLD = obs("opcua", image="c-opcua:1", health="healthy", since=0.0)
+
+
+def beside(**kw: object) -> dict[str, Observed]:
+    new = obs("opcua", hash_="h2", image="c-opcua:2", since=100.0, **kw)  # type: ignore[arg-type]
+    return observed(replace(OLD, candidate=new))
+
+
+HANDOVER = [
+    ("new one starting: wait, at most the start grace",
+     beside(health="starting"), 110.0, Wait("opcua", 120.0, "the new instance is starting beside the old one")),
+    ("new one healthy: hand over",
+     beside(health="healthy"), 110.0, Handover(net_spec(), "healthy")),
+    ("new one without a health check, running: hand over",
+     beside(health=None), 110.0, Handover(net_spec(), "running; no health check")),
+    ("new one exited: roll back",
+     beside(state="exited", exit_code=2), 110.0, Rollback(net_spec(), "the new instance exited with code 2")),
+    ("new one restarted by the Engine: roll back",
+     beside(state="restarting", exit_code=137, oom_killed=True), 110.0,
+     Rollback(net_spec(), "the new instance exited with code 137, out of memory")),
+    ("new one unhealthy: roll back",
+     beside(health="unhealthy"), 110.0, Rollback(net_spec(), "the new instance is unhealthy")),
+    ("new one not healthy within the start grace: roll back",
+     beside(health="starting"), 120.0, Rollback(net_spec(), "the new instance is not healthy 20s after starting")),
+]
+
+
+@pytest.mark.parametrize(("title", "have", "now", "expected"), HANDOVER, ids=[c[0] for c in HANDOVER])
+def test_the_start_first_handover_is_steps_the_loop_drives(
+    title: str, have: dict[str, Observed], now: float, expected: Step
+) -> None:
+    assert plan(desired(net_spec()), have, now, BackoffState(POLICY)) == [expected]
+
+
+def test_a_new_instance_overtaken_by_another_change_is_dropped_without_a_failure() -> None:
+    newer = net_spec(hash_="h3")
+    (step,) = plan(desired(newer), beside(health="healthy"), 110.0, BackoffState(POLICY))
+    assert step == Rollback(newer, "the new instance is not what the config asks for now", failed=False)
+    assert not BackoffState(POLICY).record(done(step), 110.0).failed
+
+
+def test_a_failed_handover_keeps_the_old_one_and_backs_off_the_same_update() -> None:
+    want = desired(net_spec())
+    backoff = BackoffState(POLICY)
+    now, delays = 100.0, []
+    for _ in range(4):
+        (recreate,) = plan(want, observed(OLD), now, backoff)
+        assert recreate == Recreate(net_spec(), "start-first", "image c-opcua:1 -> c-opcua:2")
+        backoff = backoff.record(done(recreate), now)
+        new = obs("opcua", hash_="h2", image="c-opcua:2", since=now, health="starting")
+        have = observed(replace(OLD, candidate=new))
+        assert describe_state("opcua", have["opcua"], backoff, now + 1) == (
+            "running (new instance c-opcua:2 starting beside it)")
+        now += POLICY.start_grace
+        (rollback,) = plan(want, have, now, backoff)
+        assert isinstance(rollback, Rollback) and rollback.failed
+        backoff = backoff.record(done(rollback), now)
+        (wait,) = plan(want, observed(OLD), now, backoff)
+        assert isinstance(wait, Wait)
+        assert wait.reason == "recreate failed: the new instance is not healthy 20s after starting"
+        assert describe_state("opcua", OLD, backoff, now).startswith("running (recreate failed: the new instance")
+        delays.append(wait.until - now)
+        now = wait.until
+    assert delays == [1, 2, 4, 8]
+    # the healthy handover ends the episode
+    (recreate,) = plan(want, observed(OLD), now, backoff)
+    backoff = backoff.record(done(recreate), now)
+    (handover,) = plan(want, beside(health="healthy"), now + 5, backoff)
+    assert isinstance(handover, Handover)
+    backoff = backoff.record(done(handover), now + 5)
+    assert not backoff.failed and backoff.count("opcua") == 0
