@@ -121,41 +121,37 @@ class Observed:
 
 
 @dataclass(frozen=True)
-class Start:
+class SpecStep:
+    """A step that brings up (or hands over) an instance of `spec`."""
+
     spec: ServiceSpec
-    reason: str
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+@dataclass(frozen=True)
+class Start(SpecStep):
+    reason: str
 
     def __str__(self) -> str:
         return f"start {self.name} ({self.reason})"
 
 
 @dataclass(frozen=True)
-class Recreate:
-    spec: ServiceSpec
+class Recreate(SpecStep):
     order: UpdateOrder
     reason: str
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def __str__(self) -> str:
         return f"recreate {self.name} {self.order} ({self.reason})"
 
 
 @dataclass(frozen=True)
-class Restart:
-    spec: ServiceSpec
+class Restart(SpecStep):
     reason: str
     attempt: int  # consecutive failures including this one
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def __str__(self) -> str:
         return f"restart {self.name} ({self.reason}; attempt {self.attempt})"
@@ -190,27 +186,17 @@ class Wait:
 
 
 @dataclass(frozen=True)
-class Handover:
-    spec: ServiceSpec
+class Handover(SpecStep):
     reason: str
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def __str__(self) -> str:
         return f"hand {self.name} over to the new instance ({self.reason})"
 
 
 @dataclass(frozen=True)
-class Rollback:
-    spec: ServiceSpec
+class Rollback(SpecStep):
     reason: str
     failed: bool = True  # the handover failed: the same recreate backs off; False: only tidying up
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def __str__(self) -> str:
         return f"roll {self.name} back to the running instance ({self.reason})"
@@ -265,7 +251,7 @@ def _spec_key(spec: ServiceSpec) -> tuple[str, ...]:
 
 def _key(step: Step) -> tuple[str, ...]:
     """What an attempt tried: a failure holds back only the same attempt."""
-    if isinstance(step, Start | Recreate | Restart | Handover | Rollback):
+    if isinstance(step, SpecStep):
         return _spec_key(step.spec)
     return (type(step).__name__.lower(),)
 

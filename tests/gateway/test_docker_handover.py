@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class Box:
         if self.checked:
             self.attrs["State"]["Health"] = {"Status": "starting"}
         self.engine.events.append(f"start {self.name}")
+        if self.engine.on_start is not None:
+            self.engine.on_start(self)
 
     def stop(self, timeout: int = 10) -> None:
         self.attrs["State"].update({"Status": "exited", "FinishedAt": _now()})
@@ -89,6 +92,7 @@ class FakeEngine:
         self.images_present = {image: f"sha256:{n:064x}" for n, image in enumerate(images)}
         self.boxes: dict[str, Box] = {}
         self.events: list[str] = []
+        self.on_start: Callable[[Box], None] | None = None
         self.containers = self
         self.images = _Images(self)
         self.volumes = _Anything()
@@ -170,11 +174,16 @@ async def timed_step(supervisor: Supervisor) -> None:
     assert took < STEP_BUDGET, f"one loop round took {took:.1f}s"
 
 
-def set_image(config_dir: Path, image: str) -> None:
+def set_image(config_dir: Path, image: str, supervisor: Supervisor | None = None) -> None:
+    """Edit gateway.yaml's opcua image; with a supervisor, apply it as a config change does."""
     gateway = config_dir / "gateway.yaml"
     text = gateway.read_text()
     old = next(line for line in text.splitlines() if "fieldgate/collector-opcua:" in line)
     gateway.write_text(text.replace(old, f"    image: {image}"))
+    if supervisor is not None:
+        config, errors = load(config_dir)
+        assert config is not None, errors
+        supervisor.desired = supervisor.runtime.desired(config, config_dir)
 
 
 def opcua_state(run_dir: RunDir) -> str:
@@ -202,10 +211,7 @@ async def test_start_first_is_start_new_wait_healthy_hand_over_or_roll_back_each
         old = engine.box(main).id
 
         # A good update: the new container starts beside the old one; the round returns at once.
-        set_image(config_dir, "fieldgate/collector-opcua:0.2.0")
-        config, errors = load(config_dir)
-        assert config is not None, errors
-        supervisor.desired = runtime.desired(config, config_dir)
+        set_image(config_dir, "fieldgate/collector-opcua:0.2.0", supervisor)
         engine.events.clear()
         await timed_step(supervisor)
         assert engine.events == [f"create {candidate} fieldgate/collector-opcua:0.2.0", f"start {candidate}"]
@@ -225,10 +231,7 @@ async def test_start_first_is_start_new_wait_healthy_hand_over_or_roll_back_each
 
         # A bad update: the new container exits; it is removed and the old one never stopped.
         good = engine.box(main).id
-        set_image(config_dir, "fieldgate/collector-opcua:0.3.0")
-        config, errors = load(config_dir)
-        assert config is not None, errors
-        supervisor.desired = runtime.desired(config, config_dir)
+        set_image(config_dir, "fieldgate/collector-opcua:0.3.0", supervisor)
         engine.events.clear()
         await timed_step(supervisor)
         engine.exits(candidate, 1)
@@ -241,3 +244,30 @@ async def test_start_first_is_start_new_wait_healthy_hand_over_or_roll_back_each
             "running (recreate failed: the new instance exited with code 1; next try in"), opcua_state(run_dir)
         await timed_step(supervisor)  # held for its backoff: nothing is created again at once
         assert engine.events[-1] == f"remove {candidate}"
+
+
+async def test_an_update_without_a_supervisor_drives_the_same_handover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fieldgate update` when no supervisor runs: the same planner, for the one service."""
+    from gateway.runtime import docker as docker_runtime
+
+    config_dir = plant(tmp_path, network="bridge")
+    config, errors = load(config_dir)
+    assert config is not None, errors
+    run_dir = RunDir.for_config(config_dir)
+    engine = FakeEngine(IMAGES)
+    monkeypatch.setattr(docker_runtime, "connect", lambda timeout=60.0: engine)
+    async with DockerRuntime(config_dir, run_dir, printer=lambda _: None, stats_interval=3600) as runtime:
+        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
+                                out=io.StringIO())
+        await supervisor.step()
+    for name in ("forwarder", "modbus", "opcua"):
+        engine.healthy(f"fieldgate-line3-{name}-1")
+    set_image(config_dir, "fieldgate/collector-opcua:0.2.0")
+    candidate = "fieldgate-line3-opcua-1-next"
+    engine.on_start = lambda box: engine.healthy(box.name) if box.name == candidate else None
+    assert await docker_runtime._update_directly(config_dir, run_dir, "opcua", 20.0)
+    assert engine.box("fieldgate-line3-opcua-1").attrs["Config"]["Image"] == "fieldgate/collector-opcua:0.2.0"
+    assert engine.events[-3:] == ["stop fieldgate-line3-opcua-1", "remove fieldgate-line3-opcua-1",
+                                  f"rename {candidate} -> fieldgate-line3-opcua-1"]
