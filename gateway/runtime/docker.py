@@ -539,8 +539,7 @@ class DockerRuntime:
 
     def _require_image(self, spec: ServiceSpec) -> None:
         """Before anything is stopped, removed or created: an old container keeps running."""
-        assert self.project is not None
-        image = spec.image or str(self.project.services[spec.name].compose["image"])
+        image = spec.image or str(self._project().services[spec.name].compose["image"])
         with self._lock:
             present = self.client.images.list(name=image)
         if not present:
