@@ -1,13 +1,15 @@
 """What should run vs what runs -> the steps that make them equal. Pure: no processes, no Docker.
 
-Both runtimes share one loop, in balena-supervisor's shape::
+Every decision of the supervisor is made here; a runtime executes one step at a time and
+reports what happened (an `Outcome`). Both runtimes share one loop, in balena-supervisor's shape::
 
     observed = runtime.observe()                      # normalised: name -> Observed
-    backoff  = backoff.settle(observed, now)          # a long healthy run forgets old crashes
+    backoff  = backoff.settle(observed, now)          # count the runtime's own restarts; a long
+                                                      # healthy run forgets old crashes
     steps    = plan(desired, observed, now, backoff)  # this module; unit-tested without I/O
-    for step in steps: runtime.execute(step)          # one executor per step type
-    backoff  = backoff.record(steps, now)             # restarts count towards the next delay
-    sleep until min(next poll, every Wait.until)
+    outcomes = [runtime.execute(step) for step in steps]   # one executor per step type
+    backoff  = backoff.record(outcomes, now)          # restarts and failed executions count
+    sleep until min(next poll, every Wait.until, backoff.next_retry())
 
 A service is one of `forwarder`, `modbus`, `opcua` (one collector per protocol in use).
 `ServiceSpec` is what the config asks for, `Observed` what the runtime sees; both carry a
@@ -16,17 +18,29 @@ A service is one of `forwarder`, `modbus`, `opcua` (one collector per protocol i
 The steps, and when `plan` emits them:
 
 - `Start`     desired, and not present at all (or created and never started).
-- `Recreate`  present, but its config hash or image differs from the spec; `order` is the
-              spec's `update` (stop-first: old one stops before the new one starts;
-              start-first: the new one starts and turns healthy before the old one stops).
-              A crashed service whose config changed is recreated at once: the new config
-              may be the fix.
+- `Recreate`  present, but its config hash or image differs from the spec; `order` comes
+              from `update_order`: stop-first (the old one stops, then the new one starts)
+              or start-first (the new one starts beside the old one, which keeps running).
+              Start-first is the spec's `update` when two instances can run at once: not
+              with serial ports (one owner), not with a metrics port on the host's network
+              (one port). A crashed (or engine-restarting) service whose config changed is
+              recreated at once, stop-first: the new config may be the fix.
+- `Handover`  start-first, once the new instance is healthy (or running, without a health
+              check): the old one stops and the new one takes its place.
+- `Rollback`  start-first, when the new instance exits, turns unhealthy or is not healthy
+              within `Policy.start_grace`: it is removed, the old one runs on, and the same
+              recreate backs off like a failed execution. Also (without a failure) when the
+              config changed again while a new instance was starting.
 - `Restart`   crashed (exited on its own), once its backoff delay has passed; or running but
               unhealthy for longer than `Policy.unhealthy_grace`, or never healthy within
               `Policy.start_grace` of starting. The delay after the n-th consecutive failure
               is `min(cap, initial * factor**n)`: capped, and it never gives up (IoT Edge's
               give-up-after-20 leaves a plant dark until someone notices).
-- `Wait`      a restart is due later; `until` tells the loop when to look again.
+- `Wait`      a restart is due later, a new instance is starting beside the old one, or the
+              last attempt to execute a step for this service
+              failed (an image not on the engine, a program that cannot start) and the same
+              attempt is due again only after the backoff; `until` tells the loop when to look
+              again, `reason` says why (and `fieldgate status` shows it).
 - `Remove`    present but no longer configured (its protocol has no devices left).
 - `Stop`      only from `plan_shutdown`: stop everything, collectors first so they can hand
               their last readings to the forwarder, which stops last and spills its buffer.
@@ -35,8 +49,10 @@ Order is deterministic: removals first (collectors before the forwarder), then t
 then collectors by name, so the forwarder's hand-off socket is up before collectors dial it.
 
 A service is *crash-looping* when it has failed `Policy.crash_loop_after` times in a row
-without a stable run in between (`BackoffState.crash_looping`); `describe_state` turns all of
-this into the word `fieldgate status` prints.
+without a stable run in between (`BackoffState.crash_looping`): restarts the supervisor made
+and restarts the runtime made on its own (the Engine's `restart: unless-stopped`, seen as a
+growing `Observed.restart_count`) count alike. `describe_state` turns all of this into the
+word `fieldgate status` prints.
 """
 
 from __future__ import annotations
@@ -50,8 +66,11 @@ from typing import Any, Literal
 FORWARDER = "forwarder"
 
 UpdateOrder = Literal["stop-first", "start-first"]
-State = Literal["created", "starting", "running", "stopping", "exited"]
+# restarting: the runtime restarts it on its own (the Engine's restart policy); plan leaves it be.
+State = Literal["created", "starting", "running", "restarting", "stopping", "exited"]
 Health = Literal["healthy", "unhealthy", "starting"]
+# Why executing a step failed; `image-missing` is worded for the user by describe_state.
+FailureKind = Literal["image-missing", "cannot-start", "engine", "unhealthy", "error"]
 
 
 def config_hash(*parts: Any) -> str:
@@ -79,6 +98,9 @@ class ServiceSpec:
     config_file: str | None = None  # where the runtime writes `config_text` before starting
     config_text: str = field(default="", repr=False)  # the rendered slice (covered by config_hash)
     ready_path: str | None = None  # exists once the service is up (the forwarder's hand-off socket)
+    # Its ports are the host's (a process; a container on `network: host`): a second instance
+    # beside it cannot hold the same metrics port.
+    host_network: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,46 +115,45 @@ class Observed:
     health: Health | None = None  # None: the service has no health check (yet)
     health_since: float | None = None  # when `health` began
     restarts: int = 0  # restarts the supervisor made since it started
-    exit_code: int | None = None
+    exit_code: int | None = None  # of the last exit (exited, restarting)
     instance: str | None = None  # pid or container id, for logs
+    restart_count: int = 0  # restarts the runtime made of this instance on its own (Engine: RestartCount)
+    oom_killed: bool = False  # the last exit was the memory limit's doing
+    candidate: Observed | None = None  # a start-first replacement running beside it
 
 
 @dataclass(frozen=True)
-class Start:
+class SpecStep:
+    """A step that brings up (or hands over) an instance of `spec`."""
+
     spec: ServiceSpec
-    reason: str
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+@dataclass(frozen=True)
+class Start(SpecStep):
+    reason: str
 
     def __str__(self) -> str:
         return f"start {self.name} ({self.reason})"
 
 
 @dataclass(frozen=True)
-class Recreate:
-    spec: ServiceSpec
+class Recreate(SpecStep):
     order: UpdateOrder
     reason: str
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def __str__(self) -> str:
         return f"recreate {self.name} {self.order} ({self.reason})"
 
 
 @dataclass(frozen=True)
-class Restart:
-    spec: ServiceSpec
+class Restart(SpecStep):
     reason: str
     attempt: int  # consecutive failures including this one
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     def __str__(self) -> str:
         return f"restart {self.name} ({self.reason}; attempt {self.attempt})"
@@ -166,7 +187,75 @@ class Wait:
         return f"wait {self.name} until {self.until:.1f} ({self.reason})"
 
 
-Step = Start | Recreate | Restart | Stop | Remove | Wait
+@dataclass(frozen=True)
+class Handover(SpecStep):
+    reason: str
+
+    def __str__(self) -> str:
+        return f"hand {self.name} over to the new instance ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Rollback(SpecStep):
+    reason: str
+    failed: bool = True  # the handover failed: the same recreate backs off; False: only tidying up
+
+    def __str__(self) -> str:
+        return f"roll {self.name} back to the running instance ({self.reason})"
+
+
+Step = Start | Recreate | Restart | Stop | Remove | Wait | Handover | Rollback
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What executing one step did: done, or failed with a kind and a reason a user can act on.
+
+    A runtime returns one for every step and raises for none of the failures it expects, so the
+    planner, not the runtime, decides when to try again."""
+
+    step: Step
+    failure: FailureKind | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @classmethod
+    def done(cls, step: Step) -> Outcome:
+        return cls(step)
+
+    @classmethod
+    def failed(cls, step: Step, failure: FailureKind, reason: str) -> Outcome:
+        return cls(step, failure, reason)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The last failed execution for a service, until one succeeds or it is removed."""
+
+    verb: str  # start | recreate | restart | remove
+    kind: FailureKind
+    reason: str
+    key: tuple[str, ...]  # what was tried (spec hash and image): anything else is tried at once
+    attempts: int  # consecutive failed attempts of this key
+    retry_at: float  # the same attempt is not made again before this
+
+    def words(self) -> str:
+        """The status word: `image missing` says what to do; other failures name the step."""
+        return "image missing" if self.kind == "image-missing" else f"{self.verb} failed"
+
+
+def _spec_key(spec: ServiceSpec) -> tuple[str, ...]:
+    return (spec.config_hash, spec.image or "")
+
+
+def _key(step: Step) -> tuple[str, ...]:
+    """What an attempt tried: a failure holds back only the same attempt."""
+    if isinstance(step, SpecStep):
+        return _spec_key(step.spec)
+    return (type(step).__name__.lower(),)
 
 
 @dataclass(frozen=True)
@@ -190,12 +279,16 @@ class Policy:
 
 @dataclass(frozen=True)
 class BackoffState:
-    """Consecutive failures per service and when each was last restarted. Immutable: methods
-    return a new state, so the loop's history is a sequence of values a test can inspect."""
+    """Consecutive failures per service, when each was last restarted, the last failed execution
+    and the last exit seen. Immutable: methods return a new state, so the loop's history is a
+    sequence of values a test can inspect."""
 
     policy: Policy = Policy()
     failures: Mapping[str, int] = field(default_factory=dict)
     last_restart: Mapping[str, float] = field(default_factory=dict)
+    failed: Mapping[str, Failure] = field(default_factory=dict)
+    restart_counts: Mapping[str, tuple[str | None, int]] = field(default_factory=dict)  # instance, count
+    last_exit: Mapping[str, str] = field(default_factory=dict)  # "exited with code 137, out of memory"
 
     def count(self, name: str) -> int:
         return self.failures.get(name, 0)
@@ -207,29 +300,102 @@ class BackoffState:
         """Earliest time a crashed service may be restarted."""
         return obs.since + self.policy.delay(self.count(obs.name))
 
-    def settle(self, observed: Mapping[str, Observed], now: float) -> BackoffState:
-        """Forget the failures of services that have run, healthy, for `stable_after`."""
+    def next_retry(self, now: float) -> float | None:
+        """The earliest time a failed execution is due again, if any is still ahead."""
+        ahead = [f.retry_at for f in self.failed.values() if f.retry_at > now]
+        return min(ahead) if ahead else None
+
+    def held(self, step: Step, now: float) -> Wait | None:
+        """A Wait instead of `step` while the same attempt failed and its backoff runs."""
+        failure = self.failed.get(step.name)
+        if failure is None or failure.key != _key(step) or now >= failure.retry_at:
+            return None
+        return Wait(step.name, failure.retry_at, f"{failure.verb} failed: {failure.reason}")
+
+    def settle(
+        self, observed: Mapping[str, Observed], now: float, desired: Mapping[str, ServiceSpec] | None = None
+    ) -> BackoffState:
+        """Count the restarts the runtime made on its own since the last look (each one a
+        failure, as if the supervisor had made it), remember the last exit, and forget the
+        failures of services that have run, healthy, for `stable_after`. With `desired`, a
+        failed execution of something no longer wanted (the config went back) is forgotten."""
+        failed = dict(self.failed)
+        if desired is not None:
+            for name, failure in self.failed.items():
+                spec = desired.get(name)
+                if failure.key != (_spec_key(spec) if spec is not None else ("remove",)):
+                    del failed[name]
         failures = dict(self.failures)
+        counts: dict[str, tuple[str | None, int]] = {}
+        last_exit = dict(self.last_exit)
         for name, obs in observed.items():
+            seen = self.restart_counts.get(name)
+            if seen is not None and seen[0] == obs.instance and obs.restart_count > seen[1]:
+                failures[name] = failures.get(name, 0) + obs.restart_count - seen[1]
+            counts[name] = (obs.instance, obs.restart_count)
+            if obs.state in ("exited", "restarting"):
+                last_exit[name] = _exit_text(obs)
             if failures.get(name) and _stable(obs, now, self.policy.stable_after):
                 del failures[name]
-        return self if failures == self.failures else replace(self, failures=failures)
+                last_exit.pop(name, None)
+        if (failures == self.failures and counts == self.restart_counts and last_exit == self.last_exit
+                and failed == self.failed):
+            return self
+        return replace(self, failures=failures, restart_counts=counts, last_exit=last_exit, failed=failed)
 
-    def record(self, steps: Iterable[Step], now: float) -> BackoffState:
-        """Count the restarts among `steps`; a recreate (new config) starts counting afresh."""
+    def record(self, outcomes: Iterable[Outcome], now: float) -> BackoffState:
+        """Count what the executed steps did.
+
+        Done: a restart counts one failure (the crash or the sickness behind it); a start or a
+        recreate (new config) starts counting afresh. Failed: the service's failed record says
+        when the same attempt is due again, `delay(attempts - 1)` after this one (for a
+        restart: after its failure count, which the failed attempt raises too)."""
         failures = dict(self.failures)
         last = dict(self.last_restart)
-        for step in steps:
+        failed = dict(self.failed)
+        last_exit = dict(self.last_exit)
+        for outcome in outcomes:
+            step, name = outcome.step, outcome.step.name
+            if isinstance(step, Wait | Stop):
+                continue
+            if outcome.ok and isinstance(step, Rollback):
+                if step.failed:  # the new instance never turned healthy: back off this recreate
+                    failed[name] = _failure(failed.get(name), step, "unhealthy", step.reason, now, self.policy)
+                continue
+            if outcome.ok and isinstance(step, Recreate) and step.order == "start-first":
+                continue  # half done: the handover (or a rollback) tells how it went
+            if outcome.ok:
+                failed.pop(name, None)
+                if isinstance(step, Restart):
+                    failures[name] = failures.get(name, 0) + 1
+                    last[name] = now
+                elif isinstance(step, Recreate | Start | Handover):
+                    failures.pop(name, None)
+                    last[name] = now
+                else:  # Remove: nothing of it is left to count
+                    failures.pop(name, None)
+                    last.pop(name, None)
+                    last_exit.pop(name, None)
+                continue
+            assert outcome.failure is not None
+            exponent = None
             if isinstance(step, Restart):
-                failures[step.name] = failures.get(step.name, 0) + 1
-                last[step.name] = now
-            elif isinstance(step, Recreate | Start):
-                failures.pop(step.name, None)
-                last[step.name] = now
-            elif isinstance(step, Remove):
-                failures.pop(step.name, None)
-                last.pop(step.name, None)
-        return replace(self, failures=failures, last_restart=last)
+                exponent = failures.get(name, 0)
+                failures[name] = exponent + 1
+            failed[name] = _failure(failed.get(name), step, outcome.failure, outcome.reason, now, self.policy,
+                                    exponent)
+        return replace(self, failures=failures, last_restart=last, failed=failed, last_exit=last_exit)
+
+
+def _failure(
+    previous: Failure | None, step: Step, kind: FailureKind, reason: str, now: float, policy: Policy,
+    exponent: int | None = None,
+) -> Failure:
+    """The failed record after `step` failed: one more attempt if it tried the same thing."""
+    attempts = previous.attempts + 1 if previous is not None and previous.key == _key(step) else 1
+    verb = "recreate" if isinstance(step, Rollback) else type(step).__name__.lower()
+    delay = policy.delay(attempts - 1 if exponent is None else exponent)
+    return Failure(verb, kind, reason, _key(step), attempts, now + delay)
 
 
 def _stable(obs: Observed, now: float, stable_after: float) -> bool:
@@ -257,8 +423,23 @@ def _change(spec: ServiceSpec, obs: Observed) -> str | None:
     return None
 
 
+def update_order(spec: ServiceSpec) -> tuple[UpdateOrder, str]:
+    """The order a recreate of `spec` runs in, and why when it is not the one the spec asks for.
+
+    Start-first runs two instances at once, so it needs two of everything an instance holds:
+    a serial port has one owner, and on the host's network the metrics port (where health
+    answers) is one port."""
+    if spec.update == "start-first":
+        if spec.devices:
+            return "stop-first", "start-first would need two owners of a serial port"
+        if spec.host_network and spec.metrics_port is not None:
+            return "stop-first", f"start-first would need metrics port {spec.metrics_port} twice on the host"
+    return spec.update, ""
+
+
 def _exit_text(obs: Observed) -> str:
-    return f"exited with code {obs.exit_code}" if obs.exit_code is not None else "exited"
+    text = f"exited with code {obs.exit_code}" if obs.exit_code is not None else "exited"
+    return text + (", out of memory" if obs.oom_killed else "")
 
 
 def plan(
@@ -268,34 +449,60 @@ def plan(
     backoff: BackoffState,
 ) -> list[Step]:
     """The steps that bring `observed` to `desired`, in the order to execute them."""
-    policy = backoff.policy
     steps: list[Step] = [
         Remove(name, "no longer configured") for name in sorted(set(observed) - set(desired), key=stop_order)
     ]
     for name in sorted(desired, key=start_order):
-        spec = desired[name]
-        obs = observed.get(name)
-        if obs is None:
-            steps.append(Start(spec, "not running"))
-            continue
-        change = _change(spec, obs)
-        if change is not None and obs.state != "stopping":
-            steps.append(Recreate(spec, spec.update, change))
-        elif obs.state == "created":
-            steps.append(Start(spec, "created, not started"))
-        elif obs.state == "exited":
-            until = backoff.next_restart(obs)
-            attempt = backoff.count(name) + 1
-            if now >= until:
-                steps.append(Restart(spec, _exit_text(obs), attempt))
-            else:
-                steps.append(Wait(name, until, f"{_exit_text(obs)}; restart {attempt} due"))
-        elif obs.state in ("running", "starting"):
-            step = _health_step(spec, obs, now, backoff, policy)
-            if step is not None:
-                steps.append(step)
-        # "stopping": the runtime is already ending it; look again next round.
-    return steps
+        step = _service_step(desired[name], observed.get(name), now, backoff)
+        if step is not None:
+            steps.append(step)
+    # A step whose last attempt failed waits out its backoff (a missing image is not hammered).
+    return [backoff.held(step, now) or step for step in steps]
+
+
+def _service_step(spec: ServiceSpec, obs: Observed | None, now: float, backoff: BackoffState) -> Step | None:
+    if obs is None:
+        return Start(spec, "not running")
+    if obs.candidate is not None:
+        return _handover_step(spec, obs, obs.candidate, now, backoff.policy)
+    change = _change(spec, obs)
+    if change is not None and obs.state != "stopping":
+        # Also while the runtime restarts it on its own: it would loop on the old config or image.
+        order, why = update_order(spec)
+        if order == "start-first" and obs.state != "running":
+            order, why = "stop-first", "the old one is not running"
+        return Recreate(spec, order, f"{change}; {why}" if why else change)
+    if obs.state == "created":
+        return Start(spec, "created, not started")
+    if obs.state == "exited":
+        until = backoff.next_restart(obs)
+        attempt = backoff.count(spec.name) + 1
+        if now >= until:
+            return Restart(spec, _exit_text(obs), attempt)
+        return Wait(spec.name, until, f"{_exit_text(obs)}; restart {attempt} due")
+    if obs.state in ("running", "starting"):
+        return _health_step(spec, obs, now, backoff, backoff.policy)
+    # "stopping": the runtime is already ending it; "restarting": the runtime's own restart
+    # policy brings it back (counted by `settle`). Look again next round.
+    return None
+
+
+def _handover_step(
+    spec: ServiceSpec, obs: Observed, new: Observed, now: float, policy: Policy
+) -> Step:
+    """Start-first in progress: hand over once the new instance is healthy, else roll back."""
+    if _change(spec, new) is not None or _change(spec, obs) is None:
+        return Rollback(spec, "the new instance is not what the config asks for now", failed=False)
+    if new.state == "running" and new.health in ("healthy", None):
+        return Handover(spec, "healthy" if new.health else "running; no health check")
+    if new.state in ("exited", "restarting", "created"):
+        return Rollback(spec, f"the new instance {_exit_text(new) if new.state != 'created' else 'did not start'}")
+    if new.health == "unhealthy":
+        return Rollback(spec, "the new instance is unhealthy")
+    due = new.since + policy.start_grace
+    if now >= due:
+        return Rollback(spec, f"the new instance is not healthy {now - new.since:.0f}s after starting")
+    return Wait(spec.name, due, "the new instance is starting beside the old one")
 
 
 def _health_step(
@@ -334,17 +541,38 @@ def next_wake(steps: Iterable[Step], default: float) -> float:
     return min([default, *(s.until for s in steps if isinstance(s, Wait))])
 
 
-def describe_state(obs: Observed | None, backoff: BackoffState, now: float) -> str:
-    """The state word of `fieldgate status`: running, starting, unhealthy, crash-looping, ..."""
+def describe_state(name: str, obs: Observed | None, backoff: BackoffState, now: float) -> str:
+    """The state word of `fieldgate status`: running, starting, unhealthy, crash-looping,
+    image missing, ... with what a user needs to know in brackets."""
+    failure = backoff.failed.get(name)
+    if obs is not None and obs.candidate is not None:
+        new = obs.candidate
+        return f"{_describe(name, obs, backoff, now)} (new instance {new.image or new.instance} starting beside it)"
+    if failure is not None:
+        wait = max(0.0, failure.retry_at - now)
+        why = f"{failure.reason}; next try in {wait:.0f}s"
+        if obs is None or obs.state in ("created", "exited"):
+            return f"{failure.words()} ({why})"
+        return f"{_describe(name, obs, backoff, now)} ({failure.verb} failed: {why})"
     if obs is None:
         return "absent"
-    failures = backoff.count(obs.name)
+    return _describe(name, obs, backoff, now)
+
+
+def _describe(name: str, obs: Observed, backoff: BackoffState, now: float) -> str:
+    failures = backoff.count(name)
+    looping = backoff.crash_looping(name)
     if obs.state == "exited":
         wait = max(0.0, backoff.next_restart(obs) - now)
-        word = "crash-looping" if backoff.crash_looping(obs.name) else "exited"
+        word = "crash-looping" if looping else "exited"
         return f"{word} ({_exit_text(obs)}; restart in {wait:.0f}s)"
-    if backoff.crash_looping(obs.name) and obs.health != "healthy":
-        return f"crash-looping ({failures} failures)"
+    last = backoff.last_exit.get(name)
+    if looping and obs.health != "healthy":
+        stable = f"{backoff.policy.stable_after:.0f}s"
+        return f"crash-looping ({failures} failures without a {stable} stable run" + (
+            f"; last {last})" if last else ")")
+    if obs.state == "restarting":
+        return f"restarting (last {last or _exit_text(obs)})"
     if obs.state == "running" and obs.health == "unhealthy":
         return "unhealthy"
     if obs.state == "running" and obs.health == "starting":

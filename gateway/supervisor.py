@@ -35,6 +35,7 @@ from collectors.core.errors import FieldgateError
 from gateway.plan import (
     BackoffState,
     Observed,
+    Outcome,
     Policy,
     ServiceSpec,
     Step,
@@ -55,7 +56,8 @@ STATUS_REFRESH = 10.0  # rewrite the status file at least this often (rates), el
 
 
 class Runtime(Protocol):
-    """What the supervisor needs from a runtime; the planner decides, the runtime executes."""
+    """What the supervisor needs from a runtime; the planner decides, the runtime executes one
+    step at a time and reports the outcome, which the planner's backoff takes into account."""
 
     kind: str  # "process" | "docker"
     changed: asyncio.Event  # set by the runtime when something it runs changes state
@@ -64,7 +66,9 @@ class Runtime(Protocol):
 
     async def observe(self) -> dict[str, Observed]: ...
 
-    async def execute(self, step: Step) -> None: ...
+    async def execute(self, step: Step) -> Outcome:
+        """Execute one step and say what happened; a failure is an outcome, not an exception."""
+        ...
 
     def details(self) -> dict[str, dict[str, Any]]:
         """Extra status columns per service (pid, readings_per_s, buffered, cpu, memory, ...)."""
@@ -181,21 +185,31 @@ class Supervisor:
         self.runtime.changed.clear()  # a change from here on wakes the next sleep
         observed = await self.runtime.observe()
         now = time.monotonic()
-        self.backoff = self.backoff.settle(observed, now)
+        self.backoff = self.backoff.settle(observed, now, self.desired)
         steps = plan(self.desired, observed, now, self.backoff)
+        outcomes = []
         for step in steps:
             if self.stopping.is_set():
                 break
             if not isinstance(step, Wait):
                 self.say(str(step))
-                try:
-                    await self.runtime.execute(step)
-                except (FieldgateError, OSError) as exc:  # e.g. no such command or image: try again later
-                    self.say(f"{step.name}: {type(step).__name__.lower()} failed: {exc}")
-        self.backoff = self.backoff.record([s for s in steps if not isinstance(s, Wait)], now)
+                outcomes.append(await self._execute(step))
+        # Failed executions back off like crashes: the plan holds the same attempt until it is due.
+        self.backoff = self.backoff.record(outcomes, time.monotonic())
         self._observed = await self.runtime.observe()
         self.write_status()
-        return next_wake(steps, time.monotonic() + LOOP_INTERVAL)
+        wake = next_wake(steps, time.monotonic() + LOOP_INTERVAL)
+        retry = self.backoff.next_retry(time.monotonic())
+        return wake if retry is None else min(wake, retry)
+
+    async def _execute(self, step: Step) -> Outcome:
+        try:
+            outcome = await self.runtime.execute(step)
+        except (FieldgateError, OSError) as exc:  # a runtime broke its contract: still only a failure
+            outcome = Outcome.failed(step, "error", str(exc))
+        if not outcome.ok:
+            self.say(f"{step.name}: {type(step).__name__.lower()} failed: {outcome.reason}")
+        return outcome
 
     async def _sleep(self, until: float) -> None:
         timeout = max(0.05, min(LOOP_INTERVAL, until - time.monotonic()))
@@ -234,10 +248,7 @@ class Supervisor:
         observed = await self.runtime.observe()
         for step in plan_shutdown(observed):
             self.say(str(step))
-            try:
-                await self.runtime.execute(step)
-            except (FieldgateError, OSError) as exc:  # stop the others anyway
-                self.say(f"{step.name}: stop failed: {exc}")
+            await self._execute(step)  # a failure is said; the others are stopped anyway
         self._observed = await self.runtime.observe()
         self.write_status(force=True, running=False)
 
@@ -249,10 +260,11 @@ class Supervisor:
         for name in sorted(set(self.desired) | set(self._observed), key=start_order):
             obs = self._observed.get(name)
             spec = self.desired.get(name)
-            state = describe_state(obs, self.backoff, now_mono)
+            state = describe_state(name, obs, self.backoff, now_mono)
             if not running and obs is not None and obs.state == "exited":
                 state = "stopped"
             services.append({
+                **details.get(name, {}),  # first: the status word is the planner's, not a runtime's
                 "name": name,
                 "state": state,
                 "health": obs.health if obs else None,
@@ -262,7 +274,6 @@ class Supervisor:
                 "config_hash": obs.config_hash if obs else None,
                 "crash_looping": self.backoff.crash_looping(name),
                 "metrics_port": spec.metrics_port if spec else None,
-                **details.get(name, {}),
             })
         status = {
             "supervisor": {"pid": os.getpid(), "running": running, "runtime": self.runtime.kind,

@@ -1,9 +1,11 @@
 """The Docker runtime: the one module that talks to the Docker Engine API (docker-py).
 
 It builds, saves and loads images for `fieldgate images`, and executes the supervisor's steps
-on containers. It decides nothing itself: what to create, start or remove comes from the pure
-planner; this module turns the rendered compose model into Engine API calls and turns the
-Engine's containers back into the planner's observed state.
+on containers. It decides nothing itself: what to create, start or remove, when to try again
+after a failure and what counts as a crash loop comes from the pure planner; this module turns
+the rendered compose model into Engine API calls, executes one step at a time and reports its
+`Outcome` (an image not on the engine is `image-missing`, checked before anything is touched),
+and turns the Engine's containers back into the planner's observed state.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -31,16 +33,21 @@ from docker.types import LogConfig, Mount
 from collectors.core.errors import FieldgateError
 from gateway.compose import HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL, Project
 from gateway.plan import (
+    BackoffState,
+    Handover,
     Observed,
+    Outcome,
     Recreate,
     Remove,
     Restart,
+    Rollback,
     ServiceSpec,
     Start,
     State,
     Step,
     Stop,
     Wait,
+    plan,
 )
 from gateway.runtime.process import (
     BUFFERED_GAUGES,
@@ -57,6 +64,15 @@ if TYPE_CHECKING:
 
 class EngineError(FieldgateError):
     """The Docker engine is not reachable, or refused what we asked of it."""
+
+
+class ImageMissing(EngineError):
+    """A service's image is not on this engine (we never pull: a plant PC is often offline)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image} is not on this engine: `fieldgate images build` "
+                         "or `fieldgate images load BUNDLE` first")
+        self.image = image
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +183,13 @@ class Engine:
 # the Engine restarts a crashed container at once (with its own capped backoff), also while
 # no supervisor runs and after a reboot. The supervisor restarts what the Engine does not: a
 # container stopped behind its back (`docker kill` counts as a manual stop, so the Engine
-# leaves it down) and one that stays unhealthy, which the Engine only reports. Engine
-# restarts are counted from RestartCount, so `status` shows them and a crash loop: three
-# restarts without a stable run between them. The Engine's own delay doubles up to a minute
-# and stays there, so a count over a time window would stop calling a loop a loop once the
-# delay reached the minute; only a stable run (STABLE_RUN seconds running, not unhealthy) ends it.
+# leaves it down) and one that stays unhealthy, which the Engine only reports. A container
+# the Engine is restarting is observed as `restarting`, with its RestartCount: the planner
+# counts those restarts as failures and calls the service crash-looping, as for its own.
 
 CONTAINER_NUMBER = "1"
 CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy
 STATS_INTERVAL = 5.0
-STABLE_RUN = 30.0  # running this long, not unhealthy, ends a crash loop (the planner's stable_after)
-CRASH_LOOP_AFTER = 3  # Engine restarts without a stable run between them
 
 
 def parse_time(text: str | None) -> float | None:
@@ -315,13 +327,9 @@ class Track:
     health: str | None = None
     health_since: float | None = None
     restarts: int = 0  # by the supervisor
-    engine_restarts: list[float] = field(default_factory=list)  # when, since its last stable run
-    last_restart_count: int = 0
     readings: tuple[float, float] | None = None  # (monotonic, counter) of the last scrape
     details: dict[str, Any] = field(default_factory=dict)
     cpu: tuple[float, float] | None = None  # (container total, system total) of the last sample
-    failed_until: float = 0.0  # after a failed create/start, wait until then before trying again
-    failures: int = 0
 
 
 def _mono(epoch: float) -> float:
@@ -335,7 +343,9 @@ def _state(attrs: dict[str, Any]) -> State:
         return "running"
     if status == "created":
         return "created"
-    if status in ("restarting", "removing"):
+    if status == "restarting":
+        return "restarting"  # by its restart policy: counted by the planner, left to the Engine
+    if status == "removing":
         return "stopping"  # the Engine is already on it: the planner looks again next round
     return "exited"
 
@@ -353,7 +363,6 @@ class DockerRuntime:
         client: docker.DockerClient | None = None,
         printer: Callable[[str], None] | None = None,
         stats_interval: float = STATS_INTERVAL,
-        start_first_timeout: float = 90.0,
     ) -> None:
         self.config_dir = config_dir
         self.run_dir = run_dir
@@ -364,7 +373,6 @@ class DockerRuntime:
         self._print = printer or (lambda line: print(line, file=sys.stderr, flush=True))
         self._tracks: dict[str, Track] = {}
         self._stats_interval = stats_interval
-        self._start_first_timeout = start_first_timeout
         self._stats_task: asyncio.Task[None] | None = None
         self._image_ids: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()  # docker-py calls from worker threads, one at a time
@@ -408,17 +416,17 @@ class DockerRuntime:
     async def observe(self) -> dict[str, Observed]:
         return await asyncio.to_thread(self._observe)
 
-    async def execute(self, step: Step) -> None:
+    async def execute(self, step: Step) -> Outcome:
+        """One step, one outcome; when to try a failed one again is the planner's decision."""
         try:
             await asyncio.to_thread(self._execute, step)
-        except (docker.errors.DockerException, EngineError) as exc:
-            # The planner asks again next round; until then say what failed, once per episode.
-            track = self._track(step.name)
-            track.failures += 1
-            track.failed_until = time.monotonic() + min(60.0, 2.0 ** min(track.failures, 6))
-            text = getattr(exc, "explanation", None) or str(exc)
-            self._print(f"{step.name}: {step} failed: {text}")
-        self.changed.set()
+        except ImageMissing as exc:
+            return Outcome.failed(step, "image-missing", str(exc))
+        except docker.errors.ImageNotFound as exc:  # removed between our check and the create
+            return Outcome.failed(step, "image-missing", str(exc.explanation or exc))
+        except (docker.errors.DockerException, EngineError, OSError) as exc:  # OSError: the socket
+            return Outcome.failed(step, "engine", str(getattr(exc, "explanation", None) or exc))
+        return Outcome.done(step)
 
     def details(self) -> dict[str, dict[str, Any]]:
         return {name: dict(track.details) for name, track in self._tracks.items()}
@@ -430,18 +438,28 @@ class DockerRuntime:
 
     def containers(self) -> dict[str, Any]:
         """The project's containers by service (start-first candidates left out)."""
+        return self._listing()[0]
+
+    def _listing(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The project's containers by service, and the start-first candidates beside them."""
         if self.project is None:
-            return {}
+            return {}, {}
         with self._lock:
             found = self.client.containers.list(
                 all=True, filters={"label": f"{PROJECT_LABEL}={self.project.name}"}
             )
-        result: dict[str, Any] = {}
+        mains: dict[str, Any] = {}
+        candidates: dict[str, Any] = {}
         for container in found:
             service = container.labels.get(SERVICE_LABEL)
-            if service and container.name == container_name(self.project.name, service):
-                result[service] = container
-        return result
+            if not service:
+                continue
+            name = container_name(self.project.name, service)
+            if container.name == name:
+                mains[service] = container
+            elif container.name == name + CANDIDATE_SUFFIX:
+                candidates[service] = container
+        return mains, candidates
 
     def _image_id(self, name: str) -> str | None:
         cached = self._image_ids.get(name)
@@ -457,84 +475,61 @@ class DockerRuntime:
 
     def _observe(self) -> dict[str, Observed]:
         observed: dict[str, Observed] = {}
-        for service, container in self.containers().items():
-            attrs = container.attrs
-            state = attrs["State"]
+        mains, candidates = self._listing()
+        for service, container in mains.items():
             track = self._track(service)
-            if track.container != container.id:
-                track.container, track.health, track.health_since = container.id, None, None
-                track.last_restart_count, track.engine_restarts = int(attrs.get("RestartCount", 0)), []
-            restart_count = int(attrs.get("RestartCount", 0))
-            if restart_count > track.last_restart_count:
-                track.engine_restarts.extend([time.monotonic()] * (restart_count - track.last_restart_count))
-                track.last_restart_count = restart_count
-            health = (state.get("Health") or {}).get("Status")
-            health = health if health in ("starting", "healthy", "unhealthy") else None
-            if health != track.health:
-                track.health, track.health_since = health, time.monotonic()
-            running_since = parse_time(state.get("StartedAt"))
-            if (state.get("Status") == "running" and health != "unhealthy" and running_since is not None
-                    and time.time() - running_since >= STABLE_RUN):
-                track.engine_restarts = []  # a stable run: earlier crashes no longer make a loop
-            image = attrs["Config"]["Image"]
-            current = self._image_id(image)
-            if current is not None and current != attrs["Image"]:
-                # The tag now names another build: report it so the planner recreates the container.
-                image = f"{image}@{attrs['Image'][7:19]}"
-            kind = _state(attrs)
-            restarting = state.get("Status") == "restarting"
-            if kind == "stopping" and restarting and self._outdated(service, container):
-                # The Engine would restart it again and again on the old config or image (a broken
-                # update it crash-loops on): say it is down, so the planner recreates it now.
-                kind = "exited"
-            started = parse_time(state.get("StartedAt")) or time.time()
-            finished = parse_time(state.get("FinishedAt")) or started
-            since = _mono(finished if kind == "exited" else started)
-            observed[service] = Observed(
-                name=service,
-                state=kind,
-                config_hash=container.labels.get(HASH_LABEL),
-                since=since,
-                image=image,
-                health=health if kind == "running" else None,
-                health_since=track.health_since,
-                restarts=track.restarts + restart_count,
-                exit_code=int(state.get("ExitCode", 0)) if kind == "exited" else None,
-                instance=container.short_id,
-            )
-            self._note(service, track, observed[service], state)
+            obs = self._observed(service, container, track)
+            if service in candidates:  # a start-first handover is under way
+                obs = replace(obs, candidate=self._observed(service, candidates[service], None))
+            observed[service] = obs
+            self._note(service, track, obs)
         for name in list(self._tracks):
             if name not in observed:
                 self._tracks[name].details = {}
         return observed
 
-    def _outdated(self, service: str, container: Any) -> bool:
-        if self.project is None or service not in self.project.services:
-            return True
-        wanted = self.project.services[service]
-        return bool(container.labels.get(HASH_LABEL) != wanted.config_hash
-                    or container.attrs["Config"]["Image"] != wanted.limits.image)
+    def _observed(self, service: str, container: Any, track: Track | None) -> Observed:
+        """One container as the planner sees it; `track` keeps health changes of the service's own."""
+        attrs = container.attrs
+        state = attrs["State"]
+        restart_count = int(attrs.get("RestartCount", 0))
+        health = (state.get("Health") or {}).get("Status")
+        health = health if health in ("starting", "healthy", "unhealthy") else None
+        health_since = None
+        if track is not None:
+            if track.container != container.id:
+                track.container, track.health, track.health_since = container.id, None, None
+            if health != track.health:
+                track.health, track.health_since = health, time.monotonic()
+            health_since = track.health_since
+        image = attrs["Config"]["Image"]
+        current = self._image_id(image)
+        if current is not None and current != attrs["Image"]:
+            # The tag now names another build: report it so the planner recreates the container.
+            image = f"{image}@{attrs['Image'][7:19]}"
+        kind = _state(attrs)
+        ended = kind in ("exited", "restarting")
+        started = parse_time(state.get("StartedAt")) or time.time()
+        finished = parse_time(state.get("FinishedAt")) or started
+        return Observed(
+            name=service,
+            state=kind,
+            config_hash=container.labels.get(HASH_LABEL),
+            since=_mono(finished if ended else started),
+            image=image,
+            health=health if kind == "running" else None,
+            health_since=health_since,
+            restarts=(track.restarts if track else 0) + restart_count,
+            exit_code=int(state.get("ExitCode", 0)) if ended else None,
+            instance=container.short_id,
+            restart_count=restart_count,
+            oom_killed=bool(state.get("OOMKilled")) and ended,
+        )
 
-    def _note(self, service: str, track: Track, obs: Observed, state: dict[str, Any]) -> None:
-        """Status columns the planner does not know: Engine restarts and crash loops, limits."""
-        restarts = len(track.engine_restarts)
-        restarting = state.get("Status") == "restarting"
-        looping = restarts >= CRASH_LOOP_AFTER or (restarting and restarts >= 2)
+    def _note(self, service: str, track: Track, obs: Observed) -> None:
+        """Status columns only this runtime knows: the container, the limits."""
         details = track.details
         details["container"] = obs.instance
-        exited = f"exited with code {state.get('ExitCode', 0)}"
-        if state.get("OOMKilled"):
-            exited += ", out of memory"
-        if looping:
-            details["state"] = (f"crash-looping ({restarts} restarts by the Engine without a {STABLE_RUN:.0f}s "
-                                f"run; last {exited})")
-            details["crash_looping"] = True
-        elif restarting:
-            details["state"] = f"restarting ({exited}; the Engine restarts it)"
-            details.pop("crash_looping", None)
-        else:
-            details.pop("state", None)
-            details.pop("crash_looping", None)
         if self.project is not None and service in self.project.services:
             limits = self.project.services[service].limits
             details["cpu_limit"] = limits.cpus
@@ -542,16 +537,21 @@ class DockerRuntime:
 
     # -------------------------------------------------------------- execute
 
-    def _spec_ready(self, spec: ServiceSpec) -> bool:
-        return time.monotonic() >= self._track(spec.name).failed_until
+    def _require_image(self, spec: ServiceSpec) -> None:
+        """Before anything is stopped, removed or created: an old container keeps running."""
+        image = spec.image or str(self._project().services[spec.name].compose["image"])
+        with self._lock:
+            present = self.client.images.list(name=image)
+        if not present:
+            raise ImageMissing(image)
 
     def _execute(self, step: Step) -> None:
         if isinstance(step, Wait):
             return
-        if isinstance(step, Start | Restart | Recreate) and not self._spec_ready(step.spec):
-            return
-        containers = self.containers()
-        current = containers.get(step.name)
+        if isinstance(step, Start | Recreate):
+            self._require_image(step.spec)
+        mains, candidates = self._listing()
+        current, candidate = mains.get(step.name), candidates.get(step.name)
         if isinstance(step, Start):
             if current is not None and current.status == "created":
                 self._start(current)
@@ -560,28 +560,44 @@ class DockerRuntime:
         elif isinstance(step, Restart):
             self._track(step.name).restarts += 1
             if current is None:
+                self._require_image(step.spec)
                 self._create_and_start(step.spec)
             else:
                 with self._lock:
                     current.restart(timeout=self._stop_timeout(step.name))
+        elif isinstance(step, Recreate) and step.order == "start-first":
+            self._start_candidate(step.spec, candidate)
         elif isinstance(step, Recreate):
-            if step.order == "start-first" and current is not None and self._can_start_first(step.name):
-                self._start_first(step.spec, current)
-            else:
-                if current is not None:
-                    self._remove(current, step.name)
-                self._create_and_start(step.spec)
+            if current is not None:
+                self._remove(current, step.name)
+            self._create_and_start(step.spec)
+        elif isinstance(step, Handover):
+            if candidate is None:
+                raise EngineError(f"no new {step.name} container to hand over to")
+            if current is not None:
+                self._remove(current, step.name)
+            with self._lock:
+                candidate.rename(container_name(self._project().name, step.name))
+        elif isinstance(step, Rollback):
+            if candidate is not None:
+                with self._lock:
+                    candidate.remove(force=True)
         elif isinstance(step, Stop):
+            if candidate is not None:  # a handover cut short: the old one was serving
+                with self._lock:
+                    candidate.remove(force=True)
             if current is not None:
                 with self._lock:
                     current.stop(timeout=self._stop_timeout(step.name))
         elif isinstance(step, Remove):
-            if current is not None:
-                self._remove(current, step.name)
+            for container in (candidate, current):
+                if container is not None:
+                    self._remove(container, step.name)
             self._tracks.pop(step.name, None)
-        track = self._tracks.get(step.name)
-        if track is not None:
-            track.failures, track.failed_until = 0, 0.0
+
+    def _project(self) -> Project:
+        assert self.project is not None, "desired() renders the project before anything runs"
+        return self.project
 
     def _stop_timeout(self, service: str) -> int:
         if self.project is None or service not in self.project.services:
@@ -613,9 +629,6 @@ class DockerRuntime:
         with self._lock:
             self._ensure_shared(factory)
             args = factory.create_args(spec.name, name, image=spec.image)
-            if self.client.images.list(name=args["image"]) == []:
-                raise EngineError(f"image {args['image']} is not on this engine: `fieldgate images build` "
-                                  "or `fieldgate images load BUNDLE` first")
             created = self.client.api.create_container(**args)
             return self.client.containers.get(created["Id"])
 
@@ -644,42 +657,19 @@ class DockerRuntime:
                 container.stop(timeout=self._stop_timeout(service))
             container.remove(force=True)
 
-    def _can_start_first(self, service: str) -> bool:
-        """Two containers of one service at once: not on one serial port, not on one host port."""
-        assert self.project is not None
-        svc = self.project.services[service]
-        if svc.ports or self.project.network == "host":
-            self._print(f"{service}: start-first runs as stop-first here "
-                        "(serial ports have one owner; host networking has one metrics port)")
-            return False
-        return True
-
-    def _start_first(self, spec: ServiceSpec, old: Any) -> None:
-        """Start the replacement beside the old container; promote it once healthy, else drop it."""
-        assert self.project is not None
-        candidate_name = container_name(self.project.name, spec.name) + CANDIDATE_SUFFIX
-        with self._lock, contextlib.suppress(docker.errors.NotFound):
-            self.client.containers.get(candidate_name).remove(force=True)
-        candidate = self._create(spec, candidate_name)
-        self._start(candidate)
-        deadline = time.monotonic() + self._start_first_timeout
-        health = None
-        while time.monotonic() < deadline:
+    def _start_candidate(self, spec: ServiceSpec, stale: Any) -> None:
+        """Start-first, first half: the replacement starts beside the old container and returns at
+        once; the planner hands over once it is healthy, or rolls back."""
+        if stale is not None:  # left by an earlier handover that did not finish
             with self._lock:
-                candidate.reload()
-            state = candidate.attrs["State"]
-            health = (state.get("Health") or {}).get("Status")
-            if state.get("Status") != "running" or health in ("healthy", None):
-                break
-            time.sleep(1.0)
-        if candidate.attrs["State"].get("Status") != "running" or health not in ("healthy", None):
-            with self._lock:
+                stale.remove(force=True)
+        candidate = self._create(spec, container_name(self._project().name, spec.name) + CANDIDATE_SUFFIX)
+        try:
+            self._start(candidate)
+        except docker.errors.APIError:
+            with self._lock, contextlib.suppress(docker.errors.APIError):
                 candidate.remove(force=True)
-            raise EngineError(f"the new {spec.name} container did not turn healthy ({health}); "
-                              "the old one runs on")
-        self._remove(old, spec.name)
-        with self._lock:
-            candidate.rename(container_name(self.project.name, spec.name))
+            raise
 
     # -------------------------------------------------------------- stats and metrics
 
@@ -776,6 +766,7 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
             metrics_port=svc.metrics_port,
             config_file=str(out / svc.config_path),
             config_text=svc.config_text,
+            host_network=project.network == "host",
         )
     return specs
 
@@ -854,16 +845,29 @@ async def _update_directly(config_dir: Path, run_dir: RunDir, service: str, with
     if config is None:
         raise EngineError(errors)
     async with DockerRuntime(config_dir, run_dir) as runtime:
-        specs = runtime.desired(config, config_dir)
-        spec = specs[service]
-        await runtime.execute(Recreate(spec, spec.update, "fieldgate update"))
+        want = {service: runtime.desired(config, config_dir)[service]}
+        spec = want[service]
+        backoff = BackoffState()
         deadline = time.monotonic() + within
+        # The supervisor's loop for this one service: the planner decides (recreate, hand over,
+        # roll back), the runtime executes.
         while time.monotonic() < deadline:
-            obs = (await runtime.observe()).get(service)
-            if obs is not None and obs.image == spec.image and obs.state == "running" and obs.health in (
-                "healthy", None
-            ):
+            observed = {name: obs for name, obs in (await runtime.observe()).items() if name == service}
+            obs = observed.get(service)
+            if (obs is not None and obs.candidate is None and obs.image == spec.image
+                    and obs.config_hash == spec.config_hash and obs.state == "running"
+                    and obs.health in ("healthy", None)):
                 return True
+            now = time.monotonic()
+            backoff = backoff.settle(observed, now, want)
+            outcomes = []
+            for step in plan(want, observed, now, backoff):
+                if not isinstance(step, Wait):
+                    print(f"{service}: {step}")
+                    outcomes.append(outcome := await runtime.execute(step))
+                    if not outcome.ok:
+                        print(f"{service}: {outcome.reason}", file=sys.stderr)
+            backoff = backoff.record(outcomes, time.monotonic())
             await asyncio.sleep(1.0)
     return False
 

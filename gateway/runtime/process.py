@@ -12,9 +12,11 @@ which stops them in order (collectors first, the forwarder last: SIGTERM, a grac
 then SIGKILL). On Linux each child also gets SIGTERM from the kernel if the supervisor
 itself dies (`PR_SET_PDEATHSIG`), so even kill -9 of the supervisor leaves nothing behind.
 
-`start-first` updates run as stop-first here: two processes of one collector would fight
-over its metrics port and, for Modbus RTU, over the serial port that only one owner may
-hold (SPEC.md: one owner per serial port). The docker runtime honours start-first.
+Its specs ask for stop-first updates, which the planner keeps for processes anyway: they share
+the host's ports (`ServiceSpec.host_network`), so two processes of one collector would fight
+over its metrics port and, for Modbus RTU, over the serial port that only one owner may hold
+(SPEC.md: one owner per serial port). It never runs a second instance, so it refuses
+`Handover` and `Rollback` (a failed outcome); the docker runtime runs them.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from typing import IO, TYPE_CHECKING, Any
 from collectors.core.metrics import reach
 from gateway.plan import (
     FORWARDER,
+    FailureKind,
     Health,
     Observed,
+    Outcome,
     Recreate,
     Remove,
     Restart,
@@ -417,13 +421,23 @@ class ProcessRuntime:
     async def observe(self) -> dict[str, Observed]:
         return {name: child.observed() for name, child in self._children.items()}
 
-    async def execute(self, step: Step) -> None:
-        """Run one step with the executor its type maps to."""
+    async def execute(self, step: Step) -> Outcome:
+        """Run one step with the executor its type maps to, and say how it went: a program
+        that cannot be started (missing, not executable) or a slice that cannot be written
+        is a failed outcome, which the planner backs off like a crash."""
         executors: dict[type, Callable[[Any], Awaitable[None]]] = {
             Start: self._do_start, Restart: self._do_restart, Recreate: self._do_recreate,
             Stop: self._do_stop, Remove: self._do_remove, Wait: self._do_wait,
         }
-        await executors[type(step)](step)
+        executor = executors.get(type(step))
+        if executor is None:  # Handover, Rollback: it never runs a second instance to hand over to
+            return Outcome.failed(step, "error", f"the process runtime cannot {step}")
+        try:
+            await executor(step)
+        except OSError as exc:
+            kind: FailureKind = "cannot-start" if isinstance(step, Start | Restart | Recreate) else "error"
+            return Outcome.failed(step, kind, str(exc))
+        return Outcome.done(step)
 
     async def _do_start(self, step: Start) -> None:
         await self._start(step.spec, restarts=0)
@@ -434,7 +448,7 @@ class ProcessRuntime:
         await self._start(step.spec, restarts=old.restarts + 1 if old else 1)
 
     async def _do_recreate(self, step: Recreate) -> None:
-        # start-first runs as stop-first here: see the module docstring.
+        # Always stop-first here: see the module docstring.
         old = self._children.get(step.name)
         await self._stop(step.name)
         await self._start(step.spec, restarts=old.restarts if old else 0)

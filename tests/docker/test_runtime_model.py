@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from gateway.compose import render
-from gateway.plan import BackoffState, Policy, Recreate, Restart, plan
+from gateway.plan import BackoffState, Policy, Recreate, Restart, describe_state, plan
 from gateway.runtime.docker import ContainerFactory, DockerRuntime, parse_time, specs_of
 from gateway.runtime.process import RunDir
 from tests.docker.test_render import plant
@@ -158,13 +158,15 @@ def test_engine_restarts_show_as_a_crash_loop_and_a_rebuilt_tag_is_rolled_out(tm
     images["fieldgate/collector-modbus:0.1.0"] = new_id  # rebuilt under the same tag
     runtime._client = FakeClient([container("forwarder", hashes["forwarder"]), modbus,
                                   container("opcua", hashes["opcua"])], images)
-    runtime._observe()
+    backoff = BackoffState().settle(runtime._observe(), 0.0)
     for count in (1, 2, 3):
         modbus.attrs["RestartCount"] = count
         observed = runtime._observe()
-    assert observed["modbus"].state == "stopping"  # the Engine is restarting it: nothing to plan
-    assert observed["modbus"].restarts == 3
-    assert runtime.details()["modbus"]["state"].startswith("crash-looping")
+        backoff = backoff.settle(observed, 0.0)
+    assert observed["modbus"].state == "restarting"  # the Engine is restarting it: nothing to plan
+    assert observed["modbus"].restarts == 3 and observed["modbus"].restart_count == 3
+    assert describe_state("modbus", observed["modbus"], backoff, 0.0).startswith("crash-looping")
+    assert "state" not in runtime.details()["modbus"]  # the status word is the planner's
     assert runtime.details()["modbus"]["memory_limit"] == 128 * 2**20
     modbus.attrs["State"]["Status"] = "running"
     observed = runtime._observe()
@@ -181,7 +183,7 @@ def test_a_container_crash_looping_on_an_old_config_is_recreated_at_once(tmp_pat
                                   container("opcua", hashes["opcua"])],
                                  {spec.image: "sha256:" + "a" * 64 for spec in specs.values()})
     observed = runtime._observe()
-    assert observed["modbus"].state == "exited"
+    assert observed["modbus"].state == "restarting"
     steps = plan(specs, observed, observed["modbus"].since, BackoffState())
     assert [(type(s), s.name) for s in steps] == [(Recreate, "modbus")]
 
@@ -203,10 +205,9 @@ def test_a_crash_loop_stays_one_while_the_engines_delay_is_long_and_a_stable_run
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Engine's restart delay doubles to a minute and stays there; its restarts are then a minute
-    apart, yet the service is still crash-looping until it runs STABLE_RUN seconds."""
+    apart, yet the service is still crash-looping until it runs `stable_after` seconds. The runtime
+    only reports the Engine's RestartCount and the last exit; the planner's backoff counts."""
     import time
-
-    from gateway.runtime.docker import STABLE_RUN
 
     clock = [time.time()]
     monkeypatch.setattr(time, "time", lambda: clock[0])
@@ -218,29 +219,33 @@ def test_a_crash_loop_stays_one_while_the_engines_delay_is_long_and_a_stable_run
     runtime._client = FakeClient([container("forwarder", hashes["forwarder"]), modbus,
                                   container("opcua", hashes["opcua"])],
                                  {spec.image: "sha256:" + "a" * 64 for spec in specs.values()})
-    runtime._observe()
+    policy = Policy()
+    backoff = BackoffState(policy)
+
+    def look() -> str:
+        nonlocal backoff
+        observed = runtime._observe()
+        backoff = backoff.settle(observed, clock[0], specs)
+        assert plan(specs, observed, clock[0], backoff) == []  # the Engine restarts it, not us
+        return describe_state("modbus", observed["modbus"], backoff, clock[0])
+
+    look()
     modbus.attrs["RestartCount"] = 1
-    runtime._observe()
-    assert runtime.details()["modbus"]["state"] == (
-        "restarting (exited with code 137, out of memory; the Engine restarts it)")
+    assert look() == "restarting (last exited with code 137, out of memory)"
     for count in (2, 3, 4):  # the Engine's delay is at its cap: a minute, then a run of two seconds
         clock[0] += 60
         modbus.attrs["State"].update({"Status": "running", "StartedAt": _rfc3339(clock[0])})
-        runtime._observe()
+        look()
         clock[0] += 2
         modbus.attrs["State"]["Status"] = "restarting"
         modbus.attrs["RestartCount"] = count
-        runtime._observe()
-    details = runtime.details()["modbus"]
-    assert details["crash_looping"] is True
-    assert details["state"] == (f"crash-looping (4 restarts by the Engine without a {STABLE_RUN:.0f}s run; "
-                                "last exited with code 137, out of memory)")
+        look()
+    assert look() == (f"crash-looping (4 failures without a {policy.stable_after:.0f}s stable run; "
+                      "last exited with code 137, out of memory)")
     clock[0] += 60
-    modbus.attrs["State"].update({"Status": "running", "StartedAt": _rfc3339(clock[0])})
+    modbus.attrs["State"].update({"Status": "running", "StartedAt": _rfc3339(clock[0]), "OOMKilled": False})
     clock[0] += 5
-    runtime._observe()
-    assert runtime.details()["modbus"]["crash_looping"] is True  # running, but not for long yet
-    clock[0] += STABLE_RUN
-    runtime._observe()
-    assert "crash_looping" not in runtime.details()["modbus"]
-    assert "state" not in runtime.details()["modbus"]
+    assert look().startswith("crash-looping")  # running, but not for long yet
+    clock[0] += policy.stable_after
+    assert look() == "running"
+    assert not backoff.crash_looping("modbus")
