@@ -60,6 +60,7 @@ import orjson
 from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, WriteResult
 from collectors.forwarder import sparkplug_b_pb2 as pb
+from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
 from collectors.forwarder.formats import Incoming, OutMessage
 from collectors.forwarder.sparkplug_types import (
@@ -517,12 +518,13 @@ class BdSeqStore:
             return None
 
     def save(self, bd_seq: int, datatypes: Learned) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as file:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
             file.write(orjson.dumps({"bdSeq": bd_seq, "datatypes": datatypes}))
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp, 0o600)  # an older version's 0644 file, truncated and rewritten
         os.replace(tmp, self.path)
 
 
