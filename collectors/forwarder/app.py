@@ -38,9 +38,9 @@ from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResul
 from collectors.core.service import ErrorLatch
 from collectors.forwarder.buffer import Batch, Buffer
 from collectors.forwarder.config import CatalogDevice, ForwarderConfig
-from collectors.forwarder.formats import OutMessage, PayloadFormat, create_format
+from collectors.forwarder.formats import ERROR_ECHO, OutMessage, PayloadFormat, create_format
 from collectors.forwarder.mqtt import BACKOFF_MAX, BrokerSession
-from collectors.forwarder.quarantine import Screen
+from collectors.forwarder.quarantine import Screen, shorten
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ class Forwarder:
     def write_result(self, collector: str, result: WriteResult) -> None:
         timer = self._pending_writes.pop((result.device, result.tag, result.id), None)
         if timer is None:
-            log.info("write %r to %s/%s answered after its timeout", result.id, result.device, result.tag)
+            log.info("write %s to %s/%s answered after its timeout", shorten(repr(result.id)), result.device,
+                     result.tag)
             return
         timer.cancel()
         if not result.ok:
@@ -426,7 +427,8 @@ class Forwarder:
 
     def _refuse(self, request: WriteRequest, error: str) -> None:
         self.stats.writes_refused += 1
-        log.info("write %r to %s/%s refused: %s", request.id, request.device, request.tag, error)
+        log.info("write %s to %s/%s refused: %s", shorten(repr(request.id)), shorten(request.device),
+                 shorten(request.tag), shorten(error, ERROR_ECHO))
         self._publish_all(
             self.format.write_result(WriteResult(request.id, request.device, request.tag, False, error))
         )

@@ -62,7 +62,8 @@ from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, W
 from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
-from collectors.forwarder.formats import Incoming, OutMessage
+from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
+from collectors.forwarder.quarantine import shorten
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
     TYPE_RULES,
@@ -594,7 +595,7 @@ class SparkplugFormat:
             ("forwarder_sparkplug_rebirth_requests_total", "NCMD Node Control/Rebirth received",
              lambda: stats.rebirth_requests),
             ("forwarder_sparkplug_commands_refused_total", "NCMD/DCMD metrics refused (unknown, "
-             "not writable, wrong type, undecodable)", lambda: stats.commands_refused),
+             "not writable, wrong type, undecodable), and commands over 64 KiB", lambda: stats.commands_refused),
             ("forwarder_sparkplug_write_errors_total", "DCMD writes the collector or forwarder refused",
              lambda: stats.write_errors),
             ("forwarder_sparkplug_datatype_changes_total", "metrics whose datatype changed (device reborn)",
@@ -716,6 +717,11 @@ class SparkplugFormat:
     # -- incoming
 
     def handle_incoming(self, topic: str, payload: bytes) -> Incoming:
+        if len(payload) > MAX_COMMAND_BYTES and topic != self._state:
+            self.stats.commands_refused += 1
+            log.warning("Sparkplug: refusing a command of %d bytes on %s: over the limit of %d bytes",
+                        len(payload), shorten(topic, 200), MAX_COMMAND_BYTES)
+            return Incoming()
         try:
             if topic == self._state:
                 return self._host_state(payload)
@@ -725,7 +731,7 @@ class SparkplugFormat:
                 return self._device_command(topic[len(self._dcmd):], payload)
         except Exception as exc:  # input from the broker must never take the forwarder down
             self.stats.commands_refused += 1
-            log.warning("Sparkplug: ignoring a bad message on %s: %s", topic, exc)
+            log.warning("Sparkplug: ignoring a bad message on %s: %s", shorten(topic, 200), shorten(str(exc), 200))
             return Incoming()
         log.debug("Sparkplug: ignoring message on %s", topic)
         return Incoming()
@@ -785,7 +791,7 @@ class SparkplugFormat:
                     metric = device.metrics.get(pm.name)
                 elif pm.HasField("alias"):
                     metric = next((m for m in device.metrics.values() if m.alias == pm.alias), None)
-            label = f"{device_name}/{pm.name or pm.alias}"
+            label = shorten(f"{device_name}/{pm.name or pm.alias}")
             if metric is None:
                 self._refuse(label, "no such device or metric")
                 continue
@@ -815,7 +821,7 @@ class SparkplugFormat:
         if not result.ok:
             self.stats.write_errors += 1
             log.warning("Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag,
-                        result.error or "write failed")
+                        shorten(result.error or "write failed", ERROR_ECHO))
             return []
         self.stats.writes_done += 1
         return []
