@@ -12,8 +12,10 @@ it: bdSeq across connections and restarts, the primary host's STATE, NCMD rebirt
 sparkplug_types.py holds the datatype tables and value conversions.
 
 Choices where the specification leaves room, made the way Ignition reads them:
-- Quality travels as the metric property `Quality` (Int32): 192 good, 64 uncertain, 0 bad.
-  Births always carry it; data carries it when not good, and on the way back to good.
+- Quality travels as the metric property `Quality` (Int32) in the codes Ignition's MQTT Engine
+  documents: 192 good, 0 bad, 500 stale. An uncertain reading (OPC UA Uncertain, e.g. a last
+  usable value) is sent as 500: the host shows the value, flagged as not current. Births always
+  carry it; data carries it when not good, and on the way back to good.
 - Births carry `engUnit` (the catalog's unit) and `readOnly` (not writable) properties.
 - A metric's datatype is the catalog's (Modbus: the type of the engineering value the
   collector hands off, scale and offset included) or inferred from its first value (OPC UA:
@@ -33,7 +35,7 @@ Choices where the specification leaves room, made the way Ignition reads them:
   seconds once, with nothing lost.
 - Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
   before any data; one known to be offline then gets its DDEATH. A metric with a datatype
-  but no value yet is born null (is_null) with Quality 64 (uncertain). A device or tag
+  but no value yet is born null (is_null) with Quality 500 (stale). A device or tag
   outside the catalog, a first value of an untyped tag, or a datatype change, makes the
   node born again (NBIRTH and every DBIRTH, same bdSeq), once per batch, for the same reason.
 - A DCMD write publishes nothing itself: what the host then sees is the value the collector
@@ -79,7 +81,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "spBv1.0"
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
-QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
+QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 500, Quality.BAD: 0}
 MAX_METRICS = 2000  # per DDATA: a replayed backlog becomes several messages, none huge
 STATE_FILE = "sparkplug.json"
 _BY_NAME: dict[str, int] = {pb.DataType.Name(datatype): datatype for datatype in TYPE_RULES}
