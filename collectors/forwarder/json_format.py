@@ -162,6 +162,10 @@ class JsonFormat:
         write_id = write_id if isinstance(write_id, str) else str(write_id)
         if "value" not in body:
             return self._refuse(device, tag, write_id, 'no "value" in the payload')
+        try:  # the hand-off carries it as JSON too, and orjson writes at most 254 levels of nesting
+            orjson.dumps(body["value"])
+        except orjson.JSONEncodeError:
+            return self._refuse(device, tag, write_id, '"value" is nested too deep to be a tag value')
         return Incoming(writes=[WriteRequest(write_id, device, tag, body["value"])])
 
     def _refuse(self, device: str, tag: str, write_id: str, error: str) -> Incoming:

@@ -82,3 +82,19 @@ async def test_a_dcmd_over_the_cap_writes_nothing(tmp_path: Path, broker: Mosqui
         exposed = forwarder.metrics.render()
     assert [(r.tag, r.value) for r in asked] == [("run", True)]
     assert "fieldgate_forwarder_sparkplug_commands_refused_total 1\n" in exposed
+
+
+async def test_a_set_value_nested_too_deep_for_the_hand_off_is_answered(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the fuzzer: orjson reads 500 levels but writes 254, so routing the write raised
+    in the message callback (a traceback, and no answer)."""
+    config = make_config(tmp_path, broker)
+    async with Forwarder(config) as forwarder, collector(config, on_write=echoing_refusal):
+        await until(lambda: "modbus" in forwarder.handoff.collectors and forwarder.session.connected, 10,
+                    "the collector on the hand-off")
+        deep = b'{"id": "deep", "value": ' + b"[" * 500 + b"]" * 500 + b"}"
+        await asyncio.to_thread(subscriber.publish, SET, deep)
+        (answer,) = await asyncio.to_thread(subscriber.wait_for, lambda m: m.topic == SET + "/result", 10)
+    assert answer.json() == {"id": "deep", "ok": False, "error": '"value" is nested too deep to be a tag value'}
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
