@@ -65,7 +65,7 @@ from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
 from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
-from collectors.forwarder.quarantine import shorten
+from collectors.forwarder.quarantine import bad_name, shorten
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
     TYPE_RULES,
@@ -277,7 +277,13 @@ class EdgeNode:
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
-        device = self.devices.get(state.device) or self._new_device(state.device)
+        device = self.devices.get(state.device)
+        if device is None:
+            why = bad_name("device", state.device)
+            if why is not None:  # it would be in every birth's topics from now on
+                log.warning("Sparkplug: ignoring the state of a device that cannot be born: %s", why)
+                return []
+            device = self._new_device(state.device)
         device.online = state.online
         if state.online:
             if self.born and not device.born:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.core.model import Reading
+from collectors.core.model import DeviceState, Reading
 from collectors.forwarder.config import ForwarderConfig
 from collectors.forwarder.sparkplug import SparkplugFormat
 from tests.support import sparkplug as sp
@@ -98,3 +98,11 @@ def test_quality_codes_are_the_ones_a_host_documents(tmp_path: Path) -> None:
     ], False)
     qualities = [m.properties.get("Quality") for message in out for m in sp.decode(message.payload).metrics]
     assert qualities == [500, 0, 192]
+
+
+def test_a_device_state_whose_name_is_no_topic_level_is_not_born(tmp_path: Path) -> None:
+    """Else every later birth carries a DBIRTH on `.../x/#`, which the MQTT client refuses."""
+    fmt = fmt_with(tmp_path)
+    fmt.node.births(0)
+    assert fmt.device_state(DeviceState("x/#", False, "timeout")) == []
+    assert all("#" not in m.topic for m in fmt.node.births(0, new_session=False))
