@@ -65,7 +65,7 @@ from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
 from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
-from collectors.forwarder.quarantine import bad_name, shorten
+from collectors.forwarder.quarantine import bad_name, shorten, unpublishable
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
     TYPE_RULES,
@@ -453,8 +453,8 @@ class EdgeNode:
         for (device_name, tag), reading in self._latest.items():
             device = devices.get(device_name)
             metric = device.metrics.get(tag) if device is not None else None
-            if device is None or metric is None or reading.ts_ms < metric.ts_ms:
-                continue  # unknown ones are added when they are encoded
+            if device is None or metric is None or unpublishable(reading) or reading.ts_ms < metric.ts_ms:
+                continue  # unknown ones are added when they are encoded; bad ones never reach a birth
             value = reading.value
             if value is not None and type(value) is not metric.rule.exact:
                 self._fit(metric, value)

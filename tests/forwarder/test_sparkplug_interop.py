@@ -106,3 +106,13 @@ def test_a_device_state_whose_name_is_no_topic_level_is_not_born(tmp_path: Path)
     fmt.node.births(0)
     assert fmt.device_state(DeviceState("x/#", False, "timeout")) == []
     assert all("#" not in m.topic for m in fmt.node.births(0, new_session=False))
+
+
+def test_a_bad_reading_seen_before_a_session_never_reaches_its_births(tmp_path: Path) -> None:
+    """Readings are observed before they are screened: the next session's DBIRTHs must not take them."""
+    fmt = fmt_with(tmp_path)
+    fmt.observe([Reading("meter", "uint16", 7, "soon"),  # type: ignore[arg-type]
+                 Reading("meter", "int16", 5, T0, ["good"])])  # type: ignore[arg-type]
+    births = fmt.node.births(0)  # raised TypeError before
+    born = sp.decode(next(m for m in births if "/DBIRTH/" in m.topic).payload)
+    assert born.metric("uint16").is_null and born.metric("int16").is_null
