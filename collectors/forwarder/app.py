@@ -16,6 +16,10 @@ store readings (nothing is acknowledged to the collectors), the publisher or the
 loop gone, or a session that is connected while its publishes stay unacknowledged. A broker
 that cannot be reached is an outage a restart cannot cure: the forwarder buffers, retries and
 answers 200 with a `degraded:` line (and the broker gauges in /metrics).
+
+One bad reading never stops publishing (quarantine.py): each batch is screened before it is
+encoded, what the format or paho still refuses is dropped alone, the rest of the batch goes
+out, and what was dropped is counted and kept under `{buffer.dir}/quarantine/`.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from typing import Any
 from collectors.core.handoff import HandoffServer
 from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
+from collectors.core.service import ErrorLatch
 from collectors.forwarder.buffer import Batch, Buffer
 from collectors.forwarder.config import CatalogDevice, ForwarderConfig
-from collectors.forwarder.formats import OutMessage, PayloadFormat, create_format
+from collectors.forwarder.formats import ERROR_ECHO, OutMessage, PayloadFormat, create_format
 from collectors.forwarder.mqtt import BACKOFF_MAX, BrokerSession
+from collectors.forwarder.quarantine import Screen, shorten
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ RESEND_MAX = 100_000  # most readings kept for the format's resend window (newes
 # (a PINGREQ after one keep-alive of silence, the connection closed after another without the
 # PINGRESP, the last byte at most one keep-alive before the wait began), and it becomes an outage.
 STUCK_KEEPALIVES = 4
+PUBLISH_ERROR_PAUSE = 1.0  # after an unexpected error in the publisher, before it tries again
 
 
 @dataclass(slots=True)
@@ -60,6 +67,7 @@ class ForwarderStats:
     latency_count: int = 0
     writes: int = 0
     writes_refused: int = 0
+    publisher_errors: int = 0
 
 
 class Forwarder:
@@ -83,6 +91,9 @@ class Forwarder:
         self.handoff = HandoffServer(config.handoff.socket, self)
         self.metrics = Metrics()
         self.stats = ForwarderStats()
+        self.quarantine = self.buffer.quarantine
+        self._screen = Screen()
+        self._publisher_latch = ErrorLatch(log, "forwarder publisher")
         self._catalog: dict[str, CatalogDevice] = {device.name: device for device in config.devices}
         self._write_timeout = write_timeout
         self._pending_writes: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
@@ -196,7 +207,8 @@ class Forwarder:
     def write_result(self, collector: str, result: WriteResult) -> None:
         timer = self._pending_writes.pop((result.device, result.tag, result.id), None)
         if timer is None:
-            log.info("write %r to %s/%s answered after its timeout", result.id, result.device, result.tag)
+            log.info("write %s to %s/%s answered after its timeout", shorten(repr(result.id)), result.device,
+                     result.tag)
             return
         timer.cancel()
         if not result.ok:
@@ -275,20 +287,52 @@ class Forwarder:
             if not buffer.online or not session.connected or session.outstanding >= self._window:
                 await wake.wait()
                 continue
-            item = buffer.take(self._take)
-            if item is None:
-                await wake.wait()
+            try:
+                item = buffer.take(self._take)
+                if item is None:
+                    await wake.wait()
+                    continue
+                if isinstance(item, DeviceState):
+                    self._publish_all(self.format.device_state(item))
+                    continue
+                self._send(item)
+                self._publisher_latch.success()
+            except Exception as exc:  # a bug must not end publishing for good: log, pause, go on
+                self.stats.publisher_errors += 1
+                self._publisher_latch.failure(f"{type(exc).__name__}: {exc}")
+                log.debug("publisher error", exc_info=True)
+                await asyncio.sleep(PUBLISH_ERROR_PAUSE)
                 continue
-            if isinstance(item, DeviceState):
-                self._publish_all(self.format.device_state(item))
-                continue
-            self._send(item)
             await asyncio.sleep(0)  # let the hand-off and the socket run between batches
 
+    def _encode(self, batch: Batch) -> tuple[list[Reading], list[OutMessage]]:
+        """The batch's publishable readings and their messages; what cannot be published is
+        dropped alone (screened first; what the format still refuses, found one by one)."""
+        where = batch.lane.name
+        readings, dropped = self._screen.split(batch.readings)
+        self.quarantine.drop(dropped, where)
+        try:
+            return readings, self.format.encode(readings, batch.historical)
+        except Exception as exc:
+            log.debug("encoding a batch of %d readings failed (%s): one by one", len(readings), exc)
+        kept: list[Reading] = []
+        messages: list[OutMessage] = []
+        for reading in readings:
+            try:
+                messages += self.format.encode([reading], batch.historical)
+            except Exception as exc:
+                self.quarantine.drop([(reading, f"the payload format refused it: {type(exc).__name__}: {exc}")],
+                                     where)
+            else:
+                kept.append(reading)
+        return kept, messages
+
     def _send(self, batch: Batch) -> None:
-        messages = self.format.encode(batch.readings, batch.historical)
+        readings, messages = self._encode(batch)
+        if len(readings) == len(batch.readings):
+            self.quarantine.published()
         if not messages:
-            self._delivered(batch, self._generation)
+            self._delivered(batch, self._generation, readings)
             return
         remaining = len(messages)
         generation = self._generation
@@ -298,18 +342,19 @@ class Forwarder:
             nonlocal remaining
             remaining -= 1
             if remaining == 0:
-                self._delivered(batch, generation)
+                self._delivered(batch, generation, readings)
 
         publish = self.session.publish
         for message in messages:
             if not publish(message, one_delivered):
                 return  # the session just went away: the batch is rewound with the rest
 
-    def _delivered(self, batch: Batch, generation: int) -> None:
+    def _delivered(self, batch: Batch, generation: int, readings: list[Reading]) -> None:
+        """The batch is delivered: `readings`, its publishable ones, reached the broker."""
         if generation != self._generation:
             return  # the session was lost meanwhile and the batch rewound: it goes out again
         self.buffer.ack(batch)
-        self.stats.readings_out += len(batch.readings)
+        self.stats.readings_out += len(readings)
         assert self._loop is not None
         now = self._loop.time()
         if batch.arrived:
@@ -317,8 +362,8 @@ class Forwarder:
             self.stats.latency_count += 1
         if self.format.resend_window > 0:
             recent = self._recent
-            recent.append((now, batch.readings))
-            self._recent_count += len(batch.readings)
+            recent.append((now, readings))
+            self._recent_count += len(readings)
             cutoff = now - self.format.resend_window
             # Bounded in readings too: at 100k readings/s a minute's window would not fit the memory.
             while recent and (recent[0][0] < cutoff or self._recent_count > RESEND_MAX):
@@ -388,7 +433,8 @@ class Forwarder:
 
     def _refuse(self, request: WriteRequest, error: str) -> None:
         self.stats.writes_refused += 1
-        log.info("write %r to %s/%s refused: %s", request.id, request.device, request.tag, error)
+        log.info("write %s to %s/%s refused: %s", shorten(repr(request.id)), shorten(request.device),
+                 shorten(request.tag), shorten(error, ERROR_ECHO))
         self._publish_all(
             self.format.write_result(WriteResult(request.id, request.device, request.tag, False, error))
         )
@@ -410,6 +456,13 @@ class Forwarder:
             ("forwarder_reconnects_total", "sessions after the first", lambda: max(0, session.connects - 1)),
             ("forwarder_writes_total", "writes asked from the broker", lambda: stats.writes),
             ("forwarder_writes_refused_total", "writes answered with an error", lambda: stats.writes_refused),
+            ("forwarder_unpublishable_readings_total", "readings dropped as unpublishable (bad name, timestamp, "
+             "quality or value; undecodable buffer records not included), kept in the quarantine",
+             lambda: self.quarantine.readings),
+            ("forwarder_messages_refused_total", "messages the MQTT client refused (bad topic, too large): dropped",
+             lambda: session.refused),
+            ("forwarder_publisher_errors_total", "unexpected errors in the publisher (it pauses and goes on)",
+             lambda: stats.publisher_errors),
         ]
         for name, help_text, read in counters:
             m.counter(name, help_text, read)
@@ -421,6 +474,9 @@ class Forwarder:
             ],
         )
         m.gauge("forwarder_buffered_bytes", "bytes of the disk buffer", lambda: buffer.disk_bytes)
+        m.gauge("forwarder_quarantined_segments",
+                "buffer segments with undecodable records in {buffer.dir}/quarantine (never replayed)",
+                lambda: self.quarantine.segments)
         m.gauge("forwarder_broker_connected", "1 while connected", lambda: int(session.connected))
         m.gauge("forwarder_broker_disconnected_seconds", "how long the broker session has been down (0 while up)",
                 self._disconnected_for)
@@ -432,6 +488,7 @@ class Forwarder:
         m.health_check(self._broker_health)
         m.health_check(self._handoff_health)
         m.degraded_check(self._degraded)
+        m.degraded_check(self.quarantine.note)
         register = getattr(self.format, "register_metrics", None)
         if register is not None:  # a format's own counters (Sparkplug: births, refused commands)
             register(m)

@@ -47,6 +47,14 @@ start-up.
 
 Past `max_bytes` on disk the oldest segments are deleted (backlog first), the readings in
 them counted in `dropped`, and one warning is logged per episode (until the buffer empties).
+
+A record that cannot be decoded (a segment damaged, or written by another version) is
+skipped, its readings counted as never to be sent, and its segment copied to the quarantine
+(quarantine.py) once; a torn tail cut off at start-up is kept there too. Nothing in a
+segment can make `take()` raise, so nothing left on disk can stop publishing at every start.
+
+The buffer holds plant data: its directories are created 0700 and its files 0600 (and
+made so when an older version left them wider).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from typing import Literal
 import orjson
 
 from collectors.core.model import DeviceState, Reading
+from collectors.forwarder.quarantine import Quarantine, shorten
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,7 @@ class Batch:
     end: Position | int = 0  # where this batch ends in its lane (offset on disk or item seq in memory)
     arrived: float = 0.0  # loop time it reached the forwarder (live only): for the latency metric
     acked: bool = False
+    skipped: int = 0  # readings of undecodable records within it (quarantined, never sent)
 
 
 @dataclass(slots=True)
@@ -98,6 +108,35 @@ class _Item:
 
 def _rows(readings: Iterable[Reading]) -> bytes:
     return orjson.dumps([tuple(r) for r in readings])
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) 0700; narrow it to 0700 when it exists wider."""
+    missing: list[Path] = []
+    at = path
+    while not at.exists() and at != at.parent:
+        missing.append(at)
+        at = at.parent
+    for folder in reversed(missing):
+        with suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+    with suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+
+
+def _private_file(path: Path) -> None:
+    with suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
+def _decode(body: bytes) -> list[Reading]:
+    """A record's rows as readings; ValueError or TypeError when it is not one."""
+    rows = orjson.loads(body)
+    if not isinstance(rows, list):
+        raise ValueError("the record is not a list of rows")
+    return [Reading(*row) for row in rows]
 
 
 class Lane(ABC):
@@ -230,10 +269,15 @@ class _Cached:
 class DiskLane(Lane):
     """A lane of segment files; survives restarts (what is past the commit offset is replayed)."""
 
-    def __init__(self, name: str, historical: bool, directory: Path, segment_bytes: int, cache: bool) -> None:
+    def __init__(
+        self, name: str, historical: bool, directory: Path, segment_bytes: int, cache: bool,
+        quarantine: Quarantine | None = None,
+    ) -> None:
         super().__init__(name, historical)
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
+        self._quarantine = quarantine
+        self._quarantined: set[int] = set()  # segments copied to the quarantine by this run
         self._segment_bytes = segment_bytes
         self._cache_enabled = cache
         self._cache: deque[_Cached] = deque()
@@ -264,6 +308,7 @@ class DiskLane(Lane):
             if segment_id < self._commit[0]:
                 self._path(segment_id).unlink(missing_ok=True)  # fully sent before the last run ended
                 continue
+            _private_file(self._path(segment_id))
             segment = self._scan(segment_id)
             self._segments.append(segment)
         if not self._segments:
@@ -271,6 +316,8 @@ class DiskLane(Lane):
             self._commit = (self._segments[0].id, 0)
         elif self._commit[0] < self._segments[0].id:
             self._commit = (self._segments[0].id, 0)
+        else:
+            self._commit = (self._commit[0], self._boundary(*self._commit))
         self._pending = sum(s.readings for s in self._segments) - self._readings_before(self._commit)
         self._cursor = self._commit
         self._commit_written = self._commit
@@ -295,9 +342,32 @@ class DiskLane(Lane):
             log.warning(
                 "buffer %s: cutting a torn record off %s (%d bytes)", self.name, path.name, data_size - offset
             )
+            if self._quarantine is not None and data_size - offset > _RECORD.size:  # more than a torn header
+                self._quarantine.keep_segment(path, self.name, f"{path.name} ends in {data_size - offset} bytes "
+                                              "that are no whole record", tail_from=offset)
             os.truncate(path, offset)
         segment.size = offset
         return segment
+
+    def _boundary(self, segment_id: int, offset: int) -> int:
+        """The last record boundary at or before `offset` in a segment (a commit file pointing
+        past the end or into a record, damaged or from another version, is moved back to one)."""
+        segment = next((s for s in self._segments if s.id == segment_id), None)
+        if segment is None or offset <= 0:
+            return 0
+        boundary = 0
+        with self._path(segment_id).open("rb") as file:
+            while boundary < segment.size:
+                file.seek(boundary)
+                length, _ = _RECORD.unpack(file.read(_RECORD.size))
+                following = boundary + _RECORD.size + length
+                if following > offset:
+                    break
+                boundary = following
+        if boundary != offset:
+            log.warning("buffer %s: commit offset %d of segment %d is not a record boundary: from %d",
+                        self.name, offset, segment_id, boundary)
+        return boundary
 
     def _readings_before(self, position: Position) -> int:
         """Readings in the records before `position` (only the commit segment is partly read)."""
@@ -351,12 +421,16 @@ class DiskLane(Lane):
 
     def append(self, readings: list[Reading], arrived: float) -> None:
         """Write one record. On OSError (disk full, I/O error) nothing of it stays in the file."""
-        body = _rows(readings)
+        try:
+            body = _rows(readings)
+        except TypeError:  # orjson.JSONEncodeError: a value JSON cannot hold (an integer past 64 bits)
+            readings = self._storable(readings)
+            body = _rows(readings)
         segment = self._segments[-1]
         if self._torn or (segment.size and segment.size + _RECORD.size + len(body) > self._segment_bytes):
             segment = self._rotate()
         if self._fd is None:
-            self._fd = os.open(self._path(segment.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(self._path(segment.id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         start = (segment.id, segment.size)
         record = _RECORD.pack(len(body), len(readings)) + body
         try:
@@ -376,6 +450,21 @@ class DiskLane(Lane):
         self.appended += 1
         if self._cache_enabled:
             self._cache.append(_Cached(self.appended, start, (segment.id, segment.size), readings, arrived))
+
+    def _storable(self, readings: list[Reading]) -> list[Reading]:
+        """The readings a record can hold; the others go to the quarantine (they could not be published either)."""
+        kept: list[Reading] = []
+        dropped: list[tuple[Reading, str]] = []
+        for reading in readings:
+            try:
+                orjson.dumps(tuple(reading))
+            except TypeError as exc:
+                dropped.append((reading, f"cannot be stored: {exc}"))
+            else:
+                kept.append(reading)
+        if self._quarantine is not None:
+            self._quarantine.drop(dropped, self.name)
+        return kept
 
     def _rotate(self) -> _Segment:
         self._torn = False
@@ -427,13 +516,14 @@ class DiskLane(Lane):
             found = self._read_from_disk(limit)
             if found is None:
                 return None
-            readings, end = found
-            batch = Batch(readings, self.historical, self, end)
+            readings, end, skipped = found
+            batch = Batch(readings, self.historical, self, end, skipped=skipped)
         self._cursor = end
         self.inflight.append(batch)
         return batch
 
-    def _read_from_disk(self, limit: int) -> tuple[list[Reading], Position] | None:
+    def _read_from_disk(self, limit: int) -> tuple[list[Reading], Position, int] | None:
+        """(readings, where they end, readings of undecodable records skipped on the way)."""
         segment_id, offset = self._cursor
         for segment in self._segments:
             if segment.id < segment_id:
@@ -443,14 +533,32 @@ class DiskLane(Lane):
             if offset >= segment.size:
                 continue
             readings: list[Reading] = []
+            skipped = 0
             with self._path(segment.id).open("rb") as file:
                 file.seek(offset)
                 while offset < segment.size and (not readings or len(readings) < limit):
-                    length, _ = _RECORD.unpack(file.read(_RECORD.size))
-                    readings.extend(Reading(*row) for row in orjson.loads(file.read(length)))
+                    length, count = _RECORD.unpack(file.read(_RECORD.size))
+                    body = file.read(length)
+                    try:
+                        readings.extend(_decode(body))
+                    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                        skipped += count
+                        self._undecodable(segment.id, offset, shorten(str(exc), 200))
                     offset += _RECORD.size + length
-            return readings, (segment.id, offset)
+            return readings, (segment.id, offset), skipped
         return None
+
+    def _undecodable(self, segment_id: int, offset: int, why: str) -> None:
+        """A record that cannot be read: its segment goes to the quarantine (once), the record is skipped."""
+        if segment_id in self._quarantined:
+            return
+        self._quarantined.add(segment_id)
+        path = self._path(segment_id)
+        what = f"record at offset {offset} of {path.name} cannot be decoded ({why}); it is skipped"
+        if self._quarantine is not None:
+            self._quarantine.keep_segment(path, self.name, what)
+        else:
+            log.error("buffer %s: %s", self.name, what)
 
     def ack(self, batch: Batch) -> None:
         batch.acked = True
@@ -459,7 +567,7 @@ class DiskLane(Lane):
             done = self.inflight.popleft()
             assert isinstance(done.end, tuple)
             if done.end > self._commit:
-                self._pending -= len(done.readings)
+                self._pending -= len(done.readings) + done.skipped
                 self._commit = done.end
                 moved = True
         if moved:
@@ -482,7 +590,11 @@ class DiskLane(Lane):
             return
         tmp = self.dir / "commit.tmp"
         try:
-            tmp.write_bytes(orjson.dumps({"segment": self._commit[0], "offset": self._commit[1]}))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, orjson.dumps({"segment": self._commit[0], "offset": self._commit[1]}))
+            finally:
+                os.close(fd)
             tmp.replace(self.dir / "commit")
         except OSError:  # a full disk: tried again next time; meanwhile a crash only resends more
             return
@@ -549,17 +661,22 @@ class Buffer:
         durability: Literal["outage", "always"],
         spill_readings: int = 100_000,
         keep_tag_order: bool = True,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.dir = directory
+        private_dir(directory)
+        self.quarantine = quarantine or Quarantine(directory)
         self.max_bytes = max_bytes
         self.durability = durability
         self.spill_readings = spill_readings
         self.keep_tag_order = keep_tag_order
         segment_bytes = max(4096, min(MAX_SEGMENT, max_bytes // 16))
-        self.backlog = DiskLane("backlog", True, directory / "backlog", segment_bytes, cache=False)
+        self.backlog = DiskLane("backlog", True, directory / "backlog", segment_bytes, cache=False,
+                                quarantine=self.quarantine)
         self.live: MemoryLane | DiskLane
         if durability == "always":
-            self.live = DiskLane("live", False, directory / "live", segment_bytes, cache=True)
+            self.live = DiskLane("live", False, directory / "live", segment_bytes, cache=True,
+                                 quarantine=self.quarantine)
         else:
             self.live = MemoryLane("live", False)
         # The backlog's tail while the disk refuses writes (full, failing): readings that were

@@ -40,7 +40,10 @@ replay lane, so a host sees them after older replayed readings (they carry their
 timestamps, flagged historical). The window holds at most app.RESEND_MAX readings.
 
 Errors: a format never raises for bad input from the broker; it answers with an error
-message in `Incoming.messages` (json `/set/result`) or logs and ignores it.
+message in `Incoming.messages` (json `/set/result`) or logs and ignores it. A command
+payload (`/set`, NCMD, DCMD) over `MAX_COMMAND_BYTES` is refused before it is parsed, and
+what a refusal or a log line echoes of the input is cut to a few dozen characters
+(`quarantine.shorten`): a 7.9 MB `/set` once came back as a 7.9 MB `/set/result`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
+
+# The largest `/set`, NCMD or DCMD payload taken: a write carries one value (a string tag at
+# most a few hundred bytes), a DCMD a few hundred metrics.
+MAX_COMMAND_BYTES = 64 * 1024
+ERROR_ECHO = 300  # characters of a write's error text published or logged (it may quote the value)
+ID_ECHO = 128  # characters of a write's id echoed back
 
 if TYPE_CHECKING:
     from collectors.forwarder.config import ForwarderConfig

@@ -18,7 +18,8 @@ import orjson
 
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, iso_ms
 from collectors.forwarder.config import ForwarderConfig
-from collectors.forwarder.formats import Incoming, OutMessage
+from collectors.forwarder.formats import ERROR_ECHO, ID_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
+from collectors.forwarder.quarantine import shorten
 
 if TYPE_CHECKING:
     from collectors.core.metrics import Metrics
@@ -135,7 +136,8 @@ class JsonFormat:
         """The json format's own counter, next to the forwarder's (app.py calls this)."""
         metrics.counter(
             "forwarder_set_payloads_refused_total",
-            "/set payloads answered with an error before routing (not JSON, not an object, no value)",
+            "/set payloads answered with an error before routing (over 64 KiB, not JSON, not an object, "
+            "no value)",
             lambda: self.set_refused,
         )
 
@@ -147,6 +149,9 @@ class JsonFormat:
             log.debug("ignoring message on %s", topic)
             return Incoming()
         device, tag = levels[-3], levels[-2]
+        if len(payload) > MAX_COMMAND_BYTES:
+            return self._refuse(device, tag, "", f"payload of {len(payload)} bytes is over the limit of "
+                                f"{MAX_COMMAND_BYTES} bytes for a write")
         try:
             body = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -157,6 +162,10 @@ class JsonFormat:
         write_id = write_id if isinstance(write_id, str) else str(write_id)
         if "value" not in body:
             return self._refuse(device, tag, write_id, 'no "value" in the payload')
+        try:  # the hand-off carries it as JSON too, and orjson writes at most 254 levels of nesting
+            orjson.dumps(body["value"])
+        except orjson.JSONEncodeError:
+            return self._refuse(device, tag, write_id, '"value" is nested too deep to be a tag value')
         return Incoming(writes=[WriteRequest(write_id, device, tag, body["value"])])
 
     def _refuse(self, device: str, tag: str, write_id: str, error: str) -> Incoming:
@@ -164,8 +173,8 @@ class JsonFormat:
         return Incoming(messages=self.write_result(WriteResult(write_id, device, tag, False, error)))
 
     def write_result(self, result: WriteResult) -> list[OutMessage]:
-        body: dict[str, Any] = {"id": result.id, "ok": result.ok}
+        body: dict[str, Any] = {"id": shorten(result.id, ID_ECHO), "ok": result.ok}
         if not result.ok:
-            body["error"] = result.error or "write failed"
+            body["error"] = shorten(result.error or "write failed", ERROR_ECHO)
         topic = f"{self._prefix}/{result.device}/{result.tag}/set/result"
         return [OutMessage(topic, orjson.dumps(body), 1, False)]

@@ -33,8 +33,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from collectors.core.config import read_secret
 from collectors.core.errors import FieldgateError
+from collectors.core.service import ErrorLatch
 from collectors.forwarder.config import ForwarderConfig
 from collectors.forwarder.formats import OutMessage
+from collectors.forwarder.quarantine import shorten
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ class BrokerSession:
         self.attempts = 0  # connection attempts so far (each a TCP connect, and CONNECT when it succeeds)
         self.last_attempt = 0.0  # loop time the latest attempt ended (failed, or the session it made ended)
         self._first_failure = True
+        self.refused = 0  # messages paho refused (a topic with a wildcard, a payload too large): dropped
+        self._refusals = ErrorLatch(log, "MQTT client refused a message; dropped")
 
     @property
     def retrying(self) -> bool:
@@ -193,13 +197,24 @@ class BrokerSession:
     # -- publishing
 
     def publish(self, message: OutMessage, done: Callable[[], None] | None = None) -> bool:
-        """Queue one message; `done()` runs once it is delivered. False when not connected."""
+        """Queue one message; `done()` runs once it is delivered. False when not connected.
+
+        A message paho refuses (a topic with `+`/`#`, not UTF-8, a payload over the MQTT limit)
+        is dropped, counted in `refused` and logged (latched), and `done()` runs at once: one
+        bad message must not hold its batch, or the publisher, for ever."""
         client = self._client
         if client is None or not self.connected:
             return False
         if done is not None and message.qos:
             client.on_publish = self._on_publish
-        info = client.publish(message.topic, message.payload, message.qos, message.retain)
+        try:
+            info = client.publish(message.topic, message.payload, message.qos, message.retain)
+        except (ValueError, TypeError, OverflowError) as exc:
+            self.refused += 1
+            self._refusals.failure(f"topic {shorten(repr(message.topic), 120)}: {exc}")
+            if done is not None:
+                done()
+            return True
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
         if done is not None:

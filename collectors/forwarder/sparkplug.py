@@ -12,8 +12,10 @@ it: bdSeq across connections and restarts, the primary host's STATE, NCMD rebirt
 sparkplug_types.py holds the datatype tables and value conversions.
 
 Choices where the specification leaves room, made the way Ignition reads them:
-- Quality travels as the metric property `Quality` (Int32): 192 good, 64 uncertain, 0 bad.
-  Births always carry it; data carries it when not good, and on the way back to good.
+- Quality travels as the metric property `Quality` (Int32) in the codes Ignition's MQTT Engine
+  documents: 192 good, 0 bad, 500 stale. An uncertain reading (OPC UA Uncertain, e.g. a last
+  usable value) is sent as 500: the host shows the value, flagged as not current. Births always
+  carry it; data carries it when not good, and on the way back to good.
 - Births carry `engUnit` (the catalog's unit) and `readOnly` (not writable) properties.
 - A metric's datatype is the catalog's (Modbus: the type of the engineering value the
   collector hands off, scale and offset included) or inferred from its first value (OPC UA:
@@ -33,7 +35,7 @@ Choices where the specification leaves room, made the way Ignition reads them:
   seconds once, with nothing lost.
 - Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
   before any data; one known to be offline then gets its DDEATH. A metric with a datatype
-  but no value yet is born null (is_null) with Quality 64 (uncertain). A device or tag
+  but no value yet is born null (is_null) with Quality 500 (stale). A device or tag
   outside the catalog, a first value of an untyped tag, or a datatype change, makes the
   node born again (NBIRTH and every DBIRTH, same bdSeq), once per batch, for the same reason.
 - A DCMD write publishes nothing itself: what the host then sees is the value the collector
@@ -61,8 +63,10 @@ from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, WriteResult
 from collectors.core.writes import MAX_PENDING_PER_LINK
 from collectors.forwarder import sparkplug_b_pb2 as pb
+from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
-from collectors.forwarder.formats import Incoming, OutMessage
+from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
+from collectors.forwarder.quarantine import bad_name, shorten, unpublishable
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
     TYPE_RULES,
@@ -78,7 +82,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "spBv1.0"
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
-QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
+QUALITY_CODES: dict[str, int] = {Quality.GOOD: 192, Quality.UNCERTAIN: 500, Quality.BAD: 0}
 MAX_METRICS = 2000  # per DDATA: a replayed backlog becomes several messages, none huge
 STATE_FILE = "sparkplug.json"
 # Metrics one DCMD may write; the rest of a longer one are refused (a DCMD of 10,000 metrics
@@ -277,7 +281,13 @@ class EdgeNode:
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
-        device = self.devices.get(state.device) or self._new_device(state.device)
+        device = self.devices.get(state.device)
+        if device is None:
+            why = bad_name("device", state.device)
+            if why is not None:  # it would be in every birth's topics from now on
+                log.warning("Sparkplug: ignoring the state of a device that cannot be born: %s", why)
+                return []
+            device = self._new_device(state.device)
         device.online = state.online
         if state.online:
             if self.born and not device.born:
@@ -447,8 +457,8 @@ class EdgeNode:
         for (device_name, tag), reading in self._latest.items():
             device = devices.get(device_name)
             metric = device.metrics.get(tag) if device is not None else None
-            if device is None or metric is None or reading.ts_ms < metric.ts_ms:
-                continue  # unknown ones are added when they are encoded
+            if device is None or metric is None or unpublishable(reading) or reading.ts_ms < metric.ts_ms:
+                continue  # unknown ones are added when they are encoded; bad ones never reach a birth
             value = reading.value
             if value is not None and type(value) is not metric.rule.exact:
                 self._fit(metric, value)
@@ -521,12 +531,13 @@ class BdSeqStore:
             return None
 
     def save(self, bd_seq: int, datatypes: Learned) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as file:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
             file.write(orjson.dumps({"bdSeq": bd_seq, "datatypes": datatypes}))
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp, 0o600)  # an older version's 0644 file, truncated and rewritten
         os.replace(tmp, self.path)
 
 
@@ -596,7 +607,7 @@ class SparkplugFormat:
             ("forwarder_sparkplug_rebirth_requests_total", "NCMD Node Control/Rebirth received",
              lambda: stats.rebirth_requests),
             ("forwarder_sparkplug_commands_refused_total", "NCMD/DCMD metrics refused (unknown, "
-             "not writable, wrong type, undecodable)", lambda: stats.commands_refused),
+             "not writable, wrong type, undecodable), and commands over 64 KiB", lambda: stats.commands_refused),
             ("forwarder_sparkplug_write_errors_total", "DCMD writes the collector or forwarder refused",
              lambda: stats.write_errors),
             ("forwarder_sparkplug_datatype_changes_total", "metrics whose datatype changed (device reborn)",
@@ -718,6 +729,11 @@ class SparkplugFormat:
     # -- incoming
 
     def handle_incoming(self, topic: str, payload: bytes) -> Incoming:
+        if len(payload) > MAX_COMMAND_BYTES and topic != self._state:
+            self.stats.commands_refused += 1
+            log.warning("Sparkplug: refusing a command of %d bytes on %s: over the limit of %d bytes",
+                        len(payload), shorten(topic, 200), MAX_COMMAND_BYTES)
+            return Incoming()
         try:
             if topic == self._state:
                 return self._host_state(payload)
@@ -727,7 +743,7 @@ class SparkplugFormat:
                 return self._device_command(topic[len(self._dcmd):], payload)
         except Exception as exc:  # input from the broker must never take the forwarder down
             self.stats.commands_refused += 1
-            log.warning("Sparkplug: ignoring a bad message on %s: %s", topic, exc)
+            log.warning("Sparkplug: ignoring a bad message on %s: %s", shorten(topic, 200), shorten(str(exc), 200))
             return Incoming()
         log.debug("Sparkplug: ignoring message on %s", topic)
         return Incoming()
@@ -795,7 +811,7 @@ class SparkplugFormat:
                     metric = device.metrics.get(pm.name)
                 elif pm.HasField("alias"):
                     metric = next((m for m in device.metrics.values() if m.alias == pm.alias), None)
-            label = f"{device_name}/{pm.name or pm.alias}"
+            label = shorten(f"{device_name}/{pm.name or pm.alias}")
             if metric is None:
                 self._refuse(label, "no such device or metric")
                 continue
@@ -824,7 +840,7 @@ class SparkplugFormat:
         A DDATA of the commanded value would show a value the device may never have taken."""
         if not result.ok:
             self.stats.write_errors += 1
-            error = result.error or "write failed"
+            error = shorten(result.error or "write failed", ERROR_ECHO)
             # busy / expired come by the hundred from one flood: counted here, logged once by the collector
             level = logging.DEBUG if error.startswith(("busy:", "expired:")) else logging.WARNING
             log.log(level, "Sparkplug: DCMD write of %s/%s failed: %s", result.device, result.tag, error)

@@ -122,6 +122,11 @@ class TypeRule:
 
 
 _I32, _I64 = 2**31, 2**63
+# Which value field carries each integer type follows Eclipse Tahu, the reference codec most
+# hosts build on: Int8/16/32 and UInt8/16 in int_value; Int64, UInt32, UInt64 and DateTime in
+# long_value (a UInt32 in int_value is read as nothing by a Tahu-based host). Received
+# commands are read from whichever field is set, so a host that sends a UInt32 in int_value
+# is understood too (metric_value).
 TYPE_RULES: dict[int, TypeRule] = {
     rule.datatype: rule
     for rule in (
@@ -131,7 +136,7 @@ TYPE_RULES: dict[int, TypeRule] = {
         TypeRule(pb.Int64, "long_value", _integer(-_I64, _I64 - 1, 64)),
         TypeRule(pb.UInt8, "int_value", _integer(0, 255, 32)),
         TypeRule(pb.UInt16, "int_value", _integer(0, 65535, 32)),
-        TypeRule(pb.UInt32, "int_value", _integer(0, 2**32 - 1, 32)),
+        TypeRule(pb.UInt32, "long_value", _integer(0, 2**32 - 1, 64)),
         TypeRule(pb.UInt64, "long_value", _integer(0, 2**64 - 1, 64)),
         TypeRule(pb.DateTime, "long_value", _integer(0, 2**64 - 1, 64)),
         TypeRule(pb.Float, "float_value", _real(3.4028234663852886e38)),

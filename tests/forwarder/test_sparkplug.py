@@ -98,7 +98,7 @@ def test_dbirth_has_every_metric_then_ddata_aliases_only(tmp_path: Path) -> None
     assert {name: m.datatype for name, m in by_name.items()} == {
         "temperature": sp.FLOAT, "count": sp.INT16, "run": sp.BOOLEAN, "recipe": sp.STRING}
     assert all(m.is_null and m.value is None for m in birth.metrics)  # nothing known at birth time
-    assert by_name["temperature"].properties == {"Quality": 64, "engUnit": "degC", "readOnly": True}
+    assert by_name["temperature"].properties == {"Quality": 500, "engUnit": "degC", "readOnly": True}
     assert by_name["run"].properties["readOnly"] is False
     aliases = {m.alias for m in birth.metrics}
     assert len(aliases) == 4 and None not in aliases
