@@ -165,6 +165,19 @@ class Session:
         client.product_uri = "urn:fieldgate"
         # A session outlives short network cuts on the server side; ours is rebuilt anyway.
         client.session_timeout = 60_000
+        if security.policy == "None" and self._password is not None:
+            # validate refuses this without the opt-in; here too, in case a config got past it
+            if not security.allow_password_without_encryption:
+                raise SecurityError(
+                    f"{device.name}: refusing to send the password of user {security.username!r} over "
+                    "security policy None (readable, or encrypted to a certificate nobody checked); "
+                    "choose a policy such as Basic256Sha256",
+                    "BadSecurityModeInsufficient",
+                )
+            log.warning(
+                "%s: sending the password of user %r over security policy None "
+                "(allow_password_without_encryption: true)", device.name, security.username
+            )
         if security.policy != "None":
             await self._set_security(client)
         if security.username is not None:
