@@ -22,7 +22,7 @@ from collectors.core.config import read_secret
 from collectors.core.errors import DeviceError, WriteError
 from collectors.core.handoff import HandoffClient
 from collectors.core.metrics import Metrics, Sample
-from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
+from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult, now_ms
 from collectors.core.report import ReportFilter, bad_readings
 from collectors.core.service import ErrorLatch
 from collectors.opcua.codec import status_name, to_variant
@@ -65,7 +65,7 @@ class DeviceLink:
                 password = read_secret(self.device.security.password, self.device.security.password_file)
                 async with Session(self.device, self._collector.settings.state_dir, password) as session:
                     self.reader = DeviceReader(
-                        self.device, session, self._collector.report, self._collector.publish
+                        self.device, session, self._collector.report, self._collector.publish, self._declare
                     )
                     self._online()
                     delay = RECONNECT_MIN
@@ -85,6 +85,9 @@ class DeviceLink:
                 self.reader = None
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, cap)
+
+    def _declare(self, types: dict[str, str]) -> None:
+        self._collector.handoff.device_types(DeviceTypes(self.device.name, types))
 
     def _online(self) -> None:
         self._latch.success()

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from collectors.core.handoff import HandoffServer
-from collectors.core.model import DeviceState, Reading, WriteResult
+from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteResult
 from collectors.opcua.collector import OpcuaCollector
 from collectors.opcua.config import OpcuaCollectorConfig
 from tests.support.broker import wait_port
@@ -32,6 +32,7 @@ class Recorder:
         self.got: list[Reading] = []  # every reading handed off, in order
         self.states: list[DeviceState] = []
         self.results: list[WriteResult] = []
+        self.types: dict[str, dict[str, str]] = {}  # device -> tag -> declared datatype (hand-off `types`)
         self._changed = asyncio.Event()
 
     async def readings(self, collector: str, readings: list[Reading]) -> None:
@@ -44,6 +45,10 @@ class Recorder:
 
     def write_result(self, collector: str, result: WriteResult) -> None:
         self.results.append(result)
+        self._changed.set()
+
+    async def datatypes(self, collector: str, types: DeviceTypes) -> None:
+        self.types[types.device] = types.types
         self._changed.set()
 
     async def wait_for(
