@@ -66,6 +66,7 @@ class DeviceReader:
         self._last: dict[str, Reading] = {}  # last reading seen per tag, reported or not
         self._pending: list[Reading] = []
         self._flush_scheduled = False
+        self._failure: Exception | None = None  # raised by a loop callback (_flush): ends the session
         self.nodes: dict[str, ua.NodeId] = {}  # tag -> NodeId resolved on this connection, for writes
 
     # ------------------------------------------------------------------ reporting
@@ -103,7 +104,12 @@ class DeviceReader:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        self.offer(pending)
+        try:
+            self.offer(pending)
+        except Exception as exc:  # in a loop callback it would reach only asyncio's handler: end the session
+            if self._failure is None:
+                self._failure = exc
+            self.session.lost.set()
 
     def _bad(self, tag: str, reason: str) -> Reading:
         last = self._report.last_value(self.device.name, tag)
@@ -142,6 +148,8 @@ class DeviceReader:
         for task in done:
             if task is not lost and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+        if self._failure is not None:
+            raise self._failure
         raise DeviceError(self.device.name, session.lost_reason)
 
     async def _read_datatypes(self, resolved: dict[str, ua.NodeId]) -> None:
