@@ -148,17 +148,20 @@ class SimulatorProcess:
             self.process = None
 
 
-def server_certificate(
+def certificate(
     directory: Path,
+    stem: str,
+    common_name: str,
     not_before: datetime.datetime,
     not_after: datetime.datetime,
-    uri: str = "urn:test:server",
+    server_uri: str | None = None,
 ) -> tuple[Path, Path]:
-    """A self-signed OPC UA server certificate valid from `not_before` to `not_after`, and its key
-    (DER certificate, PEM key): for servers whose certificate has expired or is not valid yet."""
+    """A self-signed certificate valid from `not_before` to `not_after` and its key, as
+    `{stem}.der` and `{stem}-key.pem`: a user certificate, or with `server_uri` an OPC UA server's
+    application certificate (URI in the SAN, server key usages), e.g. one that has expired."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test server")])
-    cert = (
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -166,23 +169,28 @@ def server_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=True, key_encipherment=True,
-                data_encipherment=True, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    if server_uri is not None:
+        builder = (
+            builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(server_uri), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=True, key_encipherment=True,
+                    data_encipherment=True, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        )
+    cert = builder.sign(key, hashes.SHA256())
     directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "server.der", directory / "server-key.pem"
+    cert_file, key_file = directory / f"{stem}.der", directory / f"{stem}-key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     key_file.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -14,7 +14,7 @@ import pytest
 from asyncua import Server, ua
 
 from collectors.core.model import Quality
-from tests.opcua.support import running_collector, server_certificate
+from tests.opcua.support import certificate, running_collector
 from tests.support.broker import free_port
 
 pytestmark = pytest.mark.sim
@@ -54,7 +54,7 @@ async def test_strict_refuses_a_trusted_certificate_outside_its_validity_period(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cert, key = server_certificate(tmp_path / "server", not_before, not_after)
+    cert, key = certificate(tmp_path, "server", "test server", not_before, not_after, "urn:test:server")
     trusted = tmp_path / "trusted"
     trusted.mkdir()
     (trusted / "plc.der").write_bytes(cert.read_bytes())  # the operator trusts exactly this certificate
