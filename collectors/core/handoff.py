@@ -10,6 +10,9 @@ Readings go up in acknowledged batches, writes come down, write results go up. F
       hello   {"t": "hello", "collector": "modbus", "epoch": "<random per process>"}
       batch   {"t": "batch", "seq": 7, "r": [[device, tag, value, ts_ms, quality, reason], ...]}
       state   {"t": "state", "seq": 8, "device": "press-1", "online": false, "reason": "timeout"}
+      types   {"t": "types", "seq": 9, "device": "oven", "types": {"temperature": "double", "mode": "int16"}}
+              optional: datatypes read from the device (OPC UA), sent before its readings;
+              a forwarder without use for them acknowledges and ignores them
       result  {"t": "result", "id": "abc", "device": "press-1", "tag": "run", "ok": true, "error": null}
     forwarder -> collector
       ack     {"t": "ack", "seq": 8}     cumulative: every frame up to seq 8 is the forwarder's now
@@ -44,7 +47,7 @@ import orjson
 
 from collectors.core.config import HandoffConfig
 from collectors.core.errors import FieldgateError
-from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
+from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class HandoffClient:
         self._collector = collector
         self._on_write = on_write
         self._epoch = uuid.uuid4().hex
-        self._queue: deque[Reading | DeviceState] = deque()
+        self._queue: deque[Reading | DeviceState | DeviceTypes] = deque()
         self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # seq -> (frame, readings)
         self._seq = 0
         self._wakeup = asyncio.Event()
@@ -143,6 +146,11 @@ class HandoffClient:
     def device_state(self, state: DeviceState) -> None:
         """Queue a device's online/offline change, in order with its readings."""
         self._queue.append(state)
+        self._wakeup.set()
+
+    def device_types(self, types: DeviceTypes) -> None:
+        """Queue the datatypes of a device's tags, in order with its readings (before the first)."""
+        self._queue.append(types)
         self._wakeup.set()
 
     @property
@@ -259,10 +267,15 @@ class HandoffClient:
                 "online": state.online, "reason": state.reason,
             }
             count = 0
+        elif isinstance(queue[0], DeviceTypes):
+            types = queue.popleft()
+            assert isinstance(types, DeviceTypes)
+            message = {"t": "types", "seq": self._seq, "device": types.device, "types": types.types}
+            count = 0
         else:
             rows: list[tuple[Any, ...]] = []
             limit = self._settings.batch_max
-            while queue and len(rows) < limit and not isinstance(queue[0], DeviceState):
+            while queue and len(rows) < limit and not isinstance(queue[0], DeviceState | DeviceTypes):
                 rows.append(tuple(queue.popleft()))  # type: ignore[arg-type]
             message = {"t": "batch", "seq": self._seq, "r": rows}
             count = len(rows)
@@ -325,6 +338,9 @@ class HandoffSink(Protocol):
         closed, so the collector keeps it and sends it again when it reconnects."""
 
     async def device_state(self, collector: str, state: DeviceState) -> None: ...
+
+    # Optional (looked up with getattr, so older sinks need not have it):
+    # `async def datatypes(self, collector: str, types: DeviceTypes) -> None`
 
     def write_result(self, collector: str, result: WriteResult) -> None: ...
 
@@ -453,7 +469,17 @@ class HandoffServer:
                         peer.collector, DeviceState(str(message["device"]), bool(message["online"]),
                                                     message.get("reason"))
                     )
+                elif kind == "types":
+                    await self._datatypes(peer.collector, message)
                 else:
                     raise HandoffError(f"unknown frame type {kind!r}")
                 self._last_seq[key] = seq
             peer.writer.write(encode_frame({"t": "ack", "seq": seq}))
+
+    async def _datatypes(self, collector: str, message: dict[str, Any]) -> None:
+        types = message.get("types")
+        if not isinstance(types, dict) or not all(isinstance(v, str) for v in types.values()):
+            raise HandoffError("a types frame maps tag names to type names")
+        declare = getattr(self._sink, "datatypes", None)
+        if declare is not None:
+            await declare(collector, DeviceTypes(str(message["device"]), {str(k): v for k, v in types.items()}))

@@ -73,6 +73,17 @@ class DeviceState:
     reason: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class DeviceTypes:
+    """The datatypes a collector read from a device for its tags (OPC UA: each node's DataType
+    attribute), in the catalog's type names (`int16`, `float`, `datetime`, `double[]`, ...).
+    Formats that must declare a datatype (Sparkplug births) use them instead of guessing one
+    from the first value."""
+
+    device: str
+    types: dict[str, str]
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from collectors.core.handoff import HandoffServer
 from collectors.core.metrics import Metrics
-from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
+from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult, now_ms
 from collectors.core.service import ErrorLatch
 from collectors.forwarder.buffer import Batch, Buffer
 from collectors.forwarder.config import CatalogDevice, ForwarderConfig
@@ -203,6 +203,13 @@ class Forwarder:
         if due is not None:
             self._publish_all(self.format.device_state(due))
         self._wake.set()
+
+    async def datatypes(self, collector: str, types: DeviceTypes) -> None:
+        """A device's datatypes, read by its collector: to the format that declares them (Sparkplug)."""
+        declare: Callable[[DeviceTypes], list[OutMessage]] | None = getattr(self.format, "datatypes", None)
+        if declare is not None:
+            self._publish_all(declare(types))
+            self._format_tick()
 
     def write_result(self, collector: str, result: WriteResult) -> None:
         timer = self._pending_writes.pop((result.device, result.tag, result.id), None)

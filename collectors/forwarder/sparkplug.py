@@ -18,9 +18,11 @@ Choices where the specification leaves room, made the way Ignition reads them:
   carry it; data carries it when not good, and on the way back to good.
 - Births carry `engUnit` (the catalog's unit) and `readOnly` (not writable) properties.
 - A metric's datatype is the catalog's (Modbus: the type of the engineering value the
-  collector hands off, scale and offset included) or inferred from its first value (OPC UA:
-  the catalog cannot know it). A value that does not fit anyway changes the datatype,
-  announced by births before the value is sent, so a host never decodes a wrong type.
+  collector hands off, scale and offset included), or the one the collector read from the
+  device (OPC UA: each node's DataType attribute, handed off as `types` before the readings:
+  an Int16 node is born Int16), or else inferred from its first value. A value that does
+  not fit anyway changes the datatype, announced by births before the value is sent, so a
+  host never decodes a wrong type.
 - The first NBIRTH of the process waits until every tag whose datatype is not known (not
   from the catalog, nor learned from values by a previous run: `BdSeqStore` keeps those) has
   handed off a reading, for at most `SETTLE` seconds (readings meanwhile wait in the buffer; the
@@ -30,9 +32,9 @@ Choices where the specification leaves room, made the way Ignition reads them:
   OPC UA tag's first value would make the node born again: a storm of rebirths at start-up.
   A tag still without a value then (its server down) is left out of the births, not born
   with a guessed datatype the host would have to unlearn; its first value brings it in
-  with one rebirth of the node. The OPC UA collector learns a node's DataType only when
-  a write needs it, and the hand-off has no message for types; the wait costs a few
-  seconds once, with nothing lost.
+  with one rebirth of the node. The OPC UA collector hands off its nodes' datatypes right
+  before their first values, so the wait costs a few seconds once, with nothing lost; a
+  declared datatype that differs from what the host was told makes the node born again.
 - Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
   before any data; one known to be offline then gets its DDEATH. A metric with a datatype
   but no value yet is born null (is_null) with Quality 500 (stale). A device or tag
@@ -60,7 +62,7 @@ from typing import Any
 import orjson
 
 from collectors.core.metrics import Metrics
-from collectors.core.model import DeviceState, Quality, Reading, WriteRequest, WriteResult
+from collectors.core.model import DeviceState, DeviceTypes, Quality, Reading, WriteRequest, WriteResult
 from collectors.core.writes import MAX_PENDING_PER_LINK
 from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.buffer import private_dir
@@ -465,6 +467,28 @@ class EdgeNode:
             metric.value, metric.ts_ms, metric.quality = value, reading.ts_ms, reading.quality
         self._latest.clear()
 
+    def declare(self, device_name: str, types: dict[str, str]) -> bool:
+        """Datatypes a collector read from the device (hand-off `types`) for the tags the catalog
+        gives none; True when one changed while the node is born (the host must be told again)."""
+        device = self.devices.get(device_name)
+        if device is None:
+            return False
+        changed = False
+        for tag, type_name in types.items():
+            metric = device.metrics.get(tag)
+            datatype = CATALOG_TYPES.get(type_name.lower())
+            if metric is None or metric.declared or datatype is None:
+                continue
+            if metric.value is not None:
+                try:
+                    TYPE_RULES[datatype].coerce(metric.value)
+                except DoesNotFit:  # the device's values say otherwise: they win, with no flip-flop
+                    continue
+            if metric.set_datatype(datatype):
+                self.types_version += 1
+                changed = True
+        return changed and self.born
+
     def untyped(self) -> list[tuple[str, str]]:
         """(device, tag) of every metric whose datatype is not known yet."""
         return [(device.name, metric.name) for device in self.devices.values()
@@ -715,6 +739,14 @@ class SparkplugFormat:
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         return self.node.device_state(state)
+
+    def datatypes(self, types: DeviceTypes) -> list[OutMessage]:
+        """A device's datatypes as its collector read them (app.py): births use them; a change the
+        host has not been told of makes the node born again (within the session)."""
+        if not self.node.declare(types.device, types.types):
+            return []
+        log.info("Sparkplug: datatypes of %s changed; the node is born again", types.device)
+        return self._births(new_session=False)
 
     def observe(self, readings: list[Reading]) -> None:
         """Readings as they reach the forwarder (app.py): see EdgeNode.observe; and the settle wait's

@@ -11,11 +11,13 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from collectors.core.errors import WriteError
+from collectors.core.model import iso_ms
 from collectors.core.writes import as_bool
 from collectors.forwarder import sparkplug_b_pb2 as pb
 
@@ -58,6 +60,23 @@ def _real(limit: float) -> Coerce:
     return coerce
 
 
+_DATETIME_INT = _integer(0, 2**64 - 1, 64)
+
+
+def _datetime(value: Any) -> int:
+    """Sparkplug DateTime: ms since the epoch, UTC; from a number of ms, or from ISO 8601 text (the
+    form OPC UA DateTime values travel in)."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise DoesNotFit(value) from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        value = round(parsed.timestamp() * 1000)
+    return int(_DATETIME_INT(value))
+
+
 def _boolean(value: Any) -> bool:
     try:  # the rule every write obeys (json `/set` too): true/false or 0/1, not 2
         return as_bool("", value)
@@ -79,7 +98,7 @@ def _packed(code: str, check: Callable[[Any], bool]) -> Coerce:
             raise DoesNotFit(value)
         try:
             return struct.pack(f"<{len(value)}{code}", *value)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:  # out of the element type's range
             raise DoesNotFit(value) from exc
 
     return coerce
@@ -138,7 +157,7 @@ TYPE_RULES: dict[int, TypeRule] = {
         TypeRule(pb.UInt16, "int_value", _integer(0, 65535, 32)),
         TypeRule(pb.UInt32, "long_value", _integer(0, 2**32 - 1, 64)),
         TypeRule(pb.UInt64, "long_value", _integer(0, 2**64 - 1, 64)),
-        TypeRule(pb.DateTime, "long_value", _integer(0, 2**64 - 1, 64)),
+        TypeRule(pb.DateTime, "long_value", _datetime),
         TypeRule(pb.Float, "float_value", _real(3.4028234663852886e38)),
         TypeRule(pb.Double, "double_value", _real(float("inf")), float),
         TypeRule(pb.Boolean, "boolean_value", _boolean, bool),
@@ -149,6 +168,23 @@ TYPE_RULES: dict[int, TypeRule] = {
         TypeRule(pb.StringArray, "bytes_value", _string_array),
     )
 }
+
+# The other array types of Sparkplug 3.0 (Payloads: datatype details), packed little-endian: a
+# collector declares them for arrays of a known element type (OPC UA, hand-off `types`).
+TYPE_RULES.update({
+    rule.datatype: rule
+    for rule in (
+        TypeRule(pb.Int8Array, "bytes_value", _packed("b", _is_int)),
+        TypeRule(pb.Int16Array, "bytes_value", _packed("h", _is_int)),
+        TypeRule(pb.Int32Array, "bytes_value", _packed("i", _is_int)),
+        TypeRule(pb.UInt8Array, "bytes_value", _packed("B", _is_int)),
+        TypeRule(pb.UInt16Array, "bytes_value", _packed("H", _is_int)),
+        TypeRule(pb.UInt32Array, "bytes_value", _packed("I", _is_int)),
+        TypeRule(pb.UInt64Array, "bytes_value", _packed("Q", _is_int)),
+        TypeRule(pb.FloatArray, "bytes_value", _packed("f", _is_number)),
+    )
+})
+
 
 def _untyped(value: Any) -> Any:
     raise DoesNotFit(value)
@@ -167,6 +203,14 @@ CATALOG_TYPES: dict[str, int] = {
     "float32": pb.Float, "float": pb.Float, "float64": pb.Double, "double": pb.Double,
     "string": pb.String,
 }
+# ... and what a collector declares for a device (hand-off `types`): those, DateTime, and arrays.
+CATALOG_TYPES.update({
+    "datetime": pb.DateTime,
+    "boolean[]": pb.BooleanArray, "sbyte[]": pb.Int8Array, "byte[]": pb.UInt8Array,
+    "int16[]": pb.Int16Array, "uint16[]": pb.UInt16Array, "int32[]": pb.Int32Array,
+    "uint32[]": pb.UInt32Array, "int64[]": pb.Int64Array, "uint64[]": pb.UInt64Array,
+    "float[]": pb.FloatArray, "double[]": pb.DoubleArray, "string[]": pb.StringArray,
+})
 
 
 def infer_datatype(value: Any) -> int:
@@ -221,7 +265,12 @@ def convert_for_tag(value: Any, datatype: int) -> Any:
     rule = TYPE_RULES.get(datatype)
     if rule is None or rule.field == "bytes_value":
         raise DoesNotFit(value)
-    if rule.field in ("int_value", "long_value") and datatype != pb.DateTime:
+    if datatype == pb.DateTime:  # the collector takes a date and time as ISO 8601 (OPC UA DateTime)
+        try:
+            return iso_ms(rule.coerce(value))
+        except (OverflowError, ValueError, OSError) as exc:  # past the year 9999
+            raise DoesNotFit(value) from exc
+    if rule.field in ("int_value", "long_value"):
         rule.coerce(value)  # range and integrality
         return int(value)
     if datatype in (pb.Float, pb.Double):

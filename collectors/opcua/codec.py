@@ -10,6 +10,8 @@
 - `reading_of(...)`: one DataValue as a Reading, stamped with its source timestamp.
 - `to_variant(value, variant_type, array)`: a JSON value from a `/set` command converted to
   the node's DataType, range-checked, or a `WriteError` that says what the node takes.
+- `handoff_type(variant_type, value_rank)`: the datatype a node's readings are declared with
+  to the forwarder (hand-off `types`), so a Sparkplug host learns the node's own type.
 """
 
 from __future__ import annotations
@@ -241,3 +243,35 @@ def _integer(value: Any, vt: ua.VariantType) -> int:
         except ValueError:
             pass
     raise WriteError(f"this node takes an integer ({vt.name}), got {value!r}")
+
+
+V = ua.VariantType
+# Built-in type -> the datatype name readings of it are declared with (the catalog's names). The
+# types JSON carries as text (see to_json) are strings; Variant (BaseDataType), DataValue and
+# DiagnosticInfo are told by their values.
+HANDOFF_TYPES: dict[ua.VariantType, str] = {
+    V.Boolean: "boolean", V.SByte: "sbyte", V.Byte: "byte", V.Int16: "int16", V.UInt16: "uint16",
+    V.Int32: "int32", V.UInt32: "uint32", V.Int64: "int64", V.UInt64: "uint64",
+    V.Float: "float", V.Double: "double", V.String: "string", V.DateTime: "datetime",
+    V.Guid: "string", V.ByteString: "string", V.XmlElement: "string", V.NodeId: "string",
+    V.ExpandedNodeId: "string", V.StatusCode: "string", V.QualifiedName: "string",
+    V.LocalizedText: "string", V.ExtensionObject: "string",
+}
+# Element types whose one-dimensional arrays have a declared array type (a list of them in JSON)
+_ARRAY_ELEMENTS = frozenset(
+    {"boolean", "sbyte", "byte", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float", "double"}
+)
+
+
+def handoff_type(variant_type: ua.VariantType, value_rank: int) -> str | None:
+    """The declared datatype of a node's readings: a scalar's (ValueRank -1), `name[]` for a
+    one-dimensional array (ValueRank 1, Part 3, 5.6.2); None when only the values can tell (any
+    rank, several dimensions, or a type JSON has no single shape for)."""
+    name = HANDOFF_TYPES.get(variant_type)
+    if name is None:
+        return None
+    if value_rank == -1:
+        return name
+    if value_rank == 1 and (name in _ARRAY_ELEMENTS or variant_type is V.String):
+        return f"{name}[]"
+    return None

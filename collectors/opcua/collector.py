@@ -5,6 +5,14 @@ lost, report every tag `bad` (with its last value) and the device offline, wait 
 exponential backoff and jitter, connect again - re-creating session and subscriptions and
 re-reading current values. Nothing but cancellation ends the loop: a server restart, a network
 cut, refused credentials or a bad node never need a restart of the collector.
+
+Devices are isolated: any exception in one device's work (session, subscription, poll, decode,
+reporting), of whatever type, ends only that device's session. Its tags go `bad` with the reason
+(`internal error: TypeError` for one nobody expected), the failure is logged once at ERROR (with
+the traceback when unexpected) and at DEBUG while it repeats, and the device backs off before it
+tries again; the other devices go on. Only a session that stayed up `Backoff.stable` seconds
+resets the backoff and ends the episode ("recovered" at INFO), so a device that fails right after
+every connect does not flood the log or its server.
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ import asyncio
 import logging
 import random
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
 
 from asyncua import ua
 
@@ -22,7 +32,7 @@ from collectors.core.config import read_secret
 from collectors.core.errors import DeviceError, WriteError
 from collectors.core.handoff import HandoffClient
 from collectors.core.metrics import Metrics, Sample
-from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, now_ms
+from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult, now_ms
 from collectors.core.report import ReportFilter, bad_readings
 from collectors.core.service import ErrorLatch
 from collectors.core.writes import Busy, Expired, PendingWrites, check_deadline, check_limits
@@ -40,67 +50,117 @@ RECONNECT_MIN = 0.25
 RECONNECT_MAX = 2.0
 # Refused credentials or an untrusted certificate will not heal by themselves quickly.
 RECONNECT_MAX_SECURITY = 30.0
+# An unexpected error (a bug, or a server answer nobody foresaw) will not heal in milliseconds,
+# but may with the next session: retried at most this far apart, logged once.
+RECONNECT_MAX_INTERNAL = 10.0
+# A session that stayed up this long was a success: the backoff starts again from the minimum.
+STABLE_AFTER = 10.0
 # A collector none of whose devices has had a session for this long is unhealthy (/healthz).
 DEVICE_GRACE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How one device reconnects (seconds): doubling from `min` (with jitter) up to the cap of
+    what ended the last session; `stable`: a session up this long resets it."""
+
+    min: float = RECONNECT_MIN
+    max: float = RECONNECT_MAX
+    max_refused: float = RECONNECT_MAX_SECURITY
+    max_internal: float = RECONNECT_MAX_INTERNAL
+    stable: float = STABLE_AFTER
 
 
 class DeviceLink:
     """One device's connection loop (see the module docstring)."""
 
-    def __init__(self, device: OpcuaDevice, collector: OpcuaCollector) -> None:
+    def __init__(self, device: OpcuaDevice, collector: OpcuaCollector, backoff: Backoff | None = None) -> None:
         self.device = device
         self._collector = collector
+        self._backoff = backoff or Backoff()
         self.reader: DeviceReader | None = None
         self.online = False
         self.reason: str | None = "not connected yet"
         self._offline_reported = False
         self.failures = 0
+        self._failing_for: str | None = None  # the reason of the current episode of failures
         self._latch = ErrorLatch(log, f"opcua device {device.name} ({device.endpoint})")
         self.tags = {t.name: t for t in device.tags}
 
     async def run(self) -> None:
-        delay = RECONNECT_MIN
+        """Sessions until cancelled (cancellation is never caught here)."""
+        backoff = self._backoff
+        delay = backoff.min
         while True:
-            cap = RECONNECT_MAX
             try:
-                password = read_secret(self.device.security.password, self.device.security.password_file)
-                async with Session(self.device, self._collector.settings.state_dir, password) as session:
-                    self.reader = DeviceReader(
-                        self.device, session, self._collector.report, self._collector.publish
-                    )
-                    self._online()
-                    delay = RECONNECT_MIN
-                    await self.reader.run()
-            except SecurityError as exc:
-                cap = RECONNECT_MAX_SECURITY
-                self._offline(exc.reason, str(exc), refused=True)
-            except DeviceError as exc:
-                self._offline(exc.reason, str(exc))
-            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
-                reason = describe_error(exc)
-                self._offline(reason, reason)
-            except Exception as exc:  # a bug must not end the device's loop: log it fully and retry
-                log.exception("%s: unexpected error", self.device.name)
-                self._offline("internal error", repr(exc))
-            finally:
-                self.reader = None
+                cap, stable = await self._session()
+            except Exception as exc:  # reporting the failure failed: still this device's alone
+                cap, stable = backoff.max_internal, False
+                self._latch.failure(_internal_detail(exc))
+            if stable:
+                delay = backoff.min
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, cap)
 
-    def _online(self) -> None:
+    async def _session(self) -> tuple[float, bool]:
+        """One session, from connect until it ends; reports why it ended. Returns the backoff cap
+        that fits the cause and whether the session stayed up `stable` seconds."""
+        backoff = self._backoff
+        loop = asyncio.get_running_loop()
+        started: float | None = None
+        stable_timer: asyncio.TimerHandle | None = None
+        cap = backoff.max
+        try:
+            password = read_secret(self.device.security.password, self.device.security.password_file)
+            async with Session(self.device, self._collector.settings.state_dir, password) as session:
+                self.reader = DeviceReader(
+                    self.device, session, self._collector.report, self._collector.publish, self._declare
+                )
+                self._online()
+                started = loop.time()
+                stable_timer = loop.call_later(backoff.stable, self._stable)
+                await self.reader.run()
+        except SecurityError as exc:
+            cap = backoff.max_refused
+            self._offline(exc.reason, str(exc), refused=True)
+        except DeviceError as exc:
+            self._offline(exc.reason, str(exc))
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            reason = describe_error(exc)
+            self._offline(reason, reason)
+        except Exception as exc:  # whatever its type, only this device's session ends
+            cap = backoff.max_internal
+            self._offline(f"internal error: {type(exc).__name__}", _internal_detail(exc), internal=True)
+        finally:
+            self.reader = None
+            if stable_timer is not None:
+                stable_timer.cancel()
+        return cap, started is not None and loop.time() - started >= backoff.stable
+
+    def _stable(self) -> None:
+        """The session has stayed up: the episode of failures is over."""
+        self._failing_for = None
         self._latch.success()
+
+    def _declare(self, types: dict[str, str]) -> None:
+        self._collector.handoff.device_types(DeviceTypes(self.device.name, types))
+
+    def _online(self) -> None:
+        # The error episode ends once the session has stayed up (Backoff.stable), not at connect:
+        # a device that fails right after each connect logs its error once.
         if not self.online:
             log.info("%s: connected to %s", self.device.name, self.device.endpoint)
         self.online, self.reason, self._offline_reported = True, None, False
         self._collector.state(DeviceState(self.device.name, True))
 
-    def _offline(self, reason: str, detail: str, refused: bool = False) -> None:
-        """`refused`: the server refused our credentials or we refused its certificate. That needs a
-        person, so it is logged at ERROR and reported with its reason even when the device was
-        already offline for another reason (a server restarted with a new key first drops the
-        session, BadShutdown, then presents the new certificate)."""
+    def _offline(self, reason: str, detail: str, refused: bool = False, internal: bool = False) -> None:
+        """`refused`: the server refused our credentials or we refused its certificate; `internal`:
+        an error nobody expected. Both need a person, so each is logged at ERROR and reported with
+        its reason even when the device was already offline for another reason (a server restarted
+        with a new key first drops the session, BadShutdown, then presents the new certificate)."""
         first = self._latch.failure(detail)
-        newly_refused = refused and reason != self.reason
+        newly_refused = (refused or internal) and reason != self._failing_for
+        self._failing_for = reason
         if newly_refused and not first:
             log.error("opcua device %s (%s): %s", self.device.name, self.device.endpoint, detail)
         self.failures += 1
@@ -156,17 +216,28 @@ class DeviceLink:
         return WriteResult(request.id, request.device, request.tag, True)
 
 
+def _internal_detail(exc: BaseException) -> str:
+    """An unexpected error as the one ERROR line of its episode: its repr and where it came from."""
+    where = "".join(traceback.format_exception(exc)).rstrip()
+    return f"internal error {exc!r}\n{where}"
+
+
 class OpcuaCollector:
     """Runs one collector config until cancelled; `async with` it, then `await run()`."""
 
     def __init__(
-        self, config: OpcuaCollectorConfig, *, handoff_grace: float = 30.0, drain_timeout: float = 2.0
+        self,
+        config: OpcuaCollectorConfig,
+        *,
+        handoff_grace: float = 30.0,
+        drain_timeout: float = 2.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self.config = config
         self.settings = config
         self.report = ReportFilter()
         self.handoff = HandoffClient(config.handoff, config.name, self.write)
-        self.links = {d.name: DeviceLink(d, self) for d in config.devices}
+        self.links = {d.name: DeviceLink(d, self, backoff) for d in config.devices}
         self.readings: dict[str, int] = {d.name: 0 for d in config.devices}
         self.writes = {"ok": 0, "failed": 0, "busy": 0, "expired": 0}  # failed: the other refusals
         self.pending = PendingWrites()  # per device (its session) and per tag

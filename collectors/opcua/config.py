@@ -21,6 +21,13 @@ from collectors.core.simulate import Simulate
 
 
 class Security(StrictModel):
+    """A password is sent, and a server certificate checked, only under a policy other than None:
+    with policy None the password would travel readable, or encrypted to a certificate nobody
+    checked (which a man in the middle presents), so a password with policy None is refused
+    unless `allow_password_without_encryption: true` accepts that; `trust: strict` with policy
+    None is refused (no certificate is exchanged to check). Under `strict` an expired or
+    not-yet-valid server (or CA) certificate is refused (BadCertificateTimeInvalid)."""
+
     policy: Literal["None", "Basic128Rsa15", "Basic256", "Basic256Sha256"] = Field(
         "None", description="None | Basic128Rsa15 | Basic256 | Basic256Sha256"
     )
@@ -43,6 +50,11 @@ class Security(StrictModel):
         None,
         description="certificates (or CAs) trusted under strict; default {state_dir}/opcua/trusted",
     )
+    allow_password_without_encryption: bool = Field(
+        False,
+        description="send the password with policy None anyway: anyone on the network path can read "
+        "it or, as a man in the middle, have it encrypted to their own certificate",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -63,7 +75,29 @@ class Security(StrictModel):
             raise ValueError("user_certificate and user_private_key go together")
         if self.username is not None and self.user_certificate is not None:
             raise ValueError("authenticate with a username or with a user certificate, not both")
+        if self.policy == "None":
+            self._no_secrets_in_clear()
         return self
+
+    def _no_secrets_in_clear(self) -> None:
+        """Policy None: no password unless explicitly allowed, no `trust: strict` (Part 2, 6.1: the
+        channel is neither signed nor encrypted, and no server certificate is exchanged)."""
+        if self.trust == "strict":
+            raise ValueError(
+                "trust: strict checks the server certificate, and policy None exchanges none: choose a "
+                "policy such as Basic256Sha256 (mode SignAndEncrypt), or leave trust at its default"
+            )
+        if self.password is None and self.password_file is None:
+            return
+        if self.allow_password_without_encryption:
+            return
+        key = "password_file" if self.password_file is not None else "password"
+        raise ValueError(
+            f"{key} with policy None: the password would travel unprotected (readable, or encrypted to "
+            "a certificate nobody checked, which a man in the middle can present); choose a policy such "
+            "as Basic256Sha256 (mode SignAndEncrypt), or set allow_password_without_encryption: true "
+            "to accept that risk"
+        )
 
 
 class Subscription(StrictModel):

@@ -21,7 +21,7 @@ from asyncua import ua
 from collectors.core.errors import DeviceError
 from collectors.core.model import Quality, Reading, now_ms
 from collectors.core.report import ReportFilter
-from collectors.opcua.codec import reading_of, status_name
+from collectors.opcua.codec import handoff_type, reading_of, status_name
 from collectors.opcua.config import OpcuaDevice, OpcuaTag
 from collectors.opcua.session import SESSION_LOST_CODES, MonitorSpec, Session
 from collectors.opcua.subscriptions import poll_classes, queue_maxsize, subscribed_tags
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_TICK_MAX = 5.0
 
 Publish = Callable[[list[Reading]], None]
+Declare = Callable[[dict[str, str]], None]  # tag -> datatype name (codec.handoff_type)
 
 
 @dataclass(slots=True)
@@ -43,11 +44,19 @@ class _Tag:
 class DeviceReader:
     """Reads one device until its session is lost; then `run()` raises DeviceError with the reason."""
 
-    def __init__(self, device: OpcuaDevice, session: Session, report: ReportFilter, publish: Publish) -> None:
+    def __init__(
+        self,
+        device: OpcuaDevice,
+        session: Session,
+        report: ReportFilter,
+        publish: Publish,
+        declare: Declare | None = None,
+    ) -> None:
         self.device = device
         self.session = session
         self._report = report
         self._publish = publish
+        self._declare = declare
         self._tags = {
             t.name: _Tag(
                 t, t.deadband if t.deadband_type == "absolute" else 0.0, t.max_silence or device.max_silence
@@ -57,6 +66,7 @@ class DeviceReader:
         self._last: dict[str, Reading] = {}  # last reading seen per tag, reported or not
         self._pending: list[Reading] = []
         self._flush_scheduled = False
+        self._failure: Exception | None = None  # raised by a loop callback (_flush): ends the session
         self.nodes: dict[str, ua.NodeId] = {}  # tag -> NodeId resolved on this connection, for writes
 
     # ------------------------------------------------------------------ reporting
@@ -94,7 +104,12 @@ class DeviceReader:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        self.offer(pending)
+        try:
+            self.offer(pending)
+        except Exception as exc:  # in a loop callback it would reach only asyncio's handler: end the session
+            if self._failure is None:
+                self._failure = exc
+            self.session.lost.set()
 
     def _bad(self, tag: str, reason: str) -> Reading:
         last = self._report.last_value(self.device.name, tag)
@@ -105,6 +120,8 @@ class DeviceReader:
     async def run(self) -> None:
         session = self.session
         resolved = self._resolve()
+        if resolved and self._declare is not None:
+            await self._read_datatypes(resolved)
         # Current values first, after every (re)connect, in one Read call.
         if resolved:
             self.offer(await session.read_readings(self.device.name, list(resolved.items())))
@@ -131,7 +148,29 @@ class DeviceReader:
         for task in done:
             if task is not lost and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+        if self._failure is not None:
+            raise self._failure
         raise DeviceError(self.device.name, session.lost_reason)
+
+    async def _read_datatypes(self, resolved: dict[str, ua.NodeId]) -> None:
+        """Each node's DataType and ValueRank, declared to the forwarder before the first readings
+        (a Sparkplug birth then carries the node's own type: Int16, not the Int64 an int suggests)."""
+        assert self._declare is not None
+        try:
+            found = await self.session.datatypes(list(resolved.values()))
+        except ua.UaStatusCodeError as exc:
+            if exc.code in SESSION_LOST_CODES:
+                raise
+            # the values still tell their datatypes; nothing else depends on this
+            log.warning("%s: the server refused to tell the DataTypes: %s", self.device.name, status_name(exc.code))
+            return
+        types = {}
+        for name, known in zip(resolved, found, strict=True):
+            declared = handoff_type(*known) if known is not None else None
+            if declared is not None:
+                types[name] = declared
+        if types:
+            self._declare(types)
 
     def _resolve(self) -> dict[str, ua.NodeId]:
         """NodeIds for this connection (`nsu=` against the server's current namespace array)."""

@@ -11,7 +11,11 @@ Layout under the collector's `state_dir` (it survives restarts and image updates
 `tofu` (trust on first use) pins the first certificate a server presents and refuses a
 different one later with a log line naming both fingerprints and the pin file to delete if
 the change is intended. `strict` accepts a server only when its certificate, or the CA that
-issued it, is in the trust dir. Both run before any secret (password, user key) is sent.
+issued it, is in the trust dir, and only while that certificate (and the CA) is valid: an
+expired or not yet valid one is refused with BadCertificateTimeInvalid (Part 4, 6.1.3:
+"Validity Period"). Both run before any secret (password, user key) is sent; with security
+policy None there is no certificate to check, so no password is sent at all unless the device
+file allows it (`allow_password_without_encryption`).
 """
 
 from __future__ import annotations
@@ -157,11 +161,17 @@ def trust_dir(state_dir: Path, configured: Path | None) -> Path:
 
 
 def check_server_certificate(
-    device: str, der: bytes, mode: str, state_dir: Path, configured_trust_dir: Path | None = None
+    device: str,
+    der: bytes,
+    mode: str,
+    state_dir: Path,
+    configured_trust_dir: Path | None = None,
+    now: datetime.datetime | None = None,
 ) -> None:
     """Accept the server certificate `der` for `device` per `mode` (tofu | strict), or raise SecurityError."""
     if mode == "strict":
-        _check_strict(device, der, trust_dir(state_dir, configured_trust_dir))
+        when = now if now is not None else datetime.datetime.now(datetime.UTC)
+        _check_strict(device, der, trust_dir(state_dir, configured_trust_dir), when)
     else:
         _check_pinned(device, der, state_dir / "opcua" / "pinned" / f"{device}.der")
 
@@ -196,7 +206,7 @@ def _load_any(path: Path) -> list[x509.Certificate]:
         return []
 
 
-def _check_strict(device: str, der: bytes, directory: Path) -> None:
+def _check_strict(device: str, der: bytes, directory: Path, now: datetime.datetime) -> None:
     server = x509.load_der_x509_certificate(der)
     trusted: list[x509.Certificate] = []
     if directory.is_dir():
@@ -205,12 +215,15 @@ def _check_strict(device: str, der: bytes, directory: Path) -> None:
                 trusted.extend(_load_any(path))
     for cert in trusted:
         if cert.public_bytes(serialization.Encoding.DER) == der:
+            _check_dates(device, server, "the server certificate", "BadCertificateTimeInvalid", now)
             return
         if cert.subject == server.issuer:
             try:
                 server.verify_directly_issued_by(cert)
             except (ValueError, TypeError, InvalidSignature):
                 continue
+            _check_dates(device, server, "the server certificate", "BadCertificateTimeInvalid", now)
+            _check_dates(device, cert, "the CA certificate that issued it", "BadCertificateIssuerTimeInvalid", now)
             return
     raise SecurityError(
         f"{device}: the server certificate (sha256 {fingerprint(der)}, "
@@ -218,3 +231,22 @@ def _check_strict(device: str, der: bytes, directory: Path) -> None:
         "copy the server's certificate there to trust it",
         "BadCertificateUntrusted",
     )
+
+
+def _check_dates(device: str, cert: x509.Certificate, what: str, reason: str, now: datetime.datetime) -> None:
+    """Refuse a certificate outside its validity period (notBefore..notAfter), saying which end."""
+    described = f"{what} (sha256 {fingerprint(cert.public_bytes(serialization.Encoding.DER))}, " \
+        f"subject {cert.subject.rfc4514_string()})"
+    if now < cert.not_valid_before_utc:
+        raise SecurityError(
+            f"{device}: {described} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z "
+            f"(trust: strict; now {now:%Y-%m-%d %H:%M:%S}Z); check the clocks of this machine and the "
+            "server, or issue a certificate that is valid now",
+            reason,
+        )
+    if now > cert.not_valid_after_utc:
+        raise SecurityError(
+            f"{device}: {described} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z "
+            f"(trust: strict; now {now:%Y-%m-%d %H:%M:%S}Z); renew it and put the new one in the trust dir",
+            reason,
+        )

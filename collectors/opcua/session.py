@@ -165,6 +165,19 @@ class Session:
         client.product_uri = "urn:fieldgate"
         # A session outlives short network cuts on the server side; ours is rebuilt anyway.
         client.session_timeout = 60_000
+        if security.policy == "None" and self._password is not None:
+            # validate refuses this without the opt-in; here too, in case a config got past it
+            if not security.allow_password_without_encryption:
+                raise SecurityError(
+                    f"{device.name}: refusing to send the password of user {security.username!r} over "
+                    "security policy None (readable, or encrypted to a certificate nobody checked); "
+                    "choose a policy such as Basic256Sha256",
+                    "BadSecurityModeInsufficient",
+                )
+            log.warning(
+                "%s: sending the password of user %r over security policy None "
+                "(allow_password_without_encryption: true)", device.name, security.username
+            )
         if security.policy != "None":
             await self._set_security(client)
         if security.username is not None:
@@ -327,6 +340,42 @@ class Session:
         array = isinstance(value_rank, int) and value_rank >= 0
         self._datatypes[node] = (vt, array)
         return vt, array
+
+    async def datatypes(self, nodes: Sequence[ua.NodeId]) -> list[tuple[ua.VariantType, int] | None]:
+        """Per node its built-in type (from the DataType attribute, derived types walked up) and its
+        ValueRank, in one Read (more where MaxNodesPerRead demands); None where the server did not say."""
+        found: list[tuple[ua.VariantType, int] | None] = []
+        supertypes: dict[ua.NodeId, ua.VariantType] = {}
+        per_read = self.max_nodes_per_read // 2 if self.max_nodes_per_read > 1 else 0
+        for chunk in _chunks(nodes, per_read):
+            params = ua.ReadParameters()
+            params.NodesToRead = [
+                ua.ReadValueId(NodeId=node, AttributeId=attribute)
+                for node in chunk
+                for attribute in (ua.AttributeIds.DataType, ua.AttributeIds.ValueRank)
+            ]
+            values = await self.client.uaclient.read(params)
+            for datatype, rank in zip(values[::2], values[1::2], strict=True):
+                dt = datatype.Value.Value if datatype.Value is not None else None
+                good = datatype.StatusCode is None or datatype.StatusCode.is_good()
+                if not good or not isinstance(dt, ua.NodeId):
+                    found.append(None)
+                    continue
+                vt = codec.variant_type_of(dt)
+                if vt is None:  # a vendor or derived DataType: its built-in supertype, once per DataType
+                    vt = supertypes.get(dt)
+                    if vt is None:
+                        try:
+                            vt = await data_type_to_variant_type(self.client.get_node(dt))
+                        except ua.UaError as exc:
+                            if isinstance(exc, ua.UaStatusCodeError) and exc.code in SESSION_LOST_CODES:
+                                raise
+                            found.append(None)
+                            continue
+                        supertypes[dt] = vt
+                value_rank = rank.Value.Value if rank.Value is not None else None
+                found.append((vt, value_rank if isinstance(value_rank, int) else -2))
+        return found
 
     async def write(self, node: ua.NodeId, variant: ua.Variant) -> ua.StatusCode:
         params = ua.WriteParameters()

@@ -44,11 +44,15 @@ def plan_device(device: OpcuaDevice) -> list[str]:
     sub = device.subscription
     subscribed = subscribed_tags(device)
     security = device.security
+    in_clear = security.policy == "None" and security.allow_password_without_encryption and (
+        security.password is not None or security.password_file is not None
+    )
     lines.append(
         f"{device.name}: {device.endpoint}  "
         + (f"security {security.policy},{security.mode}" if security.policy != "None" else "no security")
         + (f"  user {security.username}" if security.username else "")
         + (f"  trust {security.trust}" if security.policy != "None" else "")
+        + ("  PASSWORD SENT WITHOUT ENCRYPTION" if in_clear else "")
     )
     if subscribed:
         lines.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import subprocess
 import sys
 import time
@@ -12,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from collectors.core.handoff import HandoffServer
-from collectors.core.model import DeviceState, Reading, WriteResult
+from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteResult
 from collectors.opcua.collector import OpcuaCollector
 from collectors.opcua.config import OpcuaCollectorConfig
 from tests.support.broker import wait_port
@@ -27,6 +32,7 @@ class Recorder:
         self.got: list[Reading] = []  # every reading handed off, in order
         self.states: list[DeviceState] = []
         self.results: list[WriteResult] = []
+        self.types: dict[str, dict[str, str]] = {}  # device -> tag -> declared datatype (hand-off `types`)
         self._changed = asyncio.Event()
 
     async def readings(self, collector: str, readings: list[Reading]) -> None:
@@ -39,6 +45,10 @@ class Recorder:
 
     def write_result(self, collector: str, result: WriteResult) -> None:
         self.results.append(result)
+        self._changed.set()
+
+    async def datatypes(self, collector: str, types: DeviceTypes) -> None:
+        self.types[types.device] = types.types
         self._changed.set()
 
     async def wait_for(
@@ -136,3 +146,53 @@ class SimulatorProcess:
             self.process.kill()
             self.process.wait(10)
             self.process = None
+
+
+def certificate(
+    directory: Path,
+    stem: str,
+    common_name: str,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    server_uri: str | None = None,
+) -> tuple[Path, Path]:
+    """A self-signed certificate valid from `not_before` to `not_after` and its key, as
+    `{stem}.der` and `{stem}-key.pem`: a user certificate, or with `server_uri` an OPC UA server's
+    application certificate (URI in the SAN, server key usages), e.g. one that has expired."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    if server_uri is not None:
+        builder = (
+            builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(server_uri), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=True, key_encipherment=True,
+                    data_encipherment=True, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        )
+    cert = builder.sign(key, hashes.SHA256())
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = directory / f"{stem}.der", directory / f"{stem}-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file

@@ -49,6 +49,22 @@ def _device(tag: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
             _device(security={"user_certificate": "/c.der"}),
             "user_certificate and user_private_key go together",
         ),
+        (
+            _device(security={"username": "u", "password": "p"}),
+            "password with policy None: the password would travel unprotected",
+        ),
+        (
+            _device(security={"username": "u", "password_file": "/f", "policy": "None"}),
+            "password_file with policy None",
+        ),
+        (
+            _device(security={"trust": "strict"}),
+            "trust: strict checks the server certificate, and policy None exchanges none",
+        ),
+        (
+            _device(security={"trust": "strict", "allow_password_without_encryption": True}),
+            "trust: strict checks the server certificate",
+        ),
         (_device(endpoint="http://h"), "String should match pattern"),
         ({**_device(), "tags": [{"name": "t", "node": "i=1"}, {"name": "t", "node": "i=2"}]}, "used twice"),
     ],
@@ -95,3 +111,52 @@ def test_the_entry_point_refuses_a_bad_config_with_file_line_and_column(tmp_path
         f"{bad}:9:26: devices[0].security.password: a password needs a username",
     ]
     assert "s3cret" not in done.stderr
+
+
+def test_a_password_with_policy_none_needs_the_documented_opt_in() -> None:
+    allowed = _device(security={"username": "u", "password": "p", "allow_password_without_encryption": True})
+    assert OpcuaDevice.model_validate(allowed).security.allow_password_without_encryption
+    # a user name alone sends no secret; an encrypted policy needs no opt-in
+    OpcuaDevice.model_validate(_device(security={"username": "u"}))
+    OpcuaDevice.model_validate(
+        _device(security={"username": "u", "password": "p", "policy": "Basic256Sha256", "mode": "Sign",
+                          "trust": "strict"})
+    )
+
+
+def test_validate_points_at_the_password_and_the_trust_key(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    plant = tmp_path / "plant"
+    (plant / "devices").mkdir(parents=True)
+    (plant / "gateway.yaml").write_text("gateway: {id: line3}\n")
+    (plant / "devices" / "oven.yaml").write_text(
+        "name: oven\n"
+        "protocol: opcua\n"
+        "endpoint: opc.tcp://h:4840\n"
+        "security:\n"
+        "  username: op\n"
+        "  password: s3cret-never-shown\n"
+        "tags: [{name: t, node: ns=2;s=T}]\n"
+    )
+    (plant / "devices" / "press.yaml").write_text(
+        "name: press\n"
+        "protocol: opcua\n"
+        "endpoint: opc.tcp://h:4841\n"
+        "security: {policy: None, trust: strict}\n"
+        "tags: [{name: t, node: ns=2;s=T}]\n"
+    )
+    with pytest.raises(ValueError) as refused:
+        load_config(plant)
+    lines = str(refused.value).splitlines()
+    oven, press = plant / "devices" / "oven.yaml", plant / "devices" / "press.yaml"
+    assert any(
+        line.startswith(f"{oven}:6:13: device oven: security.password: password with policy None")
+        and "allow_password_without_encryption: true" in line
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith(f"{press}:4:33: device press: security.trust: trust: strict checks the server")
+        for line in lines
+    ), lines
+    assert "s3cret" not in str(refused.value)

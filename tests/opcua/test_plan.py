@@ -57,3 +57,11 @@ def test_the_client_queue_holds_every_item_queue_twice() -> None:
     )
     assert queue_maxsize(many) == 2 * 1000 * 10
     assert queue_maxsize(OVEN) == 10_000
+
+
+def test_plan_says_when_a_password_goes_without_encryption() -> None:
+    security = {"username": "op", "password": "x", "allow_password_without_encryption": True}
+    plain = OVEN.model_copy(update={"security": OVEN.security.model_validate(security)})
+    assert plan_device(plain)[0] == (
+        "oven-2: opc.tcp://10.20.0.7:4840  no security  user op  PASSWORD SENT WITHOUT ENCRYPTION"
+    )

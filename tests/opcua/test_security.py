@@ -86,3 +86,26 @@ def test_strict_accepts_certificates_in_the_trust_dir_or_issued_by_a_ca_there(tm
     check_server_certificate("plc", issued, "strict", tmp_path, trust)
     with pytest.raises(SecurityError, match=r"stranger.*copy the server's certificate there"):
         check_server_certificate("oven", stranger, "strict", tmp_path, trust)
+
+
+def test_strict_checks_the_validity_dates_of_the_certificate_and_of_its_ca(tmp_path: Path) -> None:
+    trust = tmp_path / "trusted"
+    trust.mkdir()
+    server, _ = _cert("server")  # valid from now for one day
+    ca, ca_key = _cert("plant-ca")
+    issued, _ = _cert("plc-7", issuer=("plant-ca", ca_key))
+    (trust / "server.der").write_bytes(server)
+    (trust / "plant-ca.der").write_bytes(ca)
+    now = datetime.datetime.now(datetime.UTC)
+    check_server_certificate("oven", server, "strict", tmp_path, trust, now=now + datetime.timedelta(hours=1))
+    later = now + datetime.timedelta(days=2)
+    with pytest.raises(SecurityError, match=r"oven: the server certificate .* expired on") as expired:
+        check_server_certificate("oven", server, "strict", tmp_path, trust, now=later)
+    assert expired.value.reason == "BadCertificateTimeInvalid"
+    earlier = now - datetime.timedelta(days=1)
+    with pytest.raises(SecurityError, match="is not valid before") as early:
+        check_server_certificate("oven", server, "strict", tmp_path, trust, now=earlier)
+    assert early.value.reason == "BadCertificateTimeInvalid"
+    with pytest.raises(SecurityError, match="expired on"):
+        check_server_certificate("plc", issued, "strict", tmp_path, trust, now=later)
+    check_server_certificate("oven", server, "tofu", tmp_path, now=later)  # tofu pins; strict checks dates
