@@ -63,6 +63,9 @@ FUNCTION_CODES = {
 # After this many timeouts in a row with no answer from any device of a TCP link, the
 # connection is taken as half-open (device rebooted, NAT dropped it) and opened again.
 TIMEOUTS_BEFORE_RECONNECT = 3
+# ... which is said at INFO at most once in this many seconds per link, else at DEBUG: a
+# device that keeps going silent must not fill the log (its ErrorLatch says it is failing)
+REOPEN_SAID_EVERY = 600.0
 
 
 class AnswerNotModbus(ModbusException):
@@ -146,7 +149,7 @@ class Link:
         self._last_reason = "not connected"
         self._last_frame = 0.0
         self._timeouts_in_row = 0
-        self._reopen_said = False  # the "opening the connection again" line is said once per episode
+        self._reopen_said_at: float | None = None  # loop time of the last INFO "opening again"
         self.requests = 0
         self.failures = 0
         self.in_flight = 0
@@ -205,14 +208,15 @@ class Link:
                         # 3.11's wait_for in pymodbus can drop a cancel that came with the
                         # answer (cpython gh-86296); raise it again so writes and shutdown end
                         raise asyncio.CancelledError
-            except (ModbusIOException, TimeoutError) as exc:
-                reason, detail = "timeout", str(exc)
+            except (ModbusIOException, TimeoutError):
+                # pymodbus' own words ("No response received after 0 retries, ...") say less
+                reason, detail = "timeout", f"no answer within {device.timeout:g} s"
                 if not client.connected:
-                    reason = "connection lost"
+                    reason, detail = "connection lost", "closed while waiting for the answer"
                     break
                 continue
-            except ConnectionException as exc:
-                reason, detail = "connection lost", str(exc)
+            except ConnectionException:
+                reason, detail = "connection lost", "not connected"
                 break
             except ModbusException as exc:
                 reason, detail = "protocol error", str(exc)
@@ -226,7 +230,6 @@ class Link:
                 self.in_flight -= 1
                 self._last_frame = loop.time()
             self._timeouts_in_row = 0
-            self._reopen_said = False
             problem = _wrong_answer(response, call, client.ctx.request_transaction_id)
             if problem is not None:
                 self.failures += 1
@@ -241,11 +244,13 @@ class Link:
         if reason == "timeout":
             self._timeouts_in_row += 1
             if self.connection.tcp is not None and self._timeouts_in_row >= TIMEOUTS_BEFORE_RECONNECT:
-                # said once until an answer comes: a silent device must not fill the log
-                log.log(logging.DEBUG if self._reopen_said else logging.INFO,
+                said = self._reopen_said_at
+                say = said is None or loop.time() - said >= REOPEN_SAID_EVERY
+                log.log(logging.INFO if say else logging.DEBUG,
                         "%s: %d timeouts in a row, opening the connection again", self.key,
                         self._timeouts_in_row)
-                self._reopen_said = True
+                if say:
+                    self._reopen_said_at = loop.time()
                 self._timeouts_in_row = 0
                 client.close()
         raise DeviceError(device.name, reason, detail or None)

@@ -226,5 +226,5 @@ class DevicePoller:
             log.debug("%s: cannot report the device bad: %r", self.device.name, again)
 
     def _block_failed(self, planned: _PlannedBlock, exc: DeviceError) -> None:
-        planned.latch.failure(str(exc))
+        planned.latch.failure(exc.reason if not exc.detail else f"{exc.reason} ({exc.detail})")
         self._bad_readings([member.tag.name for member in planned.block.tags], exc.reason)
