@@ -11,7 +11,6 @@ come back good once its server behaves again.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,15 @@ from collectors.core.config import HandoffConfig
 from collectors.core.handoff import HandoffServer
 from collectors.core.model import Quality
 from collectors.modbus.collector import ModbusCollector
+from tests.modbus import conftest as modbus_parts
 from tests.modbus.conftest import Server, Sink, collector_config, until
 from tests.support.rogue_modbus import GOOD, RogueModbusServer
 
 pytestmark = pytest.mark.security
+
+# the Modbus tests' fixtures: a recording hand-off server, pymodbus' own logging silenced
+forwarder = modbus_parts.forwarder
+quiet_pymodbus = modbus_parts.quiet_pymodbus
 
 # mode -> the reason the rogue device's tag goes bad with; None: a good answer may also come
 # through (the request is retried and answered right), as long as nothing wrong is good
@@ -46,19 +50,6 @@ EXPECTED: dict[str, str | None] = {
     "close_mid": "connection lost",
     "flood": None,
 }
-
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> None:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
-@pytest.fixture
-async def forwarder(tmp_path: Path) -> AsyncIterator[tuple[Sink, HandoffServer, HandoffConfig]]:
-    sink = Sink()
-    settings = HandoffConfig(socket=tmp_path / "handoff.sock", linger=0.001)
-    async with HandoffServer(settings.socket, sink) as handoff:
-        yield sink, handoff, settings
 
 
 @pytest.fixture

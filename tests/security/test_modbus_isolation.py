@@ -24,22 +24,14 @@ from collectors.core.config import HandoffConfig
 from collectors.core.handoff import HandoffServer
 from collectors.core.model import Quality
 from collectors.modbus.collector import ModbusCollector
+from tests.modbus import conftest as modbus_parts
 from tests.modbus.conftest import Server, Sink, collector_config, until
 
 pytestmark = pytest.mark.security
 
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> None:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
-@pytest.fixture
-async def forwarder(tmp_path: Path) -> AsyncIterator[tuple[Sink, HandoffServer, HandoffConfig]]:
-    sink = Sink()
-    settings = HandoffConfig(socket=tmp_path / "handoff.sock", linger=0.001)
-    async with HandoffServer(settings.socket, sink) as handoff:
-        yield sink, handoff, settings
+# the Modbus tests' fixtures: a recording hand-off server, pymodbus' own logging silenced
+forwarder = modbus_parts.forwarder
+quiet_pymodbus = modbus_parts.quiet_pymodbus
 
 
 @pytest.fixture
