@@ -295,8 +295,8 @@ class Link:
                 ctx.transport, _protocol = await ctx.call_create()
         except TimeoutError:
             return "connect timeout", ""
-        except ConnectionRefusedError as exc:
-            return "connection refused", str(exc)
+        except ConnectionRefusedError:
+            return "connection refused", ""
         except socket.gaierror as exc:
             return "unknown host", str(exc)
         except OSError as exc:
