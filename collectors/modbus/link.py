@@ -24,6 +24,7 @@ import itertools
 import logging
 import random
 import socket
+import termios
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,9 +54,24 @@ EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 
+# The function code each call asks with; an answer must carry it (an exception: it | 0x80)
+FUNCTION_CODES = {
+    "read_coils": 1, "read_discrete_inputs": 2, "read_holding_registers": 3,
+    "read_input_registers": 4, "write_coil": 5, "write_register": 6,
+    "write_coils": 15, "write_registers": 16,
+}
+
 # After this many timeouts in a row with no answer from any device of a TCP link, the
 # connection is taken as half-open (device rebooted, NAT dropped it) and opened again.
 TIMEOUTS_BEFORE_RECONNECT = 3
+# ... which is said at INFO at most once in this many seconds per link, else at DEBUG: a
+# device that keeps going silent must not fill the log (its ErrorLatch says it is failing)
+REOPEN_SAID_EVERY = 600.0
+
+
+class AnswerNotModbus(ModbusException):
+    """Bytes that framed as an answer but do not decode as one (unknown function code, a byte
+    count beyond the frame): the stream can no longer be trusted, so the connection is closed."""
 
 
 # Writes go ahead of polls, but at most this many in a row while a poll waits: a queue of writes
@@ -155,6 +171,7 @@ class Link:
         self._last_reason = "not connected"
         self._last_frame = 0.0
         self._timeouts_in_row = 0
+        self._reopen_said_at: float | None = None  # loop time of the last INFO "opening again"
         self.requests = 0
         self.failures = 0
         self.in_flight = 0
@@ -213,22 +230,32 @@ class Link:
                         # 3.11's wait_for in pymodbus can drop a cancel that came with the
                         # answer (cpython gh-86296); raise it again so writes and shutdown end
                         raise asyncio.CancelledError
-            except (ModbusIOException, TimeoutError) as exc:
-                reason, detail = "timeout", str(exc)
+            except (ModbusIOException, TimeoutError):
+                # pymodbus' own words ("No response received after 0 retries, ...") say less
+                reason, detail = "timeout", f"no answer within {device.timeout:g} s"
                 if not client.connected:
-                    reason = "connection lost"
+                    reason, detail = "connection lost", "closed while waiting for the answer"
                     break
                 continue
-            except ConnectionException as exc:
-                reason, detail = "connection lost", str(exc)
+            except ConnectionException:
+                reason, detail = "connection lost", "not connected"
                 break
             except ModbusException as exc:
                 reason, detail = "protocol error", str(exc)
+                break
+            except Exception as exc:
+                # an answer pymodbus chokes on: the stream is out of step, start it afresh
+                reason, detail = "protocol error", f"{type(exc).__name__}: {exc}"
+                client.close()
                 break
             finally:
                 self.in_flight -= 1
                 self._last_frame = loop.time()
             self._timeouts_in_row = 0
+            problem = _wrong_answer(response, call, client.ctx.request_transaction_id)
+            if problem is not None:
+                self.failures += 1
+                raise DeviceError(device.name, problem[0], f"{call} at {address}: {problem[1]}")
             if response.isError():
                 code = getattr(response, "exception_code", 0)
                 name = EXCEPTION_NAMES.get(code, "unknown exception")
@@ -239,8 +266,13 @@ class Link:
         if reason == "timeout":
             self._timeouts_in_row += 1
             if self.connection.tcp is not None and self._timeouts_in_row >= TIMEOUTS_BEFORE_RECONNECT:
-                log.info("%s: %d timeouts in a row, opening the connection again", self.key,
-                         self._timeouts_in_row)
+                said = self._reopen_said_at
+                say = said is None or loop.time() - said >= REOPEN_SAID_EVERY
+                log.log(logging.INFO if say else logging.DEBUG,
+                        "%s: %d timeouts in a row, opening the connection again", self.key,
+                        self._timeouts_in_row)
+                if say:
+                    self._reopen_said_at = loop.time()
                 self._timeouts_in_row = 0
                 client.close()
         raise DeviceError(device.name, reason, detail or None)
@@ -254,18 +286,25 @@ class Link:
         loop = asyncio.get_running_loop()
         if loop.time() < self._retry_at:
             raise DeviceError(device.name, self._last_reason, "waiting before the next connect")
-        reason = await self._connect(client)
-        if reason is None:
+        failed = await self._connect(client)
+        if failed is None:
             self._backoff.reset()
             self._timeouts_in_row = 0
             log.debug("%s: connected", self.key)
             return client
+        reason, detail = failed
         self._last_reason = reason
         self._retry_at = loop.time() + self._backoff.next_delay()
-        raise DeviceError(device.name, reason)
+        raise DeviceError(device.name, reason, detail or None)
 
-    async def _connect(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> str | None:
-        """Open the transport; None on success, else a short reason.
+    async def _connect(
+        self, client: AsyncModbusTcpClient | AsyncModbusSerialClient
+    ) -> tuple[str, str] | None:
+        """Open the transport; None on success, else a short reason and the detail behind it.
+
+        Any exception is this link's failure to connect, never the collector's: pyserial raises
+        termios.error (not an OSError) when the port refuses its settings (a pty asked for
+        parity E), and whatever else a driver raises must not end the other links.
 
         pymodbus' `connect()` swallows the cause (refused? unknown host?), which the plant
         engineer needs to see; so this opens the transport the way `connect()` does in
@@ -277,14 +316,18 @@ class Link:
             async with asyncio.timeout(self.connect_timeout):
                 ctx.transport, _protocol = await ctx.call_create()
         except TimeoutError:
-            return "connect timeout"
+            return "connect timeout", ""
         except ConnectionRefusedError:
-            return "connection refused"
-        except socket.gaierror:
-            return "unknown host"
+            return "connection refused", ""
+        except socket.gaierror as exc:
+            return "unknown host", str(exc)
         except OSError as exc:
-            return _os_reason(exc, self.connection.rtu is not None)
-        return None if client.connected else "connect failed"
+            return _os_reason(exc, self.connection.rtu is not None), str(exc)
+        except termios.error as exc:
+            return "cannot configure serial port", f"termios.error: {exc}"
+        except Exception as exc:
+            return "connect failed", f"{type(exc).__name__}: {exc}"
+        return None if client.connected else ("connect failed", "")
 
     def _build_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         common: dict[str, Any] = {
@@ -309,6 +352,7 @@ class Link:
         # pymodbus closes a connection after retries+3 unanswered requests; on a shared
         # line that would punish every device for one dead one. We decide (see _execute).
         client.set_max_no_responses(1 << 30)
+        _catch_undecodable(client)
         return client
 
 
@@ -324,15 +368,21 @@ class Turn:
         """`count` registers, or bits as 0/1, from `start` of `table`."""
         call = _READS[table]
         response = await self._link._execute(device, call, start, count=count)
+        # the answer must hold what was asked, no less and no more (section 6.1-6.4: the byte
+        # count is 2 x count for registers, count / 8 rounded up for bits)
         if table.is_bits:
             bits = response.bits
             if len(bits) < count:
                 raise DeviceError(device.name, "short answer", f"{len(bits)} of {count} bits")
+            if len(bits) > 8 * ((count + 7) // 8):
+                raise DeviceError(device.name, "long answer", f"{len(bits)} bits for {count}")
             return [1 if bit else 0 for bit in bits[:count]]
         registers: list[int] = response.registers
         if len(registers) < count:
             raise DeviceError(device.name, "short answer", f"{len(registers)} of {count} registers")
-        return registers[:count] if len(registers) > count else registers
+        if len(registers) > count:
+            raise DeviceError(device.name, "long answer", f"{len(registers)} registers for {count}")
+        return registers
 
     async def write(self, device: ModbusDevice, table: Table, address: int, words: list[int]) -> None:
         """Coils: write_coil(s); holding registers: write_register (one) or write_registers."""
@@ -356,6 +406,45 @@ _READS = {
     Table.HOLDING: "read_holding_registers",
     Table.INPUT: "read_input_registers",
 }
+
+
+def _wrong_answer(response: Any, call: str, transaction_id: int) -> tuple[str, str] | None:
+    """Why `response` is not an answer to this request (reason, detail), or None.
+
+    pymodbus hands over whatever decoded: an FC 4 answer to an FC 3 request, or a frame with
+    transaction id 0 (its check skips 0), would otherwise be read as the registers asked for.
+    """
+    asked = FUNCTION_CODES[call]
+    answered = response.function_code & 0x7F
+    if answered != asked:
+        return "wrong function code", f"asked FC {asked}, answered FC {response.function_code}"
+    if response.transaction_id != transaction_id:
+        return "wrong transaction id", f"sent {transaction_id}, answered {response.transaction_id}"
+    return None
+
+
+def _catch_undecodable(client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+    """Make an answer pymodbus cannot decode fail the request at once as a protocol error.
+
+    pymodbus raises from its `data_received` then: asyncio logs a traceback per frame
+    ("Fatal error: protocol.data_received() call failed") and the request waits for its
+    timeout. Here the request fails with `AnswerNotModbus` and the connection is closed (the
+    stream is out of step); the next request opens it again.
+    """
+    ctx = client.ctx
+    decode = ctx.callback_data
+
+    def callback_data(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        try:
+            return decode(data, addr)
+        except Exception as exc:
+            future = ctx.response_future
+            if not future.done():
+                future.set_exception(AnswerNotModbus(f"undecodable answer: {exc}"))
+            ctx.close()
+            return len(data)
+
+    ctx.callback_data = callback_data  # type: ignore[method-assign]
 
 
 def _os_reason(exc: OSError, serial: bool) -> str:

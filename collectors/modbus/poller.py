@@ -12,6 +12,10 @@ Failures, as a plant engineer wants to see them:
   reported. Its first answer brings `DeviceState(online=True)` and `good` readings again.
 - the device answers a block with an exception (illegal data address, ...): it is online,
   but that block's tags get one `bad` reading each until the block reads again.
+- anything else going wrong in this device's work (an exception nobody expected, in the
+  link, the decoding or the delivery): the device goes offline as above with the reason
+  `unexpected error (<type>)`, and its polling waits (capped backoff) before trying again.
+  The collector and every other device go on.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collectors.core.report import ReportFilter
 from collectors.core.service import ErrorLatch
 from collectors.modbus.codec import BlockDecoder
 from collectors.modbus.config import ModbusDevice, ModbusTag
-from collectors.modbus.link import Link
+from collectors.modbus.link import Backoff, Link
 from collectors.modbus.planner import Block, PollClass, plan_device
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,7 @@ def device_unreachable(reason: str) -> bool:
     """True when `reason` means the device did not answer at all (vs. refused one request)."""
     if reason.startswith(_UNREACHABLE_EXCEPTIONS):
         return True
-    return not (reason.startswith("exception ") or reason == "short answer")
+    return not (reason.startswith("exception ") or reason in ("short answer", "long answer"))
 
 
 @dataclass(slots=True)
@@ -83,6 +87,9 @@ class DevicePoller:
         report: ReportFilter,
         publish: Publish,
         publish_state: PublishState,
+        *,
+        fault_backoff_first: float = 0.25,
+        fault_backoff_max: float = 30.0,
     ) -> None:
         self.device = device
         self.link = link
@@ -95,6 +102,7 @@ class DevicePoller:
         self._tags: dict[str, ModbusTag] = {tag.name: tag for tag in device.tags}
         self._bad: set[str] = set()  # tags whose last report was `bad`
         self._latch = ErrorLatch(log, f"{device.name} ({link.key}, unit {device.unit})")
+        self._fault_backoff = Backoff(fault_backoff_first, fault_backoff_max)
 
     async def run(self) -> None:
         """Poll every class on its own schedule until cancelled."""
@@ -110,7 +118,14 @@ class DevicePoller:
         task = asyncio.current_task()
         next_tick = loop.time()
         while True:
-            await self.poll_once(blocks)
+            try:
+                await self.poll_once(blocks)
+            except Exception as exc:
+                self._fault(exc)
+                await asyncio.sleep(self._fault_backoff.next_delay())
+                next_tick = loop.time()
+                continue
+            self._fault_backoff.reset()
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for (inside pymodbus) returns an answer that arrived with
                 # a cancel and drops the cancel (cpython gh-86296): honour it, or shutdown hangs.
@@ -200,6 +215,16 @@ class DevicePoller:
         self.stats.online = True
         self._publish_state(DeviceState(self.device.name, True))
 
+    def _fault(self, exc: Exception) -> None:
+        """An exception nobody expected in this device's work: the device goes bad, said once."""
+        log.debug("%s: unexpected error", self.device.name, exc_info=exc)
+        self.stats.polls_failed += 1
+        error = DeviceError(self.device.name, f"unexpected error ({type(exc).__name__})", str(exc) or None)
+        try:
+            self._offline(error)
+        except Exception as again:
+            log.debug("%s: cannot report the device bad: %r", self.device.name, again)
+
     def _block_failed(self, planned: _PlannedBlock, exc: DeviceError) -> None:
-        planned.latch.failure(str(exc))
+        planned.latch.failure(exc.reason if not exc.detail else f"{exc.reason} ({exc.detail})")
         self._bad_readings([member.tag.name for member in planned.block.tags], exc.reason)
