@@ -176,7 +176,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     env = os.environ if env is None else env
     problems: list[Problem] = []
     gateway_path = dir / GATEWAY_FILE
-    if not gateway_path.is_file():
+    if not os.path.lexists(gateway_path):
         problems.append(
             Problem(gateway_path, None, "not found: a config directory holds gateway.yaml and devices/")
         )
@@ -187,13 +187,17 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
         gateway_model = _validate_gateway(gateway_source, env)
         problems.extend(in_order(gateway_source.problems))
 
-    device_paths = device_files(dir)
-    if not device_paths:
+    try:
+        device_paths = device_files(dir)
+    except OSError as exc:
+        problems.append(Problem(dir / DEVICES_DIR, None, f"cannot read: {exc.strerror or type(exc).__name__}"))
+        device_paths = None
+    if device_paths == []:
         problems.append(
             Problem(dir / DEVICES_DIR, None, "no device files (devices/NAME.yaml, one device each)")
         )
     loaded: list[tuple[Source, ModbusDevice | OpcuaDevice]] = []
-    for path in device_paths:
+    for path in device_paths or []:
         source = load_yaml(path, env)
         device = validate_device(source, env)
         problems.extend(in_order(source.problems))
@@ -201,10 +205,10 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
             loaded.append((source, device))
 
     warnings: list[Problem] = []
-    if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths):
+    if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths or []):
         problems.extend(in_order(checks.cross_file(gateway_source, gateway_model, loaded, warnings)))
     if problems:
-        raise ConfigErrors(scrub(problems, [gateway_source, *(s for s, _ in loaded)]))
+        raise ConfigErrors(scrub(_capped(problems), [gateway_source, *(s for s, _ in loaded)]))
     assert gateway_model is not None and gateway_source is not None
     secret_env = {}
     if ("mqtt", "password") in gateway_source.env_refs:
@@ -221,15 +225,36 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     )
 
 
+# A file with thousands of errors (a generated file gone wrong, or a hostile one) is reported by
+# its first ones: the rest would only bury them, in the terminal and in every refusal logged.
+MAX_PROBLEMS_PER_FILE = 100
+
+
+def _capped(problems: list[Problem]) -> list[Problem]:
+    """The first MAX_PROBLEMS_PER_FILE problems of each file, and how many more there are."""
+    kept: list[Problem] = []
+    count: dict[Path, int] = {}
+    for problem in problems:
+        count[problem.file] = count.get(problem.file, 0) + 1
+        if count[problem.file] <= MAX_PROBLEMS_PER_FILE:
+            kept.append(problem)
+    for file, n in count.items():
+        if n > MAX_PROBLEMS_PER_FILE:
+            more = n - MAX_PROBLEMS_PER_FILE
+            kept.append(Problem(file, None, f"{more:,} more problems in this file not shown; fix these first"))
+    return kept
+
+
 def device_files(dir: Path) -> list[Path]:
-    """The device files of a config directory, in name order (hidden files and editor backups skipped)."""
+    """The device files of a config directory, in name order (hidden files and editor backups skipped).
+
+    Every `*.yaml` / `*.yml` name counts, whatever it is: a directory, a pipe or a symlink loop
+    under such a name is refused when read (load_yaml), never silently left out. Raises OSError
+    when devices/ cannot be listed."""
     folder = dir / DEVICES_DIR
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir()
-        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-    )
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
 
 
 def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> list[DeviceFile]:
@@ -247,7 +272,7 @@ def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = Non
         if device is not None:
             result.append(DeviceFile(source=path, device=device))
     if problems:
-        raise ConfigErrors(scrub(problems, sources))
+        raise ConfigErrors(scrub(_capped(problems), sources))
     return result
 
 
