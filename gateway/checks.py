@@ -234,17 +234,7 @@ def _reserved_names(loaded: list[tuple[Source, AnyDevice]]) -> Iterator[Problem]
 
 
 def _topics_and_ports(gateway_source: Source, gateway: object) -> Iterator[Problem]:
-    mqtt = getattr(gateway, "mqtt", None)
-    prefix = getattr(mqtt, "topic_prefix", None)
-    bad_prefix = prefix is not None and (
-        not prefix or any(c in prefix for c in "+#") or prefix.startswith("/") or prefix.endswith("/")
-    )
-    if bad_prefix:
-        yield _problem(
-            gateway_source, ("mqtt", "topic_prefix"),
-            f"mqtt.topic_prefix: {prefix!r} is not a topic prefix: levels separated by /, no + or #, "
-            "no / at either end (e.g. fieldgate/line3)",
-        )
+    # mqtt.topic_prefix: checked by MqttConfig itself
     port = getattr(getattr(gateway, "metrics", None), "port", None)
     if port is not None and not 1 <= port <= 65535 - 2:
         yield _problem(

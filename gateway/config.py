@@ -289,7 +289,35 @@ def _validate_gateway(source: Source, env: Mapping[str, str]) -> GatewayFile | N
         return None
     model = absolute_paths(model, source.file.parent)
     _check_files(source, model, ())
+    if "dir" in model.buffer.model_fields_set and (wrong := buffer_dir_problem(model.buffer.dir, source.file.parent)):
+        source.problem(("buffer", "dir"), f"buffer.dir: {wrong}")
     return None if source.problems else model
+
+
+# The buffer creates backlog/ and live/ in its directory and deletes its segments there; under the
+# docker runtime the directory is bind-mounted into the forwarder's container at the same path.
+# So never a system directory (nor anything under the ones the system owns), never the config
+# directory or one that holds it.
+SYSTEM_DIRS = frozenset(Path(d) for d in (
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt",
+    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log",
+    "/var/run", "/var/tmp",
+))
+SYSTEM_TREES = tuple(Path(d) for d in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin",
+                                       "/sys", "/usr"))
+
+
+def buffer_dir_problem(buffer_dir: Path, config_dir: Path) -> str | None:
+    """Why `buffer_dir` cannot hold the buffer, or None."""
+    path = Path(os.path.normpath(buffer_dir.absolute()))
+    config = Path(os.path.normpath(config_dir.absolute()))
+    if path in SYSTEM_DIRS or any(path.is_relative_to(tree) for tree in SYSTEM_TREES):
+        return (f"{path} is a system directory: give the buffer a directory of its own, "
+                "e.g. /var/lib/fieldgate/buffer")
+    if config.is_relative_to(path):
+        return (f"{path} is the config directory or holds it: give the buffer a directory of its own, "
+                "e.g. /var/lib/fieldgate/buffer")
+    return None
 
 
 def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | OpcuaDevice | None:

@@ -8,6 +8,7 @@ that `fieldgate schema` prints and the docs come from one source.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration is written like 250ms, 1s, 2m or 1h")
     if isinstance(value, int | float):
         seconds = float(value)
+        if not math.isfinite(seconds):  # YAML's .inf and .nan
+            raise ValueError(f"{value!r} is not a duration: write it like 250ms, 1s, 2m or 1h")
     else:
         match = _DURATION.match(str(value))
         if not match:
@@ -58,6 +61,14 @@ def format_duration(seconds: float) -> str:
     if ms % 1000 == 0:
         return f"{ms // 1000}s"
     return f"{ms}ms"
+
+
+def format_size(size: int) -> str:
+    """268435456 -> `256MiB`; 1000 -> `1000` (bytes)."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def parse_size(value: Any) -> int:
@@ -96,6 +107,14 @@ ByteSize = Annotated[
         }
     ),
 ]
+
+
+# A float that must be a number: YAML's .nan, .inf and -.inf are refused (a NaN scale makes every
+# value NaN; an infinite one writes inf into a register).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+# A host name or address (IPv4, IPv6 without brackets): not empty, no spaces or control characters.
+HOST_PATTERN = r"^[^\s\x00-\x1f\x7f/]{1,253}$"
 
 
 class StrictModel(BaseModel):
