@@ -121,7 +121,7 @@ device, two device files polling one TCP endpoint and unit.
 
 **Bounds.** Values are refused where they would break something at run time: numbers are
 finite (no `.nan`, `.inf`); `scale` is not 0 (a write divides by it); polls, timeouts and
-OPC UA publishing intervals are at least 10ms, timeouts at most 10m, `frame_delay` at most
+OPC UA publishing intervals are at least 1ms, timeouts at most 10m, `frame_delay` at most
 10s; `mqtt.keepalive` is 1s..65535s (MQTT's 16-bit field); `buffer.max_bytes` is at least
 64KiB; host names are not empty and hold no spaces; `mqtt.topic_prefix` has no `+`, `#`,
 control character (U+0000 included) or outer `/` and does not start with `$` (the broker's own

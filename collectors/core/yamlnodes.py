@@ -127,7 +127,7 @@ def load_yaml(
         _check_limits(text, limits)
         node = _compose(text)
     except _LimitPassed as exc:
-        source.problem(Position.of(exc.mark), exc.message)
+        source.problem(exc.position, exc.message)
         source.broken = True
         return source
     except yaml.MarkedYAMLError as exc:
@@ -212,9 +212,9 @@ def _position_in(text: str | bytes, index: int) -> Position:
 
 
 class _LimitPassed(Exception):
-    def __init__(self, mark: yaml.Mark, message: str) -> None:
+    def __init__(self, mark: Any, message: str) -> None:  # a yaml.Mark, libyaml's or PyYAML's
         super().__init__(message)
-        self.mark = mark
+        self.position = None if mark is None else Position(mark.line + 1, mark.column + 1)
         self.message = message
 
 

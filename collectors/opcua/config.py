@@ -60,12 +60,12 @@ class Security(StrictModel):
 
 
 # The shortest poll, publishing interval and request timeout; below it a collector or a server spins.
-MIN_INTERVAL = 0.01
+MIN_INTERVAL = 0.001
 
 
 class Subscription(StrictModel):
     publishing_interval: Duration = Field(
-        0.5, ge=MIN_INTERVAL, description="how often the server sends changes, at least 10ms"
+        0.5, ge=MIN_INTERVAL, description="how often the server sends changes, at least 1ms"
     )
     sampling_interval: Duration = Field(0.1, ge=0, description="how often the server samples each value")
     queue_size: int = Field(
@@ -88,7 +88,7 @@ class OpcuaTag(StrictModel):
     )
     mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe (default) | poll")
     poll: Duration | None = Field(
-        None, ge=MIN_INTERVAL, description="poll interval for mode: poll, at least 10ms; default: the device's"
+        None, ge=MIN_INTERVAL, description="poll interval for mode: poll, at least 1ms; default: the device's"
     )
     deadband: Finite = Field(0.0, ge=0, description="server-side deadband (0 = every change)")
     deadband_type: Literal["absolute", "percent"] = Field(
@@ -131,8 +131,8 @@ class OpcuaDevice(StrictModel):
     )
     security: Security = Field(default_factory=Security, description="security policy, mode, user and trust")
     subscription: Subscription = Field(default_factory=Subscription, description="subscription parameters")
-    poll: Duration = Field(5.0, ge=MIN_INTERVAL, description="default interval for mode: poll tags, at least 10ms")
-    timeout: Duration = Field(5.0, ge=MIN_INTERVAL, le=600, description="request timeout, 10ms..10m")
+    poll: Duration = Field(5.0, ge=MIN_INTERVAL, description="default interval for mode: poll tags, at least 1ms")
+    timeout: Duration = Field(5.0, ge=MIN_INTERVAL, le=600, description="request timeout, 1ms..10m")
     max_silence: Duration = Field(
         60.0, gt=0, description="publish every tag at least this often, even unchanged"
     )

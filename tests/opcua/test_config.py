@@ -49,7 +49,7 @@ def _device(tag: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
             _device(security={"user_certificate": "/c.der"}),
             "user_certificate and user_private_key go together",
         ),
-        (_device(endpoint="http://h"), "String should match pattern"),
+        (_device(endpoint="http://h"), "is not an endpoint"),
         ({**_device(), "tags": [{"name": "t", "node": "i=1"}, {"name": "t", "node": "i=2"}]}, "used twice"),
     ],
 )

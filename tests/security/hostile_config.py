@@ -64,12 +64,12 @@ def _junk() -> bytes:
 @dataclass(frozen=True)
 class Hostile:
     name: str
-    make: Callable[[Path], None]  # given devices/x.yaml, put the hostile thing there
+    make: Callable[[Path], object]  # given devices/x.yaml, put the hostile thing there
     says: tuple[str, ...]  # words the refusal must contain
     where: str = ""  # the position it must name, ":line:column" (after the file name)
 
 
-def text(content: str | Callable[[], str]) -> Callable[[Path], None]:
+def text(content: str | Callable[[], str]) -> Callable[[Path], object]:
     return lambda path: path.write_text(content() if callable(content) else content)
 
 

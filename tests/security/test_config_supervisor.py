@@ -8,6 +8,7 @@ and exit with RecursionError.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import time
@@ -62,7 +63,7 @@ def test_a_running_supervisor_refuses_every_hostile_file_and_keeps_its_services(
                 refused = log.read_text(errors="replace").count("config change refused")
                 started = time.monotonic()
                 case.make(hostile)
-                wait_sync(lambda n=refused: said_more(log, "config change refused", n),
+                wait_sync(functools.partial(said_more, log, "config change refused", refused),
                           within=60, what=f"{case.name}: refusal")
                 answer = log.read_text(errors="replace").split("config change refused")[-1]
                 print(f"{case.name}: refused {time.monotonic() - started:.1f} s after the file was written")
@@ -73,7 +74,7 @@ def test_a_running_supervisor_refuses_every_hostile_file_and_keeps_its_services(
 
                 applied = log.read_text(errors="replace").count("config change applied")
                 remove(hostile)
-                wait_sync(lambda n=applied: said_more(log, "config change applied", n),
+                wait_sync(functools.partial(said_more, log, "config change applied", applied),
                           within=60, what=f"{case.name}: removal applied")
                 assert service_pids(run_dir) == pids, case.name
 
