@@ -352,8 +352,7 @@ def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | Op
             plan_device(device)
         except ConfigError as exc:
             message = str(exc).removeprefix(f"{device.name}: ")
-            match = re.match(r"tag (\S+) ", message)
-            index = next((i for i, t in enumerate(device.tags) if match and t.name == match.group(1)), None)
+            index = next((i for i, t in enumerate(device.tags) if t.name == exc.tag), None)
             loc: Loc = ("tags",) if index is None else ("tags", index)
             source.problem(loc, f"device {device.name}: {message}")
     return None if source.problems else device
