@@ -98,3 +98,19 @@ def test_a_file_just_under_the_limits_is_read(tmp_path: Path) -> None:
     print(f"5,000 tags with merge keys: exit {code} in {seconds:.2f} s, peak RSS {rss:.0f} MB")
     assert code == 0, output[-2000:]
     assert "5001 tags" in output
+
+
+def test_an_exception_the_loader_does_not_expect_is_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Belt and braces for the running supervisor: whatever escapes load_config (a bug) refuses
+    the change, named by its type; it never reaches the loop (which would stop every service)."""
+    import gateway.config
+    from gateway.supervisor import load
+
+    def explode(_dir: Path) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(gateway.config, "load_config", explode)
+    config, errors = load(Path("plant"))
+    assert config is None
+    assert errors == ("plant: the config could not be read (RecursionError, a fieldgate bug: please report it "
+                      "with the file that caused it)")
