@@ -185,7 +185,7 @@ class Supervisor:
     async def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                self._check_config()
+                await self._check_config()
                 wake = await self.step()
                 await self._sleep(wake)
         finally:
@@ -222,14 +222,16 @@ class Supervisor:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
 
-    def _check_config(self) -> None:
+    async def _check_config(self) -> None:
         try:
             if not self._watcher.poll():
                 return
         except Exception as exc:  # the watcher only stats files; whatever it meets, the services run on
             self._refuse(f"{self.config_dir}: cannot look for changes ({type(exc).__name__}: {exc})")
             return
-        config, errors = load(self.config_dir)
+        # In a thread: a big file takes seconds to read (200,000 values: ~2 s), and the loop keeps
+        # observing the services meanwhile (health checks, restarts).
+        config, errors = await asyncio.to_thread(load, self.config_dir)
         if config is None:
             self._refuse(errors)
             return
