@@ -197,15 +197,24 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
             Problem(dir / DEVICES_DIR, None, "no device files (devices/NAME.yaml, one device each)")
         )
     loaded: list[tuple[Source, ModbusDevice | OpcuaDevice]] = []
+    size = gateway_source.size if gateway_source is not None else 0
     for path in device_paths or []:
         source = load_yaml(path, env)
+        size += source.size
+        if size > MAX_VALUES_PER_DIR:
+            problems.append(Problem(path, None, f"with this file the config directory holds more than "
+                                    f"{MAX_VALUES_PER_DIR:,} values, the most one gateway reads; the files "
+                                    "after it were not read"))
+            device_paths = None  # no cross-file checks on a part
+            break
         device = validate_device(source, env)
         problems.extend(in_order(source.problems))
         if device is not None:
             loaded.append((source, device))
 
     warnings: list[Problem] = []
-    if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths or []):
+    whole = device_paths is not None and len(loaded) == len(device_paths)
+    if gateway_model is not None and gateway_source is not None and whole:
         problems.extend(in_order(checks.cross_file(gateway_source, gateway_model, loaded, warnings)))
     if problems:
         raise ConfigErrors(scrub(_capped(problems), [gateway_source, *(s for s, _ in loaded)]))
@@ -224,6 +233,10 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
         secret_env=secret_env,
     )
 
+
+# Each file is bounded by yamlnodes.LIMITS; so is the directory, or a thousand files under each
+# file's limit would take minutes and gigabytes (20,000 Modbus tags are about 220,000 values).
+MAX_VALUES_PER_DIR = 400_000
 
 # A file with thousands of errors (a generated file gone wrong, or a hostile one) is reported by
 # its first ones: the rest would only bury them, in the terminal and in every refusal logged.

@@ -183,7 +183,8 @@ def read_slice(path: Path) -> Any:
     parsed by orjson, anything else as YAML (libyaml when PyYAML has it). orjson keeps RSS low:
     with a 2,000-tag plant (bench_e2e.py, 8 x 250 tags) the collector peaked at 67.5 MB reading
     its slice with libyaml, at 43-44 MB with orjson (without `simulate:` keys; 36-38 MB with no
-    tags; the pure-Python YAML parser: 79 MB). Raises OSError, yaml.YAMLError, ValueError."""
+    tags; the pure-Python YAML parser: 79 MB). Raises OSError, yaml.YAMLError, ValueError (also for
+    YAML past the reader's limits, yamlnodes.LIMITS)."""
     raw = path.read_bytes()
     start = 0
     while True:  # skip blank and `#` comment lines: what is left of a rendered slice is JSON
@@ -202,6 +203,9 @@ def read_slice(path: Path) -> Any:
             pass  # a YAML flow mapping, or broken: YAML says which
     import yaml
 
+    from collectors.core.yamlnodes import check_limits
+
+    check_limits(raw.decode("utf-8"))  # libyaml's composer recurses (and crashes) on deep nesting
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(raw, Loader=loader)  # a safe loader: plain data only
 

@@ -97,6 +97,7 @@ class Source:
     # places whose value is already reported (unset variable, duplicate key): no second error there
     tainted: set[Loc] = field(default_factory=set)
     broken: bool = False  # not YAML at all: nothing to validate
+    size: int = 0  # values read (aliases expanded), for a budget over several files
 
     def where(self, loc: Loc, key: bool = False) -> Position | None:
         """The position of `loc` (its key with key=True), else of its nearest existing parent."""
@@ -124,9 +125,9 @@ def load_yaml(
         source.broken = True
         return source
     try:
-        _check_limits(text, limits)
+        source.size = check_limits(text, limits)
         node = _compose(text)
-    except _LimitPassed as exc:
+    except LimitPassed as exc:
         source.problem(exc.position, exc.message)
         source.broken = True
         return source
@@ -211,7 +212,9 @@ def _position_in(text: str | bytes, index: int) -> Position:
     return Position(line + 1, column + 1)
 
 
-class _LimitPassed(Exception):
+class LimitPassed(ValueError):
+    """A YAML text past one of its `Limits`; `position` is where, `message` which limit."""
+
     def __init__(self, mark: Any, message: str) -> None:  # a yaml.Mark, libyaml's or PyYAML's
         super().__init__(message)
         self.position = None if mark is None else Position(mark.line + 1, mark.column + 1)
@@ -227,11 +230,12 @@ class _Open:
     height: int = 0
 
 
-def _check_limits(text: str, limits: Limits) -> None:
-    """Walk the parser's events (no node tree, no recursion) and raise _LimitPassed at the first
-    place the file nests deeper than `max_depth` or holds more than `max_values` values with every
-    alias expanded, or where an alias refers to an anchor it is inside of. Syntax errors are left
-    to `_compose`, which words them."""
+def check_limits(text: str, limits: Limits = LIMITS) -> int:
+    """The number of values `text` holds with every alias expanded. Walks the parser's events (no
+    node tree, no recursion) and raises LimitPassed at the first place the text nests deeper than
+    `max_depth` or holds more than `max_values` values, or where an alias refers to an anchor it is
+    inside of. A syntax error ends the walk: `_compose` reports it, with the better of the parsers'
+    words."""
     anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) of the node it names
     stack: list[_Open] = []
     total = 0
@@ -239,7 +243,7 @@ def _check_limits(text: str, limits: Limits) -> None:
         for event in yaml.parse(text, Loader=_LOADER):
             if isinstance(event, yaml.CollectionStartEvent):
                 if len(stack) >= limits.max_depth:
-                    raise _LimitPassed(event.start_mark, f"lists and mappings nest deeper than "
+                    raise LimitPassed(event.start_mark, f"lists and mappings nest deeper than "
                                        f"{limits.max_depth} levels, the most a config file may nest")
                 stack.append(_Open(event.anchor))
                 total += 1
@@ -260,13 +264,13 @@ def _check_limits(text: str, limits: Limits) -> None:
                     anchors[event.anchor] = (1, 1)
             elif isinstance(event, yaml.AliasEvent):
                 if any(open_.anchor == event.anchor for open_ in stack):
-                    raise _LimitPassed(event.start_mark, f"*{event.anchor} is inside the value it names "
+                    raise LimitPassed(event.start_mark, f"*{event.anchor} is inside the value it names "
                                        f"(&{event.anchor}): a recursive alias has no end; write the values out")
                 if event.anchor not in anchors:
                     continue  # an undefined alias: the composer says so
                 values, height = anchors[event.anchor]
                 if len(stack) + height > limits.max_depth:
-                    raise _LimitPassed(event.start_mark, f"*{event.anchor} nests lists and mappings deeper "
+                    raise LimitPassed(event.start_mark, f"*{event.anchor} nests lists and mappings deeper "
                                        f"than {limits.max_depth} levels, the most a config file may nest")
                 total += values
             else:
@@ -274,14 +278,15 @@ def _check_limits(text: str, limits: Limits) -> None:
                     anchors.clear()
                 continue
             if total > limits.max_values:
-                raise _LimitPassed(event.start_mark, f"more than {limits.max_values:,} values (with every "
+                raise LimitPassed(event.start_mark, f"more than {limits.max_values:,} values (with every "
                                    "alias *name expanded), the most one config file may hold: split the "
                                    "devices over several files")
             if stack and not isinstance(event, yaml.CollectionStartEvent):
                 stack[-1].values += values
                 stack[-1].height = max(stack[-1].height, height)
     except yaml.YAMLError:
-        return  # a syntax error: `_compose` reports it, with the better of the parsers' words
+        pass
+    return total
 
 
 # PyYAML's parser words for the slips people make, in words a plant engineer acts on.

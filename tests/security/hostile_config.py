@@ -57,6 +57,12 @@ def _overlapping_tags() -> str:
         f"  - {{name: t{i}, table: holding, address: 7, type: int16, writable: true}}\n" for i in range(18_000))
 
 
+def _many_files(path: Path) -> None:
+    """Three files of 150,000 values each: every one under a file's limit, 450,000 in all."""
+    for name in ("x", "x2", "x3"):
+        (path.parent / f"{name}.yaml").write_text(HEAD + "description: [" + ", ".join(["1"] * 150_000) + "]\n")
+
+
 def _junk() -> bytes:
     return random.Random(9).randbytes(64 * 1024)
 
@@ -64,9 +70,10 @@ def _junk() -> bytes:
 @dataclass(frozen=True)
 class Hostile:
     name: str
-    make: Callable[[Path], object]  # given devices/x.yaml, put the hostile thing there
+    make: Callable[[Path], object]  # given devices/x.yaml, put the hostile thing there (and x*.yaml)
     says: tuple[str, ...]  # words the refusal must contain
     where: str = ""  # the position it must name, ":line:column" (after the file name)
+    file: str = "x.yaml"  # the file named
 
 
 def text(content: str | Callable[[], str]) -> Callable[[Path], object]:
@@ -107,6 +114,7 @@ HOSTILE = [
     Hostile("wide-mapping", text(_wide_mapping), ("description: expected text",), ":5:14"),
     Hostile("many-bad-tags", text(_bad_tags), ("'int17' is not one of",)),
     Hostile("many-overlapping-tags", text(_overlapping_tags), ("overlaps writable tag t0",)),
+    Hostile("many-files", _many_files, ("holds more than 400,000 values",), file="x3.yaml"),
     Hostile("binary-junk", lambda path: path.write_bytes(_junk()), ("not UTF-8 text",)),
     Hostile("nul-byte", text(HEAD + "description: a\0b\ntags:\n" + TAG),
             ("character '\\x00' is not allowed",), ":5:15"),

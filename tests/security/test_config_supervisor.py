@@ -68,12 +68,13 @@ def test_a_running_supervisor_refuses_every_hostile_file_and_keeps_its_services(
                 answer = log.read_text(errors="replace").split("config change refused")[-1]
                 print(f"{case.name}: refused {time.monotonic() - started:.1f} s after the file was written")
                 assert up.poll() is None, f"{case.name}: the supervisor exited:\n{answer}"
-                assert f"{hostile}{case.where}:" in answer and case.says[0] in answer, answer[:2000]
+                assert f"{hostile.parent / case.file}{case.where}:" in answer and case.says[0] in answer, answer[:2000]
                 assert service_pids(run_dir) == pids, case.name
                 reading(subscriber, TEMPERATURE, lambda p: p["quality"] == "good")
 
                 applied = log.read_text(errors="replace").count("config change applied")
-                remove(hostile)
+                for path in hostile.parent.glob("x*.yaml"):
+                    remove(path)
                 wait_sync(functools.partial(said_more, log, "config change applied", applied),
                           within=60, what=f"{case.name}: removal applied")
                 assert service_pids(run_dir) == pids, case.name

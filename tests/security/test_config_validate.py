@@ -81,7 +81,7 @@ def test_validate_refuses_a_hostile_file_quickly(case: Hostile, tmp_path: Path) 
     assert code == 1, output[-2000:]
     line = next((ln for ln in output.splitlines() if case.says[0] in ln), None)
     assert line is not None, output[-2000:]
-    assert line.startswith(f"{path}{case.where}:"), line
+    assert line.startswith(f"{path.parent / case.file}{case.where}:"), line
     assert all(words in output for words in case.says), output[-2000:]
     assert "Traceback" not in output
     assert seconds < SECONDS and rss < MAX_RSS_MB
@@ -114,3 +114,15 @@ def test_an_exception_the_loader_does_not_expect_is_a_refusal(monkeypatch: pytes
     assert config is None
     assert errors == ("plant: the config could not be read (RecursionError, a fieldgate bug: please report it "
                       "with the file that caused it)")
+
+
+def test_a_component_refuses_a_deeply_nested_slice_instead_of_crashing(tmp_path: Path) -> None:
+    """A component reads its own slice too (`--config FILE`): 50,000 nested `[` made libyaml's
+    composer segfault (exit -11); now it is refused at its position with the config exit code 2."""
+    from tests.support.entry import run_entry_point
+
+    config = tmp_path / "modbus.yaml"
+    config.write_text("name: modbus\ndevices: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    result = run_entry_point("collectors.modbus", config)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{config}:2:73: lists and mappings nest deeper than 64 levels" in result.stderr + result.stdout
