@@ -335,9 +335,17 @@ class _Builder:
         assert isinstance(node, yaml.ScalarNode)
         try:
             value = self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:  # `!!binary x`, `!custom`: a tag we cannot build
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            self.source.problem(Position.of(node.start_mark), f"cannot read this value: {problem}")
+        except Exception as exc:
+            # `!!binary x`, `!custom`: a tag we cannot build. PyYAML's constructors are not written
+            # for hostile text and raise what comes: ValueError (`2001-13-45`, an integer of 5,000
+            # digits), IndexError (`!!int ` with nothing after it), AttributeError (`!!timestamp x`).
+            if isinstance(exc, yaml.YAMLError):
+                problem = getattr(exc, "problem", None) or type(exc).__name__
+            elif isinstance(exc, ValueError) and str(exc):
+                problem = str(exc)
+            else:
+                problem = f"not a valid {node.tag.removeprefix('tag:yaml.org,2002:')}"
+            self.source.problem(Position.of(node.start_mark), f"cannot read this value: {problem[:120]}")
             self.source.tainted.add(loc)
             return None
         if isinstance(value, str) and "$" in value and self.env is not None:
@@ -360,7 +368,7 @@ class _Builder:
                 continue
             try:
                 constructed = self.constructor.construct_object(key_node, deep=True)
-            except yaml.YAMLError:
+            except Exception:  # as in build (PyYAML's constructors raise anything): the key as written
                 constructed = None
             # keys like `on`, `1.5` or `null` stay the words they were written as
             key: str | int = (
