@@ -71,8 +71,12 @@ class ForwarderResources(StrictModel):
     """How the forwarder runs: its image and limits (docker runtime)."""
 
     image: str | None = Field(None, description="image to run; default fieldgate/forwarder:{version}")
-    cpus: float | None = Field(None, gt=0, description="CPU limit in cores, e.g. 0.5 (docker runtime)")
-    memory: ByteSize | None = Field(None, description="memory limit, e.g. 128MiB (docker runtime)")
+    # Docker refuses less than 0.01 CPU and less than 6MiB of memory when it creates the container.
+    cpus: float | None = Field(None, ge=0.01, allow_inf_nan=False,
+                               description="CPU limit in cores, e.g. 0.5, at least 0.01 (docker runtime)")
+    memory: ByteSize | None = Field(
+        None, ge=6 * 1024**2, description="memory limit, e.g. 128MiB, at least 6MiB (docker runtime)"
+    )
 
 
 class CollectorResources(ForwarderResources):

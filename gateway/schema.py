@@ -126,7 +126,8 @@ OPC UA publishing intervals are at least 1ms, timeouts at most 10m, `frame_delay
 64KiB; host names are not empty and hold no spaces; `mqtt.topic_prefix` has no `+`, `#`,
 control character (U+0000 included) or outer `/` and does not start with `$` (the broker's own
 topics); `mqtt.primary_host` is one topic level; an OPC UA endpoint names a host and a port
-1..65535; `baudrate` is 50..4000000.
+1..65535; `baudrate` is 50..4000000; `cpus` is at least 0.01 and `memory` at least 6MiB
+(Docker's own minimums).
 
 **Limits.** A config file is read only when it is a regular file of at most 4 MiB of UTF-8
 text; its lists and mappings nest at most 64 levels; it holds at most 200,000 values, every
