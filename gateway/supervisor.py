@@ -227,7 +227,9 @@ class Supervisor:
             if not self._watcher.poll():
                 return
         except Exception as exc:  # the watcher only stats files; whatever it meets, the services run on
-            self._refuse(f"{self.config_dir}: cannot look for changes ({type(exc).__name__}: {exc})")
+            message = f"{self.config_dir}: cannot look for changes ({type(exc).__name__}: {exc})"
+            if message != self.config_error:  # said once, not every second
+                self._refuse(message)
             return
         # In a thread: a big file takes seconds to read (200,000 values: ~2 s), and the loop keeps
         # observing the services meanwhile (health checks, restarts).

@@ -37,7 +37,6 @@ Loc = tuple[str | int, ...]
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one config file may hold. A 5,000-tag device file is 0.4 MiB, 55,000 values and
@@ -281,7 +280,7 @@ def check_limits(text: str, limits: Limits = LIMITS) -> int:
                 raise LimitPassed(event.start_mark, f"more than {limits.max_values:,} values (with every "
                                    "alias *name expanded), the most one config file may hold: split the "
                                    "devices over several files")
-            if stack and not isinstance(event, yaml.CollectionStartEvent):
+            if stack:  # (a list or mapping just opened adds 0 here, and its values when it ends)
                 stack[-1].values += values
                 stack[-1].height = max(stack[-1].height, height)
     except yaml.YAMLError:
@@ -308,7 +307,7 @@ def _explain_yaml(problem: str) -> str:
 
 
 def _compose(text: str) -> yaml.Node | None:
-    """The node tree of a text that passed `_check_limits` (so libyaml's recursive composer stays
+    """The node tree of a text that passed `check_limits` (so libyaml's recursive composer stays
     within `max_depth`)."""
     try:
         return yaml.compose(text, Loader=_LOADER)
