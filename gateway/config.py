@@ -71,8 +71,12 @@ class ForwarderResources(StrictModel):
     """How the forwarder runs: its image and limits (docker runtime)."""
 
     image: str | None = Field(None, description="image to run; default fieldgate/forwarder:{version}")
-    cpus: float | None = Field(None, gt=0, description="CPU limit in cores, e.g. 0.5 (docker runtime)")
-    memory: ByteSize | None = Field(None, description="memory limit, e.g. 128MiB (docker runtime)")
+    # Docker refuses less than 0.01 CPU and less than 6MiB of memory when it creates the container.
+    cpus: float | None = Field(None, ge=0.01, allow_inf_nan=False,
+                               description="CPU limit in cores, e.g. 0.5, at least 0.01 (docker runtime)")
+    memory: ByteSize | None = Field(
+        None, ge=6 * 1024**2, description="memory limit, e.g. 128MiB, at least 6MiB (docker runtime)"
+    )
 
 
 class CollectorResources(ForwarderResources):
@@ -176,7 +180,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     env = os.environ if env is None else env
     problems: list[Problem] = []
     gateway_path = dir / GATEWAY_FILE
-    if not gateway_path.is_file():
+    if not os.path.lexists(gateway_path):
         problems.append(
             Problem(gateway_path, None, "not found: a config directory holds gateway.yaml and devices/")
         )
@@ -187,24 +191,37 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
         gateway_model = _validate_gateway(gateway_source, env)
         problems.extend(in_order(gateway_source.problems))
 
-    device_paths = device_files(dir)
-    if not device_paths:
+    try:
+        device_paths = device_files(dir)
+    except OSError as exc:
+        problems.append(Problem(dir / DEVICES_DIR, None, f"cannot read: {exc.strerror or type(exc).__name__}"))
+        device_paths = None
+    if device_paths == []:
         problems.append(
             Problem(dir / DEVICES_DIR, None, "no device files (devices/NAME.yaml, one device each)")
         )
     loaded: list[tuple[Source, ModbusDevice | OpcuaDevice]] = []
-    for path in device_paths:
+    size = gateway_source.size if gateway_source is not None else 0
+    for path in device_paths or []:
         source = load_yaml(path, env)
+        size += source.size
+        if size > MAX_VALUES_PER_DIR:
+            problems.append(Problem(path, None, f"with this file the config directory holds more than "
+                                    f"{MAX_VALUES_PER_DIR:,} values, the most one gateway reads; the files "
+                                    "after it were not read"))
+            device_paths = None  # no cross-file checks on a part
+            break
         device = validate_device(source, env)
         problems.extend(in_order(source.problems))
         if device is not None:
             loaded.append((source, device))
 
     warnings: list[Problem] = []
-    if gateway_model is not None and gateway_source is not None and len(loaded) == len(device_paths):
+    whole = device_paths is not None and len(loaded) == len(device_paths)
+    if gateway_model is not None and gateway_source is not None and whole:
         problems.extend(in_order(checks.cross_file(gateway_source, gateway_model, loaded, warnings)))
     if problems:
-        raise ConfigErrors(scrub(problems, [gateway_source, *(s for s, _ in loaded)]))
+        raise ConfigErrors(scrub(_capped(problems), [gateway_source, *(s for s, _ in loaded)]))
     assert gateway_model is not None and gateway_source is not None
     secret_env = {}
     if ("mqtt", "password") in gateway_source.env_refs:
@@ -221,15 +238,40 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     )
 
 
+# Each file is bounded by yamlnodes.LIMITS; so is the directory, or a thousand files under each
+# file's limit would take minutes and gigabytes (20,000 Modbus tags are about 220,000 values).
+MAX_VALUES_PER_DIR = 400_000
+
+# A file with thousands of errors (a generated file gone wrong, or a hostile one) is reported by
+# its first ones: the rest would only bury them, in the terminal and in every refusal logged.
+MAX_PROBLEMS_PER_FILE = 100
+
+
+def _capped(problems: list[Problem]) -> list[Problem]:
+    """The first MAX_PROBLEMS_PER_FILE problems of each file, and how many more there are."""
+    kept: list[Problem] = []
+    count: dict[Path, int] = {}
+    for problem in problems:
+        count[problem.file] = count.get(problem.file, 0) + 1
+        if count[problem.file] <= MAX_PROBLEMS_PER_FILE:
+            kept.append(problem)
+    for file, n in count.items():
+        if n > MAX_PROBLEMS_PER_FILE:
+            more = n - MAX_PROBLEMS_PER_FILE
+            kept.append(Problem(file, None, f"{more:,} more problems in this file not shown; fix these first"))
+    return kept
+
+
 def device_files(dir: Path) -> list[Path]:
-    """The device files of a config directory, in name order (hidden files and editor backups skipped)."""
+    """The device files of a config directory, in name order (hidden files and editor backups skipped).
+
+    Every `*.yaml` / `*.yml` name counts, whatever it is: a directory, a pipe or a symlink loop
+    under such a name is refused when read (load_yaml), never silently left out. Raises OSError
+    when devices/ cannot be listed."""
     folder = dir / DEVICES_DIR
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir()
-        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-    )
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
 
 
 def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> list[DeviceFile]:
@@ -247,7 +289,7 @@ def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = Non
         if device is not None:
             result.append(DeviceFile(source=path, device=device))
     if problems:
-        raise ConfigErrors(scrub(problems, sources))
+        raise ConfigErrors(scrub(_capped(problems), sources))
     return result
 
 
@@ -264,7 +306,35 @@ def _validate_gateway(source: Source, env: Mapping[str, str]) -> GatewayFile | N
         return None
     model = absolute_paths(model, source.file.parent)
     _check_files(source, model, ())
+    if "dir" in model.buffer.model_fields_set and (wrong := buffer_dir_problem(model.buffer.dir, source.file.parent)):
+        source.problem(("buffer", "dir"), f"buffer.dir: {wrong}")
     return None if source.problems else model
+
+
+# The buffer creates backlog/ and live/ in its directory and deletes its segments there; under the
+# docker runtime the directory is bind-mounted into the forwarder's container at the same path.
+# So never a system directory (nor anything under the ones the system owns), never the config
+# directory or one that holds it.
+SYSTEM_DIRS = frozenset(Path(d) for d in (
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt",
+    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log",
+    "/var/run", "/var/tmp",
+))
+SYSTEM_TREES = tuple(Path(d) for d in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin",
+                                       "/sys", "/usr"))
+
+
+def buffer_dir_problem(buffer_dir: Path, config_dir: Path) -> str | None:
+    """Why `buffer_dir` cannot hold the buffer, or None."""
+    path = Path(os.path.normpath(buffer_dir.absolute()))
+    config = Path(os.path.normpath(config_dir.absolute()))
+    if path in SYSTEM_DIRS or any(path.is_relative_to(tree) for tree in SYSTEM_TREES):
+        return (f"{path} is a system directory: give the buffer a directory of its own, "
+                "e.g. /var/lib/fieldgate/buffer")
+    if config.is_relative_to(path):
+        return (f"{path} is the config directory or holds it: give the buffer a directory of its own, "
+                "e.g. /var/lib/fieldgate/buffer")
+    return None
 
 
 def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | OpcuaDevice | None:
@@ -299,8 +369,7 @@ def validate_device(source: Source, env: Mapping[str, str]) -> ModbusDevice | Op
             plan_device(device)
         except ConfigError as exc:
             message = str(exc).removeprefix(f"{device.name}: ")
-            match = re.match(r"tag (\S+) ", message)
-            index = next((i for i, t in enumerate(device.tags) if match and t.name == match.group(1)), None)
+            index = next((i for i, t in enumerate(device.tags) if t.name == exc.tag), None)
             loc: Loc = ("tags",) if index is None else ("tags", index)
             source.problem(loc, f"device {device.name}: {message}")
     return None if source.problems else device

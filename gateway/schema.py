@@ -114,9 +114,27 @@ unit ids; no two writable tags cover the same register (within a device, and bet
 on one link and unit); `collectors.modbus.update: start-first` is refused while RTU devices
 are configured (a serial port has one owner); one TCP endpoint has one framing; the device
 name `status` is reserved (`{topic_prefix}/status` is the gateway's online/offline state);
-`mqtt.topic_prefix` has no `+`, `#` or outer `/`; `metrics.port` leaves room for port+1 and
-port+2. Warnings (the config still runs): a file not named after its device, two device
-files polling one TCP endpoint and unit.
+`metrics.port` leaves room for port+1 and port+2; `buffer.dir` is neither a system directory
+(`/`, `/etc`, `/var`, `/tmp`, anything under `/usr`, `/proc`, `/sys`, `/dev`, ...) nor the config
+directory or one that holds it. Warnings (the config still runs): a file not named after its
+device, two device files polling one TCP endpoint and unit.
+
+**Bounds.** Values are refused where they would break something at run time: numbers are
+finite (no `.nan`, `.inf`); `scale` is not 0 (a write divides by it); polls, timeouts and
+OPC UA publishing intervals are at least 1ms, timeouts at most 10m, `frame_delay` at most
+10s; `mqtt.keepalive` is 1s..65535s (MQTT's 16-bit field); `buffer.max_bytes` is at least
+64KiB; host names are not empty and hold no spaces; `mqtt.topic_prefix` has no `+`, `#`,
+control character (U+0000 included) or outer `/` and does not start with `$` (the broker's own
+topics); `mqtt.primary_host` is one topic level; an OPC UA endpoint names a host and a port
+1..65535; `baudrate` is 50..4000000; `cpus` is at least 0.01 and `memory` at least 6MiB
+(Docker's own minimums).
+
+**Limits.** A config file is read only when it is a regular file of at most 4 MiB of UTF-8
+text; its lists and mappings nest at most 64 levels; it holds at most 200,000 values, every
+alias (`*name`) counted as the values it stands for; an alias inside the value it names
+(`&r [*r]`) is refused. Past a limit the file is refused at the place it was passed, like any
+other error, and a running gateway keeps what it runs. At most 100 problems are listed per
+file.
 
 **Editors.** `fieldgate schema` prints the JSON Schema (draft 2020-12) of both kinds of file;
 `fieldgate schema --write plant/.schema` writes `gateway.schema.json` and `device.schema.json`

@@ -98,13 +98,20 @@ def make_runtime(kind: str, config_dir: Path, run_dir: RunDir) -> Runtime:
 
 
 def load(config_dir: Path) -> tuple[GatewayConfig | None, str]:
-    """The validated config, or None and every error (file:line:column: message) as text."""
+    """The validated config, or None and every error (file:line:column: message) as text.
+
+    Never raises (but for cancellation): whatever a file in DIR holds, a running supervisor
+    refuses the change and keeps what runs. An exception the loader does not expect is a
+    fieldgate bug; it is refused all the same, named by its type (its text could quote the file)."""
     from gateway.config import load_config
 
     try:
         return load_config(config_dir), ""
     except (FieldgateError, ValueError, OSError) as exc:  # reported whole; nothing runs on it
         return None, str(exc)
+    except Exception as exc:  # RecursionError, MemoryError, ...: see above
+        return None, (f"{config_dir}: the config could not be read ({type(exc).__name__}, a fieldgate "
+                      "bug: please report it with the file that caused it)")
 
 
 class ConfigWatcher:
@@ -123,12 +130,20 @@ class ConfigWatcher:
         from gateway.config import GATEWAY_FILE, device_files
 
         # A file added, removed or renamed to a backup name changes the set of paths itself.
-        files = [self._dir / GATEWAY_FILE, *device_files(self._dir)]
+        try:
+            files = [self._dir / GATEWAY_FILE, *device_files(self._dir)]
+        except OSError as exc:  # devices/ cannot be listed: a change, which loading reports
+            return {str(self._dir / "devices"): (-1, exc.errno or 0)}
         seen: dict[str, tuple[int, int]] = {}
         for path in files:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 st = path.stat()
-                seen[str(path)] = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # a symlink loop, no permission: still a change to read (and refuse)
+                seen[str(path)] = (-1, exc.errno or 0)
+                continue
+            seen[str(path)] = (st.st_mtime_ns, st.st_size)
         return seen
 
     def poll(self) -> bool:
@@ -174,7 +189,7 @@ class Supervisor:
     async def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                self._check_config()
+                await self._check_config()
                 wake = await self.step()
                 await self._sleep(wake)
         finally:
@@ -221,21 +236,29 @@ class Supervisor:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
 
-    def _check_config(self) -> None:
-        if not self._watcher.poll():
+    async def _check_config(self) -> None:
+        try:
+            if not self._watcher.poll():
+                return
+        except Exception as exc:  # the watcher only stats files; whatever it meets, the services run on
+            message = f"{self.config_dir}: cannot look for changes ({type(exc).__name__}: {exc})"
+            if message != self.config_error:  # said once, not every second
+                self._refuse(message)
             return
-        config, errors = load(self.config_dir)
+        # In a thread: a big file takes seconds to read (200,000 values: ~2 s), and the loop keeps
+        # observing the services meanwhile (health checks, restarts).
+        config, errors = await asyncio.to_thread(load, self.config_dir)
         if config is None:
-            self.config_error = errors
-            self.say(f"config change refused; what runs stays as it is:\n{errors}")
-            self.write_status(force=True)
+            self._refuse(errors)
             return
         try:
             desired = self.runtime.desired(config, self.config_dir)
         except (FieldgateError, ValueError, OSError) as exc:  # e.g. a slice the runtime cannot render
-            self.config_error = str(exc)
-            self.say(f"config change refused; what runs stays as it is:\n{exc}")
-            self.write_status(force=True)
+            self._refuse(str(exc))
+            return
+        except Exception as exc:  # a fieldgate bug; what runs stays as it is all the same
+            self._refuse(f"{self.config_dir}: the services could not be planned ({type(exc).__name__}, "
+                         "a fieldgate bug: please report it with the config that caused it)")
             return
         names = set(desired) | set(self.desired)
         changed = sorted((n for n in names if desired.get(n) != self.desired.get(n)), key=start_order)
@@ -243,6 +266,11 @@ class Supervisor:
         self.config_applied = time.time()
         self.desired = desired
         self.say(f"config change applied: {', '.join(changed) if changed else 'no service affected'}")
+
+    def _refuse(self, errors: str) -> None:
+        self.config_error = errors
+        self.say(f"config change refused; what runs stays as it is:\n{errors}")
+        self.write_status(force=True)
 
     async def shutdown(self) -> None:
         observed = await self.runtime.observe()

@@ -8,6 +8,7 @@ that `fieldgate schema` prints and the docs come from one source.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration is written like 250ms, 1s, 2m or 1h")
     if isinstance(value, int | float):
         seconds = float(value)
+        if not math.isfinite(seconds):  # YAML's .inf and .nan
+            raise ValueError(f"{value!r} is not a duration: write it like 250ms, 1s, 2m or 1h")
     else:
         match = _DURATION.match(str(value))
         if not match:
@@ -58,6 +61,14 @@ def format_duration(seconds: float) -> str:
     if ms % 1000 == 0:
         return f"{ms // 1000}s"
     return f"{ms}ms"
+
+
+def format_size(size: int) -> str:
+    """268435456 -> `256MiB`; 1000 -> `1000` (bytes)."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def parse_size(value: Any) -> int:
@@ -96,6 +107,14 @@ ByteSize = Annotated[
         }
     ),
 ]
+
+
+# A float that must be a number: YAML's .nan, .inf and -.inf are refused (a NaN scale makes every
+# value NaN; an infinite one writes inf into a register).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+# A host name or address (IPv4, IPv6 without brackets): not empty, no spaces or control characters.
+HOST_PATTERN = r"^[^\s\x00-\x1f\x7f/]{1,253}$"
 
 
 class StrictModel(BaseModel):
@@ -164,7 +183,8 @@ def read_slice(path: Path) -> Any:
     parsed by orjson, anything else as YAML (libyaml when PyYAML has it). orjson keeps RSS low:
     with a 2,000-tag plant (bench_e2e.py, 8 x 250 tags) the collector peaked at 67.5 MB reading
     its slice with libyaml, at 43-44 MB with orjson (without `simulate:` keys; 36-38 MB with no
-    tags; the pure-Python YAML parser: 79 MB). Raises OSError, yaml.YAMLError, ValueError."""
+    tags; the pure-Python YAML parser: 79 MB). Raises OSError, yaml.YAMLError, ValueError (also for
+    YAML past the reader's limits, yamlnodes.LIMITS)."""
     raw = path.read_bytes()
     start = 0
     while True:  # skip blank and `#` comment lines: what is left of a rendered slice is JSON
@@ -183,6 +203,9 @@ def read_slice(path: Path) -> Any:
             pass  # a YAML flow mapping, or broken: YAML says which
     import yaml
 
+    from collectors.core.yamlnodes import check_limits
+
+    check_limits(raw.decode("utf-8"))  # libyaml's composer recurses (and crashes) on deep nesting
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(raw, Loader=loader)  # a safe loader: plain data only
 

@@ -6,7 +6,13 @@ class FieldgateError(Exception):
 
 
 class ConfigError(FieldgateError):
-    """A config that cannot run."""
+    """A config that cannot run; `device` and `tag` name where, when one of them is the cause
+    (the gateway's loader turns them into the file:line:column of that tag)."""
+
+    def __init__(self, message: str, *, device: str | None = None, tag: str | None = None) -> None:
+        super().__init__(message)
+        self.device = device
+        self.tag = tag
 
 
 class DeviceError(FieldgateError):

@@ -10,14 +10,17 @@ loader uses it for gateway.yaml and device files; each component's entry point u
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic.fields import FieldInfo
 
+from collectors.core.config import format_duration, format_size, parse_duration, parse_size
 from collectors.core.errors import ConfigError
 from collectors.core.names import NAME_PATTERN
 from collectors.core.yamlnodes import Loc, Problem, Source, load_yaml
@@ -133,6 +136,8 @@ def _explain(source: Source, error: Any, model: type[BaseModel]) -> tuple[Loc, b
             )
         description = _description(model, loc)
         return loc, False, f"{show(value)} is not allowed: expected " + (description or error["msg"])
+    if (bound := _unit_bound(source, model, loc, error)) is not None:
+        return loc, False, bound
     if kind == "value_error":
         message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
         return _refine(source, loc, message), False, message
@@ -233,19 +238,55 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _description(model: type[BaseModel], loc: Loc) -> str | None:
+    return next((f.description for f in _fields(model, loc) if f.description), None)
+
+
+def _fields(model: type[BaseModel], loc: Loc) -> list[FieldInfo]:
+    """The fields `loc` may name (one per union member that has it)."""
     keys = [p for p in loc if isinstance(p, str)]
     if not keys:
-        return None
+        return []
     parents: list[type[BaseModel]] = [model]
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
         nxt = [m for p in parents if (f := p.model_fields.get(part)) for m in _models_in(f.annotation)]
         parents = nxt or parents
-    for parent in parents:
-        field = parent.model_fields.get(str(loc[-1]))
-        if field is not None and field.description:
-            return field.description
+    return [field for parent in parents if (field := parent.model_fields.get(str(loc[-1]))) is not None]
+
+
+# pydantic's bound errors -> words, for durations and sizes (its own words show seconds and
+# bytes: "greater than or equal to 0.01 (got '1ms')")
+_BOUNDS = {"greater_than": "more than", "greater_than_equal": "at least", "less_than": "less than",
+           "less_than_equal": "at most"}
+
+
+def _unit_bound(source: Source, model: type[BaseModel], loc: Loc, error: Any) -> str | None:
+    """`at least 10ms (got '0.0001ms')` when a duration or size is out of its bounds, else None."""
+    if error["type"] not in _BOUNDS:
+        return None
+    parsers = {_parser(field.annotation, field.metadata) for field in _fields(model, loc)}
+    limit = next(iter(error.get("ctx", {}).values()), None)
+    if len(parsers) != 1 or not isinstance(limit, int | float):
+        return None
+    parser = parsers.pop()
+    if parser is parse_duration:
+        shown = format_duration(float(limit))
+    elif parser is parse_size:
+        shown = format_size(int(limit))
+    else:
+        return None
+    return f"{_BOUNDS[error['type']]} {shown} (got {show(_get(source.data, loc))})"
+
+
+def _parser(annotation: Any, metadata: Iterable[Any] = ()) -> Any:
+    """parse_duration or parse_size when the field (or the type inside its Optional) is read by it."""
+    for item in [*metadata, *getattr(annotation, "__metadata__", ())]:
+        if isinstance(item, BeforeValidator) and item.func in (parse_duration, parse_size):
+            return item.func
+    for arg in typing.get_args(annotation):
+        if (found := _parser(arg)) is not None:
+            return found
     return None
 
 

@@ -7,13 +7,23 @@ replaced in string scalars with an error at the exact column when a variable is 
 `$${` writes a literal `${`. Without an environment (`env=None`: the slices the gateway renders,
 already substituted) every value is taken as written.
 
+A config file may come from anyone who can write into the config directory, and the supervisor
+reads it while it runs the plant, so reading is bounded (`Limits`): the file's size, how deep
+lists and mappings nest, and how many values it holds once every alias (`*name`) is expanded
+are checked on the parser's event stream, before any node tree exists; a recursive alias
+(`&r [*r]`) is refused. Without that, 50,000 nested `[` crash libyaml's composer (a segfault,
+not an exception), `&r [*r]` recurses forever, and nine levels of ten aliases ("billion
+laughs") expand to 10^9 values.
+
 Here in collectors.core, not in the gateway, because each component's entry point reports its
 own config file the same way (collectors never import `gateway`, SPEC.md).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +35,22 @@ Loc = tuple[str | int, ...]
 
 # libyaml's parser when PyYAML has it: 20x faster on a 5,000-tag device, same marks.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one config file may hold. A 5,000-tag device file is 0.4 MiB, 55,000 values and
+    4 levels deep; validating 200,000 values takes about 2 s and 150 MiB."""
+
+    max_bytes: int = 4 * 1024**2
+    max_depth: int = 64  # lists and mappings inside each other, aliases expanded
+    max_values: int = 200_000  # scalars, lists and mappings, every alias use counted in full
+
+
+LIMITS = Limits()
+# The pure-Python parser words syntax errors better than libyaml but reads ~10x slower:
+# asked only for files up to this size, so a large broken file is refused as fast as a good one.
+_PYTHON_PARSER_MAX = 512 * 1024
 
 # ${NAME} or ${NAME:-default}; $${ escapes a literal ${.
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
@@ -70,6 +96,7 @@ class Source:
     # places whose value is already reported (unset variable, duplicate key): no second error there
     tainted: set[Loc] = field(default_factory=set)
     broken: bool = False  # not YAML at all: nothing to validate
+    size: int = 0  # values read (aliases expanded), for a budget over several files
 
     def where(self, loc: Loc, key: bool = False) -> Position | None:
         """The position of `loc` (its key with key=True), else of its nearest existing parent."""
@@ -86,18 +113,23 @@ class Source:
         self.problems.append(Problem(self.file, position, message))
 
 
-def load_yaml(path: Path, env: Mapping[str, str] | None, display: Path | None = None) -> Source:
-    """Read one YAML file into a Source; problems (syntax, duplicate keys, unset variables) are
-    collected on it rather than raised, so a caller can list every error of every file."""
+def load_yaml(
+    path: Path, env: Mapping[str, str] | None, display: Path | None = None, limits: Limits = LIMITS
+) -> Source:
+    """Read one YAML file into a Source; problems (syntax, duplicate keys, unset variables, a limit
+    passed) are collected on it rather than raised, so a caller can list every error of every file."""
     source = Source(display or path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        source.problem(None, f"cannot read: {getattr(exc, 'strerror', None) or exc}")
+    text = _read_text(path, source, limits)
+    if text is None:
         source.broken = True
         return source
     try:
+        source.size = check_limits(text, limits)
         node = _compose(text)
+    except LimitPassed as exc:
+        source.problem(exc.position, exc.message)
+        source.broken = True
+        return source
     except yaml.MarkedYAMLError as exc:
         # Never str(exc): it quotes the source line, which may hold a password.
         mark = exc.problem_mark or exc.context_mark
@@ -114,6 +146,12 @@ def load_yaml(path: Path, env: Mapping[str, str] | None, display: Path | None = 
         source.problem(Position.of(mark) if mark else None, f"not valid YAML: {what}")
         source.broken = True
         return source
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, most controls)
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        source.problem(_position_in(text, exc.position), f"not valid YAML: character {character!r} "
+                       "is not allowed in a YAML file (a control character, or a binary file?)")
+        source.broken = True
+        return source
     except yaml.YAMLError as exc:
         source.problem(None, f"not valid YAML: {type(exc).__name__}")
         source.broken = True
@@ -123,6 +161,131 @@ def load_yaml(path: Path, env: Mapping[str, str] | None, display: Path | None = 
         return source
     source.data = _Builder(source, text, env).build(node, ())
     return source
+
+
+def _read_text(path: Path, source: Source, limits: Limits) -> str | None:
+    """The file's text, or None with the problem on `source`: only a regular file of at most
+    `limits.max_bytes` bytes of UTF-8 is read (never a FIFO, a device or a directory, which
+    would block, never end, or is no file at all)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            source.problem(None, f"not a regular file ({_kind(os.stat(path).st_mode)}): a config file "
+                           "is a plain text file")
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):  # replaced between the two looks
+                source.problem(None, f"not a regular file ({_kind(mode)}): a config file is a plain text file")
+                return None
+            raw = file.read(limits.max_bytes + 1)
+    except OSError as exc:
+        source.problem(None, f"cannot read: {exc.strerror or type(exc).__name__}")
+        return None
+    if len(raw) > limits.max_bytes:
+        source.problem(None, f"larger than {_size(limits.max_bytes)}, the most one config file may hold: "
+                       "split the devices over several files")
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = _position_in(raw, exc.start)
+        source.problem(at, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}): save the file as UTF-8")
+        return None
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+    return next((word for test, word in kinds if test(mode)), "not a file")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**2:g} MiB" if n >= 1024**2 else f"{n} bytes"
+
+
+def _position_in(text: str | bytes, index: int) -> Position:
+    newline = "\n" if isinstance(text, str) else b"\n"
+    line = text.count(newline, 0, index)  # type: ignore[arg-type]
+    column = index - (text.rfind(newline, 0, index) + 1)  # type: ignore[arg-type]
+    return Position(line + 1, column + 1)
+
+
+class LimitPassed(ValueError):
+    """A YAML text past one of its `Limits`; `position` is where, `message` which limit."""
+
+    def __init__(self, mark: Any, message: str) -> None:  # a yaml.Mark, libyaml's or PyYAML's
+        super().__init__(message)
+        self.position = None if mark is None else Position(mark.line + 1, mark.column + 1)
+        self.message = message
+
+
+@dataclass(slots=True)
+class _Open:
+    """A list or mapping the parser is inside: its anchor, its values so far, its children's height."""
+
+    anchor: str | None
+    values: int = 1
+    height: int = 0
+
+
+def check_limits(text: str, limits: Limits = LIMITS) -> int:
+    """The number of values `text` holds with every alias expanded. Walks the parser's events (no
+    node tree, no recursion) and raises LimitPassed at the first place the text nests deeper than
+    `max_depth` or holds more than `max_values` values, or where an alias refers to an anchor it is
+    inside of. A syntax error ends the walk: `_compose` reports it, with the better of the parsers'
+    words."""
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) of the node it names
+    stack: list[_Open] = []
+    total = 0
+    try:
+        for event in yaml.parse(text, Loader=_LOADER):
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= limits.max_depth:
+                    raise LimitPassed(event.start_mark, f"lists and mappings nest deeper than "
+                                       f"{limits.max_depth} levels, the most a config file may nest")
+                stack.append(_Open(event.anchor))
+                total += 1
+                values, height = 0, 0
+            elif isinstance(event, yaml.CollectionEndEvent):
+                done = stack.pop()
+                values, height = done.values, done.height + 1
+                if done.anchor is not None:
+                    anchors[done.anchor] = (values, height)
+                if stack:  # its own start was counted when it opened
+                    stack[-1].values += values
+                    stack[-1].height = max(stack[-1].height, height)
+                continue
+            elif isinstance(event, yaml.ScalarEvent):
+                values, height = 1, 1
+                total += 1
+                if event.anchor is not None:
+                    anchors[event.anchor] = (1, 1)
+            elif isinstance(event, yaml.AliasEvent):
+                if any(open_.anchor == event.anchor for open_ in stack):
+                    raise LimitPassed(event.start_mark, f"*{event.anchor} is inside the value it names "
+                                       f"(&{event.anchor}): a recursive alias has no end; write the values out")
+                if event.anchor not in anchors:
+                    continue  # an undefined alias: the composer says so
+                values, height = anchors[event.anchor]
+                if len(stack) + height > limits.max_depth:
+                    raise LimitPassed(event.start_mark, f"*{event.anchor} nests lists and mappings deeper "
+                                       f"than {limits.max_depth} levels, the most a config file may nest")
+                total += values
+            else:
+                if isinstance(event, yaml.DocumentEndEvent):
+                    anchors.clear()
+                continue
+            if total > limits.max_values:
+                raise LimitPassed(event.start_mark, f"more than {limits.max_values:,} values (with every "
+                                   "alias *name expanded), the most one config file may hold: split the "
+                                   "devices over several files")
+            if stack:  # (a list or mapping just opened adds 0 here, and its values when it ends)
+                stack[-1].values += values
+                stack[-1].height = max(stack[-1].height, height)
+    except yaml.YAMLError:
+        pass
+    return total
 
 
 # PyYAML's parser words for the slips people make, in words a plant engineer acts on.
@@ -144,10 +307,12 @@ def _explain_yaml(problem: str) -> str:
 
 
 def _compose(text: str) -> yaml.Node | None:
+    """The node tree of a text that passed `check_limits` (so libyaml's recursive composer stays
+    within `max_depth`)."""
     try:
         return yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError:
-        if _LOADER is yaml.SafeLoader:
+        if _LOADER is yaml.SafeLoader or len(text) > _PYTHON_PARSER_MAX:
             raise
     # libyaml says "did not find expected ..."; the pure-Python parser says what it got instead
     return yaml.compose(text, Loader=yaml.SafeLoader)
@@ -169,9 +334,17 @@ class _Builder:
         assert isinstance(node, yaml.ScalarNode)
         try:
             value = self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:  # `!!binary x`, `!custom`: a tag we cannot build
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            self.source.problem(Position.of(node.start_mark), f"cannot read this value: {problem}")
+        except Exception as exc:
+            # `!!binary x`, `!custom`: a tag we cannot build. PyYAML's constructors are not written
+            # for hostile text and raise what comes: ValueError (`2001-13-45`, an integer of 5,000
+            # digits), IndexError (`!!int ` with nothing after it), AttributeError (`!!timestamp x`).
+            if isinstance(exc, yaml.YAMLError):
+                problem = getattr(exc, "problem", None) or type(exc).__name__
+            elif isinstance(exc, ValueError) and str(exc):
+                problem = str(exc)
+            else:
+                problem = f"not a valid {node.tag.removeprefix('tag:yaml.org,2002:')}"
+            self.source.problem(Position.of(node.start_mark), f"cannot read this value: {problem[:120]}")
             self.source.tainted.add(loc)
             return None
         if isinstance(value, str) and "$" in value and self.env is not None:
@@ -180,20 +353,21 @@ class _Builder:
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, Any]:
         seen: dict[Any, Position] = {}
-        own = [pair for pair in node.value if pair[0].tag != "tag:yaml.org,2002:merge"]
+        # by identity: `pair in list` compares tuples of nodes, quadratic in a wide mapping
+        own = {id(pair[0]) for pair in node.value if pair[0].tag != "tag:yaml.org,2002:merge"}
         try:
             self.constructor.flatten_mapping(node)  # `<<: *anchor` merge keys; own keys win
         except yaml.MarkedYAMLError as exc:
             self.source.problem(Position.of(exc.problem_mark or node.start_mark), f"{exc.problem}")
-        merged = [pair for pair in node.value if pair not in own]
+        merged = [pair for pair in node.value if id(pair[0]) not in own]
         result: dict[Any, Any] = {}
-        for key_node, value_node in [*merged, *own]:
+        for key_node, value_node in [*merged, *(pair for pair in node.value if id(pair[0]) in own)]:
             if not isinstance(key_node, yaml.ScalarNode):
                 self.source.problem(Position.of(key_node.start_mark), "a key must be a plain word")
                 continue
             try:
                 constructed = self.constructor.construct_object(key_node, deep=True)
-            except yaml.YAMLError:
+            except Exception:  # as in build (PyYAML's constructors raise anything): the key as written
                 constructed = None
             # keys like `on`, `1.5` or `null` stay the words they were written as
             key: str | int = (
@@ -201,7 +375,8 @@ class _Builder:
                 else str(key_node.value)
             )
             key_at = Position.of(key_node.start_mark)
-            if (key_node, value_node) in own and key in seen:
+            is_own = id(key_node) in own
+            if is_own and key in seen:
                 first = seen[key]
                 self.source.problem(
                     key_at, f"key {key!r} appears twice in this mapping (first at line {first.line}); "
@@ -209,7 +384,7 @@ class _Builder:
                 )
                 self.source.tainted.add((*loc, key))
                 continue
-            if (key_node, value_node) in own:
+            if is_own:
                 seen[key] = key_at
             self.source.keys[(*loc, key)] = key_at
             result[key] = self.build(value_node, (*loc, key))

@@ -9,9 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from collectors.core.config import ByteSize, Duration, HandoffConfig, StrictModel, password_from_env, read_slice
+from collectors.core.config import (
+    HOST_PATTERN,
+    ByteSize,
+    Duration,
+    HandoffConfig,
+    StrictModel,
+    password_from_env,
+    read_slice,
+)
 from collectors.core.names import Name
 
 
@@ -34,9 +42,12 @@ class TlsConfig(StrictModel):
 
 
 class MqttConfig(StrictModel):
-    host: str = Field("127.0.0.1", description="broker host name or address")
+    host: str = Field("127.0.0.1", pattern=HOST_PATTERN, description="broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with tls)")
-    client_id: str | None = Field(None, description="MQTT client id; default fieldgate-{gateway.id}")
+    client_id: str | None = Field(
+        None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$",
+        description="MQTT client id (1 to 256 characters, no control characters); default fieldgate-{gateway.id}",
+    )
     username: str | None = Field(None, description="user name, e.g. ${MQTT_USER}")
     password: SecretStr | None = Field(None, description="password, usually ${MQTT_PASSWORD}; never logged")
     password_file: Path | None = Field(None, description="file holding the password (docker secret)")
@@ -51,8 +62,29 @@ class MqttConfig(StrictModel):
         "tag", description="json mode: tag (one message per reading) | device (one per device and batch)"
     )
     retain: bool = Field(False, description="retain readings (json mode)")
-    keepalive: Duration = Field(30.0, gt=0, description="MQTT keep-alive")
-    primary_host: str | None = Field(None, description="sparkplug: host application id whose STATE gates births")
+    keepalive: Duration = Field(
+        30.0, ge=1, le=65535, description="MQTT keep-alive, 1s..65535s (a 16-bit count of seconds in CONNECT)"
+    )
+    primary_host: str | None = Field(
+        None, pattern=r"^[^+#/\x00-\x1f\x7f]{1,256}$",
+        description="sparkplug: host application id whose STATE gates births (one topic level: no / + #)",
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, prefix: str | None) -> str | None:
+        # MQTT 3.1.1, 4.7: no wildcards or U+0000 in a topic name; topics starting with $ are the
+        # broker's ($SYS): a subscription to # never sees them.
+        if prefix is None:
+            return prefix
+        if (not prefix or any(c in prefix for c in "+#") or prefix.startswith(("/", "$")) or prefix.endswith("/")
+                or any(ord(c) < 0x20 or c == "\x7f" for c in prefix) or len(prefix.encode()) > 1024):
+            raise ValueError(
+                f"{prefix!r} is not a topic prefix: levels separated by /, no + or #, no / at either end, "
+                "not starting with $ (the broker's own topics), no control characters, at most 1024 bytes "
+                "(e.g. fieldgate/line3)"
+            )
+        return prefix
 
     @model_validator(mode="before")
     @classmethod
@@ -68,7 +100,10 @@ class MqttConfig(StrictModel):
 
 class BufferConfig(StrictModel):
     dir: Path = Field(Path("/var/lib/fieldgate/buffer"), description="where the store-and-forward buffer lives")
-    max_bytes: ByteSize = Field(256 * 1024**2, description="oldest readings are dropped past this, and counted")
+    max_bytes: ByteSize = Field(
+        256 * 1024**2, ge=64 * 1024,
+        description="oldest readings are dropped past this, and counted; at least 64KiB (16 segments)",
+    )
     durability: Literal["outage", "always"] = Field(
         "outage", description="outage: disk only while the broker is away | always: disk before every ack"
     )

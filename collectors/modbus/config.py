@@ -12,7 +12,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from collectors.core.config import CollectorSettings, Duration, StrictModel, check_write_limits, read_slice
+from collectors.core.config import (
+    HOST_PATTERN,
+    CollectorSettings,
+    Duration,
+    Finite,
+    StrictModel,
+    check_write_limits,
+    read_slice,
+)
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 
@@ -47,6 +55,11 @@ class DataType(StrEnum):
 
 Order = Literal["big", "little"]
 
+# The shortest poll interval and request timeout: about one Modbus TCP round trip on a LAN (a
+# poll that short means "back to back"; bench_modbus_collector.py polls at 1ms). Below it the
+# number only pretends: `poll: 0.0001ms` asks ten million requests a second of one link.
+MIN_INTERVAL = 0.001
+
 # type -> (registers it spans, whether `bit`, `length`, `word_order`, scale/offset/deadband apply)
 TYPE_RULES: dict[DataType, tuple[int, bool, bool, bool, bool]] = {
     #                 regs  bit    length word_order numeric
@@ -64,7 +77,7 @@ TYPE_RULES: dict[DataType, tuple[int, bool, bool, bool, bool]] = {
 
 
 class TcpLink(StrictModel):
-    host: str = Field(description="IP address or host name of the device or gateway")
+    host: str = Field(pattern=HOST_PATTERN, description="IP address or host name of the device or gateway")
     port: int = Field(502, ge=1, le=65535, description="TCP port")
     framer: Literal["socket", "rtu"] = Field(
         "socket", description="socket: Modbus TCP (MBAP); rtu: RTU frames over TCP (serial servers)"
@@ -72,8 +85,10 @@ class TcpLink(StrictModel):
 
 
 class RtuLink(StrictModel):
-    port: str = Field(description="serial port, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
-    baudrate: int = Field(9600, description="bits per second")
+    port: str = Field(
+        pattern=r"^[^\s\x00-\x1f\x7f]+$", description="serial port, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."
+    )
+    baudrate: int = Field(9600, ge=50, le=4_000_000, description="bits per second, 50..4000000")
     parity: Literal["N", "E", "O"] = Field("N", description="N (none) | E (even) | O (odd)")
     stopbits: Literal[1, 2] = Field(1, description="1 | 2")
     bytesize: Literal[7, 8] = Field(8, description="7 | 8")
@@ -105,12 +120,14 @@ class ModbusTag(StrictModel):
     table: Table = Field(description="coil | discrete | input | holding")
     address: int = Field(ge=0, le=65535, description="0-based protocol address")
     type: DataType = Field(description="bool int16 uint16 int32 uint32 int64 uint64 float32 float64 string")
-    scale: float = Field(1.0, description="value = raw * scale + offset (numeric types)")
-    offset: float = Field(0.0, description="value = raw * scale + offset (numeric types)")
+    scale: Finite = Field(1.0, description="value = raw * scale + offset (numeric types); a number other than 0")
+    offset: Finite = Field(0.0, description="value = raw * scale + offset (numeric types)")
     unit: str | None = Field(None, description="engineering unit, e.g. degC, bar, kWh")
-    deadband: float = Field(0.0, ge=0, description="publish only when the value moves this much (0 = every poll)")
+    deadband: Finite = Field(0.0, ge=0, description="publish only when the value moves this much (0 = every poll)")
     max_silence: Duration | None = Field(None, description="publish at least this often; default: the device's")
-    poll: Duration | None = Field(None, description="poll interval of this tag; default: the device's")
+    poll: Duration | None = Field(
+        None, ge=MIN_INTERVAL, description="poll interval of this tag, at least 1ms; default: the device's"
+    )
     bit: int | None = Field(None, ge=0, le=15, description="one bit (0 = least significant) of a 16-bit register")
     length: int | None = Field(None, ge=1, le=125, description="string length in registers (2 characters each)")
     byte_order: Order | None = Field(None, description="big | little inside a register; default: the device's")
@@ -142,6 +159,9 @@ class ModbusTag(StrictModel):
             raise ValueError(f"length applies only to string tags, not {self.type.value}")
         if self.word_order is not None and not word_ok:
             raise ValueError("word_order applies only to 32- and 64-bit types")
+        if self.scale == 0:
+            raise ValueError("scale 0 makes every value 0 and no write possible (a write divides by scale): "
+                             "use a number other than 0")
         if not numeric and (self.scale != 1.0 or self.offset != 0.0 or self.deadband):
             raise ValueError(f"scale, offset and deadband apply only to numeric types, not {self.type.value}")
         if self.bit is not None and (self.scale != 1.0 or self.offset != 0.0 or self.deadband):
@@ -181,8 +201,12 @@ class ModbusDevice(StrictModel):
     protocol: Literal["modbus"] = Field(description="modbus")
     connection: Connection = Field(description="tcp: {host, port} or rtu: {port, baudrate, parity, stopbits, bytesize}")
     unit: int = Field(1, ge=0, le=255, description="unit id (slave id) of the device")
-    poll: Duration = Field(1.0, gt=0, description="default poll interval of the tags, e.g. 250ms, 1s")
-    timeout: Duration = Field(1.0, gt=0, description="how long to wait for an answer")
+    poll: Duration = Field(
+        1.0, ge=MIN_INTERVAL, description="default poll interval of the tags, e.g. 250ms, 1s; at least 1ms"
+    )
+    timeout: Duration = Field(
+        1.0, ge=MIN_INTERVAL, le=600, description="how long to wait for an answer, 1ms..10m"
+    )
     retries: int = Field(0, ge=0, le=5, description="extra tries of a timed-out request before the tags go bad")
     byte_order: Order = Field("big", description="big | little: byte order inside a 16-bit register")
     word_order: Order = Field("big", description="big | little: register order in 32/64-bit values (little = CDAB)")
@@ -193,7 +217,9 @@ class ModbusDevice(StrictModel):
     max_registers: int = Field(125, ge=1, le=125, description="most registers in one read (some devices take less)")
     max_bits: int = Field(2000, ge=1, le=2000, description="most coils or discrete inputs in one read")
     max_silence: Duration = Field(60.0, gt=0, description="publish every tag at least this often, even unchanged")
-    frame_delay: Duration = Field(0.0, description="pause between frames on this link (slow serial devices)")
+    frame_delay: Duration = Field(
+        0.0, le=10, description="pause between frames on this link (slow serial devices), at most 10s"
+    )
     description: str | None = Field(None, description="free text for people")
     tags: list[ModbusTag] = Field(min_length=1, description="the values to read")
 

@@ -110,7 +110,8 @@ def _coalesce(device: ModbusDevice, table: Table, tags: list[ModbusTag], interva
         if size > limit:
             raise ConfigError(
                 f"{device.name}: tag {tag.name} spans {size} registers, more than one request "
-                f"reads ({what}: {limit})"
+                f"reads ({what}: {limit})",
+                device=device.name, tag=tag.name,
             )
         tag_end = tag.address + size
         if current and tag.address - end <= max_gap and max(end, tag_end) - start <= limit:

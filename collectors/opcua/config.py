@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from collectors.core.config import (
     CollectorSettings,
     Duration,
+    Finite,
     StrictModel,
     check_write_limits,
     password_from_env,
@@ -100,8 +101,14 @@ class Security(StrictModel):
         )
 
 
+# The shortest poll, publishing interval and request timeout; below it a collector or a server spins.
+MIN_INTERVAL = 0.001
+
+
 class Subscription(StrictModel):
-    publishing_interval: Duration = Field(0.5, gt=0, description="how often the server sends changes")
+    publishing_interval: Duration = Field(
+        0.5, ge=MIN_INTERVAL, description="how often the server sends changes, at least 1ms"
+    )
     sampling_interval: Duration = Field(0.1, ge=0, description="how often the server samples each value")
     queue_size: int = Field(
         10, ge=1, le=10000, description="changes the server keeps per item between publishes"
@@ -123,9 +130,9 @@ class OpcuaTag(StrictModel):
     )
     mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe (default) | poll")
     poll: Duration | None = Field(
-        None, gt=0, description="poll interval for mode: poll; default: the device's"
+        None, ge=MIN_INTERVAL, description="poll interval for mode: poll, at least 1ms; default: the device's"
     )
-    deadband: float = Field(0.0, ge=0, description="server-side deadband (0 = every change)")
+    deadband: Finite = Field(0.0, ge=0, description="server-side deadband (0 = every change)")
     deadband_type: Literal["absolute", "percent"] = Field(
         "absolute", description="absolute | percent (of the EURange; where the server supports it)"
     )
@@ -172,16 +179,34 @@ class OpcuaDevice(StrictModel):
 
     name: Name = Field(description="device name, unique in the gateway; a topic level")
     protocol: Literal["opcua"] = Field(description="opcua")
-    endpoint: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port[/path]")
+    endpoint: str = Field(
+        json_schema_extra={"pattern": r"^opc\.tcp://[^\s/]+"}, description="opc.tcp://host:port[/path]"
+    )
     security: Security = Field(default_factory=Security, description="security policy, mode, user and trust")
     subscription: Subscription = Field(default_factory=Subscription, description="subscription parameters")
-    poll: Duration = Field(5.0, gt=0, description="default interval for mode: poll tags")
-    timeout: Duration = Field(5.0, gt=0, description="request timeout")
+    poll: Duration = Field(5.0, ge=MIN_INTERVAL, description="default interval for mode: poll tags, at least 1ms")
+    timeout: Duration = Field(5.0, ge=MIN_INTERVAL, le=600, description="request timeout, 1ms..10m")
     max_silence: Duration = Field(
         60.0, gt=0, description="publish every tag at least this often, even unchanged"
     )
     description: str | None = Field(None, description="free text for people")
     tags: list[OpcuaTag] = Field(min_length=1, description="the values to read")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            url = urlsplit(value)
+            port = url.port  # ValueError past 65535
+        except ValueError:
+            url, port = None, None
+        if (url is None or url.scheme != "opc.tcp" or not url.hostname or port == 0
+                or re.search(r"[\s\x00-\x1f\x7f]", value)):
+            raise ValueError(f"{value!r} is not an endpoint: write it like opc.tcp://host:4840[/path] "
+                             "(a host, a port 1..65535, no spaces)")
+        return value
 
     @model_validator(mode="after")
     def _unique_tags(self) -> OpcuaDevice:

@@ -65,7 +65,7 @@ def _device(tag: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
             _device(security={"trust": "strict", "allow_password_without_encryption": True}),
             "trust: strict checks the server certificate",
         ),
-        (_device(endpoint="http://h"), "String should match pattern"),
+        (_device(endpoint="http://h"), "is not an endpoint"),
         ({**_device(), "tags": [{"name": "t", "node": "i=1"}, {"name": "t", "node": "i=2"}]}, "used twice"),
     ],
 )
