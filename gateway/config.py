@@ -108,8 +108,9 @@ class GatewayFile(StrictModel):
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig,
-        description="Prometheus metrics: the forwarder on port, the Modbus collector on port+1, "
-        "the OPC UA collector on port+2",
+        description="Prometheus metrics and health: the forwarder on port, the Modbus collector on "
+        "port+1, the OPC UA collector on port+2; port null: no service serves /metrics or /healthz "
+        "(no health checks, with either runtime)",
     )
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="the store-and-forward buffer")
     runtime: Literal["docker", "process"] = Field(
