@@ -9,7 +9,7 @@ Every part is its own process, started the way `fieldgate` starts it:
   collector  `python -m collectors.modbus --config run/modbus.yaml`
   forwarder  `python -m collectors.forwarder --config run/forwarder.yaml`
              both slices rendered by the gateway's own code (`load_config` of a config
-             directory this script writes, then `desired_services` of the process runtime:
+             directory this script writes, then `process_specs` of the process runtime:
              the same command lines and config text `fieldgate up --runtime process` runs)
   broker     Mosquitto on a free loopback port, default settings but for the queue limits
   subscriber paho-mqtt (its network thread), subscribed to `{prefix}/#` at QoS 0, counting
@@ -373,7 +373,7 @@ class RunResult:
 
 
 def metrics(port: int) -> dict[str, float]:
-    from gateway.runtime.process import parse_metrics
+    from gateway.runtime.metrics import parse_metrics
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return parse_metrics(text)
@@ -384,12 +384,13 @@ class Pipeline:
 
     def __init__(self, folder: Path, logs: Path, linger: float | None = None) -> None:
         from gateway.config import load_config
-        from gateway.runtime.process import RunDir, child_environment, desired_services
+        from gateway.runtime.common import RunDir
+        from gateway.runtime.process import child_environment, process_specs
 
         config = load_config(folder)
         run_dir = RunDir.for_config(folder)
         run_dir.create()
-        specs = desired_services(config, folder, run_dir)
+        specs = process_specs(config, run_dir)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         env = child_environment()

@@ -10,12 +10,12 @@ from pathlib import Path
 # verb -> "module:function"; the function takes the parsed args and returns the exit code.
 VERBS = {
     "validate": "gateway.config:main_validate",
-    "schema": "gateway.config:main_schema",
+    "schema": "gateway.schema:main_schema",
     "plan": "gateway.requests:main_plan",
     "render": "gateway.compose:main_render",
     "up": "gateway.supervisor:main_up",
     "status": "gateway.supervisor:main_status",
-    "update": "gateway.supervisor:main_update",
+    "update": "gateway.update:main_update",
     "simulate": "gateway.simulate:main_simulate",
     "opcua": "collectors.opcua.browse:main_browse",
     "demo": "gateway.demo:main_demo",

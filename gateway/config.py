@@ -16,7 +16,6 @@ slices never hold them in clear: see `collector_slices`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -113,8 +112,9 @@ class GatewayFile(StrictModel):
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig,
-        description="Prometheus metrics: the forwarder on port, the Modbus collector on port+1, "
-        "the OPC UA collector on port+2",
+        description="Prometheus metrics and health: the forwarder on port, the Modbus collector on "
+        "port+1, the OPC UA collector on port+2; port null: no service serves /metrics or /healthz "
+        "(no health checks, with either runtime)",
     )
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="the store-and-forward buffer")
     runtime: Literal["docker", "process"] = Field(
@@ -617,23 +617,6 @@ def main_validate(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(warning)
     print(summary(config))
-    return 0
-
-
-def main_schema(args: argparse.Namespace) -> int:
-    """`fieldgate schema [--write DIR] [--markdown]`: the JSON Schema of gateway.yaml and device
-    files (draft 2020-12), or the config reference (docs/config.md) made from it."""
-    from gateway import schema
-
-    if getattr(args, "markdown", False):
-        print(schema.markdown(), end="")
-        return 0
-    out = getattr(args, "write", None)
-    if out is None:
-        print(json.dumps(schema.combined(), indent=2))
-        return 0
-    for path in schema.write(out):
-        print(path)
     return 0
 
 

@@ -41,7 +41,8 @@ import yaml
 
 from collectors.core.errors import FieldgateError
 from gateway.plan import Policy
-from gateway.runtime.process import ProcessRuntime, RunDir, child_environment, die_with_parent
+from gateway.runtime.common import RunDir
+from gateway.runtime.process import ProcessRuntime, child_environment, die_with_parent
 from gateway.supervisor import Supervisor, load
 
 log = logging.getLogger(__name__)

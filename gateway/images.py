@@ -109,7 +109,7 @@ class Built:
 
 def build(base: str, tag: str | None, out: Path | None = None) -> tuple[list[Built], int]:
     """Build the three images on `base`; returns them and the base image's size in bytes."""
-    from gateway.runtime.docker import Engine, EngineError
+    from gateway.runtime.engine import Engine, EngineError
 
     root = source_root()
     context = (out or cache_dir()) / "context"
@@ -142,7 +142,7 @@ def build(base: str, tag: str | None, out: Path | None = None) -> tuple[list[Bui
 
 def save(out: Path, tag: str | None = None) -> dict[str, object]:
     """Write OUT/fieldgate-images.tar and OUT/manifest.json; returns the manifest."""
-    from gateway.runtime.docker import Engine
+    from gateway.runtime.engine import Engine
 
     out.mkdir(parents=True, exist_ok=True)
     with Engine() as engine:
@@ -180,7 +180,7 @@ def _sha256_file(path: Path) -> str:
 
 def load(bundle: Path) -> list[dict[str, str]]:
     """Check the tar against the manifest, load it, then check each image id the engine now has."""
-    from gateway.runtime.docker import Engine, EngineError
+    from gateway.runtime.engine import Engine, EngineError
 
     manifest_path = bundle / BUNDLE_MANIFEST
     if not manifest_path.is_file():

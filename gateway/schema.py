@@ -10,6 +10,7 @@ up from a first-line comment:
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,18 @@ def _default(prop: dict[str, Any]) -> str:
     if isinstance(value, dict | list):
         return "see below" if isinstance(value, dict) else f"`{json.dumps(value)}`"
     return f"`{value}`"
+
+
+def main_schema(args: argparse.Namespace) -> int:
+    """`fieldgate schema [--write DIR] [--markdown]`: the JSON Schema of gateway.yaml and device
+    files (draft 2020-12), or the config reference (docs/config.md) made from it."""
+    if getattr(args, "markdown", False):
+        print(markdown(), end="")
+        return 0
+    out = getattr(args, "write", None)
+    if out is None:
+        print(json.dumps(combined(), indent=2))
+        return 0
+    for path in write(out):
+        print(path)
+    return 0

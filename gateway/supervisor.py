@@ -1,4 +1,4 @@
-"""`fieldgate up`, `status` and `update`: the supervisor loop around the pure planner.
+"""`fieldgate up` and `status`: the supervisor loop around the pure planner.
 
 `up` validates DIR (a bad config is refused with its errors and nothing starts), then runs::
 
@@ -11,7 +11,8 @@ replaces the desired services, and since every service carries the hash of its o
 slice, only the services whose slice changed are recreated.
 
 The running supervisor rewrites `run/status.json` in its run directory atomically (on every
-change, and every 10 s for the rates); `fieldgate status DIR` prints it as a table.
+change, and every 10 s for the rates); `fieldgate status DIR` prints it as a table, and
+`fieldgate update` (gateway.update) waits on it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from gateway.plan import (
     plan_shutdown,
     start_order,
 )
-from gateway.runtime.process import ProcessRuntime, RunDir, write_atomic
+from gateway.runtime.common import RunDir, write_atomic
+from gateway.runtime.process import ProcessRuntime
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -476,25 +478,3 @@ def main_status(args: argparse.Namespace) -> int:
         print(f"config change refused (the running services keep the previous config):\n{error}")
     print(format_table(status_rows(status, time.time())))
     return 0 if alive else 1
-
-
-def main_update(args: argparse.Namespace) -> int:
-    """Image updates apply to the docker runtime; the process runtime runs the installed package."""
-    config, errors = load(args.dir)
-    if config is None:
-        print(errors, file=sys.stderr)
-        return 1
-    kind = getattr(config, "runtime", "process")
-    if kind == "docker":
-        from gateway.runtime import docker as docker_runtime
-
-        update = getattr(docker_runtime, "main_update", None)
-        if update is not None:
-            return int(update(args))
-    print(
-        f"fieldgate: {args.dir} uses the process runtime, which runs the installed fieldgate package; "
-        "image updates apply to the docker runtime. To update it, upgrade the package "
-        "(pip install -U fieldgate) and restart `fieldgate up`.",
-        file=sys.stderr,
-    )
-    return 2

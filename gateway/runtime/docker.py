@@ -1,20 +1,26 @@
-"""The Docker runtime: the one module that talks to the Docker Engine API (docker-py).
+"""The docker runtime: executes the planner's steps on containers (docker-py, Engine API).
 
-It builds, saves and loads images for `fieldgate images`, and executes the supervisor's steps
-on containers. It decides nothing itself: what to create, start or remove, when to try again
-after a failure and what counts as a crash loop comes from the pure planner; this module turns
-the rendered compose model into Engine API calls, executes one step at a time and reports its
-`Outcome` (an image not on the engine is `image-missing`, checked before anything is touched),
-and turns the Engine's containers back into the planner's observed state.
+It decides nothing itself: what to create, start or remove, when to try again after a failure
+and what counts as a crash loop comes from the pure planner (`gateway.plan`). This module
+renders the config into the compose model (`gateway.compose`, into `RUN/compose/`), executes
+one step at a time on the Engine (the create arguments come from `gateway.runtime.containers`)
+and reports its `Outcome` (an image not on the engine is `image-missing`, checked before
+anything is touched), and turns the Engine's containers back into the planner's observed state.
+Besides `gateway.runtime.engine`, the only module that imports docker-py.
+
+Who restarts what: containers keep `restart: unless-stopped`, as the compose file says, so
+the Engine restarts a crashed container at once (with its own capped backoff), also while
+no supervisor runs and after a reboot. The supervisor restarts what the Engine does not: a
+container stopped behind its back (`docker kill` counts as a manual stop, so the Engine
+leaves it down) and one that stays unhealthy, which the Engine only reports. A container
+the Engine is restarting is observed as `restarting`, with its RestartCount: the planner
+counts those restarts as failures and calls the service crash-looping, as for its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import os
-import re
 import sys
 import threading
 import time
@@ -27,13 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
-import yaml
-from docker.types import LogConfig, Mount
 
-from collectors.core.errors import FieldgateError
 from gateway.compose import HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL, Project
 from gateway.plan import (
-    BackoffState,
     Handover,
     Observed,
     Outcome,
@@ -47,148 +49,21 @@ from gateway.plan import (
     Step,
     Stop,
     Wait,
-    plan,
 )
-from gateway.runtime.process import (
-    BUFFERED_GAUGES,
-    READINGS_COUNTERS,
-    RunDir,
-    _first,
-    http_get,
-    parse_metrics,
+from gateway.runtime.common import RunDir
+from gateway.runtime.containers import (
+    CANDIDATE_SUFFIX,
+    ContainerFactory,
+    container_name,
+    parse_seconds,
 )
+from gateway.runtime.engine import EngineError, ImageMissing, connect
+from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
+from gateway.services import Run, desired_services
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
-
-class EngineError(FieldgateError):
-    """The Docker engine is not reachable, or refused what we asked of it."""
-
-
-class ImageMissing(EngineError):
-    """A service's image is not on this engine (we never pull: a plant PC is often offline)."""
-
-    def __init__(self, image: str) -> None:
-        super().__init__(f"image {image} is not on this engine: `fieldgate images build` "
-                         "or `fieldgate images load BUNDLE` first")
-        self.image = image
-
-
-@dataclass(frozen=True, slots=True)
-class ImageInfo:
-    name: str
-    id: str  # sha256:... of the image config: what `docker images --no-trunc` shows
-    size: int  # bytes, uncompressed, shared layers counted in every image
-    labels: dict[str, str]
-
-
-def connect(timeout: float = 60.0) -> docker.DockerClient:
-    """A client for the engine named by DOCKER_HOST (default: the local socket), API version negotiated."""
-    try:
-        client = docker.from_env(timeout=int(timeout))
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"no Docker engine answers ({exc}); start dockerd or set DOCKER_HOST") from exc
-    return client
-
-
-class Engine:
-    """Image operations on one engine; a context manager so the HTTP connections are closed."""
-
-    def __init__(self, client: docker.DockerClient | None = None) -> None:
-        self.client = client or connect()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-
-    # ----------------------------------------------------------------------------- images
-
-    def image(self, name: str) -> ImageInfo | None:
-        try:
-            image = self.client.images.get(name)
-        except docker.errors.ImageNotFound:
-            return None
-        attrs = image.attrs
-        return ImageInfo(name, str(image.id), int(attrs.get("Size") or 0), dict(image.labels or {}))
-
-    def build(
-        self, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str], log: Path
-    ) -> ImageInfo:
-        """Build `tag` from `context` without pulling (the base must be local or reachable)."""
-        lines: list[str] = []
-        try:
-            for chunk in self.client.api.build(
-                path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs,
-                rm=True, forcerm=True, pull=False, decode=True,
-            ):
-                if "stream" in chunk:
-                    lines.append(str(chunk["stream"]))
-                if "error" in chunk:
-                    lines.append(str(chunk["error"]))
-                    log.write_text("".join(lines))
-                    raise EngineError(f"building {tag} failed: {str(chunk['error']).strip()} (log: {log})")
-        except docker.errors.APIError as exc:
-            log.write_text("".join(lines))
-            raise EngineError(f"building {tag} failed: {exc.explanation or exc} (log: {log})") from exc
-        log.write_text("".join(lines))
-        info = self.image(tag)
-        if info is None:
-            raise EngineError(f"building {tag} ended without an image (log: {log})")
-        return info
-
-    def prune_leftovers(self) -> int:
-        """Remove untagged images earlier builds of ours left (old images, build stages); bytes freed."""
-        freed = 0
-        for label in ("io.fieldgate.stage=build", "io.fieldgate.component"):
-            result = self.client.images.prune(filters={"dangling": True, "label": label})
-            freed += int(result.get("SpaceReclaimed") or 0)
-        return freed
-
-    def save(self, names: list[str], out: Path) -> str:
-        """`docker save` of several images into one tar (shared layers stored once); returns its sha256."""
-        api = self.client.api
-        # docker-py's get_image takes one name; the endpoint takes several (POST-free, GET ?names=).
-        response = api._get(api._url("/images/get"), params={"names": names}, stream=True)
-        digest = hashlib.sha256()
-        with out.open("wb") as file:
-            for chunk in api._stream_raw_result(response, 2 * 1024 * 1024, False):
-                digest.update(chunk)
-                file.write(chunk)
-        return digest.hexdigest()
-
-    def load(self, tar: Path) -> list[str]:
-        """`docker load`; returns what the engine reports it loaded."""
-        loaded: list[str] = []
-        with tar.open("rb") as file:
-            for message in self.client.api.load_image(file, quiet=True):
-                if "error" in message:
-                    raise EngineError(f"loading {tar} failed: {message['error']}")
-                stream = str(message.get("stream", "")).strip()
-                if stream:
-                    loaded.append(stream)
-        return loaded
-
-
-# ================================================================================ the runtime
-#
-# Containers carry the compose labels (project, service, container-number, oneoff) and the
-# rendered config hash, and are named `<project>-<service>-1` as `docker compose` names them,
-# so `docker compose ps` on the rendered file and `fieldgate status` see the same containers.
-#
-# Who restarts what: containers keep `restart: unless-stopped`, as the compose file says, so
-# the Engine restarts a crashed container at once (with its own capped backoff), also while
-# no supervisor runs and after a reboot. The supervisor restarts what the Engine does not: a
-# container stopped behind its back (`docker kill` counts as a manual stop, so the Engine
-# leaves it down) and one that stays unhealthy, which the Engine only reports. A container
-# the Engine is restarting is observed as `restarting`, with its RestartCount: the planner
-# counts those restarts as failures and calls the service crash-looping, as for its own.
-
-CONTAINER_NUMBER = "1"
-CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy
 STATS_INTERVAL = 5.0
 
 
@@ -202,123 +77,6 @@ def parse_time(text: str | None) -> float | None:
     return stamp.timestamp()
 
 
-def parse_seconds(text: str) -> float:
-    """Compose durations (`10s`, `1m30s`, `500ms`) -> seconds."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
-    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text))
-
-
-def _nanos(text: str) -> int:
-    return int(parse_seconds(text) * 1e9)
-
-
-def container_name(project: str, service: str) -> str:
-    return f"{project}-{service}-{CONTAINER_NUMBER}"
-
-
-class ContainerFactory:
-    """Turns one service of the rendered compose model into Engine API create arguments.
-
-    It reads only the keys `gateway.compose` renders; a key it does not know is an error, so
-    the compose file and the containers cannot drift apart silently.
-    """
-
-    KNOWN = frozenset({
-        "image", "command", "restart", "init", "user", "group_add", "network_mode", "extra_hosts",
-        "volumes", "tmpfs", "read_only", "cap_drop", "security_opt", "devices", "device_cgroup_rules",
-        "cpus", "mem_limit", "memswap_limit", "pids_limit", "environment", "healthcheck",
-        "stop_grace_period", "logging", "depends_on", "labels", "ports",
-    })
-
-    def __init__(self, api: Any, project: Project, base_dir: Path) -> None:
-        self.api = api
-        self.project = project
-        self.base_dir = base_dir  # where ./config/... bind sources are relative to
-
-    def network_name(self) -> str:
-        return f"{self.project.name}_default"
-
-    def volume_name(self, volume: str) -> str:
-        return f"{self.project.name}_{volume}"
-
-    def _value(self, value: str) -> str:
-        """`${NAME}` (a secret the compose file only names) -> its value from the config or environment."""
-        match = re.fullmatch(r"\$\{(\w+)\}", value)
-        if match is None:
-            return value
-        name = match.group(1)
-        return self.project.secrets.get(name) or os.environ.get(name, "")
-
-    def create_args(self, service: str, name: str, *, image: str | None = None) -> dict[str, Any]:
-        svc = self.project.services[service].compose
-        unknown = set(svc) - self.KNOWN
-        if unknown:
-            raise EngineError(f"service {service}: the docker runtime does not know {sorted(unknown)}")
-        mounts = []
-        for vol in svc.get("volumes", []):
-            if vol["type"] == "bind":
-                source = Path(vol["source"])
-                if not source.is_absolute():
-                    source = (self.base_dir / source).resolve()
-                mounts.append(Mount(vol["target"], str(source), type="bind",
-                                    read_only=bool(vol.get("read_only"))))
-            else:
-                mounts.append(Mount(vol["target"], self.volume_name(vol["source"]), type="volume",
-                                    read_only=bool(vol.get("read_only"))))
-        tmpfs = dict(item.split(":", 1) if ":" in item else (item, "") for item in svc.get("tmpfs", []))
-        extra_hosts = dict(item.split(":", 1) for item in svc.get("extra_hosts", []))
-        logging = svc.get("logging") or {}
-        host_config = self.api.create_host_config(
-            restart_policy={"Name": svc.get("restart", "no")},
-            init=svc.get("init"),
-            group_add=svc.get("group_add"),
-            network_mode=svc.get("network_mode") or self.network_name(),
-            extra_hosts=extra_hosts or None,
-            mounts=mounts,
-            tmpfs=tmpfs or None,
-            read_only=svc.get("read_only"),
-            cap_drop=svc.get("cap_drop"),
-            security_opt=svc.get("security_opt"),
-            devices=svc.get("devices"),
-            device_cgroup_rules=svc.get("device_cgroup_rules"),
-            nano_cpus=int(float(svc["cpus"]) * 1e9) if "cpus" in svc else None,
-            mem_limit=svc.get("mem_limit"),
-            memswap_limit=svc.get("memswap_limit"),
-            pids_limit=svc.get("pids_limit"),
-            log_config=LogConfig(type=logging.get("driver", "json-file"),
-                                 config=logging.get("options") or {}),
-        )
-        health = svc.get("healthcheck") or {}
-        if health.get("disable"):
-            healthcheck: dict[str, Any] | None = {"test": ["NONE"]}
-        elif health:
-            healthcheck = {
-                "test": health["test"], "interval": _nanos(health.get("interval", "30s")),
-                "timeout": _nanos(health.get("timeout", "30s")), "retries": int(health.get("retries", 3)),
-                "start_period": _nanos(health.get("start_period", "0s")),
-            }
-        else:
-            healthcheck = None
-        labels = dict(svc.get("labels") or {})
-        labels.update({
-            "com.docker.compose.container-number": CONTAINER_NUMBER,
-            "com.docker.compose.oneoff": "False",
-            "com.docker.compose.project.working_dir": str(self.base_dir),
-            "com.docker.compose.project.config_files": str(self.base_dir / "docker-compose.yml"),
-        })
-        return {
-            "image": image or svc["image"],
-            "command": svc.get("command"),
-            "name": name,
-            "user": svc.get("user"),
-            "environment": {key: self._value(value) for key, value in (svc.get("environment") or {}).items()},
-            "labels": labels,
-            "healthcheck": healthcheck,
-            "stop_timeout": int(parse_seconds(svc.get("stop_grace_period", "10s"))),
-            "host_config": host_config,
-        }
-
-
 @dataclass
 class Track:
     """What the runtime remembers of one service between observations."""
@@ -327,7 +85,7 @@ class Track:
     health: str | None = None
     health_since: float | None = None
     restarts: int = 0  # by the supervisor
-    readings: tuple[float, float] | None = None  # (monotonic, counter) of the last scrape
+    readings: ReadingsRate = field(default_factory=ReadingsRate)
     details: dict[str, Any] = field(default_factory=dict)
     cpu: tuple[float, float] | None = None  # (container total, system total) of the last sample
 
@@ -694,19 +452,13 @@ class DockerRuntime:
                 continue
             with self._lock:
                 stats = self.client.api.stats(container.id, stream=False, one_shot=True)
-            cpu_total = float(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0))
-            system = float(stats.get("cpu_stats", {}).get("system_cpu_usage", 0))
-            online = float(stats.get("cpu_stats", {}).get("online_cpus") or 1)
-            if track.cpu is not None and system > track.cpu[1]:
-                share = (cpu_total - track.cpu[0]) / (system - track.cpu[1]) * online
-                track.details["cpu_percent"] = round(max(0.0, share) * 100, 1)  # of one core
-            track.cpu = (cpu_total, system)
-            memory = stats.get("memory_stats", {})
-            usage = memory.get("usage")
-            if usage is not None:
-                extra = memory.get("stats", {})
-                cache = extra.get("total_inactive_file", extra.get("inactive_file", extra.get("cache", 0)))
-                track.details["memory"] = int(usage - cache)
+            sample = cpu_sample(stats)
+            if track.cpu is not None and (percent := cpu_percent(track.cpu, sample)) is not None:
+                track.details["cpu_percent"] = percent  # of one core
+            track.cpu = sample[:2]
+            memory = memory_used(stats)
+            if memory is not None:
+                track.details["memory"] = memory
             port = self.project.services[service].metrics_port if self.project else None
             if port is not None:
                 address = self.project.services[service].metrics_host if self.project else "127.0.0.1"
@@ -718,24 +470,16 @@ class DockerRuntime:
         return targets
 
     async def _scrape(self, service: str, address: str, port: int) -> None:
+        scraped = await scrape(address, port)
+        if scraped is None:
+            return
         track = self._track(service)
-        try:
-            status, text = await http_get(port, "/metrics", host=address)
-        except (OSError, TimeoutError, ConnectionError):
-            return
-        if status != 200:
-            return
-        totals = parse_metrics(text)
-        buffered = _first(totals, BUFFERED_GAUGES)
-        if buffered is not None:
-            track.details["buffered"] = buffered
-        count = _first(totals, READINGS_COUNTERS)
-        now = time.monotonic()
-        if count is not None:
-            if track.readings is not None and now > track.readings[0] and count >= track.readings[1]:
-                rate = (count - track.readings[1]) / (now - track.readings[0])
-                track.details["readings_per_s"] = round(rate, 1)
-            track.readings = (now, count)
+        if scraped.buffered is not None:
+            track.details["buffered"] = scraped.buffered
+        if scraped.readings is not None:
+            rate = track.readings.add(time.monotonic(), scraped.readings)
+            if rate is not None:
+                track.details["readings_per_s"] = round(rate, 2)
 
 
 def render_config(config: GatewayConfig, config_dir: Path) -> Project:
@@ -751,172 +495,29 @@ def write_project(project: Project, out: Path) -> None:
 
 
 def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
-    """The planner's view of each rendered service: the compose hash covers image, limits and slice."""
-    specs: dict[str, ServiceSpec] = {}
-    for name, svc in project.services.items():
-        specs[name] = ServiceSpec(
-            name=name,
+    """The planner's view of each rendered service (`gateway.services.desired_services`): the
+    compose hash covers image, limits and slice."""
+
+    def run(spec: ServiceSpec) -> Run:
+        svc = project.services[spec.name]
+        return Run(
             command=tuple(svc.compose.get("command") or ()),
             config_hash=svc.config_hash,
+            config_file=str(out / svc.config_path),
             image=svc.limits.image,
             cpus=svc.limits.cpus,
             memory=svc.limits.memory,
             update=svc.limits.update,
             devices=tuple(p.host for p in svc.ports),
-            metrics_port=svc.metrics_port,
-            config_file=str(out / svc.config_path),
-            config_text=svc.config_text,
-            host_network=project.network == "host",
         )
-    return specs
+
+    slices = {}
+    for name, svc in project.services.items():
+        assert svc.config is not None, "gateway.compose.build_service keeps each service's slice"
+        slices[name] = svc.config
+    return desired_services(slices, run, metrics_host=project.metrics_host, host_network=project.network == "host")
 
 
 def make_runtime(config_dir: Path, run_dir: RunDir) -> DockerRuntime:
     """What `gateway.supervisor.make_runtime` calls for `--runtime docker`."""
     return DockerRuntime(config_dir, run_dir)
-
-
-# ================================================================================ fieldgate update
-
-UPDATE_TIMEOUT = 120.0
-
-
-def set_image(text: str, service: str, image: str) -> str:
-    """gateway.yaml with `image:` of one service replaced (or added), everything else byte for byte.
-
-    The config directory stays the one truth: the running supervisor applies the edit like any
-    other, and a rollback puts the old text back.
-    """
-    root = yaml.compose(text)
-    if not isinstance(root, yaml.MappingNode):
-        raise EngineError("gateway.yaml is not a mapping")
-    path = ["forwarder"] if service == "forwarder" else ["collectors", service]
-    node: yaml.MappingNode = root
-    for key in path:
-        found = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
-        if not isinstance(found, yaml.MappingNode):
-            where = ".".join(path)
-            raise EngineError(f"gateway.yaml has no `{where}:` mapping; add `{where}: {{image: {image}}}`")
-        node = found
-    value = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "image"), None)
-    if value is not None:
-        return text[: value.start_mark.index] + image + text[value.end_mark.index :]
-    if node.flow_style:
-        at = node.start_mark.index + 1
-        return text[:at] + f"image: {image}, " + text[at:]
-    first_key = node.value[0][0]
-    line_start = text.rfind("\n", 0, first_key.start_mark.index) + 1
-    return text[:line_start] + " " * first_key.start_mark.column + f"image: {image}\n" + text[line_start:]
-
-
-def _gateway_file(config_dir: Path) -> Path:
-    for name in ("gateway.yaml", "gateway.yml"):
-        if (config_dir / name).is_file():
-            return config_dir / name
-    raise EngineError(f"{config_dir} has no gateway.yaml")
-
-
-def _service_status(run_dir: RunDir, service: str) -> dict[str, Any] | None:
-    from gateway.supervisor import read_status
-
-    status = read_status(run_dir) or {}
-    return next((s for s in status.get("services", []) if s.get("name") == service), None)
-
-
-def _healthy_on(entry: dict[str, Any] | None, image: str) -> bool:
-    return bool(entry and entry.get("image") == image and entry.get("state") == "running"
-                and entry.get("health") in ("healthy", None))
-
-
-def _wait_status(run_dir: RunDir, service: str, image: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _healthy_on(_service_status(run_dir, service), image):
-            return True
-        time.sleep(1.0)
-    return False
-
-
-async def _update_directly(config_dir: Path, run_dir: RunDir, service: str, within: float) -> bool:
-    """No supervisor runs: recreate the one service here and wait for it to turn healthy."""
-    from gateway.supervisor import load
-
-    config, errors = load(config_dir)
-    if config is None:
-        raise EngineError(errors)
-    async with DockerRuntime(config_dir, run_dir) as runtime:
-        want = {service: runtime.desired(config, config_dir)[service]}
-        spec = want[service]
-        backoff = BackoffState()
-        deadline = time.monotonic() + within
-        # The supervisor's loop for this one service: the planner decides (recreate, hand over,
-        # roll back), the runtime executes.
-        while time.monotonic() < deadline:
-            observed = {name: obs for name, obs in (await runtime.observe()).items() if name == service}
-            obs = observed.get(service)
-            if (obs is not None and obs.candidate is None and obs.image == spec.image
-                    and obs.config_hash == spec.config_hash and obs.state == "running"
-                    and obs.health in ("healthy", None)):
-                return True
-            now = time.monotonic()
-            backoff = backoff.settle(observed, now, want)
-            outcomes = []
-            for step in plan(want, observed, now, backoff):
-                if not isinstance(step, Wait):
-                    print(f"{service}: {step}")
-                    outcomes.append(outcome := await runtime.execute(step))
-                    if not outcome.ok:
-                        print(f"{service}: {outcome.reason}", file=sys.stderr)
-            backoff = backoff.record(outcomes, time.monotonic())
-            await asyncio.sleep(1.0)
-    return False
-
-
-def main_update(args: Any) -> int:
-    """`fieldgate update DIR SERVICE --image IMAGE`: health-gated, rolled back unless it turns healthy."""
-    from gateway.supervisor import load, read_status, supervisor_alive
-
-    config_dir: Path = args.dir
-    service: str = args.collector
-    image: str = args.image
-    timeout = float(getattr(args, "timeout", None) or UPDATE_TIMEOUT)
-    run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
-    try:
-        config, errors = load(config_dir)
-        if config is None:
-            raise EngineError(errors)
-        project = render_config(config, config_dir)
-        if service not in project.services:
-            names = ", ".join(project.services)
-            raise EngineError(f"no service {service!r} in {config_dir}; there are {names}")
-        old_image = project.services[service].limits.image
-        with Engine() as engine:
-            if engine.image(image) is None:
-                raise EngineError(f"image {image} is not on this engine: build it or `fieldgate images load`")
-        gateway_file = _gateway_file(config_dir)
-        original = gateway_file.read_text()
-        gateway_file.write_text(set_image(original, service, image))
-        status = read_status(run_dir)
-        supervised = status is not None and supervisor_alive(status)
-        how = "via the running supervisor" if supervised else "directly"
-        print(f"{service}: {old_image} -> {image} ({how})")
-        if supervised:
-            ok = _wait_status(run_dir, service, image, timeout)
-        else:
-            ok = asyncio.run(_update_directly(config_dir, run_dir, service, timeout))
-        if ok:
-            print(f"{service}: healthy on {image}")
-            return 0
-        print(f"{service}: not healthy on {image} within {timeout:.0f}s; rolling back to {old_image}",
-              file=sys.stderr)
-        gateway_file.write_text(original)
-        if supervised:
-            back = _wait_status(run_dir, service, old_image, timeout)
-        else:
-            back = asyncio.run(_update_directly(config_dir, run_dir, service, timeout))
-        print(f"{service}: {'rolled back to' if back else 'rollback did not turn healthy on'} {old_image}",
-              file=sys.stderr)
-        return 1
-    except (EngineError, docker.errors.DockerException) as exc:
-        print(f"fieldgate update: {exc}", file=sys.stderr)
-        return 1

@@ -17,8 +17,9 @@ import pytest
 
 from gateway.compose import render
 from gateway.plan import BackoffState, Policy, Recreate, Restart, describe_state, plan
-from gateway.runtime.docker import ContainerFactory, DockerRuntime, parse_time, specs_of
-from gateway.runtime.process import RunDir
+from gateway.runtime.common import RunDir
+from gateway.runtime.containers import ContainerFactory
+from gateway.runtime.docker import DockerRuntime, parse_time, specs_of
 from tests.docker.test_render import plant
 
 pytestmark = pytest.mark.unit

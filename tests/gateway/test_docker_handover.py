@@ -22,8 +22,8 @@ import docker.errors
 import pytest
 
 from gateway.plan import Policy
+from gateway.runtime.common import RunDir
 from gateway.runtime.docker import DockerRuntime
-from gateway.runtime.process import RunDir
 from gateway.supervisor import Supervisor, load, read_status
 from tests.docker.test_render import plant
 
@@ -250,6 +250,7 @@ async def test_an_update_without_a_supervisor_drives_the_same_handover(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`fieldgate update` when no supervisor runs: the same planner, for the one service."""
+    from gateway import update
     from gateway.runtime import docker as docker_runtime
 
     config_dir = plant(tmp_path, network="bridge")
@@ -267,7 +268,7 @@ async def test_an_update_without_a_supervisor_drives_the_same_handover(
     set_image(config_dir, "fieldgate/collector-opcua:0.2.0")
     candidate = "fieldgate-line3-opcua-1-next"
     engine.on_start = lambda box: engine.healthy(box.name) if box.name == candidate else None
-    assert await docker_runtime._update_directly(config_dir, run_dir, "opcua", 20.0)
+    assert await update._update_directly(config_dir, run_dir, "opcua", 20.0)
     assert engine.box("fieldgate-line3-opcua-1").attrs["Config"]["Image"] == "fieldgate/collector-opcua:0.2.0"
     assert engine.events[-3:] == ["stop fieldgate-line3-opcua-1", "remove fieldgate-line3-opcua-1",
                                   f"rename {candidate} -> fieldgate-line3-opcua-1"]

@@ -20,8 +20,9 @@ import docker.errors
 import pytest
 
 from gateway.plan import Policy, ServiceSpec, Start
+from gateway.runtime.common import RunDir
 from gateway.runtime.docker import DockerRuntime
-from gateway.runtime.process import ProcessRuntime, RunDir
+from gateway.runtime.process import ProcessRuntime
 from gateway.supervisor import Supervisor, load, read_status
 from tests.docker.test_render import plant
 

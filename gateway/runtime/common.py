@@ -1,0 +1,90 @@
+"""What both runtimes share: the run directory and atomic writes of what they generate.
+
+The desired services (`gateway.runtime.services`) and the scraping of a service's /metrics
+(`gateway.runtime.metrics`) are shared too, each in its own module.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.plan import config_hash
+
+# Linux limits a Unix socket path to 108 bytes (sun_path), with the terminating NUL.
+MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where a runtime keeps what it generates (default `DIR/.fieldgate`; docker adds `compose/`).
+
+    run/<service>.yaml  config slices (generated, do not edit)
+    run/status.json     what `fieldgate status` reads, rewritten atomically by `up`
+    run/supervisor.lock held by the running supervisor, so two cannot run on one DIR
+    state/              collectors' state that must survive restarts
+    buffer/             the forwarder's store-and-forward buffer (unless gateway.yaml sets buffer.dir)
+    handoff.sock        the hand-off socket (under /tmp when this path would be too long)
+    """
+
+    root: Path
+
+    @classmethod
+    def for_config(cls, config_dir: Path, state: Path | None = None) -> RunDir:
+        return cls((state or config_dir / ".fieldgate").absolute())
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def status_file(self) -> Path:
+        return self.run / "status.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run / "supervisor.lock"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def buffer(self) -> Path:
+        return self.root / "buffer"
+
+    @property
+    def handoff_socket(self) -> Path:
+        path = self.root / "handoff.sock"
+        if len(str(path)) <= MAX_SOCKET_PATH:
+            return path
+        short = Path("/tmp") / f"fieldgate-{config_hash(str(self.root))[:12]}"
+        return short / "handoff.sock"
+
+    def slice_file(self, service: str) -> Path:
+        return self.run / f"{service}.yaml"
+
+    def create(self) -> None:
+        for path in (self.run, self.state):
+            path.mkdir(parents=True, exist_ok=True)
+        folder = self.handoff_socket.parent
+        if folder == self.root:
+            return
+        # The short folder under /tmp has a predictable name: it must be ours and private, or
+        # another user could put a socket (or a symlink) where our collectors connect.
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise RuntimeError(f"{folder} is not a private directory of this user: remove it, or use --state")
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write via a temp file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,131 @@
+"""The Docker Engine's images: build, save and load for `fieldgate images`, and the client
+every Engine user connects with. With the docker runtime (`gateway.runtime.docker`), the only
+module that imports docker-py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from collectors.core.errors import FieldgateError
+
+
+class EngineError(FieldgateError):
+    """The Docker engine is not reachable, or refused what we asked of it."""
+
+
+class ImageMissing(EngineError):
+    """A service's image is not on this engine (we never pull: a plant PC is often offline)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image} is not on this engine: `fieldgate images build` "
+                         "or `fieldgate images load BUNDLE` first")
+        self.image = image
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    name: str
+    id: str  # sha256:... of the image config: what `docker images --no-trunc` shows
+    size: int  # bytes, uncompressed, shared layers counted in every image
+    labels: dict[str, str]
+
+
+def connect(timeout: float = 60.0) -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (default: the local socket), API version negotiated."""
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"no Docker engine answers ({exc}); start dockerd or set DOCKER_HOST") from exc
+    return client
+
+
+class Engine:
+    """Image operations on one engine; a context manager so the HTTP connections are closed."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        self.client = client or connect()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    # ----------------------------------------------------------------------------- images
+
+    def image(self, name: str) -> ImageInfo | None:
+        try:
+            image = self.client.images.get(name)
+        except docker.errors.ImageNotFound:
+            return None
+        attrs = image.attrs
+        return ImageInfo(name, str(image.id), int(attrs.get("Size") or 0), dict(image.labels or {}))
+
+    def build(
+        self, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str], log: Path
+    ) -> ImageInfo:
+        """Build `tag` from `context` without pulling (the base must be local or reachable)."""
+        lines: list[str] = []
+        try:
+            for chunk in self.client.api.build(
+                path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs,
+                rm=True, forcerm=True, pull=False, decode=True,
+            ):
+                if "stream" in chunk:
+                    lines.append(str(chunk["stream"]))
+                if "error" in chunk:
+                    lines.append(str(chunk["error"]))
+                    log.write_text("".join(lines))
+                    raise EngineError(f"building {tag} failed: {str(chunk['error']).strip()} (log: {log})")
+        except docker.errors.APIError as exc:
+            log.write_text("".join(lines))
+            raise EngineError(f"building {tag} failed: {exc.explanation or exc} (log: {log})") from exc
+        log.write_text("".join(lines))
+        info = self.image(tag)
+        if info is None:
+            raise EngineError(f"building {tag} ended without an image (log: {log})")
+        return info
+
+    def prune_leftovers(self) -> int:
+        """Remove untagged images earlier builds of ours left (old images, build stages); bytes freed."""
+        freed = 0
+        for label in ("io.fieldgate.stage=build", "io.fieldgate.component"):
+            result = self.client.images.prune(filters={"dangling": True, "label": label})
+            freed += int(result.get("SpaceReclaimed") or 0)
+        return freed
+
+    def save(self, names: list[str], out: Path) -> str:
+        """`docker save` of several images into one tar (shared layers stored once); returns its sha256."""
+        api = self.client.api
+        # docker-py's get_image takes one name; the endpoint takes several (POST-free, GET ?names=).
+        response = api._get(api._url("/images/get"), params={"names": names}, stream=True)
+        digest = hashlib.sha256()
+        with out.open("wb") as file:
+            for chunk in api._stream_raw_result(response, 2 * 1024 * 1024, False):
+                digest.update(chunk)
+                file.write(chunk)
+        return digest.hexdigest()
+
+    def load(self, tar: Path) -> list[str]:
+        """`docker load`; returns what the engine reports it loaded."""
+        loaded: list[str] = []
+        with tar.open("rb") as file:
+            for message in self.client.api.load_image(file, quiet=True):
+                if "error" in message:
+                    raise EngineError(f"loading {tar} failed: {message['error']}")
+                stream = str(message.get("stream", "")).strip()
+                if stream:
+                    loaded.append(stream)
+        return loaded
+
+
+# What a call to the Engine may raise: our own refusals and docker-py's (the API refused, the
+# socket is gone). Callers outside the two docker modules catch these without importing docker.
+ENGINE_ERRORS: tuple[type[Exception], ...] = (EngineError, docker.errors.DockerException)
