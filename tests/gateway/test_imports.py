@@ -3,8 +3,8 @@ functions (compose -> images -> runtime/docker -> supervisor -> runtime/docker w
 every module imports alone in a fresh interpreter. docker-py stays in the two modules that talk
 to the Engine.
 
-The fresh-interpreter imports start one `python -c 'import gateway.X'` per module: the only
-subprocesses of this tier, and the only way to see what importing one module alone does. A
+The fresh-interpreter imports start one `python -c 'import gateway.X'` per module (so that test
+is in the sim tier; the rest are unit): the only way to see what importing one module alone does. A
 cycle through imports made inside functions passes that test (the old one did): the import
 graph read from the sources, every import statement at any depth, is what finds it.
 """
@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 
 import gateway
-
-pytestmark = pytest.mark.unit
 
 PACKAGE = Path(gateway.__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -115,6 +113,7 @@ def _path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
         seen.add(nxt)
 
 
+@pytest.mark.unit
 def test_the_tarjan_check_finds_a_cycle_through_imports_inside_functions() -> None:
     source = "def f():\n    from gateway.b import x\n"
     graph = {"gateway.a": {m for m in imported(ast.parse(source)) if m.startswith("gateway.b")},
@@ -124,17 +123,20 @@ def test_the_tarjan_check_finds_a_cycle_through_imports_inside_functions() -> No
     assert imported(ast.parse(guarded)) == {"typing", "typing.TYPE_CHECKING"}
 
 
+@pytest.mark.unit
 def test_no_gateway_module_imports_itself_back_in_a_cycle() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in found)
 
 
+@pytest.mark.unit
 def test_only_the_engine_and_the_docker_runtime_import_docker() -> None:
     users = {module_name(p) for p in PACKAGE.rglob("*.py")
              if any(m == "docker" or m.startswith("docker.") for m in imported(ast.parse(p.read_text())))}
     assert users == DOCKER_MODULES
 
 
+@pytest.mark.sim
 def test_every_gateway_module_imports_alone_in_a_fresh_interpreter() -> None:
     """One interpreter per module, all started at once (a cold import takes ~1 s here)."""
     runs = {name: subprocess.Popen([sys.executable, "-c", f"import {name}"], cwd=ROOT,
