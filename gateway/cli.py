@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds the new container has to turn healthy before the update is rolled back")
+    p.add_argument("--keep-images", action="store_true",
+                   help="keep every older image of the repository (default: keep the new one and the "
+                        "one before it, remove the rest)")
 
     p = verbs.add_parser("simulate", help="serve the devices described by device files")
     p.add_argument("files", type=Path, nargs="+")

@@ -60,6 +60,7 @@ from gateway.runtime.process import (
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.retention import LocalImage
 
 
 class EngineError(FieldgateError):
@@ -179,6 +180,31 @@ class Engine:
                 if stream:
                     loaded.append(stream)
         return loaded
+
+    def fieldgate_images(self) -> list[LocalImage]:
+        """Every image carrying the fieldgate component label (what retention may consider)."""
+        from gateway.retention import COMPONENT_LABEL, LocalImage
+
+        try:
+            found = self.client.images.list(filters={"label": COMPONENT_LABEL})
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot list images: {exc}") from exc
+        return [LocalImage(str(i.id), tuple(i.tags), (i.labels or {}).get(COMPONENT_LABEL),
+                           str(i.attrs.get("Created", "")), int(i.attrs.get("Size") or 0)) for i in found]
+
+    def image_ids_in_use(self) -> set[str]:
+        """The image id of every container on the engine, running or not."""
+        try:
+            return {str(c.attrs["Image"]) for c in self.client.containers.list(all=True)}
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot list containers: {exc}") from exc
+
+    def remove_image(self, reference: str) -> None:
+        """Untag (and remove, with the last tag) without force: the Engine refuses an image in use."""
+        try:
+            self.client.images.remove(reference)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot remove {reference}: {getattr(exc, 'explanation', None) or exc}") from exc
 
 
 # ================================================================================ the runtime
@@ -910,6 +936,7 @@ def main_update(args: Any) -> int:
         with Engine() as engine:
             if engine.image(image) is None:
                 raise EngineError(f"image {image} is not on this engine: build it or `fieldgate images load`")
+            old_info = engine.image(old_image) if old_image else None  # by id: its tag may move
         gateway_file = _gateway_file(config_dir)
         original = gateway_file.read_text()
         gateway_file.write_text(set_image(original, service, image))
@@ -923,6 +950,10 @@ def main_update(args: Any) -> int:
             ok = asyncio.run(_update_directly(config_dir, run_dir, service, timeout))
         if ok:
             print(f"{service}: healthy on {image}")
+            if not getattr(args, "keep_images", False):
+                from gateway.retention import clean_after_update
+
+                clean_after_update(image, old_info.id if old_info else None, lambda line: print(f"{service}: {line}"))
             return 0
         print(f"{service}: not healthy on {image} within {timeout:.0f}s; rolling back to {old_image}",
               file=sys.stderr)
