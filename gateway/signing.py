@@ -114,10 +114,15 @@ def sign_manifest(bundle: Path, key: Ed25519PrivateKey) -> str:
     """Write BUNDLE/manifest.sig over the exact bytes of BUNDLE/manifest.json; returns the key id."""
     data = (bundle / MANIFEST).read_bytes()
     kid = key_id(key.public_key())
-    signature = {"key": kid, "algorithm": "ed25519",
-                 "signature": base64.b64encode(key.sign(data)).decode()}
-    (bundle / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n")
+    (bundle / SIGNATURE).write_bytes(signature_bytes(kid, key.sign(data)))
     return kid
+
+
+def signature_bytes(kid: str, signature: bytes) -> bytes:
+    """manifest.sig: one form only, so a changed byte anywhere in it is noticed."""
+    text = json.dumps({"key": kid, "algorithm": "ed25519", "signature": base64.b64encode(signature).decode()},
+                      indent=2)
+    return (text + "\n").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +150,15 @@ def verify_bundle(bundle: Path, trusted: Iterable[Path]) -> Verified:
         raise SigningError(f"{bundle} is not a bundle: no {MANIFEST}")
     if not signature_path.is_file():
         raise SigningError(f"{bundle} is not signed (no {SIGNATURE}); with --trust only signed bundles load")
+    written = signature_path.read_bytes()
     try:
-        signature = json.loads(signature_path.read_text())
+        signature = json.loads(written)
         kid = str(signature["key"])
         raw = base64.b64decode(signature["signature"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise SigningError(f"{signature_path} is damaged: not a fieldgate signature ({exc})") from exc
+    if written != signature_bytes(kid, raw):
+        raise SigningError(f"{signature_path} is damaged: not in the form `images save --sign` writes it")
     if kid not in keys:
         known = ", ".join(f"{k} ({p})" for k, (p, _) in keys.items())
         raise SigningError(f"{bundle} is signed by key {kid}, which is not trusted here (trusted: {known})")
