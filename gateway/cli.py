@@ -20,6 +20,8 @@ VERBS = {
     "opcua": "collectors.opcua.browse:main_browse",
     "demo": "gateway.demo:main_demo",
     "images": "gateway.images:main_images",
+    "keys": "gateway.signing:main_keys",
+    "install": "gateway.install:main_install",
 }
 
 
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: runtime in gateway.yaml")
     p.add_argument("--state", type=Path, default=None,
                    help="where generated files, state and the buffer go (default DIR/.fieldgate)")
+    p.add_argument("--trusted-images", action="store_true",
+                   help="docker: create containers only from image ids a signed bundle loaded "
+                        "(`fieldgate images load --trust`)")
 
     p = verbs.add_parser("status", help="one row per collector: state, health, readings/s, buffered, restarts")
     p.add_argument("dir", type=Path)
@@ -67,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds the new container has to turn healthy before the update is rolled back")
+    p.add_argument("--keep-images", action="store_true",
+                   help="keep every older image of the repository (default: keep the new one and the "
+                        "one before it, remove the rest)")
 
     p = verbs.add_parser("simulate", help="serve the devices described by device files")
     p.add_argument("files", type=Path, nargs="+")
@@ -99,8 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = images.add_parser("save", help="write an offline bundle (docker save tar + manifest)")
     s.add_argument("out", type=Path)
     s.add_argument("--tag", default=None, help="the images' tag (default: the package version)")
-    lo = images.add_parser("load", help="load an offline bundle, checking its sha256")
+    s.add_argument("--sign", type=Path, default=None, metavar="KEY",
+                   help="sign the manifest with this ed25519 private key (`fieldgate keys generate`)")
+    lo = images.add_parser("load", help="load an offline bundle, checking its sha256 (and signature)")
     lo.add_argument("bundle", type=Path)
+    lo.add_argument("--trust", type=Path, nargs="+", action="extend", default=None, metavar="PUBKEY",
+                    help="load only a bundle signed by one of these public keys, every byte checked "
+                         "first; records its image ids as trusted for `fieldgate up --trusted-images`")
+
+    p = verbs.add_parser("keys", help="signing keys for offline bundles")
+    keys = p.add_subparsers(dest="keys_verb", required=True, metavar="VERB")
+    g = keys.add_parser("generate", help="write an ed25519 private key (mode 0600) and OUT.pub beside it")
+    g.add_argument("out", type=Path)
+
+    p = verbs.add_parser("install", help="install the systemd unit that runs `fieldgate up DIR` at boot")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--trusted-images", action="store_true", help="the unit runs `up --trusted-images`")
+    p.add_argument("--root", type=Path, default=None,
+                   help="write below this directory instead of / (an image being prepared); "
+                        "enables without a running systemd")
     return parser
 
 

@@ -4,7 +4,9 @@
 its cache), then builds each image from a context holding only those wheels and the
 Dockerfiles in compose/, so the image build itself needs no network. `save` writes one
 `docker save` tar of the three images (shared layers stored once) plus manifest.json with
-the sha256 of the tar and each image's id; `load` checks both before and after loading.
+the sha256 of each member and each image's id, and with `--sign KEY` manifest.sig over the
+manifest (gateway/signing.py); `load` checks all of it before the first byte reaches the
+engine, and each image id after loading. `load --trust` refuses unsigned bundles.
 """
 
 from __future__ import annotations
@@ -140,10 +142,15 @@ def build(base: str, tag: str | None, out: Path | None = None) -> tuple[list[Bui
     return built, base_info.size
 
 
-def save(out: Path, tag: str | None = None) -> dict[str, object]:
-    """Write OUT/fieldgate-images.tar and OUT/manifest.json; returns the manifest."""
+def save(out: Path, tag: str | None = None, sign: Path | None = None) -> dict[str, object]:
+    """Write OUT/fieldgate-images.tar and OUT/manifest.json (and OUT/manifest.sig with `sign`)."""
     from gateway.runtime.engine import Engine
 
+    key = None
+    if sign is not None:  # a bad key fails before minutes of `docker save`
+        from gateway.signing import load_private
+
+        key = load_private(sign)
     out.mkdir(parents=True, exist_ok=True)
     with Engine() as engine:
         infos = []
@@ -153,11 +160,13 @@ def save(out: Path, tag: str | None = None) -> dict[str, object]:
                 raise ImagesError(f"{image_name(image, tag)} is not built: run `fieldgate images build`")
             infos.append(info)
         tar_sha = engine.save([i.name for i in infos], out / BUNDLE_TAR)
+    size = (out / BUNDLE_TAR).stat().st_size
     manifest: dict[str, object] = {
         "format": 1,
         "tar": BUNDLE_TAR,
         "sha256": tar_sha,
-        "bytes": (out / BUNDLE_TAR).stat().st_size,
+        "bytes": size,
+        "members": [{"path": BUNDLE_TAR, "sha256": tar_sha, "bytes": size}],
         "images": [
             {"name": i.name, "id": i.id, "size": i.size,
              "revision": i.labels.get("org.opencontainers.image.revision", "")}
@@ -165,44 +174,56 @@ def save(out: Path, tag: str | None = None) -> dict[str, object]:
         ],
     }
     (out / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    stale = out / "manifest.sig"
+    stale.unlink(missing_ok=True)  # a signature of an earlier manifest would only mislead
+    if key is not None:
+        from gateway.signing import sign_manifest
+
+        manifest["signed_by"] = sign_manifest(out, key)
     return manifest
 
 
-def _sha256_file(path: Path) -> str:
-    import hashlib
+def load(bundle: Path, trust: list[Path] | None = None) -> list[dict[str, str]]:
+    """Check the bundle whole, load it, then check each image id the engine now has.
 
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load(bundle: Path) -> list[dict[str, str]]:
-    """Check the tar against the manifest, load it, then check each image id the engine now has."""
+    With `trust`, the bundle must be signed by one of those public keys and nothing reaches the
+    engine unless every byte matches; the loaded ids are then recorded as trusted."""
     from gateway.runtime.engine import Engine, EngineError
+    from gateway.signing import SigningError, members, record_trusted, sha256_file, verify_bundle
 
-    manifest_path = bundle / BUNDLE_MANIFEST
-    if not manifest_path.is_file():
-        raise ImagesError(f"{bundle} is not a bundle: no {BUNDLE_MANIFEST}")
-    manifest = json.loads(manifest_path.read_text())
-    tar = bundle / str(manifest.get("tar", BUNDLE_TAR))
-    if not tar.is_file():
-        raise ImagesError(f"{tar} is missing")
-    actual = _sha256_file(tar)
-    if actual != manifest.get("sha256"):
-        raise ImagesError(f"{tar} is damaged: sha256 {actual}, the manifest says {manifest.get('sha256')}")
+    signer = None
+    if trust:
+        try:
+            verified = verify_bundle(bundle, trust)
+        except SigningError as exc:
+            raise ImagesError(f"{exc}; nothing was loaded") from exc
+        manifest, signer = verified.manifest, verified.key
+    else:
+        manifest_path = bundle / BUNDLE_MANIFEST
+        if not manifest_path.is_file():
+            raise ImagesError(f"{bundle} is not a bundle: no {BUNDLE_MANIFEST}")
+        manifest = json.loads(manifest_path.read_text())
+        for member in members(manifest):
+            path = bundle / str(member["path"])
+            if not path.is_file():
+                raise ImagesError(f"{path} is missing")
+            actual = sha256_file(path)
+            if actual != member["sha256"]:
+                raise ImagesError(f"{path} is damaged: sha256 {actual}, the manifest says {member['sha256']}")
     images: list[dict[str, str]] = list(manifest.get("images", []))
     with Engine() as engine:
-        try:
-            engine.load(tar)
-        except EngineError as exc:
-            raise ImagesError(str(exc)) from exc
+        for member in members(manifest):
+            try:
+                engine.load(bundle / str(member["path"]))
+            except EngineError as exc:
+                raise ImagesError(str(exc)) from exc
         for entry in images:
             info = engine.image(entry["name"])
             if info is None or info.id != entry["id"]:
                 got = info.id if info else "nothing"
                 raise ImagesError(f"{entry['name']}: the engine has {got}, the manifest says {entry['id']}")
+    if signer is not None:
+        record_trusted(images, signer)
     return images
 
 
@@ -220,12 +241,15 @@ def main_images(args: argparse.Namespace) -> int:
                 print(f"{b.name:<42} {_mb(b.size):>10} {_mb(b.size - base_size):>10} {b.seconds:>6.1f}s")
             print(f"{'base ' + base:<42} {_mb(base_size):>10}")
         elif args.images_verb == "save":
-            manifest = save(args.out, getattr(args, "tag", None))
+            manifest = save(args.out, getattr(args, "tag", None), getattr(args, "sign", None))
             size = _mb(int(str(manifest["bytes"])))
             print(f"wrote {args.out / BUNDLE_TAR} ({size}, sha256 {manifest['sha256']})")
+            if "signed_by" in manifest:
+                print(f"signed {args.out / BUNDLE_MANIFEST} with key {manifest['signed_by']}")
         elif args.images_verb == "load":
-            for entry in load(args.bundle):
-                print(f"loaded {entry['name']} {entry['id']}")
+            trust = getattr(args, "trust", None)
+            for entry in load(args.bundle, trust):
+                print(f"loaded {entry['name']} {entry['id']}{' (trusted)' if trust else ''}")
     except FieldgateError as exc:
         print(f"fieldgate images: {exc}", file=sys.stderr)
         return 1

@@ -69,8 +69,9 @@ UpdateOrder = Literal["stop-first", "start-first"]
 # restarting: the runtime restarts it on its own (the Engine's restart policy); plan leaves it be.
 State = Literal["created", "starting", "running", "restarting", "stopping", "exited"]
 Health = Literal["healthy", "unhealthy", "starting"]
-# Why executing a step failed; `image-missing` is worded for the user by describe_state.
-FailureKind = Literal["image-missing", "cannot-start", "engine", "unhealthy", "error"]
+# Why executing a step failed; `image-missing` and `image-untrusted` are worded for the user by
+# describe_state.
+FailureKind = Literal["image-missing", "image-untrusted", "cannot-start", "engine", "unhealthy", "error"]
 
 
 def config_hash(*parts: Any) -> str:
@@ -244,7 +245,9 @@ class Failure:
 
     def words(self) -> str:
         """The status word: `image missing` says what to do; other failures name the step."""
-        return "image missing" if self.kind == "image-missing" else f"{self.verb} failed"
+        if self.kind in ("image-missing", "image-untrusted"):
+            return self.kind.replace("-", " ")
+        return f"{self.verb} failed"
 
 
 def _spec_key(spec: ServiceSpec) -> tuple[str, ...]:

@@ -83,16 +83,18 @@ class Runtime(Protocol):
     ) -> None: ...
 
 
-def make_runtime(kind: str, config_dir: Path, run_dir: RunDir) -> Runtime:
+def make_runtime(kind: str, config_dir: Path, run_dir: RunDir, trusted_only: bool = False) -> Runtime:
     """The runtime named by --runtime or gateway.yaml. The docker one lives in gateway.runtime.docker."""
     if kind == "process":
+        if trusted_only:
+            raise SystemExit("fieldgate: --trusted-images applies to the docker runtime (images), not to processes")
         return ProcessRuntime(run_dir)
     from gateway.runtime import docker as docker_runtime
 
     factory = getattr(docker_runtime, "make_runtime", None)
     if factory is None:
         raise SystemExit("fieldgate: the docker runtime is not available here; use --runtime process")
-    runtime: Runtime = factory(config_dir, run_dir)
+    runtime: Runtime = factory(config_dir, run_dir, trusted_only=trusted_only)
     return runtime
 
 
@@ -331,8 +333,10 @@ def run_dir_lock(run_dir: RunDir) -> Iterator[None]:
         yield
 
 
-async def _up(config_dir: Path, kind: str, run_dir: RunDir, config: GatewayConfig, policy: Policy) -> None:
-    async with make_runtime(kind, config_dir, run_dir) as runtime:
+async def _up(
+    config_dir: Path, kind: str, run_dir: RunDir, config: GatewayConfig, policy: Policy, trusted_only: bool = False
+) -> None:
+    async with make_runtime(kind, config_dir, run_dir, trusted_only) as runtime:
         supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), policy)
         loop = asyncio.get_running_loop()
         signals = 0
@@ -374,7 +378,8 @@ def main_up(args: argparse.Namespace) -> int:
     run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
     with run_dir_lock(run_dir):
         try:
-            asyncio.run(_up(config_dir, kind, run_dir, config, Policy()))
+            trusted_only = bool(getattr(args, "trusted_images", False))
+            asyncio.run(_up(config_dir, kind, run_dir, config, Policy(), trusted_only))
         except KeyboardInterrupt:  # before the signal handlers were in place: nothing ran yet
             return 130
     return 0

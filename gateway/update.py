@@ -12,8 +12,9 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,6 +25,10 @@ from gateway.supervisor import load, read_status, supervisor_alive
 
 # gateway.runtime.docker and .engine are imported where an update to an image runs: docker-py is
 # an extra, and the process runtime's answer to `fieldgate update` needs none of it.
+
+
+if TYPE_CHECKING:
+    from gateway.retention import LocalImage
 
 
 class UpdateError(FieldgateError):
@@ -147,6 +152,7 @@ def update_image(args: Any) -> int:
         with Engine() as engine:
             if engine.image(image) is None:
                 raise UpdateError(f"image {image} is not on this engine: build it or `fieldgate images load`")
+            old_info = engine.image(old_image) if old_image else None  # by id: its tag may move
         gateway_file = _gateway_file(config_dir)
         original = gateway_file.read_text()
         gateway_file.write_text(set_image(original, service, image))
@@ -160,6 +166,8 @@ def update_image(args: Any) -> int:
             ok = asyncio.run(_update_directly(config_dir, run_dir, service, timeout))
         if ok:
             print(f"{service}: healthy on {image}")
+            if not getattr(args, "keep_images", False):
+                clean_after_update(image, old_info.id if old_info else None, lambda line: print(f"{service}: {line}"))
             return 0
         print(f"{service}: not healthy on {image} within {timeout:.0f}s; rolling back to {old_image}",
               file=sys.stderr)
@@ -192,3 +200,28 @@ def main_update(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 2
+
+
+def clean_after_update(image: str, previous_id: str | None, say: Callable[[str], None]) -> list[LocalImage]:
+    """Remove the stale images of `image`'s repository from the local engine; returns them.
+
+    A failure is said and ends the cleanup; the update has succeeded anyway."""
+    from gateway.retention import stale_images
+    from gateway.runtime.engine import Engine
+
+    removed: list[LocalImage] = []
+    try:
+        with Engine() as engine:
+            local = engine.fieldgate_images()
+            running = next((i for i in local if image in i.tags), None)
+            if running is None:
+                return []
+            keep = engine.image_ids_in_use() | ({previous_id} if previous_id else set())
+            for stale in stale_images(local, running, keep):
+                for tag in stale.tags:  # by tag: removing the last one removes the image
+                    engine.remove_image(tag)
+                removed.append(stale)
+                say(f"removed old image {', '.join(stale.tags)} ({stale.id[:19]}, {stale.size / 1e6:.1f} MB)")
+    except FieldgateError as exc:
+        say(f"old images were not removed: {exc}")
+    return removed

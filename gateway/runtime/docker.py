@@ -57,7 +57,7 @@ from gateway.runtime.containers import (
     container_name,
     parse_seconds,
 )
-from gateway.runtime.engine import EngineError, ImageMissing, connect
+from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, connect
 from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
 from gateway.services import Run, desired_services
 
@@ -121,8 +121,10 @@ class DockerRuntime:
         client: docker.DockerClient | None = None,
         printer: Callable[[str], None] | None = None,
         stats_interval: float = STATS_INTERVAL,
+        trusted_only: bool = False,
     ) -> None:
         self.config_dir = config_dir
+        self.trusted_only = trusted_only  # containers only from ids a signed bundle loaded
         self.run_dir = run_dir
         self.out_dir = run_dir.root / "compose"
         self.changed = asyncio.Event()
@@ -180,6 +182,8 @@ class DockerRuntime:
             await asyncio.to_thread(self._execute, step)
         except ImageMissing as exc:
             return Outcome.failed(step, "image-missing", str(exc))
+        except ImageUntrusted as exc:
+            return Outcome.failed(step, "image-untrusted", str(exc))
         except docker.errors.ImageNotFound as exc:  # removed between our check and the create
             return Outcome.failed(step, "image-missing", str(exc.explanation or exc))
         except (docker.errors.DockerException, EngineError, OSError) as exc:  # OSError: the socket
@@ -302,6 +306,11 @@ class DockerRuntime:
             present = self.client.images.list(name=image)
         if not present:
             raise ImageMissing(image)
+        if self.trusted_only:
+            from gateway.signing import trusted_ids  # lazily: cryptography costs memory
+
+            if str(present[0].id) not in trusted_ids():
+                raise ImageUntrusted(image, str(present[0].id))
 
     def _execute(self, step: Step) -> None:
         if isinstance(step, Wait):
@@ -518,6 +527,6 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
     return desired_services(slices, run, metrics_host=project.metrics_host, host_network=project.network == "host")
 
 
-def make_runtime(config_dir: Path, run_dir: RunDir) -> DockerRuntime:
+def make_runtime(config_dir: Path, run_dir: RunDir, trusted_only: bool = False) -> DockerRuntime:
     """What `gateway.supervisor.make_runtime` calls for `--runtime docker`."""
-    return DockerRuntime(config_dir, run_dir)
+    return DockerRuntime(config_dir, run_dir, trusted_only=trusted_only)

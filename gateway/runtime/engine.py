@@ -8,11 +8,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 import docker.errors
 
 from collectors.core.errors import FieldgateError
+
+if TYPE_CHECKING:
+    from gateway.retention import LocalImage
 
 
 class EngineError(FieldgateError):
@@ -26,6 +30,14 @@ class ImageMissing(EngineError):
         super().__init__(f"image {image} is not on this engine: `fieldgate images build` "
                          "or `fieldgate images load BUNDLE` first")
         self.image = image
+
+
+class ImageUntrusted(EngineError):
+    """`fieldgate up --trusted-images`: no bundle signed by a trusted key loaded this image id."""
+
+    def __init__(self, image: str, image_id: str) -> None:
+        super().__init__(f"image {image} ({image_id[:19]}) came from no trusted bundle: "
+                         "`fieldgate images load BUNDLE --trust KEY.pub` first")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +136,31 @@ class Engine:
                 if stream:
                     loaded.append(stream)
         return loaded
+
+    def fieldgate_images(self) -> list[LocalImage]:
+        """Every image carrying the fieldgate component label (what retention may consider)."""
+        from gateway.retention import COMPONENT_LABEL, LocalImage
+
+        try:
+            found = self.client.images.list(filters={"label": COMPONENT_LABEL})
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot list images: {exc}") from exc
+        return [LocalImage(str(i.id), tuple(i.tags), (i.labels or {}).get(COMPONENT_LABEL),
+                           str(i.attrs.get("Created", "")), int(i.attrs.get("Size") or 0)) for i in found]
+
+    def image_ids_in_use(self) -> set[str]:
+        """The image id of every container on the engine, running or not."""
+        try:
+            return {str(c.attrs["Image"]) for c in self.client.containers.list(all=True)}
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot list containers: {exc}") from exc
+
+    def remove_image(self, reference: str) -> None:
+        """Untag (and remove, with the last tag) without force: the Engine refuses an image in use."""
+        try:
+            self.client.images.remove(reference)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot remove {reference}: {getattr(exc, 'explanation', None) or exc}") from exc
 
 
 # What a call to the Engine may raise: our own refusals and docker-py's (the API refused, the

@@ -85,7 +85,10 @@ def _tag(engine: docker.DockerClient, source: str, target: str) -> None:
 
 def update(stack: Stack, image: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        fieldgate("update", str(stack.plant), "modbus", "--image", image, "--timeout", str(timeout)),
+        # --keep-images: the engine is shared with other tests, whose images of this repository
+        # the default cleanup would remove (tests/docker/test_image_retention.py covers it).
+        fieldgate("update", str(stack.plant), "modbus", "--image", image, "--timeout", str(timeout),
+                  "--keep-images"),
         capture_output=True, text=True, cwd=ROOT, timeout=timeout * 3 + 60)
 
 
