@@ -20,6 +20,7 @@ VERBS = {
     "opcua": "collectors.opcua.browse:main_browse",
     "demo": "gateway.demo:main_demo",
     "images": "gateway.images:main_images",
+    "fleet": "gateway.fleet:main_fleet",
 }
 
 
@@ -101,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", default=None, help="the images' tag (default: the package version)")
     lo = images.add_parser("load", help="load an offline bundle, checking its sha256")
     lo.add_argument("bundle", type=Path)
+
+    p = verbs.add_parser("fleet", help="a plant's gateways from one repository, on Docker Swarm (docs/fleet.md)")
+    fleet = p.add_subparsers(dest="fleet_verb", required=True, metavar="VERB")
+    for verb, text in (("validate", "check every gateway and model; exit 1 with every error listed"),
+                       ("render", "write one Swarm stack file for the whole plant"),
+                       ("deploy", "render and deploy the stack on the swarm this engine manages"),
+                       ("status", "per gateway, per service: node, replicas, image, health, update state")):
+        f = fleet.add_parser(verb, help=text)
+        f.add_argument("repo", type=Path)
+        if verb in ("render", "deploy"):
+            f.add_argument("-o", "--out", type=Path, required=verb == "render", default=None,
+                           help="where the stack file goes (deploy: default REPO/.fieldgate/stack)")
     return parser
 
 

@@ -49,6 +49,7 @@ from collectors.forwarder.config import (
 )
 from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice, ModbusTag
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
+from gateway.include import resolve_model
 
 GATEWAY_FILE = "gateway.yaml"
 DEVICES_DIR = "devices"
@@ -194,7 +195,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
         )
     loaded: list[tuple[Source, ModbusDevice | OpcuaDevice]] = []
     for path in device_paths:
-        source = load_yaml(path, env)
+        source = resolve_model(load_yaml(path, env), env)  # `model:` (gateway/include.py)
         device = validate_device(source, env)
         problems.extend(in_order(source.problems))
         if device is not None:
@@ -240,7 +241,7 @@ def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = Non
     result: list[DeviceFile] = []
     sources: list[Source | None] = []
     for path in paths:
-        source = load_yaml(path, env)
+        source = resolve_model(load_yaml(path, env), env)  # `model:` (gateway/include.py)
         device = validate_device(source, env)
         problems.extend(in_order(source.problems))
         sources.append(source)
