@@ -104,29 +104,33 @@ def _load_settings(repo: Path, env: Mapping[str, str], problems: list[Problem]) 
     return FleetFile()
 
 
-def _fleet_checks(gateway_dir: Path, config: GatewayConfig, env: Mapping[str, str]) -> list[Problem]:
-    """What a gateway directory must also satisfy to run on the swarm."""
-    problems: list[Problem] = []
+def _fleet_checks(gateway_dir: Path, env: Mapping[str, str]) -> list[Problem]:
+    """What a gateway directory must also satisfy to run on the swarm (read from the files as
+    written, so these are listed even where the gateway's own checks failed)."""
     source = load_yaml(gateway_dir / GATEWAY_FILE, env)
-    if config.gateway.id != gateway_dir.name:
-        source.problem(("gateway", "id"), f"gateway.id: {config.gateway.id} is not the name of its directory "
+    data = source.data if isinstance(source.data, dict) else {}
+    identity = data.get("gateway")
+    gateway_id = identity.get("id") if isinstance(identity, dict) else None
+    if isinstance(gateway_id, str) and gateway_id != gateway_dir.name:
+        source.problem(("gateway", "id"), f"gateway.id: {gateway_id} is not the name of its directory "
                        f"({gateway_dir.name}): in a fleet the directory is the gateway id, and the id is the "
                        f"node label ({LABEL}={gateway_dir.name})")
-    if config.mqtt.password is not None:
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, dict) and "password" in mqtt:
         source.problem(("mqtt", "password"), "mqtt.password: in a fleet a password is given as "
                        "password_file: PATH (it becomes a Swarm secret), never in a file or the environment",
                        key=True)
-    if config.network != "host":
-        source.problem(("network",), f"network: {config.network}: fleet services run on the host network "
+    if data.get("network", "host") != "host":
+        source.problem(("network",), f"network: {data.get('network')}: fleet services run on the host network "
                        "(Swarm has no bridge with host-gateway; devices are reached directly); write network: host")
-    problems.extend(source.problems)
+    problems = list(source.problems)
     for path in device_files(gateway_dir):
         device_source: Source = resolve_model(load_yaml(path, env), env)
         security = device_source.data.get("security") if isinstance(device_source.data, dict) else None
         if isinstance(security, dict) and "password" in security:
             device_source.problem(("security", "password"), "security.password: in a fleet a password is "
                                   "given as password_file: PATH (a Swarm secret)", key=True)
-        problems.extend(device_source.problems)
+            problems.extend(p for p in device_source.problems if "in a fleet" in p.message)
     return problems
 
 
@@ -142,12 +146,13 @@ def load_fleet(repo: Path, env: Mapping[str, str] | None = None) -> Fleet:
     gateways: list[Gateway] = []
     warnings: list[str] = []
     for gateway_dir in dirs:
+        found = _fleet_checks(gateway_dir, env) if (gateway_dir / GATEWAY_FILE).is_file() else []
         try:
             config = load_config(gateway_dir, env)
         except ConfigErrors as exc:
-            problems.extend(exc.problems)
+            problems.extend(p for p in exc.problems if str(p) not in {str(f) for f in found})
+            problems.extend(found)
             continue
-        found = _fleet_checks(gateway_dir, config, env)
         problems.extend(found)
         warnings.extend(config.warnings)
         if not found:

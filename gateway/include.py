@@ -17,6 +17,7 @@ the model file, once per device that includes it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,22 +54,27 @@ def resolve_model(source: Source, env: Mapping[str, str] | None) -> Source:
     if not isinstance(value, str) or not value.strip():
         source.problem((MODEL_KEY,), "model: must be the path of a model file, relative to this device file "
                        "(e.g. model: ../../models/press.yaml)")
+        source.broken = True
         return source
-    model_path = source.file.parent / value
+    model_path = Path(os.path.normpath(source.file.parent / value))
     if not model_path.is_file():
         source.problem((MODEL_KEY,), f"model: {value}: no such file ({model_path})")
+        source.broken = True  # nothing more to say about a device without its model
         return source
     model = load_yaml(model_path, env)
     if model.broken or model.problems:
         source.problems.extend(model.problems)
+        source.broken = True
         return source
     if not isinstance(model.data, dict):
         source.problem((MODEL_KEY,), f"model: {value}: a model file is a mapping of device keys "
                        "(protocol:, tags:, ...)")
+        source.broken = True  # nothing more to say about a device without its model
         return source
     if MODEL_KEY in model.data:
         source.problems.append(Problem(model.file, model.where((MODEL_KEY,), key=True),
                                        "a model cannot include another model: copy its keys here"))
+        source.broken = True  # nothing more to say about a device without its model
         return source
     own = {k: v for k, v in data.items() if k != MODEL_KEY}
     inherited = frozenset(k for k in model.data if k not in own)
@@ -89,4 +95,4 @@ def model_of(path: Path) -> Path | None:
     """The model file a device file names (for change watching and the fleet's file list), if any."""
     source = load_yaml(path, None)
     value = source.data.get(MODEL_KEY) if isinstance(source.data, dict) else None
-    return path.parent / value if isinstance(value, str) and value.strip() else None
+    return Path(os.path.normpath(path.parent / value)) if isinstance(value, str) and value.strip() else None
