@@ -83,12 +83,29 @@ def deploy(fleet: Fleet, out: Path) -> tuple[StackBuilder, str]:
     return builder, result.stdout + result.stderr
 
 
+def prune_configs(client: Any, stack: str, keep: set[str]) -> list[str]:
+    """Remove this stack's configs and secrets no service names any more (older hashes). One still
+    held by a task of a rollout in progress is refused by the engine and left for the next deploy."""
+    import docker
+
+    removed = []
+    for collection in (client.configs, client.secrets):
+        for item in collection.list(filters={"label": f"{STACK_NAMESPACE}={stack}"}):
+            name = item.name
+            if name not in keep:
+                with contextlib.suppress(docker.errors.APIError):
+                    item.remove()
+                    removed.append(name)
+    return removed
+
+
 def main_deploy(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.repo)
     try:
         fleet = load_fleet(args.repo)
         client = _client()
         builder, output = deploy(fleet, out)
+        pruned = prune_configs(client, fleet.settings.stack, set(builder.configs) | set(builder.secrets))
         nodes = placement(client)
     except ConfigErrors as exc:
         for problem in exc.problems:
@@ -101,7 +118,10 @@ def main_deploy(args: argparse.Namespace) -> int:
     for line in output.splitlines():
         if line.startswith(("Creating", "Updating", "Removing")):
             print(line)
-    print(f"deployed stack {fleet.settings.stack}: {len(builder.services)} services from {out / STACK_FILE}")
+    for name in pruned:
+        print(f"Removing unused {name}")
+    print(f"deployed stack {fleet.settings.stack}: {len(builder.services)} services from {out / STACK_FILE}; "
+          "Swarm rolls out what changed, one service at a time (`fieldgate fleet status` shows it)")
     for gateway in fleet.gateways:
         if gateway.id not in nodes:
             print(f"{gateway.id}: unplaced: no node carries the label {LABEL}={gateway.id} "
