@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         if verb in ("render", "deploy"):
             f.add_argument("-o", "--out", type=Path, required=verb == "render", default=None,
                            help="where the stack file goes (deploy: default REPO/.fieldgate/stack)")
+        if verb == "deploy":
+            f.add_argument("--gateway", action="append", default=None, metavar="ID",
+                           help="deploy only this gateway (repeat for a group); default: all, one after another")
+            f.add_argument("--timeout", type=float, default=600.0,
+                           help="seconds each gateway's rollout may take before the deploy stops")
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 from collectors.core.errors import FieldgateError
 from collectors.core.validation import ConfigErrors
+from gateway.compose import _dump
 from gateway.fleet import LABEL, Fleet, load_fleet, swarm_name
 from gateway.runtime.process import READINGS_COUNTERS, parse_metrics
 from gateway.stack import LOCAL_DIR, STACK_FILE, StackBuilder, render_fleet, write_files
@@ -68,19 +70,114 @@ def placement(client: Any) -> dict[str, list[str]]:
     return nodes
 
 
-def deploy(fleet: Fleet, out: Path) -> tuple[StackBuilder, str]:
-    """Render into OUT and run `docker stack deploy --prune`; returns the builder and the tool's output."""
-    builder = render_fleet(fleet, out)
-    write_files(builder.files, out)
+TERMINAL = {"completed", "paused", "rollback_completed", "rollback_paused"}
+
+
+def _stack_deploy(out: Path, file: str, stack: str) -> str:
     docker_cli = shutil.which("docker")
     if docker_cli is None:
         raise SwarmError("the docker CLI is not installed: `docker stack deploy` is what deploys a stack")
-    result = subprocess.run(
-        [docker_cli, "stack", "deploy", "--prune", "-c", STACK_FILE, fleet.settings.stack],
-        cwd=out, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([docker_cli, "stack", "deploy", "-c", file, stack],
+                            cwd=out, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise SwarmError(f"docker stack deploy failed: {result.stderr.strip() or result.stdout.strip()}")
-    return builder, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def _service(client: Any, name: str) -> Any:
+    import docker
+
+    try:
+        return client.services.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _template(service: Any) -> str:
+    """What a rollout replaces tasks for (`docker stack deploy` updates every service it names, so the
+    spec's version moves even when nothing changed)."""
+    return json.dumps(service.attrs["Spec"]["TaskTemplate"], sort_keys=True)
+
+
+def _wait(client: Any, names: dict[str, tuple[str | None, str | None]], timeout: float) -> dict[str, str]:
+    """Each changed service -> how its rollout ended: `updated`, `rolled back: why`, `running` (new), or
+    `timed out`. `names` holds each one's spec version and update start before the deploy."""
+    deadline = time.monotonic() + timeout
+    ended: dict[str, str] = {}
+    while len(ended) < len(names) and time.monotonic() < deadline:
+        for name, (_, started_before) in names.items():
+            if name in ended or (service := _service(client, name)) is None:
+                continue
+            update = service.attrs.get("UpdateStatus") or {}
+            if names[name][0] is None:  # a new service: done when its task runs
+                if any(t["Status"]["State"] == "running" for t in service.tasks(filters={"desired-state": "running"})):
+                    ended[name] = "running"
+            elif update.get("StartedAt") != started_before and update.get("State") in TERMINAL:
+                state = update["State"]
+                ended[name] = "updated" if state == "completed" else \
+                    f"{UPDATE_STATES[state]}: {update.get('Message', '')}".rstrip(": ")
+        if len(ended) < len(names):
+            time.sleep(1)
+    return {name: ended.get(name, "timed out") for name in names}
+
+
+def deploy(fleet: Fleet, out: Path, client: Any, only: set[str] | None = None, timeout: float = 600.0,
+           say: Any = print) -> tuple[StackBuilder, bool]:
+    """Render into OUT and deploy gateway by gateway: each gateway's changed services are handed to
+    `docker stack deploy` (a partial stack: the other gateways are left alone) and waited for until
+    Swarm calls their rollout done; a rollback stops the rollout there, leaving the gateways after it
+    unchanged. Without `only`, a last deploy of the whole stack with --prune removes services no
+    longer rendered. Returns the builder and whether every rollout ended well."""
+    builder = render_fleet(fleet, out)
+    write_files(builder.files, out)
+    stack = fleet.settings.stack
+    nodes = placement(client)
+    ids = [g.id for g in fleet.gateways if only is None or g.id in only]
+    for index, gateway_id in enumerate(ids):
+        services = [f"{stack}_{name}" for name in builder.services_of(gateway_id)]
+        if not services:
+            continue
+        before: dict[str, tuple[str | None, str | None]] = {}
+        for name in services:
+            service = _service(client, name)
+            before[name] = (None, None) if service is None else (
+                _template(service), (service.attrs.get("UpdateStatus") or {}).get("StartedAt"))
+        partial = f".stack-{swarm_name(gateway_id)}.yml"
+        (out / partial).write_text(_dump(builder.model({gateway_id})), encoding="utf-8")
+        try:
+            output = _stack_deploy(out, partial, stack)
+        finally:
+            (out / partial).unlink()
+        for line in output.splitlines():
+            if line.startswith("Creating service"):  # `docker stack deploy` says Updating for every other one
+                say(f"{gateway_id}: {line}")
+        changed = {}
+        for name, (version, started) in before.items():
+            service = _service(client, name)
+            if service is not None and (version is None or _template(service) != version):
+                changed[name] = (version, started)
+        if not changed:
+            say(f"{gateway_id}: unchanged")
+            continue
+        if gateway_id not in nodes:
+            say(f"{gateway_id}: unplaced: no node carries the label {LABEL}={gateway_id} "
+                f"(docker node update --label-add {LABEL}={gateway_id} NODE); its services wait for one")
+            continue
+        results = _wait(client, changed, timeout)
+        for name, result in results.items():
+            say(f"{gateway_id}: {name.removeprefix(f'{stack}_{swarm_name(gateway_id)}-')}: {result}")
+        if any(r not in ("updated", "running") for r in results.values()):
+            rest = ids[index + 1:]
+            say(f"rollout stopped at {gateway_id}" + (f"; not updated: {', '.join(rest)}" if rest else ""))
+            return builder, False
+    if only is None:  # services no longer rendered (a gateway or protocol removed from the repository)
+        # (not a last `docker stack deploy --prune`: updating every service again would clear the
+        # update state `fleet status` shows)
+        for service in client.services.list(filters={"label": f"{STACK_NAMESPACE}={stack}"}):
+            if service.name.removeprefix(f"{stack}_") not in builder.services:
+                say(f"Removing service {service.name}")
+                service.remove()
+    return builder, True
 
 
 def prune_configs(client: Any, stack: str, keep: set[str]) -> list[str]:
@@ -104,9 +201,8 @@ def main_deploy(args: argparse.Namespace) -> int:
     try:
         fleet = load_fleet(args.repo)
         client = _client()
-        builder, output = deploy(fleet, out)
+        builder, ok = deploy(fleet, out, client, set(args.gateway) if args.gateway else None, args.timeout)
         pruned = prune_configs(client, fleet.settings.stack, set(builder.configs) | set(builder.secrets))
-        nodes = placement(client)
     except ConfigErrors as exc:
         for problem in exc.problems:
             print(problem)
@@ -115,21 +211,14 @@ def main_deploy(args: argparse.Namespace) -> int:
     except FieldgateError as exc:
         print(f"fieldgate fleet deploy: {exc}", file=sys.stderr)
         return 1
-    for line in output.splitlines():
-        if line.startswith(("Creating", "Updating", "Removing")):
-            print(line)
     for name in pruned:
         print(f"Removing unused {name}")
-    print(f"deployed stack {fleet.settings.stack}: {len(builder.services)} services from {out / STACK_FILE}; "
-          "Swarm rolls out what changed, one service at a time (`fieldgate fleet status` shows it)")
-    for gateway in fleet.gateways:
-        if gateway.id not in nodes:
-            print(f"{gateway.id}: unplaced: no node carries the label {LABEL}={gateway.id} "
-                  f"(docker node update --label-add {LABEL}={gateway.id} NODE)")
+    print(f"stack {fleet.settings.stack}: {len(builder.services)} services from {out / STACK_FILE}"
+          + ("" if ok else "; the rollout stopped: see above"))
     for gateway_id, devices in builder.local.items():
         print(f"{gateway_id}: serial devices {', '.join(devices)} are not on the swarm: on its node run "
               f"`fieldgate up {out / LOCAL_DIR / swarm_name(gateway_id)} --runtime docker`")
-    return 0
+    return 0 if ok else 1
 
 
 @dataclass

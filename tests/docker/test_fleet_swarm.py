@@ -3,8 +3,9 @@
 A two-gateway repository; the node carries one gateway's label. That gateway's forwarder and
 Modbus collector run as Swarm services on the host network, poll `fieldgate simulate` on
 127.0.0.1 and publish to a Mosquitto the test starts; the other gateway shows as unplaced.
-Then a config change rolls out (the readings' widest gap is measured), and an update to an
-image that never turns healthy is rolled back by Swarm while readings come back.
+Then a config change rolls out (the readings' widest gap is measured), and an update of both
+gateways to an image that never turns healthy is rolled back by Swarm on the first one, the
+deploy stops there (the second keeps its image), and readings come back.
 Skipped where no engine answers, where the images are missing, or where the engine is
 already part of a swarm (someone else's: never touched).
 """
@@ -184,45 +185,55 @@ def test_fleet_on_a_one_node_swarm(swarm: str, tmp_path: Path) -> None:
         print(subprocess.run(fieldgate("fleet", "status", str(fleet.repo)), capture_output=True, text=True,
                              cwd=ROOT).stdout)
 
-        # A config change (the poll interval, in the shared model) rolls out as a new Swarm config.
+        # A config change (the poll interval, in the shared model) rolls out as a new Swarm config,
+        # gateway by gateway: deploy returns once the placed gateway's rollout is done.
         model = fleet.repo / "models" / "press.yaml"
         model.write_text(model.read_text().replace("poll: 250ms", "poll: 200ms"))
         sub.clear()
         rollout = time.monotonic()
         redeployed = fleet.run("deploy", str(fleet.repo))
-        assert redeployed.returncode == 0, redeployed.stderr
-        # only the collector's slice changed: the forwarder is left alone
-        table = fleet.wait_status(lambda t: t[(fleet.placed, "modbus")]["UPDATE"] == "updated", 120,
-                                  "config rolled out")
+        rolled = time.monotonic() - rollout
+        assert redeployed.returncode == 0, redeployed.stdout + redeployed.stderr
+        assert f"{fleet.placed}: modbus: updated" in redeployed.stdout, redeployed.stdout
+        assert f"{fleet.placed}: forwarder:" not in redeployed.stdout  # its slice did not change
+        table = fleet.status()
+        assert table[(fleet.placed, "modbus")]["UPDATE"] == "updated"
         assert table[(fleet.placed, "forwarder")]["UPDATE"] == "-"
         configs = docker("config", "ls", "--format", "{{.Name}}", "--filter", f"name={fleet.stack}-").stdout.split()
-        assert len([c for c in configs if f"-{fleet.placed}-modbus-" in c]) <= 2  # the old one goes once unused
-        rolled = time.monotonic() - rollout
+        assert len([c for c in configs if f"-{fleet.placed}-modbus-" in c]) == 1, configs  # the old one pruned
         time.sleep(3)
         times = [m.at for m in sub.on_topic(topic)]
         gap = widest_gap(times)
-        print(f"config rollout: done in {rolled:.1f} s, widest gap in {topic}: {gap:.2f} s")
+        print(f"config rollout: deploy returned after {rolled:.1f} s (rollout done), widest gap in {topic}: "
+              f"{gap:.2f} s")
         assert times and gap < 60
 
-        # An image that never turns healthy: Swarm rolls the update back; readings come back.
+        # An image that never turns healthy, for both gateways: Swarm rolls the first one back, the
+        # deploy stops there (exit 1) and the second keeps its image; readings come back.
         built = subprocess.run(["docker", "build", "-q", "-t", unhealthy, "-"], text=True, capture_output=True,
                                input=f'FROM {MODBUS}\nENTRYPOINT ["python3", "-c", '
                                      '"import time; time.sleep(100000)"]\n', timeout=120)
         assert built.returncode == 0, built.stderr
-        gateway = fleet.repo / "gateways" / fleet.placed / "gateway.yaml"
-        gateway.write_text(gateway.read_text().replace(f"image: {MODBUS}", f"image: {unhealthy}"))
+        for gateway_id in (fleet.placed, fleet.unplaced):
+            gateway = fleet.repo / "gateways" / gateway_id / "gateway.yaml"
+            gateway.write_text(gateway.read_text().replace(f"image: {MODBUS}", f"image: {unhealthy}"))
         sub.clear()
         update = time.monotonic()
-        assert fleet.run("deploy", str(fleet.repo)).returncode == 0
-        table = fleet.wait_status(lambda t: t[(fleet.placed, "modbus")]["UPDATE"] == "rolled back", 180,
-                                  "rolled back")
+        failed = fleet.run("deploy", str(fleet.repo))
         rollback = time.monotonic() - update
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert f"{fleet.placed}: modbus: rolled back" in failed.stdout, failed.stdout
+        assert f"rollout stopped at {fleet.placed}; not updated: {fleet.unplaced}" in failed.stdout
+        table = fleet.status()
+        assert table[(fleet.placed, "modbus")]["UPDATE"] == "rolled back"
         assert table[(fleet.placed, "modbus")]["IMAGE"] == MODBUS
+        assert table[(fleet.unplaced, "modbus")]["IMAGE"] == MODBUS
         back = time.time()
         sub.wait_for(lambda m: m.topic == topic and m.at > back, timeout=60)
         times = [m.at for m in sub.on_topic(topic)]
-        print(f"failed update: rolled back {rollback:.1f} s after deploy; widest gap {widest_gap(times):.1f} s; "
-              "readings continue")
+        print(f"failed update: rolled back, deploy returned after {rollback:.1f} s; widest gap "
+              f"{widest_gap(times):.1f} s; readings continue")
+        print(failed.stdout)
     finally:
         sub.close()
         fleet.close()
