@@ -184,16 +184,21 @@ def main_fleet(args: argparse.Namespace) -> int:
     return int(getattr(importlib.import_module(module), function)(args))
 
 
+def report(exc: ConfigErrors, repo: Path, outcome: str) -> int:
+    """Every problem as file:line:column on stdout, a count and `outcome` on stderr; exit code 1."""
+    for problem in exc.problems:
+        print(problem)
+    count = len(exc.problems)
+    print(f"{repo}: {count} error{'s' if count != 1 else ''}; {outcome}", file=sys.stderr)
+    return 1
+
+
 def main_validate(args: argparse.Namespace) -> int:
     """`fieldgate fleet validate REPO`: every error as file:line:column, exit 1; else a summary."""
     try:
         fleet = load_fleet(args.repo)
     except ConfigErrors as exc:
-        for problem in exc.problems:
-            print(problem)
-        count = len(exc.problems)
-        print(f"{args.repo}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
-        return 1
+        return report(exc, args.repo, "nothing was changed")
     for warning in fleet.warnings:
         print(warning)
     for gateway in fleet.gateways:

@@ -41,7 +41,7 @@ from gateway.compose import (
     render_loaded,
 )
 from gateway.config import GATEWAY_FILE
-from gateway.fleet import LABEL, Fleet, Gateway, is_serial, load_fleet, swarm_name
+from gateway.fleet import LABEL, Fleet, Gateway, is_serial, load_fleet, report, swarm_name
 from gateway.include import resolve_model
 
 STACK_FILE = "stack.yml"
@@ -287,10 +287,7 @@ def main_render(args: argparse.Namespace) -> int:
         fleet = load_fleet(args.repo)
         builder = render_fleet(fleet, args.out)
     except ConfigErrors as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"{args.repo}: {len(exc.problems)} errors; nothing written", file=sys.stderr)
-        return 1
+        return report(exc, args.repo, "nothing written")
     except FieldgateError as exc:
         print(f"fieldgate fleet render: {exc}", file=sys.stderr)
         return 1

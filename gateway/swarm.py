@@ -24,7 +24,7 @@ from typing import Any
 from collectors.core.errors import FieldgateError
 from collectors.core.validation import ConfigErrors
 from gateway.compose import _dump
-from gateway.fleet import LABEL, Fleet, load_fleet, swarm_name
+from gateway.fleet import LABEL, Fleet, load_fleet, report, swarm_name
 from gateway.runtime.process import READINGS_COUNTERS, parse_metrics
 from gateway.stack import LOCAL_DIR, STACK_FILE, StackBuilder, render_fleet, write_files
 
@@ -204,10 +204,7 @@ def main_deploy(args: argparse.Namespace) -> int:
         builder, ok = deploy(fleet, out, client, set(args.gateway) if args.gateway else None, args.timeout)
         pruned = prune_configs(client, fleet.settings.stack, set(builder.configs) | set(builder.secrets))
     except ConfigErrors as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"{args.repo}: {len(exc.problems)} errors; nothing deployed", file=sys.stderr)
-        return 1
+        return report(exc, args.repo, "nothing deployed")
     except FieldgateError as exc:
         print(f"fieldgate fleet deploy: {exc}", file=sys.stderr)
         return 1
@@ -320,9 +317,7 @@ def main_status(args: argparse.Namespace) -> int:
         client = _client()
         rows = status_rows(fleet, client)
     except ConfigErrors as exc:
-        for problem in exc.problems:
-            print(problem)
-        return 1
+        return report(exc, args.repo, "no status")
     except FieldgateError as exc:
         print(f"fieldgate fleet status: {exc}", file=sys.stderr)
         return 1
