@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.stack import ROOT, Process, fieldgate, free_ports, modbus_tcp_device
+from tests.docker.stack import ROOT, Process, fieldgate, free_ports, modbus_rtu_device, modbus_tcp_device
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 
@@ -104,6 +104,9 @@ class Fleet:
             (folder / "devices" / "press-1.yaml").write_text(
                 f"model: ../../../models/press.yaml\nname: press-1\n"
                 f"connection:\n  tcp: {{host: 127.0.0.1, port: {self.sim_port}}}\nunit: 1\n")
+        # a meter on a serial port: not for the swarm, left to the node's own supervisor
+        (self.repo / "gateways" / self.unplaced / "devices" / "meter-9.yaml").write_text(
+            modbus_rtu_device("meter-9", "/dev/ttyFGFLEET0"))
         sim_file = root / "sim.yaml"
         sim_file.write_text(device)
         self.simulator = Process(fieldgate("simulate", str(sim_file)), root / "sim.log")
@@ -181,6 +184,10 @@ def test_fleet_on_a_one_node_swarm(swarm: str, tmp_path: Path) -> None:
         assert float(table[(fleet.placed, "forwarder")]["READINGS/S"]) > 0
         assert table[(fleet.unplaced, "*")]["NODE"].startswith("unplaced")
         assert table[(fleet.unplaced, "modbus")]["REPLICAS"] == "0/1"
+        serial = table[(fleet.unplaced, "meter-9 (serial)")]
+        assert serial["NODE"] == "local supervisor" and serial["UPDATE"].startswith("fieldgate up local/")
+        assert f"{fleet.unplaced}: serial devices meter-9 are not on the swarm: on its node run `fieldgate up " \
+            in deployed.stdout
         print(f"\ndeploy -> first reading on the broker: {first_reading:.1f} s")
         print(subprocess.run(fieldgate("fleet", "status", str(fleet.repo)), capture_output=True, text=True,
                              cwd=ROOT).stdout)
