@@ -22,6 +22,7 @@ VERBS = {
     "images": "gateway.images:main_images",
     "keys": "gateway.signing:main_keys",
     "install": "gateway.install:main_install",
+    "fleet": "gateway.fleet:main_fleet",
 }
 
 
@@ -126,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=None,
                    help="write below this directory instead of / (an image being prepared); "
                         "enables without a running systemd")
+
+    p = verbs.add_parser("fleet", help="a plant's gateways from one repository, on Docker Swarm (docs/fleet.md)")
+    fleet = p.add_subparsers(dest="fleet_verb", required=True, metavar="VERB")
+    for verb, text in (("validate", "check every gateway and model; exit 1 with every error listed"),
+                       ("render", "write one Swarm stack file for the whole plant"),
+                       ("deploy", "render and deploy the stack on the swarm this engine manages"),
+                       ("status", "per gateway, per service: node, replicas, image, health, update state")):
+        f = fleet.add_parser(verb, help=text)
+        f.add_argument("repo", type=Path)
+        if verb in ("render", "deploy"):
+            f.add_argument("-o", "--out", type=Path, required=verb == "render", default=None,
+                           help="where the stack file goes (deploy: default REPO/.fieldgate/stack)")
+        if verb == "deploy":
+            f.add_argument("--gateway", action="append", default=None, metavar="ID",
+                           help="deploy only this gateway (repeat for a group); default: all, one after another")
+            f.add_argument("--timeout", type=float, default=600.0,
+                           help="seconds each gateway's rollout may take before the deploy stops")
     return parser
 
 

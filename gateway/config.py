@@ -48,6 +48,7 @@ from collectors.forwarder.config import (
 )
 from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice, ModbusTag
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
+from gateway.include import resolve_model
 
 GATEWAY_FILE = "gateway.yaml"
 DEVICES_DIR = "devices"
@@ -203,7 +204,7 @@ def load_config(dir: Path, env: Mapping[str, str] | None = None) -> GatewayConfi
     loaded: list[tuple[Source, ModbusDevice | OpcuaDevice]] = []
     size = gateway_source.size if gateway_source is not None else 0
     for path in device_paths or []:
-        source = load_yaml(path, env)
+        source = resolve_model(load_yaml(path, env), env)  # `model:` (gateway/include.py)
         size += source.size
         if size > MAX_VALUES_PER_DIR:
             problems.append(Problem(path, None, f"with this file the config directory holds more than "
@@ -282,7 +283,7 @@ def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = Non
     result: list[DeviceFile] = []
     sources: list[Source | None] = []
     for path in paths:
-        source = load_yaml(path, env)
+        source = resolve_model(load_yaml(path, env), env)  # `model:` (gateway/include.py)
         device = validate_device(source, env)
         problems.extend(in_order(source.problems))
         sources.append(source)

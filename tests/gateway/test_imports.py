@@ -22,7 +22,8 @@ import gateway
 
 PACKAGE = Path(gateway.__file__).resolve().parent
 ROOT = PACKAGE.parent
-DOCKER_MODULES = {"gateway.runtime.engine", "gateway.runtime.docker"}
+# The Engine clients: images (engine), containers (the docker runtime), Swarm services (fleet deploy/status).
+DOCKER_MODULES = {"gateway.runtime.engine", "gateway.runtime.docker", "gateway.swarm"}
 PACKAGES = {"gateway", "gateway.runtime"}
 
 
@@ -130,7 +131,7 @@ def test_no_gateway_module_imports_itself_back_in_a_cycle() -> None:
 
 
 @pytest.mark.unit
-def test_only_the_engine_and_the_docker_runtime_import_docker() -> None:
+def test_only_the_engine_clients_import_docker() -> None:
     users = {module_name(p) for p in PACKAGE.rglob("*.py")
              if any(m == "docker" or m.startswith("docker.") for m in imported(ast.parse(p.read_text())))}
     assert users == DOCKER_MODULES
