@@ -428,6 +428,13 @@ def _mib(value: Any) -> str:
     return "-" if value is None else f"{value / 1024**2:.0f}MiB"
 
 
+def _buffered(svc: Mapping[str, Any]) -> str:
+    """The BUFFERED column: readings held, and damaged buffer segments set aside (never replayed)."""
+    text = _num(svc.get("buffered"))
+    quarantined = svc.get("quarantined")
+    return f"{text} ({quarantined:.0f} quarantined)" if quarantined else text
+
+
 def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
     """The `fieldgate status` table, header row first. CPU and MEMORY appear when the runtime
     measures them (docker: from the Engine's stats, against the limits)."""
@@ -442,7 +449,7 @@ def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
         image = svc.get("image") or (f"pid {svc['pid']}" if svc.get("pid") else "-")
         row = [
             svc["name"], state, svc.get("health") or "-",
-            "-" if ended else _num(svc.get("readings_per_s"), "{:.1f}"), _num(svc.get("buffered")),
+            "-" if ended else _num(svc.get("readings_per_s"), "{:.1f}"), _buffered(svc),
             str(svc.get("restarts", 0)), uptime,
         ]
         if resources:

@@ -485,6 +485,8 @@ class DockerRuntime:
         track = self._track(service)
         if scraped.buffered is not None:
             track.details["buffered"] = scraped.buffered
+        if scraped.quarantined is not None:
+            track.details["quarantined"] = scraped.quarantined
         if scraped.readings is not None:
             rate = track.readings.add(time.monotonic(), scraped.readings)
             if rate is not None:

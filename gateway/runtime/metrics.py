@@ -23,6 +23,7 @@ READINGS_COUNTERS = (
     "fieldgate_readings_total",
 )
 BUFFERED_GAUGES = ("fieldgate_forwarder_buffered_readings",)
+QUARANTINED_GAUGES = ("fieldgate_forwarder_quarantined_segments",)
 
 
 async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
@@ -92,6 +93,7 @@ class Scraped:
 
     readings: float | None  # the readings counter (READINGS_COUNTERS)
     buffered: float | None  # readings the forwarder holds (BUFFERED_GAUGES)
+    quarantined: float | None = None  # buffer segments set aside, never replayed (QUARANTINED_GAUGES)
 
 
 async def scrape(host: str, port: int) -> Scraped | None:
@@ -103,7 +105,8 @@ async def scrape(host: str, port: int) -> Scraped | None:
     if status != 200:
         return None
     totals = parse_metrics(text)
-    return Scraped(first_of(totals, READINGS_COUNTERS), first_of(totals, BUFFERED_GAUGES))
+    return Scraped(first_of(totals, READINGS_COUNTERS), first_of(totals, BUFFERED_GAUGES),
+                   first_of(totals, QUARANTINED_GAUGES))
 
 
 # ------------------------------------------------------------------ the Engine's stats

@@ -192,6 +192,7 @@ class Child:
     stopping: bool = False
     readings_per_s: float | None = None
     buffered: float | None = None
+    quarantined: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     readings: ReadingsRate = field(default_factory=ReadingsRate)
 
@@ -321,7 +322,8 @@ class ProcessRuntime:
         """Status columns only this runtime knows: pid, readings/s and buffered (from /metrics)."""
         return {
             name: {"pid": child.pid if child.exited is None else None,
-                   "readings_per_s": child.readings_per_s, "buffered": child.buffered}
+                   "readings_per_s": child.readings_per_s, "buffered": child.buffered,
+                   "quarantined": child.quarantined}
             for name, child in self._children.items()
         }
 
@@ -419,7 +421,7 @@ class ProcessRuntime:
         scraped = await scrape(child.spec.metrics_host, port)
         if scraped is None:
             return
-        child.buffered = scraped.buffered
+        child.buffered, child.quarantined = scraped.buffered, scraped.quarantined
         if scraped.readings is not None:
             child.readings_per_s = child.readings.add(time.monotonic(), scraped.readings)
 

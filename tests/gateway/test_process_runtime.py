@@ -32,7 +32,7 @@ import pytest
 from gateway.demo import free_port_run
 from gateway.plan import Policy, ServiceSpec
 from gateway.runtime.common import RunDir
-from gateway.runtime.metrics import http_get, parse_metrics
+from gateway.runtime.metrics import QUARANTINED_GAUGES, first_of, http_get, parse_metrics
 from gateway.runtime.process import ProcessRuntime, child_environment
 from gateway.supervisor import ConfigWatcher, Supervisor, format_table, read_status, status_rows
 from tests.support.broker import Mosquitto, free_port, wait_port
@@ -620,3 +620,16 @@ def test_up_keeps_a_forwarder_waiting_for_its_broker_running_and_replays_the_out
     finally:
         sub.close()
         broker.stop()
+
+
+@pytest.mark.unit
+def test_status_shows_quarantined_buffer_segments_beside_the_buffered_readings() -> None:
+    """A damaged buffer segment is set aside by the forwarder, never replayed: status says so."""
+    now = 1_000_000.0
+    scraped = parse_metrics("fieldgate_forwarder_buffered_readings 12\nfieldgate_forwarder_quarantined_segments 2\n")
+    assert first_of(scraped, QUARANTINED_GAUGES) == 2
+    service = {"name": "forwarder", "state": "running", "health": "healthy", "restarts": 0, "since": now - 60,
+               "buffered": 12, "quarantined": 2}
+    rows = status_rows({"services": [service, {**service, "quarantined": 0}]}, now)
+    column = rows[0].index("BUFFERED")
+    assert [rows[1][column], rows[2][column]] == ["12 (2 quarantined)", "12"]
