@@ -315,13 +315,18 @@ def project_name(gateway_id: str) -> str:
 
 
 def write(project: Project, out: Path) -> list[Path]:
-    """Write the project's files; returns those whose bytes changed (the others are left alone).
+    """Write the project's files; returns those whose bytes changed (the others are left alone)."""
+    return write_files(project.files(), out)
+
+
+def write_files(files: Mapping[str, str], out: Path) -> list[Path]:
+    """Write each OUT-relative file whose bytes differ; returns those written.
 
     A changed file is replaced by rename: a running container keeps the inode it was created
     with, so it never sees half a file, and its replacement mounts the new one.
     """
     changed: list[Path] = []
-    for rel, text in project.files().items():
+    for rel, text in files.items():
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file() and path.read_text(encoding="utf-8") == text:
