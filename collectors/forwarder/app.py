@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.core.handoff import HandoffServer
+from collectors.core.handoff_check import ReadingCheck
 from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
 from collectors.forwarder.buffer import Batch, Buffer
@@ -76,7 +77,7 @@ class Forwarder:
             keep_tag_order=config.mqtt.format == "json",
         )
         self.session = BrokerSession(config, self, self.format.will, self.format.clean_session)
-        self.handoff = HandoffServer(config.handoff.socket, self)
+        self.handoff = HandoffServer(config.handoff.socket, self, ReadingCheck.from_catalog(config.devices))
         self.metrics = Metrics()
         self.stats = ForwarderStats()
         self._catalog: dict[str, CatalogDevice] = {device.name: device for device in config.devices}
@@ -407,6 +408,12 @@ class Forwarder:
         ]
         for name, help_text, read in counters:
             m.counter(name, help_text, read)
+        m.counter("forwarder_handoff_rejected_total", "readings dropped at the hand-off, per collector and reason "
+                  "(not in that collector's catalog, bad name, timestamp, quality or value)",
+                  handoff.check.rejected.samples)
+        m.counter("forwarder_handoff_refused_connections_total", "hand-off connections refused or dropped "
+                  "(another uid, too many, a protocol error, a collector name already connected)",
+                  lambda: handoff.refused)
         m.gauge(
             "forwarder_buffered_readings", "readings waiting for the broker, per lane",
             lambda: [
