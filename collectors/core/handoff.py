@@ -37,6 +37,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import socket
 import stat
 import struct
@@ -573,7 +574,8 @@ class HandoffServer:
                            "%gs (hello) or %gs (rest of a frame)", who, HELLO_TIMEOUT, FRAME_TIMEOUT)
         except HandoffError as exc:
             self.refused += 1
-            self._log_once(("protocol", str(exc)[:60]), logging.ERROR, "hand-off peer dropped (%s): %s", who, exc)
+            kind = re.split(r"[:\d'\"]", str(exc), maxsplit=1)[0]  # "frame of 5242880 bytes..." -> "frame of "
+            self._log_once(("protocol", kind), logging.ERROR, "hand-off peer dropped (%s): %s", who, exc)
             with suppress(ConnectionError, RuntimeError):
                 writer.write(encode_frame({"t": "error", "error": str(exc)}))
         except OSError as exc:  # the sink could not store a batch (the forwarder's disk): it logged that

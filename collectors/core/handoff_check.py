@@ -35,10 +35,7 @@ ARRAY_DEPTH = 4  # nesting of OPC UA arrays (matrices are lists of lists)
 
 _NAME = re.compile(NAME_PATTERN)
 _QUALITIES = frozenset(q.value for q in Quality)
-# The Python types a Modbus catalog type's values have (gateway.config.modbus_value_type).
-_KINDS: dict[str, tuple[type, ...]] = {"bool": (bool,), "string": (str,)}
-_INTS = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
-_FLOATS = ("float16", "float32", "float64")
+_NUMBER = (bool, int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,20 +62,18 @@ def _array(value: list[Any], depth: int) -> bool:
 
 
 def value_fits(value: object, type_name: str | None) -> bool:
-    """Whether a value is one a tag of this type (None: unknown, OPC UA) can carry."""
+    """Whether a value is one a tag of this type (None: unknown, OPC UA) can carry.
+
+    A Modbus tag's values are a text (`string`) or a number (every other type; a bool is one, and
+    a bool tag's 0/1 is a number too): anything else no Modbus tag can have. The exact type and
+    range is the payload format's business (Sparkplug's datatypes)."""
     if value is None:
         return True  # bad and uncertain readings carry no value
     if type_name is None:
         return _scalar(value) or (isinstance(value, list) and _array(value, 1))
-    if type_name in _KINDS:
-        return isinstance(value, _KINDS[type_name])
-    if isinstance(value, bool):
-        return False
-    if type_name in _INTS:
-        return isinstance(value, int)
-    if type_name in _FLOATS:
-        return isinstance(value, int | float)
-    return _scalar(value)  # a type this module does not know yet: a scalar at least
+    if type_name == "string":
+        return isinstance(value, str)
+    return isinstance(value, _NUMBER)
 
 
 class LogOnce:
