@@ -59,9 +59,11 @@ from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResul
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
-# 4 MiB: a batch of 5,000 readings (batch_max) takes ~0.5 MB, so a frame this size is a batch of
-# long strings; the forwarder holds at most one being read per connection.
-MAX_FRAME = 4 * 1024 * 1024
+# 2 MiB: a batch of 5,000 readings (batch_max) takes ~0.5 MB, so a frame this size is a batch of
+# long strings. The forwarder holds one being read per connection and parses one at a time: 4
+# clients sending full frames of small rows took its RSS from 38 to 78 MB (110 MB with 4 MiB
+# frames, 1.67 GB with the former 64 MiB; bench/bench_handoff.py).
+MAX_FRAME = 2 * 1024 * 1024
 MAX_IN_FLIGHT = 8  # frames sent and not yet acknowledged: backpressure when the forwarder is slow
 MAX_CONNECTIONS = 8  # a modbus and an opcua collector, and room for a handover's overlap
 HELLO_TIMEOUT = 5.0  # a connection must say who it is within this
@@ -623,34 +625,41 @@ class HandoffServer:
         return peer
 
     async def _serve(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
-        key = (peer.collector, peer.epoch)
         loop = asyncio.get_running_loop()
-        check, writer = self.check, peer.writer
+        writer = peer.writer
         while True:
-            message = await read_frame(reader)
+            seq = await self._take(peer, await read_frame(reader))
             self.last_frame_at = loop.time()
-            kind = message["t"]
-            if kind == "result":
-                self._sink.write_result(peer.collector, _write_result(message))
-                continue
-            if kind not in ("batch", "state"):
-                raise HandoffError(f"unknown frame type {kind[:40]!r}")
-            seq = message.get("seq")
-            if type(seq) is not int or seq < 1:
-                raise HandoffError(f"{kind} frame: seq {str(seq)[:40]!r} is not a positive integer")
-            if seq > self._last_seq.get(key, 0):  # a resend after a reconnect is taken once
-                if kind == "batch":
-                    readings = check.readings(peer.collector, message.get("r"))
-                    if readings:
-                        await self._sink.readings(peer.collector, readings)
-                    self.readings_in += len(readings)
-                else:
-                    state = _device_state(message)
-                    if check.device(peer.collector, state.device):
-                        await self._sink.device_state(peer.collector, state)
-                self._last_seq[key] = seq
-            writer.write(encode_frame({"t": "ack", "seq": seq}))
-            await writer.drain()  # a peer that sends and never reads stops being read, not buffered for
+            if seq is not None:
+                writer.write(encode_frame({"t": "ack", "seq": seq}))
+                await writer.drain()  # a peer that sends and never reads stops being read, not buffered for
+
+    async def _take(self, peer: _Peer, message: dict[str, Any]) -> int | None:
+        """Hand one frame to the sink; the seq to acknowledge. A method of its own so that the parsed
+        frame (tens of MB for a full frame of small rows) is freed before the next one is awaited."""
+        kind = message["t"]
+        if kind == "result":
+            self._sink.write_result(peer.collector, _write_result(message))
+            return None
+        if kind not in ("batch", "state"):
+            raise HandoffError(f"unknown frame type {kind[:40]!r}")
+        seq = message.get("seq")
+        if type(seq) is not int or seq < 1:
+            raise HandoffError(f"{kind} frame: seq {str(seq)[:40]!r} is not a positive integer")
+        key = (peer.collector, peer.epoch)
+        if seq > self._last_seq.get(key, 0):  # a resend after a reconnect is taken once
+            if kind == "batch":
+                readings = self.check.readings(peer.collector, message.get("r"))
+                del message  # the rows: only the readings that passed live on
+                if readings:
+                    await self._sink.readings(peer.collector, readings)
+                self.readings_in += len(readings)
+            else:
+                state = _device_state(message)
+                if self.check.device(peer.collector, state.device):
+                    await self._sink.device_state(peer.collector, state)
+            self._last_seq[key] = seq
+        return seq
 
 
 def _write_result(message: dict[str, Any]) -> WriteResult:
