@@ -152,6 +152,7 @@ class HandoffClient:
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._dropping = False
         self._refused = LogOnce(log)
+        self._quiet = False  # the last session was refused: its retries log at DEBUG
         self.stats = ClientStats()
 
     async def __aenter__(self) -> HandoffClient:
@@ -253,6 +254,7 @@ class HandoffClient:
                 continue
             first_failure = True
             refused = False
+            began = asyncio.get_running_loop().time()
             try:
                 await self._session(reader, writer)
             except HandoffRefused as exc:  # another instance holds our name, say: back off, log once
@@ -267,7 +269,10 @@ class HandoffClient:
                 with suppress(OSError):
                     await writer.wait_closed()
             self.stats.reconnects += 1
-            if refused:
+            self._quiet = refused
+            # A refusal, or a session closed at once (the refusal may show as a broken pipe when
+            # we were still sending): back off as for an unreachable forwarder.
+            if refused or asyncio.get_running_loop().time() - began < 1.0:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
             else:
@@ -280,7 +285,8 @@ class HandoffClient:
         await writer.drain()
         self._writer = writer
         self.stats.connected = True
-        log.info("hand-off to the forwarder connected (%d frames resent)", len(self._unacked))
+        log.log(logging.DEBUG if self._quiet else logging.INFO,  # not every retry after a refusal
+                "hand-off to the forwarder connected (%d frames resent)", len(self._unacked))
         tasks = {
             asyncio.create_task(self._send_loop(writer), name="handoff-send"),
             asyncio.create_task(self._receive_loop(reader), name="handoff-receive"),

@@ -183,6 +183,7 @@ async def test_a_refused_collector_backs_off_and_logs_once(tmp_path: Path, caplo
     async with HandoffServer(settings.socket, Sink()) as server, HandoffClient(settings, "modbus", _no_writes):
         await _until(lambda: server.collectors == ["modbus"])
         async with HandoffClient(settings, "modbus", _no_writes) as second:
+            second.publish(Reading("press-1", "t", i, TS + i) for i in range(1000))  # still sending when refused
             await asyncio.sleep(1.0)
             # backoff doubles to 2 s: a handful of attempts in a second, not one every 50 ms
             assert 1 <= second.stats.reconnects <= 6
