@@ -9,7 +9,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,16 @@ def forwarder_config(tmp_path: Path, broker: Mosquitto, socket: Path) -> Forward
     return ForwarderConfig.model_validate(data)
 
 
+def recording(written: list[WriteRequest]) -> Callable[[WriteRequest], Awaitable[WriteResult]]:
+    """A collector's write handler that notes each write and answers ok."""
+
+    async def on_write(request: WriteRequest) -> WriteResult:
+        written.append(request)
+        return WriteResult(request.id, request.device, request.tag, True)
+
+    return on_write
+
+
 async def test_another_local_user_cannot_reach_the_socket_nor_hand_off_readings(
     tmp_path: Path, open_dir: Path, broker: Mosquitto, subscriber: Subscriber, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -112,10 +122,7 @@ async def test_a_second_peer_named_modbus_gets_no_writes_and_leaves_the_real_one
 ) -> None:
     config = forwarder_config(tmp_path, broker, tmp_path / "run" / "handoff.sock")
     written: list[WriteRequest] = []
-
-    async def on_write(request: WriteRequest) -> WriteResult:
-        written.append(request)
-        return WriteResult(request.id, request.device, request.tag, True)
+    on_write = recording(written)
 
     def ask(write_id: str) -> dict[str, Any]:
         topic = "fieldgate/line3/press-1/run/set"
@@ -145,10 +152,7 @@ async def test_readings_named_to_hit_the_set_topic_are_dropped_and_write_nothing
 ) -> None:
     config = forwarder_config(tmp_path, broker, tmp_path / "run" / "handoff.sock")
     written: list[WriteRequest] = []
-
-    async def on_write(request: WriteRequest) -> WriteResult:
-        written.append(request)
-        return WriteResult(request.id, request.device, request.tag, True)
+    on_write = recording(written)
 
     async with Forwarder(config) as forwarder, collector(config, on_write=on_write) as client:
         await until(lambda: forwarder.session.connected, 10, "the broker session")
