@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 TS_MIN = 946_684_800_000
 TS_MAX = 7_258_118_400_000
 REASON_MAX = 1024  # characters of a reading's `reason` (a sentence, not a payload)
-ARRAY_DEPTH = 4  # nesting of OPC UA arrays (matrices are lists of lists)
+VALUE_DEPTH = 32  # nesting of OPC UA values: arrays of structures of arrays ...
 
 _NAME = re.compile(NAME_PATTERN)
 _QUALITIES = frozenset(q.value for q in Quality)
@@ -55,22 +55,25 @@ def _scalar(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def _array(value: list[Any], depth: int) -> bool:
-    if depth > ARRAY_DEPTH:
-        return False
-    return all(_array(v, depth + 1) if isinstance(v, list) else _scalar(v) for v in value)
+def _json(value: object, depth: int) -> bool:
+    if isinstance(value, list):
+        return depth < VALUE_DEPTH and all(_json(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return depth < VALUE_DEPTH and all(_json(v, depth + 1) for v in value.values())
+    return _scalar(value)
 
 
 def value_fits(value: object, type_name: str | None) -> bool:
     """Whether a value is one a tag of this type (None: unknown, OPC UA) can carry.
 
-    A Modbus tag's values are a text (`string`) or a number (every other type; a bool is one, and
-    a bool tag's 0/1 is a number too): anything else no Modbus tag can have. The exact type and
+    An OPC UA value is any JSON (structures are objects, arrays lists) nested at most VALUE_DEPTH
+    deep. A Modbus tag's values are a text (`string`) or a number (every other type; a bool is one,
+    and a bool tag's 0/1 is a number too): anything else no Modbus tag can have. The exact type and
     range is the payload format's business (Sparkplug's datatypes)."""
     if value is None:
         return True  # bad and uncertain readings carry no value
     if type_name is None:
-        return _scalar(value) or (isinstance(value, list) and _array(value, 1))
+        return _scalar(value) or _json(value, 0)
     if type_name == "string":
         return isinstance(value, str)
     return isinstance(value, _NUMBER)
@@ -201,7 +204,7 @@ class ReadingCheck:
             return "bad_reason", f"reason {_short(row[5])} is not a text of at most {REASON_MAX} characters"
         if not value_fits(value, type_name):
             return "bad_value", (f"value {_short(value)} is not a {type_name}" if type_name
-                                 else f"value {_short(value)} is not a JSON scalar or array")
+                                 else f"value {_short(value)} is nested deeper than {VALUE_DEPTH}")
         return None
 
 

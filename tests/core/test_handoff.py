@@ -14,7 +14,7 @@ import pytest
 
 from collectors.core.config import HandoffConfig
 from collectors.core.handoff import MAX_CONNECTIONS, MAX_FRAME, HandoffClient, HandoffServer, encode_frame, read_frame
-from collectors.core.handoff_check import CatalogEntry, ReadingCheck
+from collectors.core.handoff_check import CatalogEntry, ReadingCheck, value_fits
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult
 
 pytestmark = pytest.mark.sim
@@ -225,6 +225,25 @@ BAD_ROWS: list[tuple[str, object]] = [
     ("malformed", ["press-1", "temperature", 1.5]),
     ("malformed", "press-1"),
 ]
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("value", "type_name", "fits"), [
+    ({"Low": 0.0, "High": [1, {"x": None}]}, None, True),  # an OPC UA structure
+    ([[1.5, 2.5], [3.5, 4.5]], None, True),
+    (_nested(33), None, False), (_nested(32), None, True),
+    (True, "bool", True), (2, "bool", True), (7, "float32", True), (1.5, "uint16", True),
+    ("7", "uint16", False), ([1], "float32", False), ({"a": 1}, "int16", False),
+    ("text", "string", True), (7, "string", False),
+])
+def test_which_values_a_tag_can_carry(value: object, type_name: str | None, fits: bool) -> None:
+    assert value_fits(value, type_name) is fits
 
 
 async def test_readings_outside_the_collectors_catalog_are_dropped_counted_and_the_batch_acknowledged(
