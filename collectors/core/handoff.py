@@ -195,7 +195,7 @@ class HandoffClient:
     def _popleft(self) -> Reading | DeviceState:
         item = self._queue.popleft()
         size = READING_BYTES
-        if not isinstance(item, DeviceState):
+        if isinstance(item, tuple):  # a Reading (or a row put back by _batch_frame), not an event
             value = item[2]
             if value.__class__ is str or value.__class__ is list:
                 size += _extra_bytes(value)
