@@ -305,7 +305,7 @@ def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> Non
 @pytest.mark.unit
 def test_a_hand_off_socket_path_too_long_moves_to_a_private_tmp_folder(tmp_path: Path) -> None:
     short = RunDir(tmp_path / "plant" / ".fieldgate")
-    assert short.handoff_socket == tmp_path / "plant" / ".fieldgate" / "handoff.sock"
+    assert short.handoff_socket == tmp_path / "plant" / ".fieldgate" / "handoff" / "handoff.sock"
     deep = RunDir(tmp_path / ("x" * 90) / ".fieldgate")
     socket = deep.handoff_socket
     assert socket.parent.parent == Path("/tmp") and socket.parent.name.startswith("fieldgate-")
