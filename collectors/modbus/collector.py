@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from typing import Any
 
-from collectors.core.handoff import HandoffClient
-from collectors.core.metrics import Metrics, Sample
+from collectors.core.metrics import Sample
 from collectors.core.model import WriteRequest, WriteResult
-from collectors.core.report import ReportFilter
+from collectors.core.shell import CollectorShell
+from collectors.core.shell import serve as shell_serve
 from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice
 from collectors.modbus.link import Link
 from collectors.modbus.poller import DevicePoller
@@ -26,7 +26,7 @@ from collectors.modbus.writer import Writer
 log = logging.getLogger(__name__)
 
 
-class ModbusCollector:
+class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
     """Runs one collector config until cancelled; `async with` it, then `await run()`."""
 
     def __init__(
@@ -37,9 +37,8 @@ class ModbusCollector:
         handoff_grace: float = 30.0,
         drain_timeout: float = 2.0,
     ) -> None:
-        self.config = config
-        self.report = ReportFilter()
-        self.handoff = HandoffClient(config.handoff, config.name, on_write=self._on_write)
+        super().__init__(config, on_write=self._on_write, handoff_grace=handoff_grace,
+                         drain_timeout=drain_timeout)
         by_link: dict[str, list[ModbusDevice]] = {}
         for device in config.devices:
             by_link.setdefault(device.connection.link_key, []).append(device)
@@ -50,64 +49,27 @@ class ModbusCollector:
             for device in config.devices
         ]
         self.writer = Writer(self.pollers)
-        self.metrics = Metrics()
-        self._handoff_grace = handoff_grace
         # a collector none of whose devices answered for this long is not doing its job
         slowest = max((pc.interval for p in self.pollers for pc in p.classes), default=1.0)
         self._poll_grace = max(60.0, 5 * slowest)
-        self._drain_timeout = drain_timeout
-        self._started = time.monotonic()
-        self._handoff_down_since: float | None = self._started
-        self._stack = AsyncExitStack()
-        self.metrics_port: int | None = None
         self._register_metrics()
 
-    async def __aenter__(self) -> ModbusCollector:
-        await self._stack.__aenter__()
-        try:
-            for link in self.links.values():
-                await self._stack.enter_async_context(link)
-            await self._stack.enter_async_context(self.handoff)
-            self._stack.push_async_callback(self._drain)
-            if self.config.metrics_port is not None:
-                server = await self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-                self.metrics_port = server.sockets[0].getsockname()[1]
-                self._stack.push_async_callback(_close_server, server)
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        log.info(
-            "modbus collector: %d devices on %d links, %d requests per cycle",
-            len(self.pollers), len(self.links),
-            sum(len(pc.blocks) for p in self.pollers for pc in p.classes),
+    async def _enter(self, stack: AsyncExitStack) -> None:
+        for link in self.links.values():
+            await stack.enter_async_context(link)
+
+    def _started_line(self) -> str:
+        return (
+            f"modbus collector: {len(self.pollers)} devices on {len(self.links)} links, "
+            f"{sum(len(pc.blocks) for p in self.pollers for pc in p.classes)} requests per cycle"
         )
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    async def run(self) -> None:
-        """Poll every device until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            for poller in self.pollers:
-                group.create_task(poller.run(), name=f"device-{poller.device.name}")
-            group.create_task(self._watch_handoff(), name="handoff-watch")
+    def _device_tasks(self, group: asyncio.TaskGroup) -> None:
+        for poller in self.pollers:
+            group.create_task(poller.run(), name=f"device-{poller.device.name}")
 
     async def _on_write(self, request: WriteRequest) -> WriteResult:
         return await self.writer(request)
-
-    async def _drain(self) -> None:
-        """On shutdown, give the forwarder a moment to take what is queued."""
-        if self.handoff.pending and not await self.handoff.drain(self._drain_timeout):
-            log.warning("stopping with %d readings the forwarder has not acknowledged", self.handoff.pending)
-
-    async def _watch_handoff(self) -> None:
-        while True:
-            if self.handoff.stats.connected:
-                self._handoff_down_since = None
-            elif self._handoff_down_since is None:
-                self._handoff_down_since = time.monotonic()
-            await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ metrics and health
 
@@ -141,23 +103,8 @@ class ModbusCollector:
                            ({"result": "failed"}, float(self.writer.failed)),
                            ({"result": "busy"}, float(self.writer.busy)),
                            ({"result": "expired"}, float(self.writer.expired))])
-        m.gauge("handoff_queue", "readings not yet acknowledged by the forwarder",
-                lambda: self.handoff.pending)
-        m.counter("handoff_dropped_total", "readings dropped while the forwarder was away",
-                  lambda: self.handoff.stats.dropped)
-        m.gauge("handoff_connected", "1 when connected to the forwarder",
-                lambda: float(self.handoff.stats.connected))
-        m.health_check(self._handoff_problem)
+        self._register_handoff_metrics()
         m.health_check(self._poll_problem)
-
-    def _handoff_problem(self) -> str | None:
-        since = self._handoff_down_since
-        if since is None or self.handoff.stats.connected:
-            return None
-        down = time.monotonic() - since
-        if down < self._handoff_grace:
-            return None
-        return f"no hand-off to the forwarder for {down:.0f}s"
 
     def _poll_problem(self) -> str | None:
         if not self.pollers:
@@ -170,13 +117,6 @@ class ModbusCollector:
         return f"no device answered for {quiet:.0f}s"
 
 
-async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    with suppress(Exception):
-        await server.wait_closed()
-
-
 async def serve(config: ModbusCollectorConfig) -> None:
     """Run the collector until cancelled (SIGTERM via run_service)."""
-    async with ModbusCollector(config) as collector:
-        await collector.run()
+    await shell_serve(ModbusCollector(config))
