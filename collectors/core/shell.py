@@ -1,11 +1,16 @@
 """What every collector process does around its devices: the hand-off to the forwarder (writes
 come back through it), draining it on shutdown, the watcher, the hand-off metrics and health,
-serving /metrics and the entry point.
+serving /metrics, the entry point, and taking a new slice in place on SIGHUP.
 
 A protocol's collector subclasses `CollectorShell` and fills in its devices: `_enter` (links to
 open before the hand-off), `_device_tasks` (one task per device), `_observe` (once a second, for
-its health). The only place a collector builds its
-`HandoffClient` is `CollectorShell.__init__`.
+its health) and, when it can take a new slice live (`live_reload`), `_apply`. The only place a
+collector builds its `HandoffClient` is `CollectorShell.__init__`.
+
+Why SIGHUP rather than watching the slice file: the supervisor already knows when a slice
+changed (it rewrote it) and decides in plan.py whether the change can be applied live; a signal
+after the file is complete means the collector never reads a half-written file, needs no poller
+of its own, and the supervisor's log says when the change was handed over.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +42,8 @@ C = TypeVar("C", bound=CollectorSettings)
 class CollectorShell(Generic[C]):
     """Runs one collector config until cancelled; `async with` it, then `await run()`."""
 
+    live_reload = False  # True: `_apply` takes a new slice without a restart
+
     def __init__(
         self,
         config: C,
@@ -54,6 +62,9 @@ class CollectorShell(Generic[C]):
         self._started = time.monotonic()
         self._handoff_down_since: float | None = self._started
         self._stack = AsyncExitStack()
+        self._group: asyncio.TaskGroup | None = None
+        self._reloads: asyncio.Queue[C] = asyncio.Queue()
+        self.reloaded = 0  # slices applied in place
 
     # ------------------------------------------------------------------ hooks for a protocol
 
@@ -68,6 +79,10 @@ class CollectorShell(Generic[C]):
 
     def _started_line(self) -> str:
         return f"{self.config.name}: started"
+
+    async def _apply(self, config: C) -> None:
+        """Take a new slice in place; `self.config` is still the old one while this runs."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take a new config in place")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,8 +108,22 @@ class CollectorShell(Generic[C]):
     async def run(self) -> None:
         """Run every device until cancelled."""
         async with asyncio.TaskGroup() as group:
+            self._group = group
             self._device_tasks(group)
             group.create_task(self._watch(), name="collector-watch")
+            if self.live_reload:
+                group.create_task(self._take_reloads(), name="collector-reload")
+
+    def reload(self, config: C) -> None:
+        """Queue a new slice; `run` applies them one at a time, in order."""
+        self._reloads.put_nowait(config)
+
+    async def _take_reloads(self) -> None:
+        while True:
+            config = await self._reloads.get()
+            await self._apply(config)
+            self.config = config
+            self.reloaded += 1
 
     async def _drain(self) -> None:
         """On shutdown, give the forwarder a moment to take what is queued."""
@@ -153,7 +182,7 @@ def collector_main(
 ) -> int:
     """`python -m collectors.<kind> --config FILE`: load and check the slice (exit 2 with one
     `file:line:column: message` per problem, nothing started), then run the collector until
-    SIGTERM.
+    SIGTERM. A collector with `live_reload` reads FILE again on SIGHUP (`reload_from`).
 
     `check` raises `ConfigError` for what only the protocol can tell (printed as `FILE: message`);
     `quiet` turns down a chatty library's logger once logging is set up."""
@@ -177,10 +206,45 @@ def collector_main(
     setup_logging(config.log_level, log_name)
     if quiet is not None:
         quiet()
-    return run_service(serve(make(config)))
+    collector = make(config)
+    return run_service(serve(collector, args.config if collector.live_reload else None, model, check))
 
 
-async def serve(collector: CollectorShell[C]) -> None:
-    """Run the collector until cancelled (SIGTERM via run_service)."""
+async def serve(
+    collector: CollectorShell[C],
+    path: Path | None = None,
+    model: type[C] | None = None,
+    check: Callable[[C], None] | None = None,
+) -> None:
+    """Run the collector until cancelled; with `path`, SIGHUP reloads it from that file."""
+    loop = asyncio.get_running_loop()
     async with collector:
-        await collector.run()
+        if path is not None and model is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_from, collector, path, model, check)
+        try:
+            await collector.run()
+        finally:
+            if path is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+
+def reload_from(
+    collector: CollectorShell[C], path: Path, model: type[C], check: Callable[[C], None] | None = None
+) -> bool:
+    """Read the slice at `path` again and hand it to `collector`. A file that does not load or
+    check is refused whole (logged at ERROR); the collector keeps running its current config."""
+    from collectors.core.errors import ConfigError
+
+    try:
+        config = load_slice(path, model)
+        if check is not None:
+            check(config)
+    except ConfigErrors as exc:
+        log.error("new config refused, keeping the running one:\n%s", exc)
+        return False
+    except ConfigError as exc:
+        log.error("new config refused, keeping the running one: %s: %s", path, exc)
+        return False
+    log.info("%s: new config read from %s, applying it in place", config.name, path)
+    collector.reload(config)
+    return True
