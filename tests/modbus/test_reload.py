@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,18 @@ def drive(unit: int, port: int, *tags: tuple[str, int]) -> dict[str, Any]:
                      for name, address in tags]}
 
 
+@asynccontextmanager
+async def running(collector: ModbusCollector) -> AsyncIterator[ModbusCollector]:
+    async with collector:
+        task = asyncio.create_task(collector.run())
+        try:
+            yield collector
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
 def widest_gap(readings: list[Reading], start_ms: int, end_ms: int) -> float:
     """Seconds between consecutive readings' timestamps inside [start, end]."""
     stamps = sorted({r.ts_ms for r in readings if start_ms <= r.ts_ms <= end_ms})
@@ -49,24 +63,18 @@ async def test_editing_one_devices_tags_leaves_the_other_devices_polls_alone(
                                              drive(2, server.port, ("speed", 0))], tmp_path)
         after = collector_config(settings, [drive(1, server.port, ("speed", 0)),
                                             drive(2, server.port, ("speed", 0), ("torque", 1))], tmp_path)
-        async with ModbusCollector(before) as collector:
-            task = asyncio.create_task(collector.run())
-            try:
-                await until(lambda: min(len(sink.of(f"drive-{u}", "speed")) for u in (1, 2)) >= 10)
-                link = next(iter(collector.links.values()))
-                untouched = collector.pollers[0]
-                reloaded_at = _now_ms()
-                collector.reload(after)
-                await until(lambda: sink.of("drive-2", "torque"), what="the new tag's first reading")
-                live_ms = _now_ms() - reloaded_at
-                await asyncio.sleep(1.0)
-                assert next(iter(collector.links.values())) is link  # the connection was kept
-                assert collector.pollers[0] is untouched
-                gap = widest_gap(sink.of("drive-1", "speed"), reloaded_at - 1000, reloaded_at + 1000)
-            finally:
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+        async with running(ModbusCollector(before)) as collector:
+            await until(lambda: min(len(sink.of(f"drive-{u}", "speed")) for u in (1, 2)) >= 10)
+            link = next(iter(collector.links.values()))
+            untouched = collector.pollers[0]
+            reloaded_at = _now_ms()
+            collector.reload(after)
+            await until(lambda: sink.of("drive-2", "torque"), what="the new tag's first reading")
+            live_ms = _now_ms() - reloaded_at
+            await asyncio.sleep(1.0)
+            assert next(iter(collector.links.values())) is link  # the connection was kept
+            assert collector.pollers[0] is untouched
+            gap = widest_gap(sink.of("drive-1", "speed"), reloaded_at - 1000, reloaded_at + 1000)
     finally:
         await server.stop()
     print(f"\nwidest gap of the untouched device around the reload: {gap * 1000:.0f} ms; "
@@ -86,24 +94,18 @@ async def test_devices_added_and_removed_in_place(
         await two.set(1, "holding", 0, [22])
         a = drive(1, one.port, ("speed", 0))
         b = {**drive(1, two.port, ("speed", 0)), "name": "pump"}
-        async with ModbusCollector(collector_config(settings, [a], tmp_path)) as collector:
-            task = asyncio.create_task(collector.run())
-            try:
-                await until(lambda: sink.of("drive-1", "speed"))
-                collector.reload(collector_config(settings, [a, b], tmp_path))
-                await until(lambda: sink.of("pump", "speed"), what="the added device's first reading")
-                assert len(collector.links) == 2
-                collector.reload(collector_config(settings, [b], tmp_path))
-                await until(lambda: collector.reloaded == 2)
-                assert [p.device.name for p in collector.pollers] == ["pump"]
-                assert len(collector.links) == 1
-                count = len(sink.of("drive-1", "speed"))
-                await until(lambda: len(sink.of("pump", "speed")) >= 5)
-                assert len(sink.of("drive-1", "speed")) <= count + 1  # at most one poll in flight
-            finally:
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+        async with running(ModbusCollector(collector_config(settings, [a], tmp_path))) as collector:
+            await until(lambda: sink.of("drive-1", "speed"))
+            collector.reload(collector_config(settings, [a, b], tmp_path))
+            await until(lambda: sink.of("pump", "speed"), what="the added device's first reading")
+            assert len(collector.links) == 2
+            collector.reload(collector_config(settings, [b], tmp_path))
+            await until(lambda: collector.reloaded == 2)
+            assert [p.device.name for p in collector.pollers] == ["pump"]
+            assert len(collector.links) == 1
+            count = len(sink.of("drive-1", "speed"))
+            await until(lambda: len(sink.of("pump", "speed")) >= 5)
+            assert len(sink.of("drive-1", "speed")) <= count + 1  # at most one poll in flight
     finally:
         await one.stop()
         await two.stop()
