@@ -235,7 +235,9 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
     ) -> None:
         super().__init__(config, on_write=self.write, handoff_grace=handoff_grace, drain_timeout=drain_timeout)
         self.settings = config
+        self._backoff = backoff
         self.links = {d.name: DeviceLink(d, self, backoff) for d in config.devices}
+        self._link_tasks: dict[str, asyncio.Task[None]] = {}
         self.readings: dict[str, int] = {d.name: 0 for d in config.devices}
         self.writes = {"ok": 0, "failed": 0, "busy": 0, "expired": 0}  # failed: the other refusals
         self.pending = PendingWrites()  # per device (its session) and per tag
@@ -247,7 +249,42 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
 
     def _device_tasks(self, group: asyncio.TaskGroup) -> None:
         for link in self.links.values():
-            group.create_task(link.run(), name=f"opcua-device-{link.device.name}")
+            self._start(group, link)
+
+    def _start(self, group: asyncio.TaskGroup, link: DeviceLink) -> None:
+        self._link_tasks[link.device.name] = group.create_task(link.run(), name=f"opcua-device-{link.device.name}")
+
+    # ------------------------------------------------------------------ a new slice in place
+
+    live_reload = True
+
+    async def _apply(self, config: OpcuaCollectorConfig) -> None:
+        """Touch only the devices whose config changed: a removed or edited device's session (and
+        its subscription) ends, an added or edited one connects and subscribes anew; the other
+        devices keep their sessions and subscriptions. Settings outside `devices` need a restart
+        (the supervisor plans one)."""
+        assert self._group is not None, "run() applies reloads"
+        new = {d.name: d for d in config.devices}
+        stop = [name for name, link in self.links.items() if new.get(name) != link.device]
+        tasks = [self._link_tasks.pop(name) for name in stop if name in self._link_tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
+        for name in stop:
+            del self.links[name]
+            if name not in new:
+                del self.readings[name]
+        started = [DeviceLink(d, self, self._backoff) for d in config.devices if d.name not in self.links]
+        links = {**self.links, **{link.device.name: link for link in started}}
+        self.links.clear()  # in place: the metrics read this dict
+        self.links.update((d.name, links[d.name]) for d in config.devices)
+        self.settings = config
+        for link in started:
+            self.readings.setdefault(link.device.name, 0)
+            self._start(self._group, link)
+        log.info("opcua collector: new config applied in place (%d devices started, %d stopped, %d untouched)",
+                 len(started), len(stop), len(self.links) - len(started))
 
     def _observe(self, now: float) -> None:
         if any(link.online for link in self.links.values()):
