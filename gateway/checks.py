@@ -224,7 +224,7 @@ def _start_first_serial(
         )
 
 
-# `{topic_prefix}/status` carries the gateway's retained online/offline (SPEC.md, MQTT json format);
+# `{topic_prefix}/status` carries the gateway's retained online/offline (docs/config.md, docs/mqtt.md);
 # a device of that name would publish on it with `layout: device`, and confuse subscribers either way.
 RESERVED_DEVICE_NAMES = frozenset({"status"})
 

@@ -81,8 +81,9 @@ class CollectorShell(Generic[C]):
         return f"{self.config.name}: started"
 
     async def _apply(self, config: C) -> None:
-        """Take a new slice in place; `self.config` is still the old one while this runs."""
-        raise NotImplementedError(f"{type(self).__name__} cannot take a new config in place")
+        """Take a new slice in place; `self.config` is still the old one while this runs. Each
+        collector overrides it; one that cannot refuses, and the supervisor recreates it."""
+        raise TypeError(f"{type(self).__name__} cannot take a new config in place")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -15,7 +15,7 @@ itself dies (`PR_SET_PDEATHSIG`), so even kill -9 of the supervisor leaves nothi
 Its specs ask for stop-first updates, which the planner keeps for processes anyway: they share
 the host's ports (`ServiceSpec.host_network`), so two processes of one collector would fight
 over its metrics port and, for Modbus RTU, over the serial port that only one owner may hold
-(SPEC.md: one owner per serial port). It never runs a second instance, so it refuses
+(one owner per serial port). It never runs a second instance, so it refuses
 `Handover` and `Rollback` (a failed outcome); the docker runtime runs them.
 """
 
