@@ -88,13 +88,13 @@ from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: E402
 from pymodbus.simulator.simcore import SimCore  # noqa: E402
 
 from gateway.compose import project_name  # noqa: E402
-from tests.docker.stack import Stack, fieldgate, gateway_yaml  # noqa: E402
+from tests.docker.stack import Stack, fieldgate, gateway_yaml, image  # noqa: E402
 from tests.support.broker import Mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import Message, Subscriber  # noqa: E402
 
 ROWS = ("tag-added", "poll-changed", "device-added", "device-removed", "image-good", "image-bad", "forwarder")
-MODBUS_IMAGE = "fieldgate/collector-modbus:0.1.0"
-FORWARDER_IMAGE = "fieldgate/forwarder:0.1.0"
+MODBUS_IMAGE = image("collector-modbus")
+FORWARDER_IMAGE = image("forwarder")
 GOOD = "fieldgate/collector-modbus:bench-good"
 BAD = "fieldgate/collector-modbus:bench-bad"
 FORWARDER_GOOD = "fieldgate/forwarder:bench-good"

@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.docker.stack import Stack, after, modbus_tcp_device, opcua_device, readings
+from tests.docker.stack import Stack, after, image, modbus_tcp_device, opcua_device, readings
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 
@@ -106,7 +106,7 @@ def test_services_turn_healthy_and_status_shows_them(stack: Stack) -> None:
             raise AssertionError(f"status never showed every service healthy with memory:\n{result.stdout}")
         time.sleep(1)
     assert result.returncode == 0
-    assert "fieldgate/collector-modbus:0.1.0" in rows["modbus"]
+    assert image("collector-modbus") in rows["modbus"]
     assert "running" in rows["opcua"]
 
 
