@@ -24,7 +24,7 @@ from gateway.runtime.common import RunDir
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import RELOAD_LABEL, DockerRuntime
 from gateway.supervisor import load
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.docker
 

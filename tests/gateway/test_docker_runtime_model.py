@@ -20,7 +20,7 @@ from gateway.plan import BackoffState, Policy, Recreate, Restart, describe_state
 from gateway.runtime.common import RunDir
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import DockerRuntime, parse_time, specs_of
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.unit
 
