@@ -22,7 +22,7 @@ def engine() -> Iterator[docker.DockerClient]:
         client = docker.from_env(timeout=60)
         client.ping()
     except docker.errors.DockerException as exc:
-        pytest.fail(f"no Docker engine answers ({exc}): run `sudo bash .ci/docker.sh`", pytrace=False)
+        pytest.fail(f"no Docker engine answers ({exc}): run `bash .ci/docker.sh` as root", pytrace=False)
     missing = [image_name(i, IMAGE_TAG) for i in IMAGES if not client.images.list(name=image_name(i, IMAGE_TAG))]
     if missing:
         pytest.fail(f"images not built: {missing}: run `fieldgate images build`", pytrace=False)
