@@ -77,6 +77,12 @@ class ForwarderResources(StrictModel):
     memory: ByteSize | None = Field(
         None, ge=6 * 1024**2, description="memory limit, e.g. 128MiB, at least 6MiB (docker runtime)"
     )
+    sandbox: Literal["none", "gvisor"] = Field(
+        "none",
+        description="docker runtime: none (runc, the Engine's default) | gvisor: run the container under "
+        "gVisor's user-space kernel (the Engine runtime named by gvisor_runtime); not with serial "
+        "ports (gVisor passes no ttys); the process runtime ignores it, with a warning",
+    )
 
 
 class CollectorResources(ForwarderResources):
@@ -126,6 +132,11 @@ class GatewayFile(StrictModel):
         "host",
         description="docker runtime: host (containers share the gateway's network; simplest for field "
         "networks) | bridge (own network; 127.0.0.1 in configs means the gateway PC)",
+    )
+    gvisor_runtime: str = Field(
+        "runsc", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the Engine runtime (a name under `runtimes` in /etc/docker/daemon.json) that "
+        "`sandbox: gvisor` services run with",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level of the forwarder and the collectors"
