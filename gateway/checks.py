@@ -206,6 +206,14 @@ def _span(span: Span) -> str:
     return where + (f" bit {span[3]}" if span[3] is not None else "")
 
 
+def _rtu_ports(loaded: list[tuple[Source, AnyDevice]]) -> list[str]:
+    """The serial ports the Modbus devices name, sorted."""
+    return sorted({
+        d.connection.rtu.port for _, d in loaded
+        if isinstance(d, ModbusDevice) and d.connection.rtu is not None
+    })
+
+
 def _start_first_serial(
     gateway_source: Source, gateway: object, loaded: list[tuple[Source, AnyDevice]]
 ) -> Iterator[Problem]:
@@ -214,10 +222,7 @@ def _start_first_serial(
     update = getattr(getattr(collectors, "modbus", None), "update", "stop-first")
     if update != "start-first":
         return
-    ports = sorted({
-        d.connection.rtu.port for _, d in loaded
-        if isinstance(d, ModbusDevice) and d.connection.rtu is not None
-    })
+    ports = _rtu_ports(loaded)
     if ports:
         yield _problem(
             gateway_source, ("collectors", "modbus", "update"),
@@ -244,10 +249,7 @@ def _sandboxed_serial(
     """gVisor's kernel passes no ttys through: a sandboxed Modbus collector could not open its ports."""
     if ("collectors", "modbus", "sandbox") not in sandboxed(gateway):
         return
-    ports = sorted({
-        d.connection.rtu.port for _, d in loaded
-        if isinstance(d, ModbusDevice) and d.connection.rtu is not None
-    })
+    ports = _rtu_ports(loaded)
     if ports:
         yield _problem(
             gateway_source, ("collectors", "modbus", "sandbox"),

@@ -7,7 +7,6 @@ Skipped when the engine declares no `runsc` runtime (`sudo bash .ci/runsc.sh` de
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import docker
 import pytest
@@ -27,21 +26,14 @@ def runsc(engine: docker.DockerClient) -> str:
     return "runsc"
 
 
-@pytest.fixture
-def sub(module_broker: Mosquitto) -> Iterator[Subscriber]:
-    subscriber = Subscriber(module_broker.host, module_broker.port)
-    try:
-        yield subscriber
-    finally:
-        subscriber.close()
-
-
 def test_a_sandboxed_modbus_collector_delivers_readings(
-    runsc: str, make_stack: type[Stack], module_broker: Mosquitto, sub: Subscriber
+    runsc: str, make_stack: type[Stack], module_broker: Mosquitto, module_subscriber: Subscriber
 ) -> None:
+    sub = module_subscriber
     stack = make_stack(module_broker.port)
     path = stack.plant / "gateway.yaml"
-    path.write_text(path.read_text().replace("    update: stop-first\n", "    update: stop-first\n    sandbox: gvisor\n"))
+    text = path.read_text().replace("    update: stop-first\n", "    update: stop-first\n    sandbox: gvisor\n")
+    path.write_text(text)
     stack.add_device("press-1", modbus_tcp_device("press-1", free_port()))
     started = time.time()
     stack.up()

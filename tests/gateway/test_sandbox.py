@@ -140,3 +140,19 @@ async def test_a_runtime_the_engine_lacks_is_a_status_reason_not_a_crash(tmp_pat
     # Only the sandboxed service is held back; the others were created as usual.
     assert engine.calls["api.create_container"] >= 2
     assert not state_of(run_dir, "opcua").startswith("runtime missing")
+
+
+def test_fleet_render_says_swarm_services_are_not_sandboxed(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from tests.docker.stack import ROOT, fieldgate
+
+    fleet = tmp_path / "fleet"
+    shutil.copytree(ROOT / "examples" / "fleet", fleet)
+    gateway = fleet / "gateways" / "line3" / "gateway.yaml"
+    gateway.write_text(gateway.read_text() + "    sandbox: gvisor\n")
+    result = subprocess.run(fieldgate("fleet", "render", str(fleet), "-o", str(tmp_path / "out")),
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "warning: line3: modbus: sandbox: gvisor is not applied to Swarm services" in result.stderr
