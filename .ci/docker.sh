@@ -37,11 +37,21 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   mkdir -p "$CACHE"
   tarball="$CACHE/base-bookworm.tar"
   if [ ! -s "$tarball" ]; then
-    mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
+    # The machine's own Debian mirror, from its apt sources (deb822 or one-line format).
+    mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
+    if [ -z "$mirror" ]; then
+      mirror="$(awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+        /etc/apt/sources.list 2>/dev/null || true)"
+    fi
+    if [ -z "$mirror" ]; then
+      echo "no Debian mirror in this machine's apt sources (/etc/apt/sources.list.d/*.sources," \
+        "/etc/apt/sources.list): debootstrap needs one to build $BASE_IMAGE" >&2
+      exit 1
+    fi
     rootfs="$CACHE/rootfs.tmp"
     rm -rf "$rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" \
-      "${mirror:-http://deb.debian.org/debian}" >"$CACHE/debootstrap.log" 2>&1 \
+      "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
       || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
     # What a runtime image never needs: package lists and caches, docs, man pages, locales.
     rm -rf "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc \

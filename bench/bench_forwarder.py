@@ -150,7 +150,9 @@ class ForwarderUnderTest:
             "buffer": {"dir": str(workdir / f"buffer-{name}")},
             "metrics": {"port": self.metrics_port},
             "handoff": {"socket": str(self.socket)},
-            "devices": [],
+            # the hand-off takes only readings of catalog devices (see readings())
+            "devices": [{"name": f"d{d}", "collector": "bench", "tags": [{"name": t} for t in TAGS]}
+                        for d in range(100)],
             "log_level": "WARNING",
         }
         config_file = workdir / f"{name}.json"

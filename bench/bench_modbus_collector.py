@@ -196,7 +196,8 @@ async def end_to_collector(args: argparse.Namespace) -> None:
             metrics = free_port()
             config = {
                 "name": "modbus", "metrics_port": metrics, "state_dir": tmp, "log_level": "WARNING",
-                "handoff": {"socket": str(socket), "linger": "5ms", "queue_max": 1_000_000},
+                "handoff": {"socket": str(socket), "linger": "5ms", "queue_max": 1_000_000,
+                            "queue_max_bytes": "1GiB"},
                 "devices": [device_dict(f"dev-{i}", port, args.tags, args.type)
                             for i, port in enumerate(ports)],
             }

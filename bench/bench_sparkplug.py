@@ -234,7 +234,8 @@ async def bench(args: argparse.Namespace) -> None:
                     sys.executable, "-m", "collectors.forwarder", "--config", str(work / "forwarder.json"),
                     stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                 )
-            settings = HandoffConfig(socket=socket_path, batch_max=CHUNK, linger=0.005, queue_max=2_000_000)
+            settings = HandoffConfig(socket=socket_path, batch_max=CHUNK, linger=0.005, queue_max=2_000_000,
+                                     queue_max_bytes="1GiB")
             async with HandoffClient(settings, "bench", no_writes) as client:
                 while proxy.connections == 0:  # noqa: ASYNC110 - the forwarder's first connection
                     await asyncio.sleep(0.05)

@@ -271,7 +271,7 @@ def _sandbox_without_containers(gateway_source: Source, gateway: object) -> Iter
         )
 
 
-# `{topic_prefix}/status` carries the gateway's retained online/offline (SPEC.md, MQTT json format);
+# `{topic_prefix}/status` carries the gateway's retained online/offline (docs/config.md, docs/mqtt.md);
 # a device of that name would publish on it with `layout: device`, and confuse subscribers either way.
 RESERVED_DEVICE_NAMES = frozenset({"status"})
 

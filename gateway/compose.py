@@ -34,6 +34,10 @@ from gateway.services import Placement, metrics_port, secret_names, service_slic
 
 COMPOSE_FILE = "docker-compose.yml"
 CONFIG_IN_CONTAINER = "/etc/fieldgate/config.yaml"
+# The directory of the slice is bind-mounted, not the file: a slice replaced by rename (never
+# half written) is seen by the running container, which reads it again on SIGHUP (a reload in
+# place); a bind mount of the file itself would keep showing the old inode.
+CONFIG_DIR_IN_CONTAINER = "/etc/fieldgate"
 HANDOFF_DIR = "/run/fieldgate"
 HANDOFF_SOCKET = f"{HANDOFF_DIR}/handoff.sock"
 STATE_DIR = "/var/lib/fieldgate/state"
@@ -128,10 +132,11 @@ class RenderedService:
     ports: tuple[Passthrough, ...]
     metrics_host: str = "127.0.0.1"  # the address the supervisor scrapes under host networking
     config: BaseModel | None = field(default=None, repr=False, compare=False)  # the slice, as rendered
+    reload_digest: str = ""  # like config_hash, without the slice: what a reload in place cannot change
 
     @property
     def config_path(self) -> str:
-        return f"config/{self.name}.yaml"
+        return f"config/{self.name}/config.yaml"
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
             # the host publishes the port on metrics.host only.
             svc["ports"] = [f"{_publish_address(item.metrics_host)}:{item.metrics_port}:{item.metrics_port}"]
     volumes: list[dict[str, Any]] = [
-        {"type": "bind", "source": f"./config/{item.name}.yaml", "target": CONFIG_IN_CONTAINER,
+        {"type": "bind", "source": f"./config/{item.name}", "target": CONFIG_DIR_IN_CONTAINER,
          "read_only": True},
         {"type": "volume", "source": "handoff", "target": HANDOFF_DIR},
     ]
@@ -306,9 +311,10 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
         "files": [(str(p), _file_digest(p)) for p in host_paths],
     }
     digest = hashlib.sha256(_dump(hashed).encode()).hexdigest()[:16]
+    reload_digest = hashlib.sha256(_dump({**hashed, "config": None}).encode()).hexdigest()[:16]
     svc["labels"] = {PROJECT_LABEL: project, SERVICE_LABEL: item.name, HASH_LABEL: digest}
     return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports,
-                           reach(item.metrics_host), item.config)
+                           reach(item.metrics_host), item.config, reload_digest)
 
 
 def project_name(gateway_id: str) -> str:
@@ -318,13 +324,19 @@ def project_name(gateway_id: str) -> str:
 
 
 def write(project: Project, out: Path) -> list[Path]:
-    """Write the project's files; returns those whose bytes changed (the others are left alone).
+    """Write the project's files; returns those whose bytes changed (the others are left alone)."""
+    return write_files(project.files(), out)
 
-    A changed file is replaced by rename: a running container keeps the inode it was created
-    with, so it never sees half a file, and its replacement mounts the new one.
+
+def write_files(files: Mapping[str, str], out: Path) -> list[Path]:
+    """Write each OUT-relative file whose bytes differ; returns those written.
+
+    A changed file is replaced by rename, so no reader ever sees half a file. A container mounts
+    its slice's directory (CONFIG_DIR_IN_CONTAINER), so it sees the new slice at once and reads
+    it on SIGHUP (a reload in place) or when it is recreated.
     """
     changed: list[Path] = []
-    for rel, text in project.files().items():
+    for rel, text in files.items():
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file() and path.read_text(encoding="utf-8") == text:

@@ -1,5 +1,5 @@
 """The gateway's config: loading a config directory, errors a plant engineer can act on, and
-the slice of it each component runs on (SPEC.md, "The config directory" and "Config flow").
+the slice of it each component runs on (docs/config.md, docs/runtime.md).
 
     plant/gateway.yaml        GatewayFile
     plant/devices/*.yaml      ModbusDevice | OpcuaDevice, by their `protocol` key

@@ -25,6 +25,11 @@ The steps, and when `plan` emits them:
               with serial ports (one owner), not with a metrics port on the host's network
               (one port). A crashed (or engine-restarting) service whose config changed is
               recreated at once, stop-first: the new config may be the fix.
+- `Reload`    running, and only its slice's devices changed (`ServiceSpec.reload_hash`, the hash
+              of everything else - image, limits, ports, serial ports, command, secrets, the
+              slice's other settings - is the same on both sides): the runtime hands the new
+              slice to the running service (rewrites it, then SIGHUP), which applies it device by
+              device; nothing restarts. A failed reload falls back to `Recreate`.
 - `Handover`  start-first, once the new instance is healthy (or running, without a health
               check): the old one stops and the new one takes its place.
 - `Rollback`  start-first, when the new instance exits, turns unhealthy or is not healthy
@@ -104,6 +109,9 @@ class ServiceSpec:
     # Its ports are the host's (a process; a container on `network: host`): a second instance
     # beside it cannot hold the same metrics port.
     host_network: bool = True
+    # The hash of everything but the devices of its slice, for a service that takes a new slice
+    # in place (None: it cannot). Equal to the running instance's: a changed config_hash is a Reload.
+    reload_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,7 @@ class Observed:
     restart_count: int = 0  # restarts the runtime made of this instance on its own (Engine: RestartCount)
     oom_killed: bool = False  # the last exit was the memory limit's doing
     candidate: Observed | None = None  # a start-first replacement running beside it
+    reload_hash: str | None = None  # the spec's reload_hash it runs with (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,14 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class Reload(SpecStep):
+    reason: str
+
+    def __str__(self) -> str:
+        return f"reload {self.name} in place ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Handover(SpecStep):
     reason: str
 
@@ -207,7 +224,7 @@ class Rollback(SpecStep):
         return f"roll {self.name} back to the running instance ({self.reason})"
 
 
-Step = Start | Recreate | Restart | Stop | Remove | Wait | Handover | Rollback
+Step = Start | Recreate | Reload | Restart | Stop | Remove | Wait | Handover | Rollback
 
 
 @dataclass(frozen=True)
@@ -315,6 +332,8 @@ class BackoffState:
         failure = self.failed.get(step.name)
         if failure is None or failure.key != _key(step) or now >= failure.retry_at:
             return None
+        if failure.verb == "reload" and not isinstance(step, Reload):
+            return None  # the fallback of a failed reload is not held back by it
         return Wait(step.name, failure.retry_at, f"{failure.verb} failed: {failure.reason}")
 
     def settle(
@@ -374,6 +393,8 @@ class BackoffState:
                 if isinstance(step, Restart):
                     failures[name] = failures.get(name, 0) + 1
                     last[name] = now
+                elif isinstance(step, Reload):
+                    pass  # the same instance runs on: its failures and restarts stand
                 elif isinstance(step, Recreate | Start | Handover):
                     failures.pop(name, None)
                     last[name] = now
@@ -471,6 +492,8 @@ def _service_step(spec: ServiceSpec, obs: Observed | None, now: float, backoff: 
     if obs.candidate is not None:
         return _handover_step(spec, obs, obs.candidate, now, backoff.policy)
     change = _change(spec, obs)
+    if change is not None and _reloadable(spec, obs, backoff):
+        return Reload(spec, f"{change}; devices only")
     if change is not None and obs.state != "stopping":
         # Also while the runtime restarts it on its own: it would loop on the old config or image.
         order, why = update_order(spec)
@@ -490,6 +513,16 @@ def _service_step(spec: ServiceSpec, obs: Observed | None, now: float, backoff: 
     # "stopping": the runtime is already ending it; "restarting": the runtime's own restart
     # policy brings it back (counted by `settle`). Look again next round.
     return None
+
+
+def _reloadable(spec: ServiceSpec, obs: Observed, backoff: BackoffState) -> bool:
+    """Only the devices of its slice changed, it runs, and reloading this spec has not failed."""
+    if spec.reload_hash is None or obs.reload_hash != spec.reload_hash or obs.state != "running":
+        return False
+    if spec.image is not None and obs.image != spec.image:
+        return False
+    failure = backoff.failed.get(spec.name)
+    return failure is None or failure.verb != "reload" or failure.key != _spec_key(spec)
 
 
 def _handover_step(

@@ -40,6 +40,7 @@ from gateway.compose import (
     mounted_files,
     render_loaded,
 )
+from gateway.compose import write_files as write_changed_files
 from gateway.config import GATEWAY_FILE
 from gateway.fleet import LABEL, Fleet, Gateway, is_serial, load_fleet, report, swarm_name
 from gateway.include import resolve_model
@@ -270,14 +271,7 @@ def render_fleet(fleet: Fleet, out: Path) -> StackBuilder:
 
 def write_files(files: dict[str, str], out: Path) -> None:
     """Write OUT's files, and remove generated files no longer rendered (config/, local/)."""
-    for rel, text in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            continue
-        part = path.with_name(path.name + ".part")
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, path)
+    write_changed_files(files, out)
     for folder in ("config", LOCAL_DIR):
         for path in sorted((out / folder).rglob("*"), reverse=True) if (out / folder).is_dir() else []:
             rel = path.relative_to(out).as_posix()

@@ -233,6 +233,15 @@ class HandoffConfig(StrictModel):
         ge=1000,
         description="readings a collector holds while the forwarder is away; the oldest are dropped past this",
     )
+    # 32 MiB: with a collector's ~45 MB of its own and up to 8 unacknowledged frames, this fits the
+    # 128MiB memory limit of the examples; a reading is estimated at 176 bytes plus its string's
+    # length (about 190,000 readings: over 3 minutes at 1,000 readings/s).
+    queue_max_bytes: ByteSize = Field(
+        32 * 1024**2,
+        ge=1024**2,
+        description="memory of the readings a collector holds while the forwarder is away (estimated: 176 "
+        "bytes a reading plus its string's length); the oldest are dropped past this",
+    )
 
 
 class CollectorSettings(StrictModel):

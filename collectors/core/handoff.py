@@ -21,6 +21,16 @@ Readings go up in acknowledged batches, writes come down, write results go up. F
               `deadline_ms` (ms since the epoch, UTC) is optional: a collector does not start
               the write after it and answers "expired"; a frame without it never expires, and
               a collector that does not know the key ignores it.
+      error   {"t": "error", "error": "collector modbus is already connected"}   then the forwarder closes
+
+A frame is at most MAX_FRAME bytes; a collector splits its batches to fit.
+
+Who may talk to the forwarder (see the hand-off section of docs/runtime.md): the socket is 0660
+in a 0700 directory of the forwarder's user, and each connection's peer credentials
+(SO_PEERCRED) must name that same uid (every component runs as one user: the supervisor's in
+the process runtime, 10001 in the containers); one connection per collector name; each
+reading is checked against that collector's catalog (handoff_check.py). A peer that breaks
+the protocol gets an `error` frame and is closed, logged once per kind at ERROR.
 
 A collector keeps every frame until it is acknowledged and sends the unacknowledged ones
 again after a reconnect, so a reading the forwarder acknowledged is never lost and one it
@@ -34,6 +44,9 @@ import asyncio
 import logging
 import os
 import random
+import re
+import socket
+import stat
 import struct
 import uuid
 from collections import OrderedDict, deque
@@ -47,17 +60,30 @@ import orjson
 
 from collectors.core.config import HandoffConfig
 from collectors.core.errors import FieldgateError
+from collectors.core.handoff_check import LogOnce, ReadingCheck, good_name
 from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
-MAX_FRAME = 64 * 1024 * 1024
+# 2 MiB: a batch of 5,000 readings (batch_max) takes ~0.5 MB, so a frame this size is a batch of
+# long strings. The forwarder holds one being read per connection and parses one at a time: 4
+# clients sending full frames of small rows took its RSS from 38 to 78 MB (110 MB with 4 MiB
+# frames, 1.67 GB with the former 64 MiB; bench/bench_handoff.py).
+MAX_FRAME = 2 * 1024 * 1024
 MAX_IN_FLIGHT = 8  # frames sent and not yet acknowledged: backpressure when the forwarder is slow
+MAX_CONNECTIONS = 8  # a modbus and an opcua collector, and room for a handover's overlap
+HELLO_TIMEOUT = 5.0  # a connection must say who it is within this
+FRAME_TIMEOUT = 30.0  # once a frame's length has arrived, its body must follow within this
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (socket(7))
 
 
 class HandoffError(FieldgateError):
     """A peer broke the hand-off protocol."""
+
+
+class HandoffRefused(HandoffError):
+    """The forwarder refused this collector (an `error` frame): reconnecting at once will not help."""
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
@@ -65,9 +91,13 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
     (length,) = _HEADER.unpack(header)
     if length > MAX_FRAME:
         raise HandoffError(f"frame of {length} bytes is over the {MAX_FRAME} limit")
-    message = orjson.loads(await reader.readexactly(length))
-    if not isinstance(message, dict) or "t" not in message:
-        raise HandoffError("frame is not a typed object")
+    body = await asyncio.wait_for(reader.readexactly(length), FRAME_TIMEOUT)
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HandoffError(f"frame is not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+        raise HandoffError("frame is not an object with a text `t`")
     return message
 
 
@@ -89,14 +119,27 @@ class ClientStats:
     dropped: int = 0
     connected: bool = False
     reconnects: int = 0
+    queued_bytes: int = 0  # estimated memory of the queue (see READING_BYTES)
+
+
+# What a queued Reading costs in memory: the 6-tuple, its float or int value and its timestamp
+# int, and the deque slot (tracemalloc: 164 bytes with the device/tag/quality strings shared, as
+# collectors make them). Strings and arrays add their length; a DeviceState counts as one reading.
+READING_BYTES = 176
+
+
+def _extra_bytes(value: object) -> int:
+    """Memory of a string or array value beyond READING_BYTES (rough, cheap)."""
+    return len(value) * (1 if value.__class__ is str else 32)  # type: ignore[arg-type]
 
 
 class HandoffClient:
     """A collector's end of the hand-off: an async context manager.
 
-    `publish()` never blocks: readings queue (bounded by `queue_max`, oldest dropped and
-    counted) and a sender task batches them towards the forwarder, reconnecting with
-    capped backoff while it is away. Writes from the forwarder are served by `on_write`.
+    `publish()` never blocks: readings queue (bounded by `queue_max` readings and
+    `queue_max_bytes`, oldest dropped and counted) and a sender task batches them towards the
+    forwarder in frames of at most MAX_FRAME bytes, reconnecting with capped backoff while it is
+    away. Writes from the forwarder are served by `on_write`.
     """
 
     def __init__(self, settings: HandoffConfig, collector: str, on_write: WriteHandler) -> None:
@@ -115,6 +158,8 @@ class HandoffClient:
         self._main: asyncio.Task[None] | None = None
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._dropping = False
+        self._refused = LogOnce(log)
+        self._quiet = False  # the last session was refused: its retries log at DEBUG
         self.stats = ClientStats()
 
     async def __aenter__(self) -> HandoffClient:
@@ -135,10 +180,15 @@ class HandoffClient:
 
     def publish(self, readings: Iterable[Reading]) -> None:
         """Queue readings for the forwarder; never blocks."""
-        before = len(self._queue)
-        self._queue.extend(readings)
-        added = len(self._queue) - before
+        queue, added, extra = self._queue, 0, 0
+        for reading in readings:
+            queue.append(reading)
+            added += 1
+            value = reading[2]
+            if value.__class__ is str or value.__class__ is list:
+                extra += _extra_bytes(value)
         self.stats.queued += added
+        self.stats.queued_bytes += added * READING_BYTES + extra
         self._trim()
         if added:
             self._wakeup.set()
@@ -146,11 +196,23 @@ class HandoffClient:
     def device_state(self, state: DeviceState) -> None:
         """Queue a device's online/offline change, in order with its readings."""
         self._queue.append(state)
+        self.stats.queued_bytes += READING_BYTES
         self._wakeup.set()
+
+    def _popleft(self) -> Reading | DeviceState | DeviceTypes:
+        item = self._queue.popleft()
+        size = READING_BYTES
+        if isinstance(item, tuple):  # a Reading (or a row put back by _batch_frame), not an event
+            value = item[2]
+            if value.__class__ is str or value.__class__ is list:
+                size += _extra_bytes(value)
+        self.stats.queued_bytes -= size
+        return item
 
     def device_types(self, types: DeviceTypes) -> None:
         """Queue the datatypes of a device's tags, in order with its readings (before the first)."""
         self._queue.append(types)
+        self.stats.queued_bytes += READING_BYTES
         self._wakeup.set()
 
     @property
@@ -169,18 +231,21 @@ class HandoffClient:
         return True
 
     def _trim(self) -> None:
-        excess = len(self._queue) - self._settings.queue_max
-        if excess <= 0:
+        settings, stats, queue = self._settings, self.stats, self._queue
+        if len(queue) <= settings.queue_max and stats.queued_bytes <= settings.queue_max_bytes:
             self._dropping = False
             return
-        for _ in range(excess):
-            self._queue.popleft()
-        self.stats.dropped += excess
+        excess = 0
+        while queue and (len(queue) > settings.queue_max or stats.queued_bytes > settings.queue_max_bytes):
+            self._popleft()
+            excess += 1
+        stats.dropped += excess
         if not self._dropping:
             self._dropping = True
             log.error(
-                "forwarder unreachable and %d readings queued: dropping the oldest (queue_max)",
-                self._settings.queue_max,
+                "forwarder unreachable and %d readings (about %d MiB) queued: dropping the oldest "
+                "(queue_max %d, queue_max_bytes %d MiB)", len(queue), stats.queued_bytes >> 20,
+                settings.queue_max, settings.queue_max_bytes >> 20,
             )
 
     # -- connection
@@ -200,10 +265,14 @@ class HandoffClient:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
                 continue
-            delay = 0.05
             first_failure = True
+            refused = False
+            began = asyncio.get_running_loop().time()
             try:
                 await self._session(reader, writer)
+            except HandoffRefused as exc:  # another instance holds our name, say: back off, log once
+                refused = True
+                self._refused(str(exc), logging.ERROR, "the forwarder refused this collector: %s; retrying", exc)
             except (OSError, asyncio.IncompleteReadError, HandoffError) as exc:
                 log.warning("hand-off to the forwarder lost: %s; reconnecting", exc)
             finally:
@@ -213,6 +282,14 @@ class HandoffClient:
                 with suppress(OSError):
                     await writer.wait_closed()
             self.stats.reconnects += 1
+            self._quiet = refused
+            # A refusal, or a session closed at once (the refusal may show as a broken pipe when
+            # we were still sending): back off as for an unreachable forwarder.
+            if refused or asyncio.get_running_loop().time() - began < 1.0:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+            else:
+                delay = 0.05
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(encode_frame({"t": "hello", "collector": self._collector, "epoch": self._epoch}))
@@ -221,7 +298,8 @@ class HandoffClient:
         await writer.drain()
         self._writer = writer
         self.stats.connected = True
-        log.info("hand-off to the forwarder connected (%d frames resent)", len(self._unacked))
+        log.log(logging.DEBUG if self._quiet else logging.INFO,  # not every retry after a refusal
+                "hand-off to the forwarder connected (%d frames resent)", len(self._unacked))
         tasks = {
             asyncio.create_task(self._send_loop(writer), name="handoff-send"),
             asyncio.create_task(self._receive_loop(reader), name="handoff-receive"),
@@ -258,35 +336,81 @@ class HandoffClient:
         queue = self._queue
         if not queue:
             return None, 0
-        self._seq += 1
         if isinstance(queue[0], DeviceState):
-            state = queue.popleft()
+            state = self._popleft()
             assert isinstance(state, DeviceState)
             message: dict[str, Any] = {
-                "t": "state", "seq": self._seq, "device": state.device,
+                "t": "state", "seq": self._seq + 1, "device": state.device,
                 "online": state.online, "reason": state.reason,
             }
+            frame: bytes | None = encode_frame(message)
             count = 0
         elif isinstance(queue[0], DeviceTypes):
-            types = queue.popleft()
+            types = self._popleft()
             assert isinstance(types, DeviceTypes)
-            message = {"t": "types", "seq": self._seq, "device": types.device, "types": types.types}
+            message = {"t": "types", "seq": self._seq + 1, "device": types.device, "types": types.types}
+            frame = encode_frame(message)
             count = 0
         else:
             rows: list[tuple[Any, ...]] = []
             limit = self._settings.batch_max
             while queue and len(rows) < limit and not isinstance(queue[0], DeviceState | DeviceTypes):
-                rows.append(tuple(queue.popleft()))  # type: ignore[arg-type]
-            message = {"t": "batch", "seq": self._seq, "r": rows}
-            count = len(rows)
-        frame = encode_frame(message)
+                rows.append(tuple(self._popleft()))  # type: ignore[arg-type]
+            frame, count = self._batch_frame(rows)
+        if frame is None:
+            return None, 0
+        self._seq += 1
         self._unacked[self._seq] = (frame, count)
         return frame, count
+
+    def _batch_frame(self, rows: list[tuple[Any, ...]]) -> tuple[bytes | None, int]:
+        """A batch frame of the first of `rows` that fit in MAX_FRAME; the rest go back to the queue.
+
+        Halving is rare (5,000 readings take ~0.5 MB); a single reading over the cap (a string of
+        megabytes) is dropped, counted and logged, as the forwarder would refuse its frame."""
+        while True:
+            try:
+                frame = encode_frame({"t": "batch", "seq": self._seq + 1, "r": rows})
+            except TypeError:  # a value JSON cannot carry (bytes, an int past 64 bits): drop those readings
+                rows[:] = [row for row in rows if self._encodable(row)]
+                if not rows:
+                    return None, 0
+                continue
+            if len(frame) <= MAX_FRAME:
+                return frame, len(rows)
+            if len(rows) == 1:
+                device, tag = rows[0][0], rows[0][1]
+                self.stats.dropped += 1
+                self._refused(
+                    ("too big", device, tag), logging.ERROR,
+                    "reading %s/%s dropped: it takes %d bytes, over the hand-off's %d byte frame limit",
+                    device, tag, len(frame), MAX_FRAME,
+                )
+                return None, 0
+            half = len(rows) // 2
+            back = rows[half:]
+            del rows[half:]
+            self._queue.extendleft(reversed(back))  # type: ignore[arg-type]
+            self.stats.queued_bytes += sum(
+                READING_BYTES + (_extra_bytes(r[2]) if r[2].__class__ in (str, list) else 0) for r in back
+            )
+
+    def _encodable(self, row: tuple[Any, ...]) -> bool:
+        try:
+            orjson.dumps(row)
+        except TypeError as exc:
+            self.stats.dropped += 1
+            self._refused(("unencodable", row[0], row[1]), logging.ERROR,
+                          "reading %s/%s dropped: its value cannot be handed off: %s", row[0], row[1], exc)
+            return False
+        return True
 
     async def _receive_loop(self, reader: asyncio.StreamReader) -> None:
         while True:
             message = await read_frame(reader)
             kind = message["t"]
+            if kind == "error":
+                raise HandoffRefused(str(message.get("error"))[:500])
             if kind == "ack":
                 seq = int(message["seq"])
                 while self._unacked and next(iter(self._unacked)) <= seq:
@@ -350,20 +474,49 @@ class _Peer:
     collector: str
     epoch: str
     writer: asyncio.StreamWriter
+    pid: int
+
+
+def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as the kernel saw it at connect."""
+    sock: socket.socket = writer.get_extra_info("socket")
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
+def private_directory(folder: Path) -> None:
+    """Make the socket's directory reachable by this user only (0700), creating it if needed.
+
+    A directory of another user (e.g. /tmp) is left as it is, with a warning: then the socket's
+    0660 mode and the peer check are what keep other users out."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    if st.st_uid != os.geteuid():
+        log.warning("hand-off directory %s belongs to uid %d, not to this user: other users may see the socket; "
+                    "give the forwarder a directory of its own", folder, st.st_uid)
+    elif stat.S_IMODE(st.st_mode) & 0o077:
+        folder.chmod(0o700)
+        log.info("hand-off directory %s made private (0700; was %04o)", folder, stat.S_IMODE(st.st_mode))
 
 
 class HandoffServer:
-    """The forwarder's end: accepts collectors, acknowledges what the sink took, routes writes."""
+    """The forwarder's end: accepts collectors, acknowledges what the sink took, routes writes.
 
-    def __init__(self, socket_path: Path, sink: HandoffSink) -> None:
+    `check` (handoff_check.py) decides which readings the sink gets; by default every check
+    but catalog membership. Only peers of this process's uid may connect."""
+
+    def __init__(self, socket_path: Path, sink: HandoffSink, check: ReadingCheck | None = None) -> None:
         self._path = socket_path
         self._sink = sink
+        self.check = check or ReadingCheck(None)
         self._server: asyncio.Server | None = None
         self._peers: dict[str, _Peer] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._uid = os.geteuid()
+        self._log_once = LogOnce(log)
         self.readings_in = 0
+        self.refused = 0  # connections refused: peer uid, connection cap, protocol errors, name taken
         self.last_frame_at = 0.0
 
     @property
@@ -376,12 +529,20 @@ class HandoffServer:
         return self._server is not None and self._server.is_serving()
 
     async def __aenter__(self) -> HandoffServer:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self._path.parent)
         with suppress(FileNotFoundError):
             self._path.unlink()
-        self._server = await asyncio.start_unix_server(self._accept, path=str(self._path))
-        # Who may connect is decided by who can reach the directory (a private volume).
-        os.chmod(self._path, 0o666)
+        # 0660 before listen(): until then a connect is refused, so there is no moment where the
+        # socket is reachable with the mode bind() gave it.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self._path))
+            os.chmod(self._path, 0o660)
+            sock.listen(MAX_CONNECTIONS)
+            self._server = await asyncio.start_unix_server(self._accept, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         log.info("hand-off listening on %s", self._path)
         return self
 
@@ -416,26 +577,46 @@ class HandoffServer:
         return True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection, start to end: every error of the peer's making ends here, logged once per kind."""
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         self._writers.add(writer)
         peer: _Peer | None = None
+        who = "?"
         try:
-            hello = await read_frame(reader)
-            if hello["t"] != "hello":
-                raise HandoffError(f"expected hello, got {hello['t']!r}")
-            peer = _Peer(str(hello["collector"]), str(hello.get("epoch", "")), writer)
-            self._peers[peer.collector] = peer
-            log.info("collector %s connected to the hand-off", peer.collector)
+            pid, uid, _ = peer_credentials(writer)
+            who = f"pid {pid}, uid {uid}"
+            if uid != self._uid:
+                self.refused += 1
+                self._log_once(("uid", uid), logging.ERROR,
+                               "hand-off: refused a connection from uid %d (pid %d): only uid %d, the forwarder's "
+                               "own, may connect", uid, pid, self._uid)
+                return  # no error frame: a stranger learns nothing
+            if len(self._connections) > MAX_CONNECTIONS:
+                raise HandoffError(f"too many hand-off connections (at most {MAX_CONNECTIONS})")
+            hello = await asyncio.wait_for(read_frame(reader), HELLO_TIMEOUT)
+            peer = self._hello(hello, writer, pid)
+            who = f"collector {peer.collector} ({who})"
             await self._serve(peer, reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except TimeoutError:
+            self.refused += 1
+            self._log_once("timeout", logging.ERROR, "hand-off peer dropped (%s): a frame did not arrive within "
+                           "%gs (hello) or %gs (rest of a frame)", who, HELLO_TIMEOUT, FRAME_TIMEOUT)
         except HandoffError as exc:
-            log.error("hand-off peer dropped: %s", exc)
+            self.refused += 1
+            kind = re.split(r"[:\d'\"]", str(exc), maxsplit=1)[0]  # "frame of 5242880 bytes..." -> "frame of "
+            self._log_once(("protocol", kind), logging.ERROR, "hand-off peer dropped (%s): %s", who, exc)
+            with suppress(ConnectionError, RuntimeError):
+                writer.write(encode_frame({"t": "error", "error": str(exc)}))
         except OSError as exc:  # the sink could not store a batch (the forwarder's disk): it logged that
-            log.debug("hand-off batch from %s refused, connection closed so it is sent again: %s",
-                      peer.collector if peer else "?", exc)
+            log.debug("hand-off batch from %s refused, connection closed so it is sent again: %s", who, exc)
+        except Exception as exc:  # a bug of ours on a peer's input: that connection ends, the forwarder goes on
+            self.refused += 1
+            self._log_once(("bug", type(exc).__name__), logging.ERROR,
+                           "hand-off peer dropped (%s) on an unexpected error", who, exc_info=True)
         finally:
             self._connections.discard(task)
             self._writers.discard(writer)
@@ -444,37 +625,74 @@ class HandoffServer:
                 log.info("collector %s left the hand-off", peer.collector)
             writer.close()
 
+    def _hello(self, hello: dict[str, Any], writer: asyncio.StreamWriter, pid: int) -> _Peer:
+        """Admit a collector: one connection per collector name.
+
+        The connection that holds a name keeps it (and its writes) until it closes; another
+        process saying the same name is refused, so neither a stray second instance nor a
+        rogue can take the writes of the real one. The same process (same epoch) reconnecting
+        before its old connection was seen closing takes over. A start-first handover (old and
+        new collector overlapping) would be decided here: admit the new peer beside the old
+        and move the routing once the new one is ready."""
+        if hello["t"] != "hello":
+            raise HandoffError(f"expected hello, got {hello['t'][:40]!r}")
+        name, epoch = hello.get("collector"), hello.get("epoch", "")
+        if not good_name(name):
+            raise HandoffError(f"hello: collector {str(name)[:80]!r} is not a collector name")
+        if not isinstance(epoch, str) or len(epoch) > 64:
+            raise HandoffError("hello: epoch is not a text of at most 64 characters")
+        assert isinstance(name, str)
+        peer = _Peer(name, epoch, writer, pid)
+        current = self._peers.get(name)
+        if current is not None and current.epoch != epoch:
+            raise HandoffError(
+                f"collector {name} is already connected (pid {current.pid}): a second connection under that "
+                "name is refused; writes stay with the first"
+            )
+        if current is not None:
+            current.writer.close()
+        self._peers[name] = peer
+        log.info("collector %s connected to the hand-off (pid %d)", name, pid)
+        return peer
+
     async def _serve(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
-        key = (peer.collector, peer.epoch)
         loop = asyncio.get_running_loop()
+        writer = peer.writer
         while True:
-            message = await read_frame(reader)
+            seq = await self._take(peer, await read_frame(reader))
             self.last_frame_at = loop.time()
-            kind = message["t"]
-            if kind == "result":
-                self._sink.write_result(
-                    peer.collector,
-                    WriteResult(str(message["id"]), str(message["device"]), str(message["tag"]),
-                                bool(message["ok"]), message.get("error")),
-                )
-                continue
-            seq = int(message["seq"])
-            if seq > self._last_seq.get(key, 0):  # a resend after a reconnect is taken once
-                if kind == "batch":
-                    readings = [Reading(*row) for row in message["r"]]
+            if seq is not None:
+                writer.write(encode_frame({"t": "ack", "seq": seq}))
+                await writer.drain()  # a peer that sends and never reads stops being read, not buffered for
+
+    async def _take(self, peer: _Peer, message: dict[str, Any]) -> int | None:
+        """Hand one frame to the sink; the seq to acknowledge. A method of its own so that the parsed
+        frame (tens of MB for a full frame of small rows) is freed before the next one is awaited."""
+        kind = message["t"]
+        if kind == "result":
+            self._sink.write_result(peer.collector, _write_result(message))
+            return None
+        if kind not in ("batch", "state", "types"):
+            raise HandoffError(f"unknown frame type {kind[:40]!r}")
+        seq = message.get("seq")
+        if type(seq) is not int or seq < 1:
+            raise HandoffError(f"{kind} frame: seq {str(seq)[:40]!r} is not a positive integer")
+        key = (peer.collector, peer.epoch)
+        if seq > self._last_seq.get(key, 0):  # a resend after a reconnect is taken once
+            if kind == "batch":
+                readings = self.check.readings(peer.collector, message.get("r"))
+                del message  # the rows: only the readings that passed live on
+                if readings:
                     await self._sink.readings(peer.collector, readings)
-                    self.readings_in += len(readings)
-                elif kind == "state":
-                    await self._sink.device_state(
-                        peer.collector, DeviceState(str(message["device"]), bool(message["online"]),
-                                                    message.get("reason"))
-                    )
-                elif kind == "types":
-                    await self._datatypes(peer.collector, message)
-                else:
-                    raise HandoffError(f"unknown frame type {kind!r}")
-                self._last_seq[key] = seq
-            peer.writer.write(encode_frame({"t": "ack", "seq": seq}))
+                self.readings_in += len(readings)
+            elif kind == "state":
+                state = _device_state(message)
+                if self.check.device(peer.collector, state.device):
+                    await self._sink.device_state(peer.collector, state)
+            elif self.check.device(peer.collector, message.get("device")):  # types
+                await self._datatypes(peer.collector, message)
+            self._last_seq[key] = seq
+        return seq
 
     async def _datatypes(self, collector: str, message: dict[str, Any]) -> None:
         types = message.get("types")
@@ -483,3 +701,18 @@ class HandoffServer:
         declare = getattr(self._sink, "datatypes", None)
         if declare is not None:
             await declare(collector, DeviceTypes(str(message["device"]), {str(k): v for k, v in types.items()}))
+
+
+def _write_result(message: dict[str, Any]) -> WriteResult:
+    id_, device, tag, ok, error = (message.get(k) for k in ("id", "device", "tag", "ok", "error"))
+    if not (isinstance(id_, str) and isinstance(device, str) and isinstance(tag, str) and isinstance(ok, bool)
+            and (error is None or isinstance(error, str))):
+        raise HandoffError("result frame: id, device, tag (text), ok (true/false) and error (text or null) expected")
+    return WriteResult(id_, device, tag, ok, error[:1000] if error else error)
+
+
+def _device_state(message: dict[str, Any]) -> DeviceState:
+    device, online, reason = message.get("device"), message.get("online"), message.get("reason")
+    if not (isinstance(device, str) and isinstance(online, bool) and (reason is None or isinstance(reason, str))):
+        raise HandoffError("state frame: device (text), online (true/false) and reason (text or null) expected")
+    return DeviceState(device, online, reason[:1000] if reason else reason)

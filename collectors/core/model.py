@@ -89,6 +89,6 @@ def now_ms() -> int:
 
 
 def iso_ms(ts_ms: int) -> str:
-    """`2026-11-28T08:00:00.123Z`: UTC with milliseconds, as SPEC.md's payloads carry it."""
+    """`2026-11-28T08:00:00.123Z`: UTC with milliseconds, as the MQTT payloads carry it (docs/mqtt.md)."""
     seconds, ms = divmod(ts_ms, 1000)
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"

@@ -16,7 +16,7 @@ not an exception), `&r [*r]` recurses forever, and nine levels of ten aliases ("
 laughs") expand to 10^9 values.
 
 Here in collectors.core, not in the gateway, because each component's entry point reports its
-own config file the same way (collectors never import `gateway`, SPEC.md).
+own config file the same way (collectors never import `gateway`).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from collectors.core.handoff import HandoffServer
+from collectors.core.handoff_check import ReadingCheck
 from collectors.core.metrics import Metrics
 from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult, now_ms
 from collectors.core.service import ErrorLatch
@@ -88,7 +89,7 @@ class Forwarder:
             keep_tag_order=config.mqtt.format == "json",
         )
         self.session = BrokerSession(config, self, self.format.will, self.format.clean_session)
-        self.handoff = HandoffServer(config.handoff.socket, self)
+        self.handoff = HandoffServer(config.handoff.socket, self, ReadingCheck.from_catalog(config.devices))
         self.metrics = Metrics()
         self.stats = ForwarderStats()
         self.quarantine = self.buffer.quarantine
@@ -473,6 +474,12 @@ class Forwarder:
         ]
         for name, help_text, read in counters:
             m.counter(name, help_text, read)
+        m.counter("forwarder_handoff_rejected_total", "readings dropped at the hand-off, per collector and reason "
+                  "(not in that collector's catalog, bad name, timestamp, quality or value)",
+                  handoff.check.rejected.samples)
+        m.counter("forwarder_handoff_refused_connections_total", "hand-off connections refused or dropped "
+                  "(another uid, too many, a protocol error, a collector name already connected)",
+                  lambda: handoff.refused)
         m.gauge(
             "forwarder_buffered_readings", "readings waiting for the broker, per lane",
             lambda: [

@@ -1,6 +1,6 @@
 """The forwarder's config slice: identity, broker, buffer, metrics, and the catalog of devices.
 
-The `mqtt`, `buffer` and `metrics` models are also the keys of gateway.yaml (SPEC.md); the
+The `mqtt`, `buffer` and `metrics` models are also the keys of gateway.yaml; the
 gateway composes them into its own model and renders this slice for the forwarder.
 """
 

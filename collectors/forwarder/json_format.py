@@ -1,4 +1,4 @@
-"""SPEC.md "MQTT, json format": readings as JSON, writes on `/set`, gateway status.
+"""docs/mqtt.md, json format: readings as JSON, writes on `/set`, gateway status.
 
 layout tag:    {prefix}/{device}/{tag}  {"value": 21.5, "ts": "...Z", "quality": "good", "unit": "degC"}
 layout device: {prefix}/{device}        {"ts": "...Z", "readings": {"temperature": {...}, ...}}
@@ -81,7 +81,7 @@ class JsonFormat:
         return [OutMessage(self._status, b"offline", 1, True)]
 
     def device_state(self, state: DeviceState) -> list[OutMessage]:
-        return []  # collectors send each tag's `bad` reading themselves (SPEC.md)
+        return []  # collectors send each tag's `bad` reading themselves (docs/config.md, docs/mqtt.md)
 
     # -- readings
 

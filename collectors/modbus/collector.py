@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from typing import Any
 
-from collectors.core.handoff import HandoffClient
-from collectors.core.metrics import Metrics, Sample
+from collectors.core.metrics import Sample
 from collectors.core.model import WriteRequest, WriteResult
-from collectors.core.report import ReportFilter
+from collectors.core.shell import CollectorShell
+from collectors.core.shell import serve as shell_serve
 from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice
 from collectors.modbus.link import Link
 from collectors.modbus.poller import DevicePoller
@@ -26,7 +26,7 @@ from collectors.modbus.writer import Writer
 log = logging.getLogger(__name__)
 
 
-class ModbusCollector:
+class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
     """Runs one collector config until cancelled; `async with` it, then `await run()`."""
 
     def __init__(
@@ -37,77 +37,97 @@ class ModbusCollector:
         handoff_grace: float = 30.0,
         drain_timeout: float = 2.0,
     ) -> None:
-        self.config = config
-        self.report = ReportFilter()
-        self.handoff = HandoffClient(config.handoff, config.name, on_write=self._on_write)
-        by_link: dict[str, list[ModbusDevice]] = {}
-        for device in config.devices:
-            by_link.setdefault(device.connection.link_key, []).append(device)
-        self.links = {key: Link(devices, reconnect_max=reconnect_max) for key, devices in by_link.items()}
-        self.pollers = [
-            DevicePoller(device, self.links[device.connection.link_key], self.report,
-                         self.handoff.publish, self.handoff.device_state)
-            for device in config.devices
-        ]
+        super().__init__(config, on_write=self._on_write, handoff_grace=handoff_grace,
+                         drain_timeout=drain_timeout)
+        self._reconnect_max = reconnect_max
+        self.links = {key: Link(devices, reconnect_max=reconnect_max)
+                      for key, devices in _by_link(config.devices).items()}
+        self.pollers = [self._poller(device) for device in config.devices]
         self.writer = Writer(self.pollers)
-        self.metrics = Metrics()
-        self._handoff_grace = handoff_grace
+        self._poll_tasks: dict[str, asyncio.Task[None]] = {}
+        self._set_poll_grace()
+        self._register_metrics()
+
+    def _poller(self, device: ModbusDevice) -> DevicePoller:
+        return DevicePoller(device, self.links[device.connection.link_key], self.report,
+                            self.handoff.publish, self.handoff.device_state)
+
+    def _set_poll_grace(self) -> None:
         # a collector none of whose devices answered for this long is not doing its job
         slowest = max((pc.interval for p in self.pollers for pc in p.classes), default=1.0)
         self._poll_grace = max(60.0, 5 * slowest)
-        self._drain_timeout = drain_timeout
-        self._started = time.monotonic()
-        self._handoff_down_since: float | None = self._started
-        self._stack = AsyncExitStack()
-        self.metrics_port: int | None = None
-        self._register_metrics()
 
-    async def __aenter__(self) -> ModbusCollector:
-        await self._stack.__aenter__()
-        try:
-            for link in self.links.values():
-                await self._stack.enter_async_context(link)
-            await self._stack.enter_async_context(self.handoff)
-            self._stack.push_async_callback(self._drain)
-            if self.config.metrics_port is not None:
-                server = await self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-                self.metrics_port = server.sockets[0].getsockname()[1]
-                self._stack.push_async_callback(_close_server, server)
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        log.info(
-            "modbus collector: %d devices on %d links, %d requests per cycle",
-            len(self.pollers), len(self.links),
-            sum(len(pc.blocks) for p in self.pollers for pc in p.classes),
+    async def _enter(self, stack: AsyncExitStack) -> None:
+        for link in self.links.values():
+            await stack.enter_async_context(link)
+
+    def _started_line(self) -> str:
+        return (
+            f"modbus collector: {len(self.pollers)} devices on {len(self.links)} links, "
+            f"{sum(len(pc.blocks) for p in self.pollers for pc in p.classes)} requests per cycle"
         )
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+    def _device_tasks(self, group: asyncio.TaskGroup) -> None:
+        for poller in self.pollers:
+            self._start(group, poller)
 
-    async def run(self) -> None:
-        """Poll every device until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            for poller in self.pollers:
-                group.create_task(poller.run(), name=f"device-{poller.device.name}")
-            group.create_task(self._watch_handoff(), name="handoff-watch")
+    def _start(self, group: asyncio.TaskGroup, poller: DevicePoller) -> None:
+        name = poller.device.name
+        self._poll_tasks[name] = group.create_task(poller.run(), name=f"device-{name}")
+
+    # ------------------------------------------------------------------ a new slice in place
+
+    live_reload = True
+
+    async def _apply(self, config: ModbusCollectorConfig) -> None:
+        """Touch only the devices whose config changed: a removed or edited device's polling
+        stops, an added or edited one starts on its link (its first poll at once); the others'
+        pollers, links and connections are not touched, so they do not miss a poll. A link whose
+        connection settings changed (serial baud rate, parity...) is opened again, with the
+        pollers of every device on it. Settings that are not a device's (the hand-off, metrics,
+        log level) need a restart: the supervisor plans one when they change."""
+        assert self._group is not None, "run() applies reloads"
+        old = {p.device.name: p for p in self.pollers}
+        new = {d.name: d for d in config.devices}
+        new_links = _by_link(config.devices)
+        reopened = {key for key, link in self.links.items()
+                    if key in new_links and new_links[key][0].connection != link.connection}
+        stop = [p for name, p in old.items()
+                if new.get(name) != p.device or p.device.connection.link_key in reopened]
+        await self._stop(stop)
+        stopped = {p.device.name for p in stop}
+        for key in [k for k in self.links if k not in new_links or k in reopened]:
+            await self.links.pop(key).__aexit__(None, None, None)
+        for key, devices in new_links.items():
+            link = self.links.get(key)
+            if link is None:
+                link = self.links[key] = Link(devices, reconnect_max=self._reconnect_max)
+                await link.__aenter__()
+                self._stack.push_async_callback(_close_link, self, key, link)
+            else:
+                link.devices = list(devices)
+                link.frame_delay = max(device.frame_delay for device in devices)
+                link.connect_timeout = max(device.timeout for device in devices)
+        kept = [p for p in self.pollers if p.device.name not in stopped]
+        started = [self._poller(d) for d in config.devices if d.name not in old or d.name in stopped]
+        order = {d.name: i for i, d in enumerate(config.devices)}
+        self.pollers[:] = sorted(kept + started, key=lambda p: order[p.device.name])
+        self.writer.replace(self.pollers)
+        self._set_poll_grace()
+        for poller in started:
+            self._start(self._group, poller)
+        log.info("modbus collector: new config applied in place (%d devices started, %d stopped, "
+                 "%d untouched)", len(started), len(stop), len(kept))
+
+    async def _stop(self, pollers: list[DevicePoller]) -> None:
+        tasks = [self._poll_tasks.pop(p.device.name) for p in pollers if p.device.name in self._poll_tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
 
     async def _on_write(self, request: WriteRequest) -> WriteResult:
         return await self.writer(request)
-
-    async def _drain(self) -> None:
-        """On shutdown, give the forwarder a moment to take what is queued."""
-        if self.handoff.pending and not await self.handoff.drain(self._drain_timeout):
-            log.warning("stopping with %d readings the forwarder has not acknowledged", self.handoff.pending)
-
-    async def _watch_handoff(self) -> None:
-        while True:
-            if self.handoff.stats.connected:
-                self._handoff_down_since = None
-            elif self._handoff_down_since is None:
-                self._handoff_down_since = time.monotonic()
-            await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ metrics and health
 
@@ -141,23 +161,8 @@ class ModbusCollector:
                            ({"result": "failed"}, float(self.writer.failed)),
                            ({"result": "busy"}, float(self.writer.busy)),
                            ({"result": "expired"}, float(self.writer.expired))])
-        m.gauge("handoff_queue", "readings not yet acknowledged by the forwarder",
-                lambda: self.handoff.pending)
-        m.counter("handoff_dropped_total", "readings dropped while the forwarder was away",
-                  lambda: self.handoff.stats.dropped)
-        m.gauge("handoff_connected", "1 when connected to the forwarder",
-                lambda: float(self.handoff.stats.connected))
-        m.health_check(self._handoff_problem)
+        self._register_handoff_metrics()
         m.health_check(self._poll_problem)
-
-    def _handoff_problem(self) -> str | None:
-        since = self._handoff_down_since
-        if since is None or self.handoff.stats.connected:
-            return None
-        down = time.monotonic() - since
-        if down < self._handoff_grace:
-            return None
-        return f"no hand-off to the forwarder for {down:.0f}s"
 
     def _poll_problem(self) -> str | None:
         if not self.pollers:
@@ -170,13 +175,19 @@ class ModbusCollector:
         return f"no device answered for {quiet:.0f}s"
 
 
-async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    with suppress(Exception):
-        await server.wait_closed()
+def _by_link(devices: list[ModbusDevice]) -> dict[str, list[ModbusDevice]]:
+    by_link: dict[str, list[ModbusDevice]] = {}
+    for device in devices:
+        by_link.setdefault(device.connection.link_key, []).append(device)
+    return by_link
+
+
+async def _close_link(collector: ModbusCollector, key: str, link: Link) -> None:
+    """A link opened by a reload, closed on shutdown unless a later reload closed it."""
+    if collector.links.get(key) is link:
+        await link.__aexit__(None, None, None)
 
 
 async def serve(config: ModbusCollectorConfig) -> None:
     """Run the collector until cancelled (SIGTERM via run_service)."""
-    async with ModbusCollector(config) as collector:
-        await collector.run()
+    await shell_serve(ModbusCollector(config))

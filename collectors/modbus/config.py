@@ -1,4 +1,4 @@
-"""The Modbus device model (SPEC.md, "A Modbus device"), and the Modbus collector's config slice.
+"""The Modbus device model (docs/config.md), and the Modbus collector's config slice.
 
 Which keys apply to which data type is one table (`TYPE_RULES`) checked in one validator,
 so the error says what is allowed instead of failing somewhere at poll time.

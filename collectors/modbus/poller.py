@@ -143,7 +143,7 @@ class DevicePoller:
             block = planned.block
             try:
                 words = await self.link.read(device, block.table, block.start, block.count)
-                ts_ms = now_ms()  # the time of the poll response (SPEC.md)
+                ts_ms = now_ms()  # the time of the poll response (docs/config.md, docs/mqtt.md)
                 values = planned.decoder.decode(words)
             except DeviceError as exc:
                 self.stats.polls_failed += 1

@@ -39,6 +39,10 @@ class Writer:
         self.expired = 0  # not written: their deadline came first
         self._crowded = ErrorLatch(log, "writes refused, too many or too late")
 
+    def replace(self, pollers: list[DevicePoller]) -> None:
+        """The devices after a config reload."""
+        self._pollers = {poller.device.name: poller for poller in pollers}
+
     async def __call__(self, request: WriteRequest) -> WriteResult:
         try:
             await self._write(request)

@@ -7,32 +7,24 @@ them), exit code 2, and nothing starts.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from pathlib import Path
 
-from collectors.core.service import run_service, setup_logging
-from collectors.core.validation import ConfigErrors, load_slice
-from collectors.opcua.collector import serve
+from collectors.core.shell import collector_main
+from collectors.opcua.collector import OpcuaCollector
 from collectors.opcua.config import OpcuaCollectorConfig
 
 log = logging.getLogger("collectors.opcua")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m collectors.opcua", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True, help="the collector's rendered config (YAML)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_slice(args.config, OpcuaCollectorConfig)
-    except ConfigErrors as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    setup_logging(config.log_level, "opcua")
+def quiet() -> None:
     # asyncua logs every publish and reconnect attempt at INFO: keep it to warnings.
     logging.getLogger("asyncua").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return run_service(serve(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return collector_main(argv, prog="python -m collectors.opcua", doc=__doc__, model=OpcuaCollectorConfig,
+                          log_name="opcua", make=OpcuaCollector, quiet=quiet)
 
 
 if __name__ == "__main__":

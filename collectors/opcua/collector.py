@@ -23,18 +23,18 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 
 from asyncua import ua
 
 from collectors.core.config import read_secret
 from collectors.core.errors import DeviceError, WriteError
-from collectors.core.handoff import HandoffClient
-from collectors.core.metrics import Metrics, Sample
+from collectors.core.metrics import Sample
 from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteRequest, WriteResult, now_ms
-from collectors.core.report import ReportFilter, bad_readings
+from collectors.core.report import bad_readings
 from collectors.core.service import ErrorLatch
+from collectors.core.shell import CollectorShell
+from collectors.core.shell import serve as shell_serve
 from collectors.core.writes import Busy, Expired, PendingWrites, check_deadline, check_limits
 from collectors.opcua.codec import status_name, to_variant
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
@@ -222,7 +222,7 @@ def _internal_detail(exc: BaseException) -> str:
     return f"internal error {exc!r}\n{where}"
 
 
-class OpcuaCollector:
+class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
     """Runs one collector config until cancelled; `async with` it, then `await run()`."""
 
     def __init__(
@@ -233,64 +233,62 @@ class OpcuaCollector:
         drain_timeout: float = 2.0,
         backoff: Backoff | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, on_write=self.write, handoff_grace=handoff_grace, drain_timeout=drain_timeout)
         self.settings = config
-        self.report = ReportFilter()
-        self.handoff = HandoffClient(config.handoff, config.name, self.write)
+        self._backoff = backoff
         self.links = {d.name: DeviceLink(d, self, backoff) for d in config.devices}
+        self._link_tasks: dict[str, asyncio.Task[None]] = {}
         self.readings: dict[str, int] = {d.name: 0 for d in config.devices}
         self.writes = {"ok": 0, "failed": 0, "busy": 0, "expired": 0}  # failed: the other refusals
         self.pending = PendingWrites()  # per device (its session) and per tag
-        self.metrics = Metrics()
-        self.metrics_port: int | None = None
-        self._handoff_grace = handoff_grace
-        self._drain_timeout = drain_timeout
-        self._started = time.monotonic()
-        self._handoff_down_since: float | None = self._started
         self._last_online = self._started
-        self._stack = AsyncExitStack()
         self._register_metrics()
 
-    async def __aenter__(self) -> OpcuaCollector:
-        await self._stack.__aenter__()
-        try:
-            await self._stack.enter_async_context(self.handoff)
-            self._stack.push_async_callback(self._drain)
-            if self.config.metrics_port is not None:
-                server = await self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
-                self.metrics_port = server.sockets[0].getsockname()[1]
-                self._stack.push_async_callback(_close_server, server)
-        except BaseException:
-            await self._stack.aclose()
-            raise
-        log.info("opcua collector: %d devices, hand-off %s", len(self.links), self.config.handoff.socket)
-        return self
+    def _started_line(self) -> str:
+        return f"opcua collector: {len(self.links)} devices, hand-off {self.config.handoff.socket}"
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+    def _device_tasks(self, group: asyncio.TaskGroup) -> None:
+        for link in self.links.values():
+            self._start(group, link)
 
-    async def run(self) -> None:
-        """Read every device until cancelled."""
-        async with asyncio.TaskGroup() as tasks:
-            for link in self.links.values():
-                tasks.create_task(link.run(), name=f"opcua-device-{link.device.name}")
-            tasks.create_task(self._watch(), name="opcua-watch")
+    def _start(self, group: asyncio.TaskGroup, link: DeviceLink) -> None:
+        self._link_tasks[link.device.name] = group.create_task(link.run(), name=f"opcua-device-{link.device.name}")
 
-    async def _drain(self) -> None:
-        """On shutdown, give the forwarder a moment to take what is queued."""
-        if self.handoff.pending and not await self.handoff.drain(self._drain_timeout):
-            log.warning("stopping with %d readings the forwarder has not acknowledged", self.handoff.pending)
+    # ------------------------------------------------------------------ a new slice in place
 
-    async def _watch(self) -> None:
-        while True:
-            now = time.monotonic()
-            if self.handoff.stats.connected:
-                self._handoff_down_since = None
-            elif self._handoff_down_since is None:
-                self._handoff_down_since = now
-            if any(link.online for link in self.links.values()):
-                self._last_online = now
-            await asyncio.sleep(1.0)
+    live_reload = True
+
+    async def _apply(self, config: OpcuaCollectorConfig) -> None:
+        """Touch only the devices whose config changed: a removed or edited device's session (and
+        its subscription) ends, an added or edited one connects and subscribes anew; the other
+        devices keep their sessions and subscriptions. Settings outside `devices` need a restart
+        (the supervisor plans one)."""
+        assert self._group is not None, "run() applies reloads"
+        new = {d.name: d for d in config.devices}
+        stop = [name for name, link in self.links.items() if new.get(name) != link.device]
+        tasks = [self._link_tasks.pop(name) for name in stop if name in self._link_tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
+        for name in stop:
+            del self.links[name]
+            if name not in new:
+                del self.readings[name]
+        started = [DeviceLink(d, self, self._backoff) for d in config.devices if d.name not in self.links]
+        links = {**self.links, **{link.device.name: link for link in started}}
+        self.links.clear()  # in place: the metrics read this dict
+        self.links.update((d.name, links[d.name]) for d in config.devices)
+        self.settings = config
+        for link in started:
+            self.readings.setdefault(link.device.name, 0)
+            self._start(self._group, link)
+        log.info("opcua collector: new config applied in place (%d devices started, %d stopped, %d untouched)",
+                 len(started), len(stop), len(self.links) - len(started))
+
+    def _observe(self, now: float) -> None:
+        if any(link.online for link in self.links.values()):
+            self._last_online = now
 
     # ------------------------------------------------------------------ to the forwarder
 
@@ -355,28 +353,8 @@ class OpcuaCollector:
             "writes served, by result",
             lambda: [({"result": k}, float(v)) for k, v in self.writes.items()],
         )
-        m.gauge(
-            "handoff_queue", "readings not yet acknowledged by the forwarder", lambda: self.handoff.pending
-        )
-        m.counter(
-            "handoff_dropped_total",
-            "readings dropped while the forwarder was away",
-            lambda: self.handoff.stats.dropped,
-        )
-        m.gauge(
-            "handoff_connected",
-            "1 when connected to the forwarder",
-            lambda: float(self.handoff.stats.connected),
-        )
-        m.health_check(self._handoff_problem)
+        self._register_handoff_metrics()
         m.health_check(self._device_problem)
-
-    def _handoff_problem(self) -> str | None:
-        since = self._handoff_down_since
-        if since is None or self.handoff.stats.connected:
-            return None
-        down = time.monotonic() - since
-        return None if down < self._handoff_grace else f"no hand-off to the forwarder for {down:.0f}s"
 
     def _device_problem(self) -> str | None:
         if any(link.online for link in self.links.values()):
@@ -388,13 +366,6 @@ class OpcuaCollector:
         return f"no OPC UA session for {quiet:.0f}s ({reasons})"
 
 
-async def _close_server(server: asyncio.Server) -> None:
-    server.close()
-    with suppress(Exception):
-        await server.wait_closed()
-
-
 async def serve(config: OpcuaCollectorConfig) -> None:
     """Run the collector until cancelled (SIGTERM via run_service)."""
-    async with OpcuaCollector(config) as collector:
-        await collector.run()
+    await shell_serve(OpcuaCollector(config))

@@ -1,4 +1,4 @@
-"""The OPC UA device model (SPEC.md, "An OPC UA device"), and the OPC UA collector's config slice."""
+"""The OPC UA device model (docs/config.md), and the OPC UA collector's config slice."""
 
 from __future__ import annotations
 

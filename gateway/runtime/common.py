@@ -26,7 +26,7 @@ class RunDir:
     run/supervisor.lock held by the running supervisor, so two cannot run on one DIR
     state/              collectors' state that must survive restarts
     buffer/             the forwarder's store-and-forward buffer (unless gateway.yaml sets buffer.dir)
-    handoff.sock        the hand-off socket (under /tmp when this path would be too long)
+    handoff/handoff.sock the hand-off socket, in a 0700 directory (under /tmp when too long)
     """
 
     root: Path
@@ -57,7 +57,7 @@ class RunDir:
 
     @property
     def handoff_socket(self) -> Path:
-        path = self.root / "handoff.sock"
+        path = self.root / "handoff" / "handoff.sock"
         if len(str(path)) <= MAX_SOCKET_PATH:
             return path
         short = Path("/tmp") / f"fieldgate-{config_hash(str(self.root))[:12]}"
@@ -69,12 +69,13 @@ class RunDir:
     def create(self) -> None:
         for path in (self.run, self.state):
             path.mkdir(parents=True, exist_ok=True)
+        # The hand-off socket's folder is private: only our user may reach the socket. The short
+        # folder under /tmp has a predictable name: it must be ours too, or another user could put
+        # a socket (or a symlink) where our collectors connect.
         folder = self.handoff_socket.parent
-        if folder == self.root:
-            return
-        # The short folder under /tmp has a predictable name: it must be ours and private, or
-        # another user could put a socket (or a symlink) where our collectors connect.
         folder.mkdir(mode=0o700, exist_ok=True)
+        if folder.parent == self.root:
+            folder.chmod(0o700)  # one an older version made with the umask's mode
         st = folder.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
             raise RuntimeError(f"{folder} is not a private directory of this user: remove it, or use --state")

@@ -41,6 +41,7 @@ from gateway.plan import (
     Observed,
     Outcome,
     Recreate,
+    Reload,
     Remove,
     Restart,
     Rollback,
@@ -61,6 +62,9 @@ from gateway.runtime.containers import (
 from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, RuntimeMissing, connect
 from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
 from gateway.services import Run, desired_services
+
+# The spec's reload_hash a container was created with (gateway.plan.ServiceSpec.reload_hash).
+RELOAD_LABEL = "io.fieldgate.reload-hash"
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -89,6 +93,10 @@ class Track:
     readings: ReadingsRate = field(default_factory=ReadingsRate)
     details: dict[str, Any] = field(default_factory=dict)
     cpu: tuple[float, float] | None = None  # (container total, system total) of the last sample
+    # (container id, config hash) after a Reload: labels cannot change, so the config it runs
+    # since is remembered here (after a supervisor restart the label's older hash leads to one
+    # more Reload, which changes nothing)
+    reloaded: tuple[str, str] | None = None
 
 
 def _mono(epoch: float) -> float:
@@ -276,10 +284,14 @@ class DockerRuntime:
         ended = kind in ("exited", "restarting")
         started = parse_time(state.get("StartedAt")) or time.time()
         finished = parse_time(state.get("FinishedAt")) or started
+        config = container.labels.get(HASH_LABEL)
+        if track is not None and track.reloaded is not None and track.reloaded[0] == container.id:
+            config = track.reloaded[1]
         return Observed(
             name=service,
             state=kind,
-            config_hash=container.labels.get(HASH_LABEL),
+            config_hash=config,
+            reload_hash=container.labels.get(RELOAD_LABEL),
             since=_mono(finished if ended else started),
             image=image,
             health=health if kind == "running" else None,
@@ -342,6 +354,13 @@ class DockerRuntime:
             else:
                 with self._lock:
                     current.restart(timeout=self._stop_timeout(step.name))
+        elif isinstance(step, Reload):
+            # desired() has already replaced the slice in the directory the container mounts
+            if current is None or current.status != "running":
+                raise EngineError(f"no running {step.name} container to reload")
+            with self._lock:
+                current.kill(signal="SIGHUP")
+            self._track(step.name).reloaded = (current.id, step.spec.config_hash)
         elif isinstance(step, Recreate) and step.order == "start-first":
             self._start_candidate(step.spec, candidate)
         elif isinstance(step, Recreate):
@@ -406,6 +425,8 @@ class DockerRuntime:
         with self._lock:
             self._ensure_shared(factory)
             args = factory.create_args(spec.name, name, image=spec.image)
+            if spec.reload_hash is not None:
+                args["labels"] = {**args["labels"], RELOAD_LABEL: spec.reload_hash}
             created = self.client.api.create_container(**args)
             return self.client.containers.get(created["Id"])
 
@@ -530,6 +551,7 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
             memory=svc.limits.memory,
             update=svc.limits.update,
             devices=tuple(p.host for p in svc.ports),
+            reload_key=svc.reload_digest or None,
         )
 
     slices = {}

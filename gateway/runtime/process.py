@@ -15,7 +15,7 @@ itself dies (`PR_SET_PDEATHSIG`), so even kill -9 of the supervisor leaves nothi
 Its specs ask for stop-first updates, which the planner keeps for processes anyway: they share
 the host's ports (`ServiceSpec.host_network`), so two processes of one collector would fight
 over its metrics port and, for Modbus RTU, over the serial port that only one owner may hold
-(SPEC.md: one owner per serial port). It never runs a second instance, so it refuses
+(one owner per serial port). It never runs a second instance, so it refuses
 `Handover` and `Rollback` (a failed outcome); the docker runtime runs them.
 """
 
@@ -45,6 +45,7 @@ from gateway.plan import (
     Observed,
     Outcome,
     Recreate,
+    Reload,
     Remove,
     Restart,
     ServiceSpec,
@@ -165,6 +166,7 @@ def process_specs(
             config_hash=config_hash(spec.config_text, command, secrets_digest(spec.secrets)),
             config_file=str(file),
             ready_path=str(socket) if spec.name == FORWARDER else None,
+            reload_key=config_hash(command, secrets_digest(spec.secrets)),
         )
 
     slices = service_slices(config, Placement(socket, run_dir.state, run_dir.buffer))
@@ -203,11 +205,13 @@ class Child:
     def observed(self) -> Observed:
         if self.exited is not None:
             return Observed(self.spec.name, "exited", self.spec.config_hash, self.exited,
-                            restarts=self.restarts, exit_code=self.exit_code, instance=str(self.pid))
+                            restarts=self.restarts, exit_code=self.exit_code, instance=str(self.pid),
+                            reload_hash=self.spec.reload_hash)
         state: State = "stopping" if self.stopping else "running"
         return Observed(
             self.spec.name, state, self.spec.config_hash, self.started, health=self.health,
             health_since=self.health_since, restarts=self.restarts, instance=str(self.pid),
+            reload_hash=self.spec.reload_hash,
         )
 
 
@@ -286,7 +290,7 @@ class ProcessRuntime:
         that cannot be started (missing, not executable) or a slice that cannot be written
         is a failed outcome, which the planner backs off like a crash."""
         executors: dict[type, Callable[[Any], Awaitable[None]]] = {
-            Start: self._do_start, Restart: self._do_restart, Recreate: self._do_recreate,
+            Start: self._do_start, Restart: self._do_restart, Recreate: self._do_recreate, Reload: self._do_reload,
             Stop: self._do_stop, Remove: self._do_remove, Wait: self._do_wait,
         }
         executor = executors.get(type(step))
@@ -312,6 +316,19 @@ class ProcessRuntime:
         old = self._children.get(step.name)
         await self._stop(step.name)
         await self._start(step.spec, restarts=old.restarts if old else 0)
+
+    async def _do_reload(self, step: Reload) -> None:
+        """The new slice in the file the child reads (atomically: it never sees half of it),
+        then SIGHUP; the child takes it in place (collectors.core.shell)."""
+        child = self._children.get(step.name)
+        if child is None or child.exited is not None:
+            raise OSError(f"{step.name} is not running")
+        if step.spec.config_file is not None:
+            write_atomic(Path(step.spec.config_file), step.spec.config_text)
+        child.process.send_signal(signal.SIGHUP)
+        child.spec = step.spec
+        self._print(f"{step.name}: new config handed over in place (pid {child.pid}, "
+                    f"config {step.spec.config_hash[:8]})")
 
     async def _do_stop(self, step: Stop) -> None:
         await self._stop(step.name)

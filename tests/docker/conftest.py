@@ -10,7 +10,7 @@ import docker
 import pytest
 
 from gateway.images import IMAGES, image_name
-from tests.docker.stack import Stack
+from tests.docker.stack import IMAGE_TAG, Stack
 from tests.support.broker import Mosquitto
 from tests.support.mqtt import Subscriber
 
@@ -23,7 +23,7 @@ def engine() -> Iterator[docker.DockerClient]:
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"no Docker engine answers ({exc}): run `sudo bash .ci/docker.sh`", pytrace=False)
-    missing = [image_name(i) for i in IMAGES if not client.images.list(name=image_name(i))]
+    missing = [image_name(i, IMAGE_TAG) for i in IMAGES if not client.images.list(name=image_name(i, IMAGE_TAG))]
     if missing:
         pytest.fail(f"images not built: {missing}: run `fieldgate images build`", pytrace=False)
     yield client

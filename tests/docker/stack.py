@@ -45,6 +45,16 @@ def free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports")
 
 
+# The tag of the images the docker tier runs: the package version that `fieldgate images build`
+# gives by default; FIELDGATE_TEST_IMAGE_TAG runs the tier on images built with `--tag`.
+IMAGE_TAG = os.environ.get("FIELDGATE_TEST_IMAGE_TAG", "0.1.0")
+
+
+def image(name: str) -> str:
+    """`image("forwarder")`, `image("collector-modbus")`: the reference the tier runs."""
+    return f"fieldgate/{name}:{IMAGE_TAG}"
+
+
 def gateway_yaml(gateway_id: str, broker_port: int, metrics_port: int, network: str = "host") -> str:
     return f"""\
 gateway:
@@ -58,17 +68,17 @@ metrics:
 runtime: docker
 network: {network}
 forwarder:
-  image: fieldgate/forwarder:0.1.0
+  image: {image('forwarder')}
   cpus: 0.5
   memory: 128MiB
 collectors:
   modbus:
-    image: fieldgate/collector-modbus:0.1.0
+    image: {image('collector-modbus')}
     cpus: 0.5
     memory: 128MiB
     update: stop-first
   opcua:
-    image: fieldgate/collector-opcua:0.1.0
+    image: {image('collector-opcua')}
     cpus: 0.5
     memory: 192MiB
     update: start-first

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.install import escape_path
 from tests.docker.stack import ROOT, fieldgate
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.docker
 

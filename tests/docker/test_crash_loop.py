@@ -9,13 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.docker.stack import Stack, after, modbus_tcp_device, readings
+from tests.docker.stack import Stack, after, image, modbus_tcp_device, readings
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 
 pytestmark = pytest.mark.docker
 
-MODBUS_LIMITS = "    image: fieldgate/collector-modbus:0.1.0\n    cpus: 0.5\n    memory: {}\n"
+MODBUS_LIMITS = f"    image: {image('collector-modbus')}\n    cpus: 0.5\n    memory: {{}}\n"
 
 
 @pytest.mark.timeout(240)
@@ -36,7 +36,7 @@ def test_a_crash_loop_shows_in_status_with_its_cause_and_a_config_fix_ends_it(
         time.sleep(1)
     assert "out of memory" in row["STATE"] and "exited with code 137" in row["STATE"], row
     assert int(row["RESTARTS"]) >= 3, row
-    assert row["IMAGE"] == "fieldgate/collector-modbus:0.1.0"
+    assert row["IMAGE"] == image("collector-modbus")
     assert stack.status_table()["forwarder"]["STATE"] in ("starting", "running")  # the others run on
     container = stack.containers()["modbus"]
     # The Engine restarts it and never gives up: no retry limit; the supervisor leaves it to the

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.stack import ROOT, Process, fieldgate, free_ports, modbus_rtu_device, modbus_tcp_device
+from tests.docker.stack import ROOT, Process, fieldgate, free_ports, image, modbus_rtu_device, modbus_tcp_device
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 
 pytestmark = pytest.mark.docker
 
-FORWARDER = "fieldgate/forwarder:0.1.0"
-MODBUS = "fieldgate/collector-modbus:0.1.0"
+FORWARDER = image("forwarder")
+MODBUS = image("collector-modbus")
 
 
 def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

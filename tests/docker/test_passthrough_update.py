@@ -17,6 +17,7 @@ from tests.docker.stack import (
     Stack,
     after,
     fieldgate,
+    image,
     modbus_rtu_device,
     modbus_tcp_device,
     opcua_device,
@@ -83,11 +84,11 @@ def _tag(engine: docker.DockerClient, source: str, target: str) -> None:
     engine.images.get(source).tag(repository, tag)
 
 
-def update(stack: Stack, image: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def update(stack: Stack, reference: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         # --keep-images: the engine is shared with other tests, whose images of this repository
         # the default cleanup would remove (tests/docker/test_image_retention.py covers it).
-        fieldgate("update", str(stack.plant), "modbus", "--image", image, "--timeout", str(timeout),
+        fieldgate("update", str(stack.plant), "modbus", "--image", reference, "--timeout", str(timeout),
                   "--keep-images"),
         capture_output=True, text=True, cwd=ROOT, timeout=timeout * 3 + 60)
 
@@ -95,10 +96,10 @@ def update(stack: Stack, image: str, timeout: float) -> subprocess.CompletedProc
 def test_update_goes_live_when_healthy_and_rolls_back_when_not(
     make_stack: Callable[..., Stack], engine: docker.DockerClient, broker: Mosquitto, subscriber: Subscriber
 ) -> None:
-    good, broken = "fieldgate/collector-modbus:0.1.0-next", "fieldgate/collector-modbus:0.1.0-broken"
-    _tag(engine, "fieldgate/collector-modbus:0.1.0", good)
+    good, broken = image("collector-modbus") + "-next", image("collector-modbus") + "-broken"
+    _tag(engine, image("collector-modbus"), good)
     # The forwarder's image under a collector's name: it starts, rejects the Modbus config, exits.
-    _tag(engine, "fieldgate/forwarder:0.1.0", broken)
+    _tag(engine, image("forwarder"), broken)
     try:
         stack = make_stack(broker.port)
         stack.add_device("press-1", modbus_tcp_device("press-1", free_port()))
@@ -107,7 +108,7 @@ def test_update_goes_live_when_healthy_and_rolls_back_when_not(
 
         result = update(stack, good, 90)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "healthy on fieldgate/collector-modbus:0.1.0-next" in result.stdout
+        assert f"healthy on {good}" in result.stdout
         assert f"image: {good}" in (stack.plant / "gateway.yaml").read_text()
         assert stack.containers()["modbus"].attrs["Config"]["Image"] == good
         updated = time.time()
@@ -116,7 +117,7 @@ def test_update_goes_live_when_healthy_and_rolls_back_when_not(
         before = (stack.plant / "gateway.yaml").read_text()
         result = update(stack, broken, 25)
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "rolled back to fieldgate/collector-modbus:0.1.0-next" in result.stderr
+        assert f"rolled back to {good}" in result.stderr
         assert (stack.plant / "gateway.yaml").read_text() == before
         container = stack.wait_containers(
             lambda c: c["modbus"].attrs["Config"]["Image"] == good and c["modbus"].status == "running",
@@ -126,8 +127,8 @@ def test_update_goes_live_when_healthy_and_rolls_back_when_not(
         resumed = after(rolled_back, readings(stack.topic_prefix, "press-1", "counter"))
         subscriber.wait_for(resumed, timeout=60)
     finally:
-        for image in (good, broken):
-            engine.images.remove(image, noprune=True)
+        for tag in (good, broken):
+            engine.images.remove(tag, noprune=True)
 
 
 def test_bridge_network_reaches_the_gateway_pc_through_the_host_gateway(
@@ -160,15 +161,24 @@ def test_bridge_network_reaches_the_gateway_pc_through_the_host_gateway(
                     (s for s in stack.status_json()["services"] if s["name"] == "modbus"), {}):
                 assert time.monotonic() < deadline, stack.status_json()
                 time.sleep(1)
-            # update: start-first (the OPC UA default): the new container runs beside the old one
-            # until it is healthy, then takes its name.
+            # A device edit is taken in place: the same container, the new poll interval live.
             old = stack.containers()["opcua"].id
             oven.write_text(oven.read_text().replace("interval: 200ms", "interval: 300ms"))
+            edited = time.time()
+            subscriber.wait_for(after(edited, readings(stack.topic_prefix, "oven-2", "temperature")),
+                                timeout=60)
+            assert stack.supervisor is not None
+            stack.supervisor.wait_for_output("reload opcua in place", timeout=60)
+            assert stack.containers()["opcua"].id == old
+            # A service edit (its memory limit) is a recreate, start-first (the OPC UA setting):
+            # the new container runs beside the old one until it is healthy, then takes its name.
+            gateway = stack.plant / "gateway.yaml"
+            gateway.write_text(gateway.read_text().replace("memory: 192MiB", "memory: 160MiB"))
             edited = time.time()
             stack.wait_containers(
                 lambda c: "opcua" in c and c["opcua"].id != old and c["opcua"].status == "running",
                 120, "the opcua collector replaced start-first")
-            assert stack.supervisor is not None and "recreate opcua start-first" in stack.supervisor.text()
+            assert "recreate opcua start-first" in stack.supervisor.text()
             resumed = after(edited, readings(stack.topic_prefix, "oven-2", "temperature"))
             subscriber.wait_for(resumed, timeout=60)
         finally:

@@ -25,13 +25,14 @@ async def test_layout_tag_publishes_one_message_per_reading(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber
 ) -> None:
     config = make_config(tmp_path, broker, qos=1)
-    async with Forwarder(config), collector(config) as client:
+    async with Forwarder(config), collector(config) as client, collector(config, "opcua") as opcua:
         client.publish([
             Reading("press-1", "temperature", 21.5, TS),
             Reading("press-1", "pressure", 3.25, TS + 1, "bad", "timeout"),
             Reading("press-1", "run", True, TS + 2, "uncertain"),
-            Reading("oven-2", "unknown_tag", "x", TS + 3),
+            Reading("press-1", "unknown_tag", "x", TS + 3),  # not in the catalog: dropped at the hand-off
         ])
+        opcua.publish([Reading("oven-2", "setpoint", 180.5, TS + 3)])
         messages = await asyncio.to_thread(
             subscriber.wait_for, lambda m: m.topic.startswith("fieldgate/line3/") and "status" not in m.topic,
             10, 4,
@@ -44,19 +45,20 @@ async def test_layout_tag_publishes_one_message_per_reading(
         "value": 3.25, "ts": "2025-11-28T08:00:00.124Z", "quality": "bad", "unit": "bar", "reason": "timeout",
     }
     assert by_topic["fieldgate/line3/press-1/run"][0]["quality"] == "uncertain"
-    assert by_topic["fieldgate/line3/oven-2/unknown_tag"][0]["unit"] is None
+    assert by_topic["fieldgate/line3/oven-2/setpoint"][0]["unit"] == "degC"
+    assert not [t for t in by_topic if "unknown_tag" in t]
 
 
 async def test_layout_device_groups_a_batch_per_device(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber
 ) -> None:
     config = make_config(tmp_path, broker, layout="device", qos=0, topic_prefix="plant/l3", retain=True)
-    async with Forwarder(config), collector(config) as client:
+    async with Forwarder(config), collector(config) as client, collector(config, "opcua") as opcua:
         client.publish([
             Reading("press-1", "temperature", 21.5, TS),
             Reading("press-1", "pressure", 3.0, TS + 5),
-            Reading("oven-2", "setpoint", 180, TS + 7),
         ])
+        opcua.publish([Reading("oven-2", "setpoint", 180, TS + 7)])
         messages = await asyncio.to_thread(
             subscriber.wait_for, lambda m: m.topic.count("/") == 2 and "status" not in m.topic, 10, 2
         )

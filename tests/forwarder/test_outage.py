@@ -181,7 +181,8 @@ async def test_buffered_readings_survive_a_clean_restart(
     durable_broker.stop()
     async with Forwarder(config) as forwarder, collector(config) as client:
         client.publish(counter_readings(0, 2000, TAGS))
-        client.publish([Reading("press-1", "temperature", 1, 1), Reading("press-1", "temperature", 2, 2)])
+        client.publish([Reading("press-1", "temperature", 1, 1_764_316_700_001),
+                        Reading("press-1", "temperature", 2, 1_764_316_700_002)])
         assert await client.drain(10)
         assert forwarder.buffer.pending == 2002
     durable_broker.start()

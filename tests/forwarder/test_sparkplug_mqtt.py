@@ -181,10 +181,11 @@ async def test_ndeath_will_matches_the_nbirth_and_bdseq_survives_restarts(
 
 async def test_rebirth_on_ncmd(tmp_path: Path, broker: Mosquitto, subscriber: Subscriber) -> None:
     config = make_config(tmp_path, broker, format="sparkplug")
-    async with Forwarder(config) as forwarder, collector(config) as client:
-        client.publish([Reading("press-1", "count", 7, TS), Reading("oven-2", "setpoint", 180.5, TS)])
+    async with Forwarder(config) as forwarder, collector(config) as client, collector(config, "opcua") as opcua:
+        client.publish([Reading("press-1", "count", 7, TS)])
+        opcua.publish([Reading("oven-2", "setpoint", 180.5, TS)])
         (nbirth,) = await wait_for(subscriber, lambda m: m.kind == "NBIRTH")
-        assert await client.drain(10)
+        assert await client.drain(10) and await opcua.drain(10)
         await until(lambda: forwarder.buffer.pending == 0, 10, "the readings to be published")
         rebirth = sp.command([sp.command_metric(True, sp.BOOLEAN, name="Node Control/Rebirth")])
         await asyncio.to_thread(subscriber.publish, NCMD, rebirth, 0)

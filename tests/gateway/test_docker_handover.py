@@ -25,7 +25,7 @@ from gateway.plan import Policy
 from gateway.runtime.common import RunDir
 from gateway.runtime.docker import DockerRuntime
 from gateway.supervisor import Supervisor, load, read_status
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.unit
 

@@ -24,7 +24,7 @@ from gateway.runtime.common import RunDir
 from gateway.runtime.docker import DockerRuntime
 from gateway.runtime.process import ProcessRuntime
 from gateway.supervisor import Supervisor, load, read_status
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 # Backoff steps of 0.1, 0.2, 0.4, 0.4, ... s: seven attempts fit in two seconds.
 POLICY = Policy(backoff_initial=0.1, backoff_factor=2, backoff_cap=0.4, stable_after=60)

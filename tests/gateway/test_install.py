@@ -15,7 +15,7 @@ from gateway.install import (
     stop_timeout,
     unit_text,
 )
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.unit
 

@@ -305,7 +305,7 @@ def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> Non
 @pytest.mark.unit
 def test_a_hand_off_socket_path_too_long_moves_to_a_private_tmp_folder(tmp_path: Path) -> None:
     short = RunDir(tmp_path / "plant" / ".fieldgate")
-    assert short.handoff_socket == tmp_path / "plant" / ".fieldgate" / "handoff.sock"
+    assert short.handoff_socket == tmp_path / "plant" / ".fieldgate" / "handoff" / "handoff.sock"
     deep = RunDir(tmp_path / ("x" * 90) / ".fieldgate")
     socket = deep.handoff_socket
     assert socket.parent.parent == Path("/tmp") and socket.parent.name.startswith("fieldgate-")
@@ -522,15 +522,17 @@ def test_up_runs_restarts_applies_changes_and_stops_cleanly(
         assert restarted["restarts"] == 1
         assert "restart modbus (exited with code -9" in log.read_text()
 
-        # an edited device file is applied while running: only the collector is recreated
+        # an edited device file is applied while running: the collector takes it in place
+        # (SIGHUP, same process), the forwarder is not touched
         pids = service_pids(run_dir)
         device = plant / "devices" / "press-1.yaml"
         device.write_text(device.read_text().replace("scale: 2\n", "scale: 4\n"))
         level = reading(subscriber, "fieldgate/line9/press-1/level", lambda p: p["value"] == 200)
         assert level["unit"] == "cm"
-        assert service_pids(run_dir)["forwarder"] == pids["forwarder"]
-        assert service_pids(run_dir)["modbus"] != pids["modbus"]
+        assert service_pids(run_dir) == pids
         assert "config change applied: modbus" in log.read_text()
+        assert "reload modbus in place" in log.read_text()
+        assert "new config applied in place (1 devices started, 1 stopped, 0 untouched)" in log.read_text()
 
         # an invalid edit is refused with its position, and readings keep flowing
         pids = service_pids(run_dir)

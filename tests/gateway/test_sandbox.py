@@ -23,7 +23,7 @@ from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import DockerRuntime
 from gateway.runtime.process import RunDir
 from gateway.supervisor import Supervisor, load
-from tests.docker.test_render import SCHEMA, plant
+from tests.gateway.test_compose_render import SCHEMA, plant
 from tests.gateway.test_failed_steps import POLICY, FakeEngine, _Api, run_for, state_of
 
 pytestmark = pytest.mark.unit

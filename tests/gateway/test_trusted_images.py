@@ -15,7 +15,7 @@ from gateway.runtime.docker import DockerRuntime
 from gateway.runtime.process import RunDir
 from gateway.signing import TRUST_STORE_ENV, record_trusted
 from gateway.supervisor import Supervisor, load
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 from tests.gateway.test_failed_steps import POLICY, FakeEngine, run_for, state_of
 
 pytestmark = pytest.mark.unit

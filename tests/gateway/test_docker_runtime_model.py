@@ -20,7 +20,7 @@ from gateway.plan import BackoffState, Policy, Recreate, Restart, describe_state
 from gateway.runtime.common import RunDir
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import DockerRuntime, parse_time, specs_of
-from tests.docker.test_render import plant
+from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.unit
 
@@ -61,8 +61,8 @@ def test_create_args_carry_every_limit_of_the_compose_file(
     assert host["Devices"] == [{"PathOnHost": "/dev/ttyUSB9", "PathInContainer": "/dev/ttyUSB9",
                                 "CgroupPermissions": "rwm"}]
     mounts = {m["Target"]: m for m in host["Mounts"]}
-    assert mounts["/etc/fieldgate/config.yaml"]["Source"] == str(tmp_path / "out" / "config" / "modbus.yaml")
-    assert mounts["/etc/fieldgate/config.yaml"]["ReadOnly"] is True
+    assert mounts["/etc/fieldgate"]["Source"] == str(tmp_path / "out" / "config" / "modbus")
+    assert mounts["/etc/fieldgate"]["ReadOnly"] is True
     assert mounts["/run/fieldgate"]["Source"] == "fieldgate-line3_handoff"
     assert "Privileged" not in host or host["Privileged"] is False
     forwarder = factory.create_args("forwarder", "fieldgate-line3-forwarder-1")

@@ -1,0 +1,251 @@
+"""What every collector process does around its devices: the hand-off to the forwarder (writes
+come back through it), draining it on shutdown, the watcher, the hand-off metrics and health,
+serving /metrics, the entry point, and taking a new slice in place on SIGHUP.
+
+A protocol's collector subclasses `CollectorShell` and fills in its devices: `_enter` (links to
+open before the hand-off), `_device_tasks` (one task per device), `_observe` (once a second, for
+its health) and, when it can take a new slice live (`live_reload`), `_apply`. The only place a
+collector builds its `HandoffClient` is `CollectorShell.__init__`.
+
+Why SIGHUP rather than watching the slice file: the supervisor already knows when a slice
+changed (it rewrote it) and decides in plan.py whether the change can be applied live; a signal
+after the file is complete means the collector never reads a half-written file, needs no poller
+of its own, and the supervisor's log says when the change was handed over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from collectors.core.config import CollectorSettings
+from collectors.core.handoff import HandoffClient
+from collectors.core.metrics import Metrics
+from collectors.core.model import WriteRequest, WriteResult
+from collectors.core.report import ReportFilter
+from collectors.core.service import run_service, setup_logging
+from collectors.core.validation import ConfigErrors, load_slice
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=CollectorSettings)
+
+
+class CollectorShell(Generic[C]):
+    """Runs one collector config until cancelled; `async with` it, then `await run()`."""
+
+    live_reload = False  # True: `_apply` takes a new slice without a restart
+
+    def __init__(
+        self,
+        config: C,
+        *,
+        on_write: Callable[[WriteRequest], Awaitable[WriteResult]],
+        handoff_grace: float,
+        drain_timeout: float,
+    ) -> None:
+        self.config = config
+        self.report = ReportFilter()
+        self.handoff = HandoffClient(config.handoff, config.name, on_write=on_write)
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self._handoff_grace = handoff_grace
+        self._drain_timeout = drain_timeout
+        self._started = time.monotonic()
+        self._handoff_down_since: float | None = self._started
+        self._stack = AsyncExitStack()
+        self._group: asyncio.TaskGroup | None = None
+        self._reloads: asyncio.Queue[C] = asyncio.Queue()
+        self.reloaded = 0  # slices applied in place
+
+    # ------------------------------------------------------------------ hooks for a protocol
+
+    async def _enter(self, stack: AsyncExitStack) -> None:
+        """Open what the devices need before the hand-off opens (links)."""
+
+    def _device_tasks(self, group: asyncio.TaskGroup) -> None:
+        """Start one task per device in `group`."""
+
+    def _observe(self, now: float) -> None:
+        """Called by the watcher once a second."""
+
+    def _started_line(self) -> str:
+        return f"{self.config.name}: started"
+
+    async def _apply(self, config: C) -> None:
+        """Take a new slice in place; `self.config` is still the old one while this runs. Each
+        collector overrides it; one that cannot refuses, and the supervisor recreates it."""
+        raise TypeError(f"{type(self).__name__} cannot take a new config in place")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> CollectorShell[C]:
+        await self._stack.__aenter__()
+        try:
+            await self._enter(self._stack)
+            await self._stack.enter_async_context(self.handoff)
+            self._stack.push_async_callback(self._drain)
+            if self.config.metrics_port is not None:
+                server = await self.metrics.serve(self.config.metrics_port, self.config.metrics_host)
+                self.metrics_port = server.sockets[0].getsockname()[1]
+                self._stack.push_async_callback(_close_server, server)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info("%s", self._started_line())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def run(self) -> None:
+        """Run every device until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            self._device_tasks(group)
+            group.create_task(self._watch(), name="collector-watch")
+            if self.live_reload:
+                group.create_task(self._take_reloads(), name="collector-reload")
+
+    def reload(self, config: C) -> None:
+        """Queue a new slice; `run` applies them one at a time, in order."""
+        self._reloads.put_nowait(config)
+
+    async def _take_reloads(self) -> None:
+        while True:
+            config = await self._reloads.get()
+            await self._apply(config)
+            self.config = config
+            self.reloaded += 1
+
+    async def _drain(self) -> None:
+        """On shutdown, give the forwarder a moment to take what is queued."""
+        if self.handoff.pending and not await self.handoff.drain(self._drain_timeout):
+            log.warning("stopping with %d readings the forwarder has not acknowledged", self.handoff.pending)
+
+    async def _watch(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self.handoff.stats.connected:
+                self._handoff_down_since = None
+            elif self._handoff_down_since is None:
+                self._handoff_down_since = now
+            self._observe(now)
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ metrics and health
+
+    def _register_handoff_metrics(self) -> None:
+        m = self.metrics
+        m.gauge("handoff_queue", "readings not yet acknowledged by the forwarder",
+                lambda: self.handoff.pending)
+        m.counter("handoff_dropped_total", "readings dropped while the forwarder was away",
+                  lambda: self.handoff.stats.dropped)
+        m.gauge("handoff_connected", "1 when connected to the forwarder",
+                lambda: float(self.handoff.stats.connected))
+        m.health_check(self._handoff_problem)
+
+    def _handoff_problem(self) -> str | None:
+        since = self._handoff_down_since
+        if since is None or self.handoff.stats.connected:
+            return None
+        down = time.monotonic() - since
+        return None if down < self._handoff_grace else f"no hand-off to the forwarder for {down:.0f}s"
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with suppress(Exception):
+        await server.wait_closed()
+
+
+# ---------------------------------------------------------------------- the entry point
+
+
+def collector_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    doc: str | None,
+    model: type[C],
+    log_name: str,
+    make: Callable[[C], CollectorShell[C]],
+    check: Callable[[C], None] | None = None,
+    quiet: Callable[[], None] | None = None,
+) -> int:
+    """`python -m collectors.<kind> --config FILE`: load and check the slice (exit 2 with one
+    `file:line:column: message` per problem, nothing started), then run the collector until
+    SIGTERM. A collector with `live_reload` reads FILE again on SIGHUP (`reload_from`).
+
+    `check` raises `ConfigError` for what only the protocol can tell (printed as `FILE: message`);
+    `quiet` turns down a chatty library's logger once logging is set up."""
+    from collectors.core.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--config", type=Path, required=True,
+                        help="the collector's rendered config (YAML or JSON)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_slice(args.config, model)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if check is not None:
+        try:
+            check(config)
+        except ConfigError as exc:
+            print(f"{args.config}: {exc}", file=sys.stderr)
+            return 2
+    setup_logging(config.log_level, log_name)
+    if quiet is not None:
+        quiet()
+    collector = make(config)
+    return run_service(serve(collector, args.config if collector.live_reload else None, model, check))
+
+
+async def serve(
+    collector: CollectorShell[C],
+    path: Path | None = None,
+    model: type[C] | None = None,
+    check: Callable[[C], None] | None = None,
+) -> None:
+    """Run the collector until cancelled; with `path`, SIGHUP reloads it from that file."""
+    loop = asyncio.get_running_loop()
+    async with collector:
+        if path is not None and model is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_from, collector, path, model, check)
+        try:
+            await collector.run()
+        finally:
+            if path is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+
+def reload_from(
+    collector: CollectorShell[C], path: Path, model: type[C], check: Callable[[C], None] | None = None
+) -> bool:
+    """Read the slice at `path` again and hand it to `collector`. A file that does not load or
+    check is refused whole (logged at ERROR); the collector keeps running its current config."""
+    from collectors.core.errors import ConfigError
+
+    try:
+        config = load_slice(path, model)
+        if check is not None:
+            check(config)
+    except ConfigErrors as exc:
+        log.error("new config refused, keeping the running one:\n%s", exc)
+        return False
+    except ConfigError as exc:
+        log.error("new config refused, keeping the running one: %s: %s", path, exc)
+        return False
+    log.info("%s: new config read from %s, applying it in place", config.name, path)
+    collector.reload(config)
+    return True
