@@ -42,6 +42,7 @@ from collectors.forwarder.config import (
     CatalogDevice,
     CatalogTag,
     ForwarderConfig,
+    ForwarderHandoff,
     Identity,
     MetricsConfig,
     MqttConfig,
@@ -525,10 +526,18 @@ def forwarder_slice(
         mqtt=_without_secret(config.mqtt, _password_env(config, "mqtt")),
         buffer=buffer,
         metrics=config.metrics,
-        handoff=HandoffConfig(socket=handoff_socket),
+        # A collector under gVisor reaches the socket through runsc's gofer, which runs as root.
+        handoff=ForwarderHandoff(socket=handoff_socket, root_peers=_sandboxes_a_collector(config)),
         devices=catalog(config),
         log_level=config.log_level,
     )
+
+
+def _sandboxes_a_collector(config: GatewayConfig) -> bool | None:
+    """True when a collector runs under gVisor, else None (the key stays out of the slice)."""
+    from gateway.checks import sandboxed
+
+    return True if any(key[0] == "collectors" for key in sandboxed(config)) else None
 
 
 def slice_environment(config: GatewayConfig) -> dict[str, str]:

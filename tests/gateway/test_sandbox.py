@@ -156,3 +156,14 @@ def test_fleet_render_says_swarm_services_are_not_sandboxed(tmp_path: Path) -> N
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "warning: line3: modbus: sandbox: gvisor is not applied to Swarm services" in result.stderr
+
+
+@pytest.mark.parametrize(("key", "admitted"), [("modbus", True), ("opcua", True), ("forwarder", False), (None, False)])
+def test_the_forwarder_admits_gvisor_s_gofer_only_when_a_collector_is_sandboxed(
+    tmp_path: Path, key: str | None, admitted: bool
+) -> None:
+    """runsc's gofer connects a sandboxed collector to the hand-off socket as root (uid 0 in
+    SO_PEERCRED): the forwarder's slice says to admit root exactly when a collector is sandboxed."""
+    config_dir = plant(tmp_path) if key is None else sandboxed(plant(tmp_path), key)
+    forwarder = yaml.safe_load(render(config_dir).services["forwarder"].config_text)  # what the container reads
+    assert forwarder["handoff"].get("root_peers") is (True if admitted else None)
