@@ -134,6 +134,13 @@ class DockerRuntime:
     ) -> None:
         self.config_dir = config_dir
         self.trusted_only = trusted_only  # containers only from ids a signed bundle loaded
+        # The trust store those ids are read from, fixed at start (status.json names it, so
+        # `fieldgate update` checks a new image against the same store).
+        self.trust_store: Path | None = None
+        if trusted_only:
+            from gateway.signing import trust_store  # lazily: cryptography costs memory
+
+            self.trust_store = trust_store()
         self.run_dir = run_dir
         self.out_dir = run_dir.root / "compose"
         self.changed = asyncio.Event()
@@ -325,7 +332,7 @@ class DockerRuntime:
         if self.trusted_only:
             from gateway.signing import trusted_ids  # lazily: cryptography costs memory
 
-            if str(present[0].id) not in trusted_ids():
+            if str(present[0].id) not in trusted_ids(self.trust_store):
                 raise ImageUntrusted(image, str(present[0].id))
         runtime = self._project().services[spec.name].compose.get("runtime")
         if runtime is not None:
