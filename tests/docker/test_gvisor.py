@@ -89,3 +89,24 @@ def test_a_sandboxed_modbus_collector_delivers_readings(
                                           timeout=60))
     # The forwarder admitted the sandbox's connection (runsc's gofer connects as root) and no other.
     assert "refused a connection" not in forwarder.logs().decode(errors="replace")
+
+
+@pytest.mark.timeout(420)
+def test_a_sandboxed_forwarder_takes_readings_from_a_runc_collector(
+    runsc: str, make_stack: type[Stack], module_broker: Mosquitto, module_subscriber: Subscriber
+) -> None:
+    """The other way round: the hand-off socket is made inside the sandbox (`--host-uds=all`
+    creates it on the shared volume) and a collector under runc connects to it as uid 10001."""
+    sub = module_subscriber
+    stack = make_stack(module_broker.port)
+    path = stack.plant / "gateway.yaml"
+    text = path.read_text()
+    assert "  memory: 128MiB\ncollectors:" in text  # the forwarder's section of tests/docker/stack.py
+    path.write_text(text.replace("  memory: 128MiB\ncollectors:", "  memory: 128MiB\n  sandbox: gvisor\ncollectors:"))
+    stack.add_device("press-2", modbus_tcp_device("press-2", free_port()))
+    stack.up()
+    explained(stack, lambda: sub.wait_for(readings(stack.topic_prefix, "press-2", "counter"), timeout=180))
+    containers = stack.wait_containers(lambda c: {"forwarder", "modbus"} <= set(c), 60, "two containers")
+    assert containers["forwarder"].attrs["HostConfig"]["Runtime"] == runsc
+    assert containers["modbus"].attrs["HostConfig"]["Runtime"] == "runc"
+    assert "refused a connection" not in containers["forwarder"].logs().decode(errors="replace")
