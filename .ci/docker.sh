@@ -3,7 +3,8 @@
 #   1. install docker.io and debootstrap, start dockerd when no engine answers;
 #   2. build the base image from Debian packages (debootstrap) unless it exists: it is cached
 #      as an image and as a tarball, because debootstrap takes about a minute;
-#   3. build the fieldgate images on that base from wheels built on this host.
+#   3. install gVisor (runsc) and declare it as an Engine runtime (.ci/runsc.sh, for `sandbox: gvisor`);
+#   4. build the fieldgate images on that base from wheels built on this host.
 # Where a registry is reachable, `fieldgate images build` alone (base python:3.11-slim) does step 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,5 +61,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   fi
   docker import -c 'CMD ["python3"]' "$tarball" "$BASE_IMAGE" >/dev/null
 fi
+
+bash .ci/runsc.sh
 
 python3 -m gateway.cli images build --base "$BASE_IMAGE"

@@ -47,11 +47,13 @@ def cross_file(
     problems.extend(_tcp_framers(loaded))
     problems.extend(_writable_overlaps(loaded))
     problems.extend(_start_first_serial(gateway_source, gateway, loaded))
+    problems.extend(_sandboxed_serial(gateway_source, gateway, loaded))
     problems.extend(_reserved_names(loaded))
     problems.extend(_topics_and_ports(gateway_source, gateway))
     warnings.extend(_shared_units(loaded))
     warnings.extend(_file_names(loaded))
     warnings.extend(_unreadable_files(gateway_source, gateway, loaded))
+    warnings.extend(_sandbox_without_containers(gateway_source, gateway))
     return problems
 
 
@@ -204,6 +206,14 @@ def _span(span: Span) -> str:
     return where + (f" bit {span[3]}" if span[3] is not None else "")
 
 
+def _rtu_ports(loaded: list[tuple[Source, AnyDevice]]) -> list[str]:
+    """The serial ports the Modbus devices name, sorted."""
+    return sorted({
+        d.connection.rtu.port for _, d in loaded
+        if isinstance(d, ModbusDevice) and d.connection.rtu is not None
+    })
+
+
 def _start_first_serial(
     gateway_source: Source, gateway: object, loaded: list[tuple[Source, AnyDevice]]
 ) -> Iterator[Problem]:
@@ -212,15 +222,52 @@ def _start_first_serial(
     update = getattr(getattr(collectors, "modbus", None), "update", "stop-first")
     if update != "start-first":
         return
-    ports = sorted({
-        d.connection.rtu.port for _, d in loaded
-        if isinstance(d, ModbusDevice) and d.connection.rtu is not None
-    })
+    ports = _rtu_ports(loaded)
     if ports:
         yield _problem(
             gateway_source, ("collectors", "modbus", "update"),
             f"collectors.modbus.update: start-first would open serial port {', '.join(ports)} from two "
             "collectors during an update; use stop-first while Modbus RTU devices are configured",
+        )
+
+
+def sandboxed(gateway: object) -> list[tuple[str, ...]]:
+    """The gateway.yaml keys of every service that asks for `sandbox: gvisor`."""
+    keys: list[tuple[str, ...]] = []
+    if getattr(getattr(gateway, "forwarder", None), "sandbox", "none") == "gvisor":
+        keys.append(("forwarder", "sandbox"))
+    collectors = getattr(gateway, "collectors", None)
+    for protocol in ("modbus", "opcua"):
+        if getattr(getattr(collectors, protocol, None), "sandbox", "none") == "gvisor":
+            keys.append(("collectors", protocol, "sandbox"))
+    return keys
+
+
+def _sandboxed_serial(
+    gateway_source: Source, gateway: object, loaded: list[tuple[Source, AnyDevice]]
+) -> Iterator[Problem]:
+    """gVisor's kernel passes no ttys through: a sandboxed Modbus collector could not open its ports."""
+    if ("collectors", "modbus", "sandbox") not in sandboxed(gateway):
+        return
+    ports = _rtu_ports(loaded)
+    if ports:
+        yield _problem(
+            gateway_source, ("collectors", "modbus", "sandbox"),
+            f"collectors.modbus.sandbox: gvisor cannot run a collector with serial ports: gVisor passes "
+            f"no ttys into its sandbox, so {', '.join(ports)} could not be opened; use sandbox: none "
+            "while Modbus RTU devices are configured",
+        )
+
+
+def _sandbox_without_containers(gateway_source: Source, gateway: object) -> Iterator[Problem]:
+    """`sandbox` is a property of a container; child processes of `fieldgate up` run without it."""
+    if getattr(gateway, "runtime", "docker") != "process":
+        return
+    for key in sandboxed(gateway):
+        yield _problem(
+            gateway_source, key,
+            f"warning: {'.'.join(key)}: gvisor applies to the docker runtime only; with runtime: process "
+            "this service runs as an ordinary child process, not sandboxed",
         )
 
 

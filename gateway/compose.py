@@ -104,6 +104,7 @@ class Limits:
     cpus: float | None
     memory: int | None  # bytes
     update: Literal["stop-first", "start-first"] = "stop-first"
+    runtime: str | None = None  # the Engine runtime (`sandbox: gvisor` -> gateway.yaml's gvisor_runtime)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,8 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     config_text = slice_text(item.config)
     host_paths = mounted_files(item.config)
     svc: dict[str, Any] = {"image": item.limits.image, "command": ["--config", CONFIG_IN_CONTAINER]}
+    if item.limits.runtime is not None:
+        svc["runtime"] = item.limits.runtime  # gVisor (`sandbox: gvisor`); absent: the Engine's default, runc
     svc["restart"] = "unless-stopped"
     svc["init"] = True
     svc["user"] = USER
@@ -386,12 +389,13 @@ def render(config_dir: Path) -> Project:
     return render_loaded(_load(config_dir), config_dir)
 
 
-def _limits(entry: Any, default_image: str, default_update: str = "stop-first") -> Limits:
+def _limits(entry: Any, default_image: str, gvisor_runtime: str, default_update: str = "stop-first") -> Limits:
     return Limits(
         image=getattr(entry, "image", None) or default_image,
         cpus=getattr(entry, "cpus", None),
         memory=getattr(entry, "memory", None),
         update=getattr(entry, "update", None) or default_update,  # type: ignore[arg-type]
+        runtime=gvisor_runtime if getattr(entry, "sandbox", "none") == "gvisor" else None,
     )
 
 
@@ -448,6 +452,7 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
     project = project_name(str(config.gateway.id))
     slices = service_slices(config, CONTAINER_PLACEMENT)
     collectors_cfg = getattr(config, "collectors", None)
+    gvisor = str(getattr(config, "gvisor_runtime", "runsc"))
     warnings: list[str] = []
     services: dict[str, RenderedService] = {}
     for name, model in slices.items():
@@ -458,7 +463,7 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
             if (why := container_cannot_read(path)) is not None:
                 warnings.append(f"{name}: {why}")
         if name == "forwarder":
-            limits = _limits(getattr(config, "forwarder", None), image_name("forwarder"))
+            limits = _limits(getattr(config, "forwarder", None), image_name("forwarder"), gvisor)
             port = metrics_port(name, model)
             ports: tuple[Passthrough, ...] = ()
             grace = "30s"  # the forwarder spills its in-memory buffer to disk on SIGTERM
@@ -466,7 +471,7 @@ def render_loaded(config: Any, config_dir: Path, by_id: Path = BY_ID) -> Project
             entry = getattr(collectors_cfg, name, None) if collectors_cfg is not None else None
             if entry is None and isinstance(collectors_cfg, Mapping):
                 entry = collectors_cfg.get(name)
-            limits = _limits(entry, image_name(f"collector-{name}"))
+            limits = _limits(entry, image_name(f"collector-{name}"), gvisor)
             port = metrics_port(name, model)
             serial = sorted({d.connection.rtu.port for d in getattr(model, "devices", [])
                              if getattr(getattr(d, "connection", None), "rtu", None) is not None})

@@ -42,6 +42,7 @@ from collectors.forwarder.config import (
     CatalogDevice,
     CatalogTag,
     ForwarderConfig,
+    ForwarderHandoff,
     Identity,
     MetricsConfig,
     MqttConfig,
@@ -76,6 +77,12 @@ class ForwarderResources(StrictModel):
                                description="CPU limit in cores, e.g. 0.5, at least 0.01 (docker runtime)")
     memory: ByteSize | None = Field(
         None, ge=6 * 1024**2, description="memory limit, e.g. 128MiB, at least 6MiB (docker runtime)"
+    )
+    sandbox: Literal["none", "gvisor"] = Field(
+        "none",
+        description="docker runtime: none (runc, the Engine's default) | gvisor: run the container under "
+        "gVisor's user-space kernel (the Engine runtime named by gvisor_runtime); not with serial "
+        "ports (gVisor passes no ttys); the process runtime ignores it, with a warning",
     )
 
 
@@ -126,6 +133,11 @@ class GatewayFile(StrictModel):
         "host",
         description="docker runtime: host (containers share the gateway's network; simplest for field "
         "networks) | bridge (own network; 127.0.0.1 in configs means the gateway PC)",
+    )
+    gvisor_runtime: str = Field(
+        "runsc", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the Engine runtime (a name under `runtimes` in /etc/docker/daemon.json) that "
+        "`sandbox: gvisor` services run with",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level of the forwarder and the collectors"
@@ -514,10 +526,18 @@ def forwarder_slice(
         mqtt=_without_secret(config.mqtt, _password_env(config, "mqtt")),
         buffer=buffer,
         metrics=config.metrics,
-        handoff=HandoffConfig(socket=handoff_socket),
+        # A collector under gVisor reaches the socket through runsc's gofer, which runs as root.
+        handoff=ForwarderHandoff(socket=handoff_socket, root_peers=_sandboxes_a_collector(config)),
         devices=catalog(config),
         log_level=config.log_level,
     )
+
+
+def _sandboxes_a_collector(config: GatewayConfig) -> bool | None:
+    """True when a collector runs under gVisor, else None (the key stays out of the slice)."""
+    from gateway.checks import sandboxed
+
+    return True if any(key[0] == "collectors" for key in sandboxed(config)) else None
 
 
 def slice_environment(config: GatewayConfig) -> dict[str, str]:

@@ -74,9 +74,11 @@ UpdateOrder = Literal["stop-first", "start-first"]
 # restarting: the runtime restarts it on its own (the Engine's restart policy); plan leaves it be.
 State = Literal["created", "starting", "running", "restarting", "stopping", "exited"]
 Health = Literal["healthy", "unhealthy", "starting"]
-# Why executing a step failed; `image-missing` and `image-untrusted` are worded for the user by
-# describe_state.
-FailureKind = Literal["image-missing", "image-untrusted", "cannot-start", "engine", "unhealthy", "error"]
+# Why executing a step failed; `image-missing`, `image-untrusted` and `runtime-missing` (a sandbox
+# runtime the engine does not declare) are worded for the user by describe_state.
+FailureKind = Literal["image-missing", "image-untrusted", "runtime-missing", "cannot-start", "engine", "unhealthy",
+                      "error"]
+WORDED: tuple[FailureKind, ...] = ("image-missing", "image-untrusted", "runtime-missing")
 
 
 def config_hash(*parts: Any) -> str:
@@ -262,7 +264,7 @@ class Failure:
 
     def words(self) -> str:
         """The status word: `image missing` says what to do; other failures name the step."""
-        if self.kind in ("image-missing", "image-untrusted"):
+        if self.kind in WORDED:
             return self.kind.replace("-", " ")
         return f"{self.verb} failed"
 

@@ -33,12 +33,32 @@ def _defs() -> dict[str, Any]:
     )
     defs: dict[str, Any] = dict(top["$defs"])
     defs["gateway"] = {"title": "fieldgate gateway.yaml", "$ref": REF.format(model="GatewayFile")}
+    defs["DeviceWithModel"] = {
+        "title": "device file that includes a model",
+        "description": "model: PATH names a model file (relative to this file) whose keys this file's own "
+        "keys replace one by one (gateway/include.py): here any device key may be left to the model.",
+        "anyOf": [_with_model(name, defs[name]) for name in ("ModbusDevice", "OpcuaDevice")],
+    }
     defs["device"] = {
         "title": "fieldgate device file",
-        "description": "One device per file in devices/, chosen by its protocol key.",
-        "oneOf": [{"$ref": REF.format(model="ModbusDevice")}, {"$ref": REF.format(model="OpcuaDevice")}],
+        "description": "One device per file in devices/, chosen by its protocol key, or one that includes a "
+        "model file with model: PATH.",
+        "oneOf": [{"$ref": REF.format(model=name)} for name in ("ModbusDevice", "OpcuaDevice", "DeviceWithModel")],
     }
     return defs
+
+
+def _with_model(name: str, device: dict[str, Any]) -> dict[str, Any]:
+    """A device's keys (each by reference to the device's own), none required, plus `model:`
+    (required): what a device file including a model may write. Unknown keys stay refused;
+    whether the model and the file together make a whole device is for `fieldgate validate`."""
+    from gateway.include import MODEL_KEY
+
+    model = {"type": "string", "minLength": 1, "title": "Model",
+             "description": "path of a model file, relative to this device file (e.g. ../../models/press.yaml)"}
+    keys = {key: {"$ref": f"{REF.format(model=name)}/properties/{key}"} for key in device["properties"]}
+    return {"type": "object", "title": device.get("title"), "additionalProperties": False,
+            "properties": {MODEL_KEY: model, **keys}, "required": [MODEL_KEY]}
 
 
 def combined() -> dict[str, Any]:

@@ -213,6 +213,11 @@ class StackBuilder:
                                       "timeout": _seconds(health.timeout), "retries": health.retries,
                                       "start_period": _seconds(health.start_period)}
         self.services[name] = service
+        if svc.limits.runtime is not None:
+            # A Swarm service has no runtime of its own (`docker stack deploy` drops `runtime:`).
+            self.warnings.append(
+                f"{gateway.id}: {svc.name}: sandbox: gvisor is not applied to Swarm services (Swarm cannot "
+                "choose a container runtime per service); it runs under the node's default runtime")
 
     def local_dir(self, gateway: Gateway, device_paths: list[Path]) -> None:
         """OUT/local/<id>/: a config directory with only the gateway's serial devices, for `fieldgate up`

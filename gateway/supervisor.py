@@ -309,7 +309,9 @@ class Supervisor:
             })
         status = {
             "supervisor": {"pid": os.getpid(), "running": running, "runtime": self.runtime.kind,
-                           "config_dir": str(self.config_dir.absolute())},
+                           "config_dir": str(self.config_dir.absolute()),
+                           # `up --trusted-images`: the trust store it runs images from (None: any image)
+                           "trusted_images": _trust_store(self.runtime)},
             "config": {"applied_at": round(self.config_applied, 3), "error": self.config_error or None},
             "services": services,
         }
@@ -386,6 +388,11 @@ def main_up(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ status
+
+
+def _trust_store(runtime: Runtime) -> str | None:
+    store = getattr(runtime, "trust_store", None)  # the docker runtime's, with --trusted-images
+    return None if store is None else str(store)
 
 
 def read_status(run_dir: RunDir) -> dict[str, Any] | None:

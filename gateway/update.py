@@ -127,6 +127,29 @@ async def _update_directly(config_dir: Path, run_dir: RunDir, service: str, with
     return False
 
 
+def _refuse_untrusted(status: dict[str, Any] | None, supervised: bool, image: str, image_id: str) -> None:
+    """A supervisor started with `--trusted-images` would refuse to start an image no trusted
+    bundle loaded: say so now, before gateway.yaml is touched, instead of waiting out the
+    health deadline and rolling back. A supervisor that is not running counts too: the next
+    `up` (the boot unit) runs with the same flag."""
+    store = ((status or {}).get("supervisor") or {}).get("trusted_images")
+    if not store:
+        return
+    from gateway.signing import SigningError, trusted_ids  # lazily: cryptography costs memory
+
+    try:
+        if image_id in trusted_ids(Path(store)):
+            return
+    except SigningError as exc:
+        raise UpdateError(str(exc)) from exc
+    who = f"the supervisor (pid {status['supervisor'].get('pid')})" if supervised and status else \
+        "the supervisor (last run)"
+    raise UpdateError(
+        f"image {image} ({image_id[:19]}) came from no trusted bundle, and {who} runs only trusted images "
+        f"(`fieldgate up --trusted-images`, trust store {store}): it would not start it. Load it from a "
+        "signed bundle first (`fieldgate images load BUNDLE --trust KEY.pub`); gateway.yaml is unchanged")
+
+
 def update_image(args: Any) -> int:
     """`fieldgate update DIR SERVICE --image IMAGE` on the docker runtime: health-gated, rolled
     back unless it turns healthy."""
@@ -149,15 +172,17 @@ def update_image(args: Any) -> int:
             names = ", ".join(project.services)
             raise UpdateError(f"no service {service!r} in {config_dir}; there are {names}")
         old_image = project.services[service].limits.image
+        status = read_status(run_dir)
+        supervised = status is not None and supervisor_alive(status)
         with Engine() as engine:
-            if engine.image(image) is None:
+            new_info = engine.image(image)
+            if new_info is None:
                 raise UpdateError(f"image {image} is not on this engine: build it or `fieldgate images load`")
             old_info = engine.image(old_image) if old_image else None  # by id: its tag may move
+        _refuse_untrusted(status, supervised, image, new_info.id)
         gateway_file = _gateway_file(config_dir)
         original = gateway_file.read_text()
         gateway_file.write_text(set_image(original, service, image))
-        status = read_status(run_dir)
-        supervised = status is not None and supervisor_alive(status)
         how = "via the running supervisor" if supervised else "directly"
         print(f"{service}: {old_image} -> {image} ({how})")
         if supervised:

@@ -28,7 +28,10 @@ A frame is at most MAX_FRAME bytes; a collector splits its batches to fit.
 Who may talk to the forwarder (see the hand-off section of docs/runtime.md): the socket is 0660
 in a 0700 directory of the forwarder's user, and each connection's peer credentials
 (SO_PEERCRED) must name that same uid (every component runs as one user: the supervisor's in
-the process runtime, 10001 in the containers); one connection per collector name; each
+the process runtime, 10001 in the containers), or root when the gateway sandboxes a collector
+under gVisor (its gofer, a root process on the host, opens the connection for the sandbox, so
+the kernel names uid 0; gVisor itself keeps the 0700 directory shut to other users inside the
+sandbox); one connection per collector name; each
 reading is checked against that collector's catalog (handoff_check.py). A peer that breaks
 the protocol gets an `error` frame and is closed, logged once per kind at ERROR.
 
@@ -502,9 +505,12 @@ class HandoffServer:
     """The forwarder's end: accepts collectors, acknowledges what the sink took, routes writes.
 
     `check` (handoff_check.py) decides which readings the sink gets; by default every check
-    but catalog membership. Only peers of this process's uid may connect."""
+    but catalog membership. Only peers of this process's uid may connect, and root's too with
+    `root_peers` (a collector sandboxed under gVisor: see the module docstring)."""
 
-    def __init__(self, socket_path: Path, sink: HandoffSink, check: ReadingCheck | None = None) -> None:
+    def __init__(
+        self, socket_path: Path, sink: HandoffSink, check: ReadingCheck | None = None, root_peers: bool = False
+    ) -> None:
         self._path = socket_path
         self._sink = sink
         self.check = check or ReadingCheck(None)
@@ -514,6 +520,7 @@ class HandoffServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._uid = os.geteuid()
+        self._uids = frozenset({self._uid, 0} if root_peers else {self._uid})
         self._log_once = LogOnce(log)
         self.readings_in = 0
         self.refused = 0  # connections refused: peer uid, connection cap, protocol errors, name taken
@@ -587,11 +594,12 @@ class HandoffServer:
         try:
             pid, uid, _ = peer_credentials(writer)
             who = f"pid {pid}, uid {uid}"
-            if uid != self._uid:
+            if uid not in self._uids:
                 self.refused += 1
+                also = " (and uid 0, gVisor's gofer for a sandboxed collector)" if self._uids != {self._uid} else ""
                 self._log_once(("uid", uid), logging.ERROR,
                                "hand-off: refused a connection from uid %d (pid %d): only uid %d, the forwarder's "
-                               "own, may connect", uid, pid, self._uid)
+                               "own%s, may connect", uid, pid, self._uid, also)
                 return  # no error frame: a stranger learns nothing
             if len(self._connections) > MAX_CONNECTIONS:
                 raise HandoffError(f"too many hand-off connections (at most {MAX_CONNECTIONS})")

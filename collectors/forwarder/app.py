@@ -89,7 +89,8 @@ class Forwarder:
             keep_tag_order=config.mqtt.format == "json",
         )
         self.session = BrokerSession(config, self, self.format.will, self.format.clean_session)
-        self.handoff = HandoffServer(config.handoff.socket, self, ReadingCheck.from_catalog(config.devices))
+        self.handoff = HandoffServer(config.handoff.socket, self, ReadingCheck.from_catalog(config.devices),
+                                     root_peers=bool(config.handoff.root_peers))
         self.metrics = Metrics()
         self.stats = ForwarderStats()
         self.quarantine = self.buffer.quarantine

@@ -131,6 +131,19 @@ class CatalogDevice(StrictModel):
     tags: list[CatalogTag]
 
 
+class ForwarderHandoff(HandoffConfig):
+    """The hand-off as the forwarder serves it."""
+
+    # None rather than false when unset: the slice of a gateway without a sandbox stays what it was
+    # (same config hash, and readable by forwarders that predate the key).
+    root_peers: bool | None = Field(
+        None,
+        description="true: also admit connections whose peer credentials name uid 0: gVisor's gofer, a "
+        "root process on the host, connects a sandboxed collector to the socket (set by the gateway "
+        "when a collector has sandbox: gvisor)",
+    )
+
+
 class ForwarderConfig(StrictModel):
     """What `python -m collectors.forwarder --config FILE` runs: rendered by the gateway."""
 
@@ -138,7 +151,7 @@ class ForwarderConfig(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    handoff: ForwarderHandoff = Field(default_factory=ForwarderHandoff)
     devices: list[CatalogDevice] = Field(default_factory=list, description="every configured device and tag")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
 

@@ -50,7 +50,7 @@ class ContainerFactory:
         "image", "command", "restart", "init", "user", "group_add", "network_mode", "extra_hosts",
         "volumes", "tmpfs", "read_only", "cap_drop", "security_opt", "devices", "device_cgroup_rules",
         "cpus", "mem_limit", "memswap_limit", "pids_limit", "environment", "healthcheck",
-        "stop_grace_period", "logging", "depends_on", "labels", "ports",
+        "stop_grace_period", "logging", "depends_on", "labels", "ports", "runtime",
     })
 
     def __init__(self, api: Any, project: Project, base_dir: Path) -> None:
@@ -108,6 +108,7 @@ class ContainerFactory:
             memswap_limit=svc.get("memswap_limit"),
             pids_limit=svc.get("pids_limit"),
             log_config={"type": logging.get("driver", "json-file"), "config": logging.get("options") or {}},
+            runtime=svc.get("runtime"),  # None: the Engine's default runtime
         )
         health = svc.get("healthcheck") or {}
         if health.get("disable"):

@@ -4,8 +4,9 @@ It decides nothing itself: what to create, start or remove, when to try again af
 and what counts as a crash loop comes from the pure planner (`gateway.plan`). This module
 renders the config into the compose model (`gateway.compose`, into `RUN/compose/`), executes
 one step at a time on the Engine (the create arguments come from `gateway.runtime.containers`)
-and reports its `Outcome` (an image not on the engine is `image-missing`, checked before
-anything is touched), and turns the Engine's containers back into the planner's observed state.
+and reports its `Outcome` (an image not on the engine is `image-missing`, a sandbox runtime
+it does not declare `runtime-missing`, both checked before anything is touched), and turns
+the Engine's containers back into the planner's observed state.
 Besides `gateway.runtime.engine`, the only module that imports docker-py.
 
 Who restarts what: containers keep `restart: unless-stopped`, as the compose file says, so
@@ -58,7 +59,7 @@ from gateway.runtime.containers import (
     container_name,
     parse_seconds,
 )
-from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, connect
+from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, RuntimeMissing, connect
 from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
 from gateway.services import Run, desired_services
 
@@ -133,6 +134,13 @@ class DockerRuntime:
     ) -> None:
         self.config_dir = config_dir
         self.trusted_only = trusted_only  # containers only from ids a signed bundle loaded
+        # The trust store those ids are read from, fixed at start (status.json names it, so
+        # `fieldgate update` checks a new image against the same store).
+        self.trust_store: Path | None = None
+        if trusted_only:
+            from gateway.signing import trust_store  # lazily: cryptography costs memory
+
+            self.trust_store = trust_store()
         self.run_dir = run_dir
         self.out_dir = run_dir.root / "compose"
         self.changed = asyncio.Event()
@@ -192,6 +200,8 @@ class DockerRuntime:
             return Outcome.failed(step, "image-missing", str(exc))
         except ImageUntrusted as exc:
             return Outcome.failed(step, "image-untrusted", str(exc))
+        except RuntimeMissing as exc:
+            return Outcome.failed(step, "runtime-missing", str(exc))
         except docker.errors.ImageNotFound as exc:  # removed between our check and the create
             return Outcome.failed(step, "image-missing", str(exc.explanation or exc))
         except (docker.errors.DockerException, EngineError, OSError) as exc:  # OSError: the socket
@@ -312,7 +322,8 @@ class DockerRuntime:
     # -------------------------------------------------------------- execute
 
     def _require_image(self, spec: ServiceSpec) -> None:
-        """Before anything is stopped, removed or created: an old container keeps running."""
+        """Before anything is stopped, removed or created, the image (and the sandbox runtime it
+        asks for) must be on the engine: an old container keeps running."""
         image = spec.image or str(self._project().services[spec.name].compose["image"])
         with self._lock:
             present = self.client.images.list(name=image)
@@ -321,8 +332,14 @@ class DockerRuntime:
         if self.trusted_only:
             from gateway.signing import trusted_ids  # lazily: cryptography costs memory
 
-            if str(present[0].id) not in trusted_ids():
+            if str(present[0].id) not in trusted_ids(self.trust_store):
                 raise ImageUntrusted(image, str(present[0].id))
+        runtime = self._project().services[spec.name].compose.get("runtime")
+        if runtime is not None:
+            with self._lock:
+                known = list((self.client.info().get("Runtimes") or {}).keys())
+            if runtime not in known:
+                raise RuntimeMissing(str(runtime), known)
 
     def _execute(self, step: Step) -> None:
         if isinstance(step, Wait):

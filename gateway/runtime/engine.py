@@ -42,6 +42,18 @@ class ImageUntrusted(EngineError):
                          "`fieldgate images load BUNDLE --trust KEY.pub` first")
 
 
+class RuntimeMissing(EngineError):
+    """A `sandbox: gvisor` service names an Engine runtime that dockerd does not declare."""
+
+    def __init__(self, runtime: str, known: list[str]) -> None:
+        super().__init__(
+            f"the Docker engine has no runtime {runtime!r} (it has: {', '.join(sorted(known)) or 'none'}); "
+            f"install gVisor (runsc) and declare it under \"runtimes\" in /etc/docker/daemon.json "
+            f"with \"runtimeArgs\": [\"--network=host\", \"--host-uds=all\"], then `kill -HUP $(pidof dockerd)` "
+            "(docs/docker.md, \"Sandbox\"), or set sandbox: none")
+        self.runtime = runtime
+
+
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
     name: str

@@ -273,6 +273,13 @@ class ProcessRuntime:
             return hmac.new(self._key, json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
 
         self._passwords, self._named = passwords, config_variables(config)
+        from gateway.checks import sandboxed
+
+        for key in sandboxed(config):
+            # Warned, not refused: one config directory serves both runtimes (a laptop runs it
+            # as processes, the plant PC in containers), and a sandbox is a container's property.
+            self._print(f"warning: {'.'.join(key)}: gvisor applies to the docker runtime only; "
+                        f"this service runs as an ordinary child process, not sandboxed")
         return process_specs(config, self.run_dir, digest)
 
     async def observe(self) -> dict[str, Observed]:

@@ -503,3 +503,25 @@ def test_any_corrupted_file_gives_positioned_errors_never_a_crash(
             assert problem.position is None or 1 <= problem.position.line <= len(lines) + 1
             assert problem.message and "Traceback" not in problem.message
             assert SECRET not in problem.message
+
+
+def test_the_device_schema_knows_model_includes() -> None:
+    """A device file that includes a model (`model: PATH`, gateway/include.py) writes only its own
+    keys: an editor using device.schema.json accepts it and still flags a misspelled key."""
+    import jsonschema
+
+    from gateway.schema import device_schema
+
+    validator = jsonschema.Draft202012Validator(device_schema())
+    files = sorted((REPO / "examples" / "fleet" / "gateways").glob("*/devices/*.yaml"))
+    including = [p for p in files if "model" in yaml.safe_load(p.read_text())]
+    assert len(including) == 3
+    for path in files:
+        assert [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))] == [], path
+    device = yaml.safe_load(including[0].read_text())
+    assert not validator.is_valid({**device, "conection": device["connection"]})  # a misspelled key
+    assert not validator.is_valid({**device, "model": 3})  # a path, not a number
+    assert not validator.is_valid({**device, "protocol": "modbus", "endpoint": "opc.tcp://h:4840"})
+    assert not validator.is_valid({**device, "poll": "often"})  # the keys keep their own schema
+    without_model = {k: v for k, v in device.items() if k != "model"}
+    assert not validator.is_valid(without_model)  # without a model the device needs its protocol and tags
