@@ -69,7 +69,7 @@ base_image() {
     else
       # Unpacked without running anything, then configured under qemu (binfmt_misc).
       bash .ci/qemu.sh
-      debootstrap --arch="$arch" --foreign --variant=minbase --include=python3 bookworm "$rootfs" "$source" \
+      debootstrap --arch="$arch" --foreign --variant=minbase --include=python3,ca-certificates bookworm "$rootfs" "$source" \
         >"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
       chroot "$rootfs" /debootstrap/debootstrap --second-stage >>"$log" 2>&1 \
         || { tail -20 "$log" >&2; exit 1; }
@@ -80,7 +80,18 @@ base_image() {
     tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
     rm -rf "$rootfs"
   fi
-  docker import --platform "linux/$arch" -c 'CMD ["python3"]' "$tarball" "$image" >/dev/null
+  if [ "$arch" = "$(dpkg --print-architecture)" ]; then
+    docker import -c 'CMD ["python3"]' "$tarball" "$image" >/dev/null
+  else
+    # `docker import` records the engine's own architecture (its --platform needs an experimental
+    # daemon); a build FROM scratch records the one asked for.
+    local context
+    context="$(mktemp -d)"
+    ln "$tarball" "$context/root.tar" 2>/dev/null || cp "$tarball" "$context/root.tar"
+    printf 'FROM scratch\nADD root.tar /\nCMD ["python3"]\n' >"$context/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q --platform "linux/$arch" -t "$image" "$context" >/dev/null
+    rm -rf "$context"
+  fi
 }
 
 base_image "$(dpkg --print-architecture)" "$BASE_IMAGE" "$CACHE/base-bookworm.tar"

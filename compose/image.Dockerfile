@@ -6,8 +6,10 @@
 # BASE: python:3.11-slim where a registry is reachable, or a locally imported Debian bookworm
 # with python3 (.ci/docker.sh), of the platform built. BUILD_BASE: the same for the machine's
 # own platform (the two differ only when cross-building, e.g. arm64 images on an x86_64 host).
-# Nothing of the target platform is ever run: rootfs.py reads its files (ELF headers for the
-# libraries) and installs its wheels with pip's --platform, so no emulation is needed.
+# The build always runs for the machine's own platform: nothing of the target platform is ever
+# run (rootfs.py reads its files, ELF headers for the libraries, and installs its wheels with
+# pip's --platform), so no emulation is needed; `fieldgate images build` then sets the
+# architecture in the image's config (the layers stay as built).
 ARG BASE=python:3.11-slim
 ARG BUILD_BASE=${BASE}
 
@@ -32,13 +34,13 @@ FROM shared AS packages
 ARG ARCH=amd64
 ARG BUILD_ARCH=amd64
 ARG EXTRA=
-RUN python3 /rootfs.py extra --extra "${EXTRA}" --core /out/core --wheels /wheels \
+RUN python3 /rootfs.py extra --extra "${EXTRA}" --core /out/core/opt/fieldgate/core --wheels /wheels \
       --arch "${ARCH}" --build-arch "${BUILD_ARCH}" --out /out
 
 # 3. The image: no shell, no package manager, no pip; the root is read-only at runtime.
 FROM scratch
 COPY --from=shared /out/runtime/ /
-COPY --from=shared /out/core/ /opt/fieldgate/core/
+COPY --from=shared /out/core/ /
 ARG VERSION=0.0.0
 ARG REVISION=unknown
 ARG TITLE=fieldgate
@@ -51,7 +53,7 @@ LABEL org.opencontainers.image.title="${TITLE}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.fieldgate.component="${COMPONENT}"
-COPY --from=packages /out/extra/ /opt/fieldgate/extra/
+COPY --from=packages /out/extra/ /
 # python3 is /usr/local/bin/python3 on python:3.11-slim, /usr/bin/python3 on Debian's.
 ENV PATH=/usr/local/bin:/usr/bin \
     PYTHONPATH=/opt/fieldgate/extra:/opt/fieldgate/core \

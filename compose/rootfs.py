@@ -7,9 +7,14 @@ host without emulation. Two verbs:
 `shared`  -> OUT/runtime (a root: the interpreter, the shared libraries it and the extension
             modules link, the part of the standard library fieldgate and its packages import,
             /etc/passwd with the fieldgate user, the CA bundle, the state directories) and
-            OUT/core (fieldgate and its core dependencies). The same for all three images, so
-            Docker's build cache gives all three the same two lower layers.
-`extra`   -> OUT/extra: the packages one image's extra adds over the core (pymodbus, asyncua...).
+            OUT/core/opt/fieldgate/core (fieldgate and its core dependencies). The same for all
+            three images, so Docker's build cache gives all three the same two lower layers.
+`extra`   -> OUT/extra/opt/fieldgate/extra: what one image's extra adds over the core
+            (pymodbus, asyncua...).
+
+Each tree is copied to / of the image, every directory included: a directory that Docker's COPY
+would create itself gets the time of that build, and the layer would differ from the one the
+other two images have.
 
 The standard library kept is computed, not listed: the native packages of every image are
 installed, each entry point is run with --help and every module of every package is imported;
@@ -421,7 +426,7 @@ def shared(args: argparse.Namespace) -> None:
     stdlib = f"{prefix}/lib/{version}"
     if not real(root, stdlib + "/os.py"):
         raise Fail(f"the base image has no {stdlib}/os.py: its python3 is not {version} like the build stage's")
-    runtime, core = out / "runtime", out / "core"
+    runtime, core = out / "runtime", out / "core" / "opt" / "fieldgate" / "core"
     shutil.rmtree(out, ignore_errors=True)
     runtime.mkdir(parents=True)
 
@@ -521,7 +526,7 @@ def replicate_file(root: Path, out: Path, path: str) -> None:
 def extra(args: argparse.Namespace) -> None:
     """OUT/extra: what `fieldgate[EXTRA]` installs beyond OUT/core (same wheels, same versions)."""
     out, wheels, core = Path(args.out), Path(args.wheels), Path(args.core)
-    extra_dir = out / "extra"
+    extra_dir = out / "extra" / "opt" / "fieldgate" / "extra"
     shutil.rmtree(extra_dir, ignore_errors=True)
     extra_dir.mkdir(parents=True)
     if not args.extra:

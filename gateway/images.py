@@ -18,12 +18,15 @@ each image id after loading. `load --trust` refuses unsigned bundles.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -268,13 +271,19 @@ def build(base: str, tag: str | None, arches: list[str] | None = None, out: Path
                 flavour = FLAVOURS[image]
                 name = image_name(image, tag, arch)
                 started = time.monotonic()
+                # Docker's classic builder checks every stage against the build's platform, so the
+                # build runs for this machine's (its stages run natively) and, for another
+                # platform, only the image's config is rewritten afterwards.
+                built_as = name if arch == own else f"{name}-build"
                 try:
                     log = context / f"{image}-{arch}.build.log"
-                    info = engine.build(context, f"{image}.Dockerfile", name,
+                    info = engine.build(context, f"{image}.Dockerfile", built_as,
                                         {**args, "EXTRA": extra, "TITLE": f"fieldgate-{image}",
                                          "DESCRIPTION": flavour.description, "COMPONENT": flavour.component,
                                          "METRICS_PORT": str(flavour.metrics_port)},
-                                        log, platform=f"linux/{arch}")
+                                        log)
+                    if arch != own:
+                        info = retarget(engine, built_as, name, arch, context)
                 except EngineError as exc:
                     raise ImagesError(str(exc)) from exc
                 if arch == own:
@@ -284,6 +293,42 @@ def build(base: str, tag: str | None, arches: list[str] | None = None, out: Path
                                       stack_size(engine, [b.name for b in built])))
         engine.prune_leftovers()
     return platforms
+
+
+def retarget(engine: Engine, built: str, name: str, arch: str, work: Path) -> ImageInfo:
+    """Load the image BUILT again as NAME with ARCH in its config: the same layers, byte for byte
+    (a `docker save` stream rewritten: the config, and the manifest that names it); BUILT goes."""
+    source, target = work / "retarget.tar", work / "retarget-out.tar"
+    engine.save([built], source)
+    with tarfile.open(source) as src, tarfile.open(target, "w") as dst:
+        manifest_file = src.extractfile("manifest.json")
+        assert manifest_file is not None
+        entry = json.load(manifest_file)[0]
+        config_file = src.extractfile(entry["Config"])
+        assert config_file is not None
+        config = json.load(config_file)
+        config["architecture"] = arch
+        if arch == "arm64":
+            config["variant"] = "v8"
+        data = json.dumps(config, separators=(",", ":")).encode()
+        config_name = hashlib.sha256(data).hexdigest() + ".json"
+        for member in src.getmembers():
+            if member.name in (entry["Config"], "manifest.json", "repositories"):
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        manifest = json.dumps([{"Config": config_name, "RepoTags": [name], "Layers": entry["Layers"]}]).encode()
+        for member_name, content in ((config_name, data), ("manifest.json", manifest)):
+            member = tarfile.TarInfo(member_name)
+            member.size, member.mtime, member.mode = len(content), int(time.time()), 0o644
+            dst.addfile(member, io.BytesIO(content))
+    engine.load(target)
+    source.unlink()
+    target.unlink()
+    engine.remove_image(built)
+    info = engine.image(name)
+    if info is None:
+        raise ImagesError(f"{name} did not load after its architecture was set to {arch}")
+    return info
 
 
 def layer_sizes(engine: Engine, name: str) -> list[tuple[str, int]]:
