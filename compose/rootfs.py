@@ -504,12 +504,13 @@ def shared(args: argparse.Namespace) -> None:
         os.chown(runtime / directory, UID, UID)
     (runtime / "opt" / "fieldgate").mkdir(parents=True)
 
-    stripped = strip_tree(core)
+    # Debian's binaries come stripped; a python built from source may not be (libpython: 20 MB).
+    stripped = strip_tree(runtime) + strip_tree(core)
     compile_tree(Path(str(runtime) + real_stdlib), real_stdlib)
     compile_tree(core, "/opt/fieldgate/core")
     print(f"rootfs: {prefix}/bin/python3, {len(kept)} stdlib modules kept, {len(dropped)} left out "
           f"({', '.join(dropped[:12])}...), {len(extensions)} extension modules, {len(libraries)} libraries; "
-          f"{stripped} bytes of debug info dropped from the core packages",
+          f"{stripped} bytes of debug info dropped",
           file=sys.stderr)
 
 
