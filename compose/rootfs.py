@@ -81,23 +81,35 @@ class Fail(SystemExit):
 # ---------------------------------------------------------------------------------- paths
 
 
-def replicate(root: Path, out: Path, path: str) -> str:
-    """Copy ROOT/path to OUT/path, recreating each symlink met on the way; returns the real path."""
+def first_link(root: Path, path: str) -> tuple[str, str, str] | None:
+    """The first symlink on PATH inside ROOT: (where it is, what it holds, PATH with it followed);
+    None when PATH has none."""
     parts = [p for p in path.split("/") if p]
     current = "/"
     for index, part in enumerate(parts):
         step = os.path.join(current, part)
-        source = Path(str(root) + step)
-        if source.is_symlink():
-            link = os.readlink(source)
-            made = Path(str(out) + step)
-            if not made.is_symlink() and not made.exists():
-                made.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(link, made)
+        if Path(str(root) + step).is_symlink():
+            link = os.readlink(str(root) + step)
             target = link if link.startswith("/") else os.path.normpath(os.path.join(current, link))
             rest = "/".join(parts[index + 1:])
-            return replicate(root, out, target + ("/" + rest if rest else ""))
+            return step, link, target + ("/" + rest if rest else "")
         current = step
+    return None
+
+
+def replicate(root: Path, out: Path, path: str, depth: int = 0) -> str:
+    """Copy ROOT/path to OUT/path, recreating each symlink met on the way; returns the real path."""
+    found = first_link(root, path)
+    if found is not None:
+        if depth > 40:
+            raise Fail(f"{path}: too many levels of symbolic links in the base image")
+        step, link, followed = found
+        made = Path(str(out) + step)
+        if not made.is_symlink() and not made.exists():
+            made.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(link, made)
+        return replicate(root, out, followed, depth + 1)
+    current = os.path.normpath("/" + path)
     source, made = Path(str(root) + current), Path(str(out) + current)
     if source.is_dir():
         made.mkdir(parents=True, exist_ok=True)
@@ -111,19 +123,10 @@ def replicate(root: Path, out: Path, path: str) -> str:
 
 def real(root: Path, path: str, depth: int = 0) -> str | None:
     """PATH inside ROOT with every symlink followed inside ROOT; None when it does not exist."""
-    if depth > 40:
-        return None
-    parts = [p for p in path.split("/") if p]
-    current = "/"
-    for index, part in enumerate(parts):
-        step = os.path.join(current, part)
-        source = Path(str(root) + step)
-        if source.is_symlink():
-            link = os.readlink(source)
-            target = link if link.startswith("/") else os.path.normpath(os.path.join(current, link))
-            rest = "/".join(parts[index + 1:])
-            return real(root, target + ("/" + rest if rest else ""), depth + 1)
-        current = step
+    found = first_link(root, path)
+    if found is not None:
+        return real(root, found[2], depth + 1) if depth <= 40 else None
+    current = os.path.normpath("/" + path)
     return current if Path(str(root) + current).exists() else None
 
 

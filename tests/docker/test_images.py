@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -15,6 +16,22 @@ from gateway.runtime.engine import Engine
 from tests.docker.stack import IMAGE_TAG, ROOT, fieldgate
 
 pytestmark = pytest.mark.docker
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+
+def save_bundle(bundle: Path, tag: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`fieldgate images save BUNDLE --tag TAG` as a user runs it; its output and the manifest."""
+    result = subprocess.run(fieldgate("images", "save", str(bundle), "--tag", tag), capture_output=True,
+                            text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads((bundle / "manifest.json").read_text())
 
 
 def run_in(engine: docker.DockerClient, image: str, code: str) -> str:
@@ -101,10 +118,7 @@ def test_bundle_round_trip_and_a_damaged_bundle_is_refused(
         engine.images.get(image_name(image, IMAGE_TAG)).tag(repository, tag)
     bundle = tmp_path / "bundle"
     try:
-        result = subprocess.run(fieldgate("images", "save", str(bundle), "--tag", tag), capture_output=True,
-                                text=True, cwd=ROOT, timeout=300)
-        assert result.returncode == 0, result.stderr
-        manifest = json.loads((bundle / "manifest.json").read_text())
+        result, manifest = save_bundle(bundle, tag)
         tar = bundle / "fieldgate-images.tar"
         assert manifest["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
         assert manifest["bytes"] == tar.stat().st_size
@@ -123,11 +137,7 @@ def test_bundle_round_trip_and_a_damaged_bundle_is_refused(
         for name, image_id in ids.items():
             assert engine.images.get(name).id == image_id, name
 
-        with tar.open("r+b") as file:
-            file.seek(4096)
-            byte = file.read(1)
-            file.seek(4096)
-            file.write(bytes([byte[0] ^ 0xFF]))
+        flip_byte(tar, 4096)
         result = subprocess.run(fieldgate("images", "load", str(bundle)), capture_output=True, text=True,
                                 cwd=ROOT, timeout=300)
         assert result.returncode == 1

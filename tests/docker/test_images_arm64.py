@@ -8,7 +8,6 @@ About 1.5 min on a 2-core CI (python under qemu starts in seconds, not tenths).
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from gateway.images import IMAGES, host_arch, image_name
 from tests.docker.stack import IMAGE_TAG, ROOT, Stack, fieldgate, modbus_tcp_device, readings
+from tests.docker.test_images import flip_byte, save_bundle
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import Subscriber
 
@@ -109,10 +109,7 @@ def test_bundle_of_both_platforms_loads_only_this_machines(arm64: docker.DockerC
             names.append(image_name(image, tag, arch))
     bundle = tmp_path / "bundle"
     try:
-        result = subprocess.run(fieldgate("images", "save", str(bundle), "--tag", tag), capture_output=True,
-                                text=True, cwd=ROOT, timeout=600)
-        assert result.returncode == 0, result.stderr
-        manifest = json.loads((bundle / "manifest.json").read_text())
+        result, manifest = save_bundle(bundle, tag)
         assert manifest["platforms"] == ["amd64", "arm64"]
         assert sorted(m["path"] for m in manifest["members"]) == [
             "fieldgate-images-amd64.tar", "fieldgate-images-arm64.tar"]
@@ -132,11 +129,7 @@ def test_bundle_of_both_platforms_loads_only_this_machines(arm64: docker.DockerC
             assert not arm64.images.list(name=image_name(image, tag, other)), "the other platform was loaded"
 
         other_tar = bundle / f"fieldgate-images-{'arm64' if own == 'amd64' else 'amd64'}.tar"
-        with other_tar.open("r+b") as file:
-            file.seek(4096)
-            byte = file.read(1)
-            file.seek(4096)
-            file.write(bytes([byte[0] ^ 0xFF]))
+        flip_byte(other_tar, 4096)
         result = subprocess.run(fieldgate("images", "load", str(bundle)), capture_output=True, text=True,
                                 cwd=ROOT, timeout=600)
         assert result.returncode == 1
