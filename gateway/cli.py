@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = images.add_parser("build", help="build the images from wheels built on this machine")
     b.add_argument("--base", default=None, help="base image (default python:3.11-slim)")
     b.add_argument("--tag", default=None, help="image tag (default: the package version)")
+    b.add_argument("--platform", default=None, metavar="PLATFORMS",
+                   help="linux/amd64, linux/arm64 or both comma-separated (default: this machine's); "
+                        "each is tagged TAG-ARCH, this machine's own also TAG")
     s = images.add_parser("save", help="write an offline bundle (docker save tar + manifest)")
     s.add_argument("out", type=Path)
     s.add_argument("--tag", default=None, help="the images' tag (default: the package version)")

@@ -95,14 +95,16 @@ class Engine:
         return ImageInfo(name, str(image.id), int(attrs.get("Size") or 0), dict(image.labels or {}))
 
     def build(
-        self, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str], log: Path
+        self, context: Path, dockerfile: str, tag: str, buildargs: dict[str, str], log: Path,
+        platform: str | None = None,
     ) -> ImageInfo:
-        """Build `tag` from `context` without pulling (the base must be local or reachable)."""
+        """Build `tag` from `context` without pulling (the base must be local or reachable);
+        `platform` (linux/arm64) is the image's platform, its stages' default."""
         lines: list[str] = []
         try:
             for chunk in self.client.api.build(
                 path=str(context), dockerfile=dockerfile, tag=tag, buildargs=buildargs,
-                rm=True, forcerm=True, pull=False, decode=True,
+                rm=True, forcerm=True, pull=False, decode=True, platform=platform,
             ):
                 if "stream" in chunk:
                     lines.append(str(chunk["stream"]))
