@@ -77,19 +77,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 from pymodbus.server import ModbusTcpServer  # noqa: E402
-from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: E402
-from pymodbus.simulator.simcore import SimCore  # noqa: E402
 
 from gateway.compose import project_name  # noqa: E402
 from tests.docker.stack import Stack, fieldgate, gateway_yaml, image  # noqa: E402
 from tests.support.broker import Mosquitto, free_port  # noqa: E402
+from tests.support.counting import counting_server  # noqa: E402
 from tests.support.mqtt import Message, Subscriber  # noqa: E402
 
 ROWS = ("tag-added", "poll-changed", "device-added", "device-removed", "image-good", "image-bad", "forwarder")
@@ -99,7 +97,6 @@ GOOD = "fieldgate/collector-modbus:bench-good"
 BAD = "fieldgate/collector-modbus:bench-bad"
 FORWARDER_GOOD = "fieldgate/forwarder:bench-good"
 BAD_TIMEOUT = 20.0
-HOLDING = 3  # the function code pymodbus' datastore is addressed with for holding registers
 
 
 def device_yaml(name: str, port: int, poll: str = "100ms", extra_tag: bool = False) -> str:
@@ -123,20 +120,6 @@ tags:
     return text
 
 
-class CountingCore(SimCore):
-    """pymodbus' datastore, adding one to holding register 0 on every read that covers it."""
-
-    def __init__(self, devices: list[SimDevice]) -> None:
-        super().__init__(devices)
-        self.reads = 0
-
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
-        if func_code == HOLDING and address <= 0 < address + count:
-            self.reads += 1
-            await super().async_setValues(device_id, HOLDING, 0, [self.reads % 65536])
-        return await super().async_getValues(device_id, func_code, address, count)
-
-
 class Devices:
     """One pymodbus TCP server per device, on an event loop in a thread of this process."""
 
@@ -150,16 +133,7 @@ class Devices:
         port = free_port()
 
         async def serve() -> None:
-            devices = [SimDevice(id=1, simdata=(
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-            ))]
-            server = ModbusTcpServer(devices, address=("127.0.0.1", port))
-            server.context = CountingCore(devices)
-            await server.serve_forever(background=True)
-            self.servers[name] = server
+            self.servers[name], _ = await counting_server(port)
 
         asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
         return port

@@ -165,7 +165,7 @@ class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
         m.health_check(self._poll_problem)
 
     def _poll_problem(self) -> str | None:
-        if not self.pollers:
+        if not self.pollers or not self.active:  # a standby polls nothing yet
             return None
         now = time.monotonic()
         last = max((p.stats.last_success or 0.0 for p in self.pollers), default=0.0)

@@ -542,6 +542,7 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
             update=svc.limits.update,
             devices=tuple(p.host for p in svc.ports),
             reload_key=svc.reload_digest or None,
+            standby=True,  # a candidate gets a metrics port of its own (DockerRuntime._start_candidate)
         )
 
     slices = {}
