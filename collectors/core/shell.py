@@ -117,7 +117,9 @@ class CollectorShell(Generic[C]):
             await self._enter(self._stack)
             await self._stack.enter_async_context(self.handoff)
             self._stack.push_async_callback(self._drain)
-            port = self.standby_port if self.standby_port is not None else self.config.metrics_port
+            port = self.config.metrics_port
+            if port is not None and self.standby_port is not None:
+                port = self.standby_port  # none when the slice has none (metrics.port null)
             if port is not None:
                 server = await self.metrics.serve(port, self.config.metrics_host)
                 self.metrics_port = server.sockets[0].getsockname()[1]
@@ -271,8 +273,8 @@ def collector_main(
             print(f"{args.config}: {exc}", file=sys.stderr)
             return 2
     standby = os.environ.get(STANDBY_PORT_ENV, "")
-    if standby and not (standby.isdigit() and 0 < int(standby) < 65536):
-        print(f"{STANDBY_PORT_ENV}={standby[:20]!r}: a TCP port (1-65535) expected", file=sys.stderr)
+    if standby and not (standby.isdigit() and int(standby) < 65536):
+        print(f"{STANDBY_PORT_ENV}={standby[:20]!r}: a TCP port (1-65535; 0: any) expected", file=sys.stderr)
         return 2
     setup_logging(config.log_level, log_name)
     if quiet is not None:
