@@ -64,13 +64,10 @@ lost and 0 duplicates in every row.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import itertools
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -82,12 +79,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-from pymodbus.server import ModbusTcpServer  # noqa: E402
 
 from gateway.compose import project_name  # noqa: E402
 from tests.docker.stack import Stack, fieldgate, gateway_yaml, image  # noqa: E402
-from tests.support.broker import Mosquitto, free_port  # noqa: E402
-from tests.support.counting import counting_server  # noqa: E402
+from tests.support.broker import Mosquitto  # noqa: E402
+from tests.support.counting import Devices  # noqa: E402
 from tests.support.mqtt import Message, Subscriber  # noqa: E402
 
 ROWS = ("tag-added", "poll-changed", "device-added", "device-removed", "image-good", "image-bad", "forwarder")
@@ -118,36 +114,6 @@ tags:
     if extra_tag:
         text += "  - name: level\n    table: holding\n    address: 1\n    type: uint16\n"
     return text
-
-
-class Devices:
-    """One pymodbus TCP server per device, on an event loop in a thread of this process."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: dict[str, ModbusTcpServer] = {}
-
-    def start(self, name: str) -> int:
-        port = free_port()
-
-        async def serve() -> None:
-            self.servers[name], _ = await counting_server(port)
-
-        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
-        return port
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for server in self.servers.values():
-                with contextlib.suppress(Exception):
-                    await server.shutdown()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class BenchStack(Stack):

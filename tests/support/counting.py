@@ -7,11 +7,16 @@ collectors polling the device at once show as twice the reads per period.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from typing import Any
 
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
+
+from tests.support.broker import free_port
 
 HOLDING = 3  # the function code pymodbus' datastore is addressed with for holding registers
 
@@ -42,3 +47,35 @@ async def counting_server(port: int, unit: int = 1) -> tuple[ModbusTcpServer, Co
     core = server.context = CountingCore(devices)
     await server.serve_forever(background=True)
     return server, core
+
+
+class Devices:
+    """Counting devices for a test or bench outside asyncio: one pymodbus TCP server per device,
+    on an event loop in a thread of this process."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers: dict[str, ModbusTcpServer] = {}
+
+    def start(self, name: str) -> int:
+        """Start device `name`; its port."""
+        port = free_port()
+
+        async def serve() -> None:
+            self.servers[name], _ = await counting_server(port)
+
+        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+        return port
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for server in self.servers.values():
+                with contextlib.suppress(Exception):
+                    await server.shutdown()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
