@@ -46,6 +46,9 @@ from collectors.core.validation import ConfigErrors, load_slice
 log = logging.getLogger(__name__)
 
 STANDBY_PORT_ENV = "FIELDGATE_STANDBY_PORT"
+# On SIGTERM, polls under way get this long to land before everything is cancelled: an answer
+# (milliseconds) is kept; a poll waiting out a silent device's timeout is cut.
+QUIESCE_TIMEOUT = 0.25
 METRICS_PORT_RETRY = 0.1  # seconds between tries to bind the slice's port the old instance held
 
 C = TypeVar("C", bound=CollectorSettings)
@@ -89,6 +92,9 @@ class CollectorShell(Generic[C]):
 
     def _observe(self, now: float) -> None:
         """Called by the watcher once a second."""
+
+    async def _quiesce(self) -> None:
+        """On SIGTERM: start no new poll and return once those under way have landed."""
 
     def _started_line(self) -> str:
         return f"{self.config.name}: started"
@@ -172,6 +178,14 @@ class CollectorShell(Generic[C]):
             log.info("metrics and health on port %d as well (the standby port %s stays open)", port,
                      self.metrics_port)
             return
+
+    async def quiesce(self, timeout: float = QUIESCE_TIMEOUT) -> None:
+        """Stop polling and let what is under way land, for at most `timeout` seconds; the
+        shutdown that follows drains it to the forwarder."""
+        try:
+            await asyncio.wait_for(self._quiesce(), timeout)
+        except TimeoutError:
+            log.debug("%s: polls still under way after %gs: cut", self.config.name, timeout)
 
     def reload(self, config: C) -> None:
         """Queue a new slice; `run` applies them one at a time, in order."""
@@ -291,14 +305,32 @@ async def serve(
     model: type[C] | None = None,
     check: Callable[[C], None] | None = None,
 ) -> None:
-    """Run the collector until cancelled; with `path`, SIGHUP reloads it from that file."""
+    """Run the collector until cancelled; with `path`, SIGHUP reloads it from that file.
+
+    SIGTERM (`docker stop`, the supervisor) first lets the polls under way land (`quiesce`),
+    then cancels: a handover's standby starts polling when this one's hand-off closes, so
+    every reading this one read is drained to the forwarder before. A second SIGTERM cancels
+    at once."""
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    stopping: set[asyncio.Task[None]] = set()
+
+    def on_term() -> None:
+        assert main is not None
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        task = loop.create_task(collector.quiesce(), name="collector-quiesce")
+        stopping.add(task)
+        task.add_done_callback(lambda _: main.cancel())
+
     async with collector:
         if path is not None and model is not None:
             loop.add_signal_handler(signal.SIGHUP, reload_from, collector, path, model, check)
+        loop.add_signal_handler(signal.SIGTERM, on_term)
         try:
             await collector.run()
         finally:
+            if main is not None:
+                loop.add_signal_handler(signal.SIGTERM, main.cancel)
             if path is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
 

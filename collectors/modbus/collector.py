@@ -126,6 +126,11 @@ class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
         if tasks:
             await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
 
+    async def _quiesce(self) -> None:
+        for poller in self.pollers:
+            poller.stop_polling()
+        await asyncio.gather(*(poller.idle() for poller in self.pollers))
+
     async def _on_write(self, request: WriteRequest) -> WriteResult:
         return await self.writer(request)
 

@@ -103,6 +103,24 @@ class DevicePoller:
         self._bad: set[str] = set()  # tags whose last report was `bad`
         self._latch = ErrorLatch(log, f"{device.name} ({link.key}, unit {device.unit})")
         self._fault_backoff = Backoff(fault_backoff_first, fault_backoff_max)
+        self._stopping = False  # stop_polling: no new poll starts
+        self._in_flight = 0  # polls under way (one per poll class at most)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def stop_polling(self) -> None:
+        """Start no new poll; `idle()` returns once the ones under way have landed (their
+        readings queued for the forwarder). A shutdown then cancels `run()` without cutting a
+        request the device has already answered, so a reading it counted is not lost."""
+        self._stopping = True
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+    def _landed(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
 
     async def run(self) -> None:
         """Poll every class on its own schedule until cancelled."""
@@ -118,13 +136,22 @@ class DevicePoller:
         task = asyncio.current_task()
         next_tick = loop.time()
         while True:
+            if self._stopping:
+                await asyncio.Future()  # polls no more; the shutdown's cancel ends it
+            self._in_flight += 1
+            self._idle.clear()
             try:
                 await self.poll_once(blocks)
             except Exception as exc:
                 self._fault(exc)
+                self._landed()
                 await asyncio.sleep(self._fault_backoff.next_delay())
                 next_tick = loop.time()
                 continue
+            except BaseException:
+                self._landed()
+                raise
+            self._landed()
             self._fault_backoff.reset()
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for (inside pymodbus) returns an answer that arrived with

@@ -133,3 +133,27 @@ async def test_a_standby_without_an_active_one_takes_over_after_the_claim_time(
             assert new.active and handoff.collectors == ["modbus"]
     finally:
         await server.shutdown()
+
+
+async def test_on_shutdown_a_poll_under_way_lands_and_its_reading_reaches_the_forwarder(
+    forwarder: tuple[Sink, HandoffServer, HandoffConfig], tmp_path: Path
+) -> None:
+    """SIGTERM mid-poll: the device has counted the read; cutting the request would lose that
+    value (the standby's first reading would be one further on). `quiesce` lets it land first."""
+    sink, _handoff, settings = forwarder
+    device_port = free_port()
+    server, core = await counting_server(device_port, delay=0.15)  # every read is under way 150 ms
+    try:
+        collector = ModbusCollector(config(settings, device_port, free_port(), tmp_path))
+        async with running(collector) as task:
+            await until(lambda: len(sink.of("press-1", "counter")) >= 3, what="readings")
+            await until(lambda: core.reads > max(int(r.value) for r in sink.of("press-1", "counter")),  # type: ignore[arg-type]
+                        what="a read under way")
+            await collector.quiesce(1.0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            reads = core.reads
+    finally:
+        await server.shutdown()
+    values = sorted(int(r.value) for r in sink.of("press-1", "counter"))  # type: ignore[arg-type]
+    assert values[-1] == reads, f"the device counted {reads} reads, the forwarder got up to {values[-1]}"

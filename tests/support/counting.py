@@ -24,18 +24,21 @@ HOLDING = 3  # the function code pymodbus' datastore is addressed with for holdi
 class CountingCore(SimCore):
     """pymodbus' datastore, adding one to holding register 0 on every read that covers it."""
 
-    def __init__(self, devices: list[SimDevice]) -> None:
+    def __init__(self, devices: list[SimDevice], delay: float = 0.0) -> None:
         super().__init__(devices)
         self.reads = 0
+        self.delay = delay  # seconds each answer takes (a slow device: a read is long under way)
 
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
         if func_code == HOLDING and address <= 0 < address + count:
             self.reads += 1
             await super().async_setValues(device_id, HOLDING, 0, [self.reads % 65536])
+            if self.delay:
+                await asyncio.sleep(self.delay)
         return await super().async_getValues(device_id, func_code, address, count)
 
 
-async def counting_server(port: int, unit: int = 1) -> tuple[ModbusTcpServer, CountingCore]:
+async def counting_server(port: int, unit: int = 1, delay: float = 0.0) -> tuple[ModbusTcpServer, CountingCore]:
     """A counting device on 127.0.0.1:port, serving in the background of the running loop."""
     devices = [SimDevice(id=unit, simdata=(
         [SimData(0, count=16, values=False, datatype=DataType.BITS)],
@@ -44,7 +47,7 @@ async def counting_server(port: int, unit: int = 1) -> tuple[ModbusTcpServer, Co
         [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
     ))]
     server = ModbusTcpServer(devices, address=("127.0.0.1", port))
-    core = server.context = CountingCore(devices)
+    core = server.context = CountingCore(devices, delay)
     await server.serve_forever(background=True)
     return server, core
 
