@@ -5,6 +5,7 @@ A good image: the new container starts beside the old one as a standby on a metr
 own, turns healthy, the old one is stopped and the new one polls from the moment the old one's
 hand-off connection closed: no poll missed, none lost, none twice. A bad image (runs, never
 healthy): the old container is never touched, the new one is removed after the timeout.
+A collector with a serial device is replaced stop-first: its gap is about one container start.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import docker
 import pytest
@@ -32,14 +34,17 @@ GOOD = image("collector-modbus") + "-handover-good"
 BAD = image("collector-modbus") + "-handover-bad"
 
 
-def counter_device(port: int) -> str:
+def counter_device(port: int | None = None, serial: Path | None = None) -> str:
+    connection = f"tcp: {{host: 127.0.0.1, port: {port}}}" if serial is None else \
+        f"rtu: {{port: {serial}, baudrate: 19200, parity: N}}"
     return f"""\
 name: press-1
 protocol: modbus
 connection:
-  tcp: {{host: 127.0.0.1, port: {port}}}
+  {connection}
 unit: 1
 poll: 100ms
+timeout: 300ms
 tags:
   - name: counter
     table: holding
@@ -155,3 +160,40 @@ def _candidates(stack: Stack) -> list[str]:
     found = stack.client.containers.list(
         all=True, filters={"label": f"com.docker.compose.project={stack.project}"})
     return [c.name for c in found if c.name.endswith("-next")]
+
+
+SERIAL_GAP_S = 1.5  # issue 12: a serial collector's image update, as short as a container start
+
+
+@pytest.mark.timeout(420)
+def test_serial_collector_image_update_is_stop_first_with_a_gap_of_one_container_start(
+    make_stack: Callable[..., Stack], broker: Mosquitto, subscriber: Subscriber, update_images: None,
+    pty_pair: tuple[Path, Path],
+) -> None:
+    collector_end, simulator_end = pty_pair
+    devices = Devices()
+    try:
+        devices.start_serial("press-1", str(simulator_end))
+        stack = make_stack(broker.port)
+        stack.add_device("press-1", counter_device(serial=collector_end), simulate=False)
+        topic = f"{stack.topic_prefix}/press-1/counter"
+        started = time.time()
+        stack.up()
+        subscriber.wait_for(lambda m: m.topic == topic and m.at > started, timeout=180)
+        old = stack.containers()["modbus"].id
+        time.sleep(2.0)
+        before = time.time() - 1.5
+        result = update(stack, GOOD, 120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(3.0)
+        readings = window(subscriber, topic, before, time.time())
+        assert stack.containers()["modbus"].id != old
+        assert stack.supervisor is not None
+        assert "recreate modbus stop-first" in stack.supervisor.text()
+    finally:
+        devices.close()
+    gap, twice, lost, count = figures(readings)
+    print(f"\nserial collector, stop-first: widest gap {gap * 1000:.0f} ms over {count} readings, "
+          f"{lost} lost, {twice} twice")
+    assert (lost, twice) == (0, 0)
+    assert gap <= SERIAL_GAP_S, f"widest gap {gap * 1000:.0f} ms"

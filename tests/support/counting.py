@@ -12,7 +12,7 @@ import contextlib
 import threading
 from typing import Any
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
@@ -38,16 +38,31 @@ class CountingCore(SimCore):
         return await super().async_getValues(device_id, func_code, address, count)
 
 
-async def counting_server(port: int, unit: int = 1, delay: float = 0.0) -> tuple[ModbusTcpServer, CountingCore]:
-    """A counting device on 127.0.0.1:port, serving in the background of the running loop."""
-    devices = [SimDevice(id=unit, simdata=(
+def _devices(unit: int) -> list[SimDevice]:
+    return [SimDevice(id=unit, simdata=(
         [SimData(0, count=16, values=False, datatype=DataType.BITS)],
         [SimData(0, count=16, values=False, datatype=DataType.BITS)],
         [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
         [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
     ))]
+
+
+async def counting_server(port: int, unit: int = 1, delay: float = 0.0) -> tuple[ModbusTcpServer, CountingCore]:
+    """A counting device on 127.0.0.1:port, serving in the background of the running loop."""
+    devices = _devices(unit)
     server = ModbusTcpServer(devices, address=("127.0.0.1", port))
     core = server.context = CountingCore(devices, delay)
+    await server.serve_forever(background=True)
+    return server, core
+
+
+async def counting_serial_server(
+    path: str, unit: int = 1, baudrate: int = 19200
+) -> tuple[ModbusSerialServer, CountingCore]:
+    """A counting Modbus RTU device on the serial port (or pty) `path`."""
+    devices = _devices(unit)
+    server = ModbusSerialServer(devices, port=path, baudrate=baudrate)
+    core = server.context = CountingCore(devices)
     await server.serve_forever(background=True)
     return server, core
 
@@ -60,7 +75,7 @@ class Devices:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.servers: dict[str, ModbusTcpServer] = {}
+        self.servers: dict[str, ModbusTcpServer | ModbusSerialServer] = {}
 
     def start(self, name: str) -> int:
         """Start device `name`; its port."""
@@ -71,6 +86,14 @@ class Devices:
 
         asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
         return port
+
+    def start_serial(self, name: str, path: str, baudrate: int = 19200) -> None:
+        """Start device `name` as a Modbus RTU unit 1 on the serial port (or pty) `path`."""
+
+        async def serve() -> None:
+            self.servers[name], _ = await counting_serial_server(path, baudrate=baudrate)
+
+        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
 
     def close(self) -> None:
         async def stop() -> None:
