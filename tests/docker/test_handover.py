@@ -99,6 +99,28 @@ def window(subscriber: Subscriber, topic: str, start: float, end: float) -> list
     return [m for m in list(subscriber.messages) if m.topic == topic and start <= m.at <= end]
 
 
+def up(stack: Stack, subscriber: Subscriber, device: str) -> str:
+    """press-1 from `device` in the plant, `fieldgate up`; its counter's topic once it publishes."""
+    stack.add_device("press-1", device, simulate=False)
+    topic = f"{stack.topic_prefix}/press-1/counter"
+    started = time.time()
+    stack.up()
+    subscriber.wait_for(lambda m: m.topic == topic and m.at > started, timeout=180)
+    time.sleep(2.0)
+    return topic
+
+
+def update_watched(
+    stack: Stack, subscriber: Subscriber, topic: str, reference: str, timeout: float, after: float = 3.0
+) -> tuple[subprocess.CompletedProcess[str], list[Message]]:
+    """`fieldgate update` to `reference`; what the counter published from 1.5 s before it until
+    `after` seconds after it returned."""
+    before = time.time() - 1.5
+    result = update(stack, reference, timeout)
+    time.sleep(after)
+    return result, window(subscriber, topic, before, time.time())
+
+
 @pytest.mark.timeout(480)
 def test_network_collector_image_update_misses_no_poll_and_a_bad_one_costs_no_gap(
     make_stack: Callable[..., Stack], broker: Mosquitto, subscriber: Subscriber, update_images: None
@@ -108,20 +130,12 @@ def test_network_collector_image_update_misses_no_poll_and_a_bad_one_costs_no_ga
         stack = make_stack(broker.port)
         gateway = stack.plant / "gateway.yaml"
         gateway.write_text(gateway.read_text().replace("update: stop-first", "update: start-first", 1))
-        stack.add_device("press-1", counter_device(devices.start("press-1")), simulate=False)
-        topic = f"{stack.topic_prefix}/press-1/counter"
-        started = time.time()
-        stack.up()
-        subscriber.wait_for(lambda m: m.topic == topic and m.at > started, timeout=180)
+        topic = up(stack, subscriber, counter_device(devices.start("press-1")))
         old = stack.containers()["modbus"].id
-        time.sleep(2.0)
 
         # A good image: start-first, the old one polls until the new one is healthy.
-        before = time.time() - 1.5
-        result = update(stack, GOOD, 120)
+        result, good = update_watched(stack, subscriber, topic, GOOD, 120)
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(3.0)
-        good = window(subscriber, topic, before, time.time())
         container = stack.containers()["modbus"]
         assert container.id != old and container.attrs["Config"]["Image"] == GOOD
         assert stack.supervisor is not None
@@ -134,14 +148,13 @@ def test_network_collector_image_update_misses_no_poll_and_a_bad_one_costs_no_ga
         assert sorted(table) == ["forwarder", "modbus"] and table["modbus"]["STATE"] == "running", table
 
         # A bad image: it never turns healthy; the old container keeps polling throughout.
-        before = time.time() - 1.5
-        result = update(stack, BAD, 20)
+        result, bad = update_watched(stack, subscriber, topic, BAD, 20, after=0.0)
         assert result.returncode == 1, result.stdout + result.stderr
         assert f"rolled back to {GOOD}" in result.stderr
         stack.wait_containers(lambda c: c["modbus"].id == container.id and not _candidates(stack), 60,
                               "the new container removed")
         time.sleep(2.0)
-        bad = window(subscriber, topic, before, time.time())
+        bad = window(subscriber, topic, bad[0].at, time.time())
         assert stack.containers()["modbus"].id == container.id  # never stopped, never replaced
     finally:
         devices.close()
@@ -175,18 +188,10 @@ def test_serial_collector_image_update_is_stop_first_with_a_gap_of_one_container
     try:
         devices.start_serial("press-1", str(simulator_end))
         stack = make_stack(broker.port)
-        stack.add_device("press-1", counter_device(serial=collector_end), simulate=False)
-        topic = f"{stack.topic_prefix}/press-1/counter"
-        started = time.time()
-        stack.up()
-        subscriber.wait_for(lambda m: m.topic == topic and m.at > started, timeout=180)
+        topic = up(stack, subscriber, counter_device(serial=collector_end))
         old = stack.containers()["modbus"].id
-        time.sleep(2.0)
-        before = time.time() - 1.5
-        result = update(stack, GOOD, 120)
+        result, readings = update_watched(stack, subscriber, topic, GOOD, 120)
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(3.0)
-        readings = window(subscriber, topic, before, time.time())
         assert stack.containers()["modbus"].id != old
         assert stack.supervisor is not None
         assert "recreate modbus stop-first" in stack.supervisor.text()

@@ -9,10 +9,11 @@ when a container's health check passes or when it exits; it records what happene
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,15 +177,33 @@ async def timed_step(supervisor: Supervisor) -> None:
 
 
 def set_image(config_dir: Path, image: str, supervisor: Supervisor | None = None) -> None:
-    """Edit gateway.yaml's opcua image; with a supervisor, apply it as a config change does."""
+    """Edit gateway.yaml's image of that repository; with a supervisor, apply it as a config change does."""
     gateway = config_dir / "gateway.yaml"
     text = gateway.read_text()
-    old = next(line for line in text.splitlines() if "fieldgate/collector-opcua:" in line)
+    repository = image.rsplit(":", 1)[0]
+    old = next(line for line in text.splitlines() if f"{repository}:" in line)
     gateway.write_text(text.replace(old, f"    image: {image}"))
     if supervisor is not None:
         config, errors = load(config_dir)
         assert config is not None, errors
         supervisor.desired = supervisor.runtime.desired(config, config_dir)
+
+
+@contextlib.asynccontextmanager
+async def supervised(config_dir: Path, engine: FakeEngine, out: io.StringIO) -> AsyncIterator[Supervisor]:
+    """The plant up on the fake Engine, every container healthy, the supervisor's loop settled."""
+    config, errors = load(config_dir)
+    assert config is not None, errors
+    run_dir = RunDir.for_config(config_dir)
+    async with DockerRuntime(config_dir, run_dir, client=engine, printer=lambda _: None,
+                             stats_interval=3600) as runtime:
+        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
+                                out=out)
+        await timed_step(supervisor)
+        for name in ("forwarder", "modbus", "opcua"):
+            engine.healthy(f"fieldgate-line3-{name}-1")
+        await timed_step(supervisor)
+        yield supervisor
 
 
 def opcua_state(run_dir: RunDir) -> str:
@@ -195,20 +214,11 @@ async def test_start_first_is_start_new_wait_healthy_hand_over_or_roll_back_each
     tmp_path: Path,
 ) -> None:
     config_dir = plant(tmp_path, network="bridge")  # opcua: update start-first, no serial port
-    config, errors = load(config_dir)
-    assert config is not None, errors
     run_dir = RunDir.for_config(config_dir)
     engine = FakeEngine(IMAGES)
     out = io.StringIO()
     main, candidate = "fieldgate-line3-opcua-1", "fieldgate-line3-opcua-1-next"
-    async with DockerRuntime(config_dir, run_dir, client=engine, printer=lambda _: None,
-                             stats_interval=3600) as runtime:
-        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
-                                out=out)
-        await timed_step(supervisor)
-        for name in ("forwarder", "modbus", "opcua"):
-            engine.healthy(f"fieldgate-line3-{name}-1")
-        await timed_step(supervisor)
+    async with supervised(config_dir, engine, out) as supervisor:
         old = engine.box(main).id
 
         # A good update: the new container starts beside the old one; the round returns at once.
@@ -282,20 +292,11 @@ async def test_under_host_network_the_new_instance_starts_first_as_a_standby_on_
     gets another port by FIELDGATE_STANDBY_PORT, its health check asks there, and the old one
     runs untouched until the new one is healthy (before: recreated stop-first)."""
     config_dir = plant(tmp_path, network="host")
-    config, errors = load(config_dir)
-    assert config is not None, errors
     run_dir = RunDir.for_config(config_dir)
     engine = FakeEngine(IMAGES)
     out = io.StringIO()
     main, candidate = "fieldgate-line3-opcua-1", "fieldgate-line3-opcua-1-next"
-    async with DockerRuntime(config_dir, run_dir, client=engine, printer=lambda _: None,
-                             stats_interval=3600) as runtime:
-        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
-                                out=out)
-        await timed_step(supervisor)
-        for name in ("forwarder", "modbus", "opcua"):
-            engine.healthy(f"fieldgate-line3-{name}-1")
-        await timed_step(supervisor)
+    async with supervised(config_dir, engine, out) as supervisor:
         assert "FIELDGATE_STANDBY_PORT" not in engine.box(main).args["environment"]
 
         set_image(config_dir, "fieldgate/collector-opcua:0.2.0", supervisor)
@@ -328,24 +329,11 @@ async def test_a_serial_collector_stays_stop_first_and_its_gap_is_only_the_new_c
     main, new = "fieldgate-line3-modbus-1", "fieldgate-line3-modbus-1-next"
     try:
         gateway = plant(tmp_path, network="host", rtu_port=os.ttyname(slave))
-        config, errors = load(gateway)
-        assert config is not None, errors
         run_dir = RunDir.for_config(gateway)
         engine = FakeEngine([*IMAGES, "fieldgate/collector-modbus:0.2.0"])
         out = io.StringIO()
-        async with DockerRuntime(gateway, run_dir, client=engine, printer=lambda _: None,
-                                 stats_interval=3600) as runtime:
-            supervisor = Supervisor(gateway, runtime, run_dir, runtime.desired(config, gateway), POLICY, out=out)
-            await timed_step(supervisor)
-            for name in ("forwarder", "modbus", "opcua"):
-                engine.healthy(f"fieldgate-line3-{name}-1")
-            await timed_step(supervisor)
-            text = (gateway / "gateway.yaml").read_text()
-            old = next(line for line in text.splitlines() if "fieldgate/collector-modbus:" in line)
-            (gateway / "gateway.yaml").write_text(text.replace(old, "    image: fieldgate/collector-modbus:0.2.0"))
-            config, errors = load(gateway)
-            assert config is not None, errors
-            supervisor.desired = runtime.desired(config, gateway)
+        async with supervised(gateway, engine, out) as supervisor:
+            set_image(gateway, "fieldgate/collector-modbus:0.2.0", supervisor)
             engine.events.clear()
             await timed_step(supervisor)
             status = opcua_state(run_dir)
@@ -365,22 +353,10 @@ async def test_a_stop_first_new_container_that_cannot_start_gives_the_service_ba
     tmp_path: Path,
 ) -> None:
     config_dir = plant(tmp_path, network="host")
-    config, errors = load(config_dir)
-    assert config is not None, errors
-    run_dir = RunDir.for_config(config_dir)
     engine = FakeEngine([*IMAGES, "fieldgate/collector-modbus:0.2.0"])
     main, new = "fieldgate-line3-modbus-1", "fieldgate-line3-modbus-1-next"
-    async with DockerRuntime(config_dir, run_dir, client=engine, printer=lambda _: None,
-                             stats_interval=3600) as runtime:
-        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
-                                out=io.StringIO())
-        await timed_step(supervisor)
-        text = (config_dir / "gateway.yaml").read_text()
-        old = next(line for line in text.splitlines() if "fieldgate/collector-modbus:" in line)
-        (config_dir / "gateway.yaml").write_text(text.replace(old, "    image: fieldgate/collector-modbus:0.2.0"))
-        config, errors = load(config_dir)
-        assert config is not None, errors
-        supervisor.desired = runtime.desired(config, config_dir)
+    async with supervised(config_dir, engine, io.StringIO()) as supervisor:
+        set_image(config_dir, "fieldgate/collector-modbus:0.2.0", supervisor)
 
         def refuse(box: Box) -> None:
             if box.name == new:

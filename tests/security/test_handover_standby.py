@@ -38,6 +38,14 @@ class Sink:
         pass
 
 
+async def active_and_standby(socket: Path) -> tuple[Peer, Peer]:
+    """The running collector, and a new instance admitted as its standby."""
+    active = await Peer.hello(socket, "real")
+    standby = await Peer.hello(socket, "next", standby=True)
+    assert await standby.next() == {"t": "standby"}
+    return active, standby
+
+
 class Peer:
     """A raw hand-off connection, saying what the test tells it to."""
 
@@ -76,9 +84,7 @@ async def test_a_second_standby_is_refused_and_the_first_keeps_its_place(
     server: tuple[HandoffServer, Sink, Path],
 ) -> None:
     handoff, _sink, socket = server
-    active = await Peer.hello(socket, "real")
-    standby = await Peer.hello(socket, "next", standby=True)
-    assert await standby.next() == {"t": "standby"}
+    active, standby = await active_and_standby(socket)
     rogue = await Peer.hello(socket, "rogue", standby=True)
     refusal = await rogue.next()
     assert refusal["t"] == "error" and "already has a standby" in refusal["error"]
@@ -93,9 +99,7 @@ async def test_a_standby_that_sends_before_it_is_active_is_dropped_and_nothing_i
     server: tuple[HandoffServer, Sink, Path],
 ) -> None:
     handoff, sink, socket = server
-    active = await Peer.hello(socket, "real")
-    standby = await Peer.hello(socket, "next", standby=True)
-    assert await standby.next() == {"t": "standby"}
+    active, standby = await active_and_standby(socket)
     standby.writer.write(encode_frame({"t": "batch", "seq": 1, "r": [["press-1", "counter", 666, TS, "good"]]}))
     refusal = await standby.next()
     assert refusal["t"] == "error" and "is a standby" in refusal["error"]
@@ -108,9 +112,7 @@ async def test_writes_go_only_to_the_active_collector_while_a_standby_waits(
     server: tuple[HandoffServer, Sink, Path],
 ) -> None:
     handoff, _sink, socket = server
-    active = await Peer.hello(socket, "real")
-    standby = await Peer.hello(socket, "next", standby=True)
-    assert await standby.next() == {"t": "standby"}
+    active, standby = await active_and_standby(socket)
     assert handoff.send_write("modbus", WriteRequest("w1", "press-1", "run", 1))
     assert (await active.next())["id"] == "w1"
     with pytest.raises(TimeoutError):
