@@ -49,6 +49,11 @@ STANDBY_PORT_ENV = "FIELDGATE_STANDBY_PORT"
 # On SIGTERM, polls under way get this long to land before everything is cancelled: an answer
 # (milliseconds) is kept; a poll waiting out a silent device's timeout is cut.
 QUIESCE_TIMEOUT = 0.25
+# On SIGTERM, a poll due within this still runs: a handover's new collector polls the moment
+# this one has left (after this one's drain and exit, and the hand-off's word to the new one:
+# tens of ms), so its first poll follows this one's last by at most about one poll period
+# rather than up to a period plus that time.
+HANDOVER_LEAD = 0.06
 METRICS_PORT_RETRY = 0.1  # seconds between tries to bind the slice's port the old instance held
 
 C = TypeVar("C", bound=CollectorSettings)
@@ -93,8 +98,9 @@ class CollectorShell(Generic[C]):
     def _observe(self, now: float) -> None:
         """Called by the watcher once a second."""
 
-    async def _quiesce(self) -> None:
-        """On SIGTERM: start no new poll and return once those under way have landed."""
+    async def _quiesce(self, imminent: float) -> None:
+        """On SIGTERM: start no poll due later than `imminent` seconds from now, and return once
+        those under way (and those due sooner) have landed."""
 
     def _started_line(self) -> str:
         return f"{self.config.name}: started"
@@ -179,11 +185,11 @@ class CollectorShell(Generic[C]):
                      self.metrics_port)
             return
 
-    async def quiesce(self, timeout: float = QUIESCE_TIMEOUT) -> None:
-        """Stop polling and let what is under way land, for at most `timeout` seconds; the
-        shutdown that follows drains it to the forwarder."""
+    async def quiesce(self, timeout: float = QUIESCE_TIMEOUT, imminent: float = HANDOVER_LEAD) -> None:
+        """Stop polling and let what is under way (or due within `imminent`) land, for at most
+        `timeout` seconds; the shutdown that follows drains it to the forwarder."""
         try:
-            await asyncio.wait_for(self._quiesce(), timeout)
+            await asyncio.wait_for(self._quiesce(imminent), timeout)
         except TimeoutError:
             log.debug("%s: polls still under way after %gs: cut", self.config.name, timeout)
 

@@ -126,9 +126,9 @@ class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
         if tasks:
             await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
 
-    async def _quiesce(self) -> None:
+    async def _quiesce(self, imminent: float) -> None:
         for poller in self.pollers:
-            poller.stop_polling()
+            poller.stop_polling(imminent)
         await asyncio.gather(*(poller.idle() for poller in self.pollers))
 
     async def _on_write(self, request: WriteRequest) -> WriteResult:

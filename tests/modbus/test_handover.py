@@ -77,7 +77,9 @@ async def test_the_standby_takes_over_one_poll_after_the_old_ones_last_with_noth
                 await until(lambda: sink.results, what="the write's result")
                 assert old.writer.ok == 1 and new.writer.ok == 0
 
-                # The handover: the old one stops (SIGTERM in a container), drains and leaves.
+                # The handover: the old one stops as on SIGTERM (collectors.core.shell.serve):
+                # its polls land, then it is cancelled, drains and leaves.
+                await old.quiesce()
                 old_task.cancel()
                 await asyncio.gather(old_task, return_exceptions=True)
                 await old.__aexit__(None, None, None)
