@@ -5,9 +5,10 @@
 
 Needs a running engine with the fieldgate images (`.ci/docker.sh`), and mosquitto on the host.
 Never pulls or rebuilds an image. It makes, and removes at the end, `fieldgate/collector-modbus:
-bench-good` and `fieldgate/forwarder:bench-good` (new tags of the :0.1.0 images, so an update
-is a real recreate) and `fieldgate/collector-modbus:bench-bad` (the :0.1.0 image committed with
-an entrypoint that sleeps: it runs, never answers its health check, never turns healthy).
+TAG-bench-good` and `fieldgate/forwarder:TAG-bench-good` (new tags of the :TAG images, TAG being
+FIELDGATE_TEST_IMAGE_TAG or 0.1.0, so an update is a real recreate) and `fieldgate/collector-
+modbus:TAG-bench-bad` (the :TAG image committed with an entrypoint that sleeps: it runs, never
+answers its health check, never turns healthy).
 Its gateway id is `bench-<hex>`, so its compose project and containers are
 `fieldgate-bench-<hex>-*`.
 
@@ -22,9 +23,9 @@ seconds before it until `--seconds` after the change is live:
   poll-changed   press-2's poll 100ms -> 200ms
   device-added   press-3 (its own server) added to devices/
   device-removed press-3's file removed
-  image-good     `fieldgate update DIR modbus --image fieldgate/collector-modbus:bench-good`
-  image-bad      the same to :bench-bad, `--timeout 20`: rolled back to the previous image
-  forwarder      `fieldgate update DIR forwarder --image fieldgate/forwarder:bench-good`
+  image-good     `fieldgate update DIR modbus --image fieldgate/collector-modbus:TAG-bench-good`
+  image-bad      the same to :TAG-bench-bad, `--timeout 20`: rolled back to the previous image
+  forwarder      `fieldgate update DIR forwarder --image fieldgate/forwarder:TAG-bench-good`
 
 Columns, for each of press-1 and press-2 (the devices that are there for the whole row):
 
@@ -89,9 +90,11 @@ from tests.support.mqtt import Message, Subscriber  # noqa: E402
 ROWS = ("tag-added", "poll-changed", "device-added", "device-removed", "image-good", "image-bad", "forwarder")
 MODBUS_IMAGE = image("collector-modbus")
 FORWARDER_IMAGE = image("forwarder")
-GOOD = "fieldgate/collector-modbus:bench-good"
-BAD = "fieldgate/collector-modbus:bench-bad"
-FORWARDER_GOOD = "fieldgate/forwarder:bench-good"
+# Named after the images they are made from: two runs on one engine (of different
+# FIELDGATE_TEST_IMAGE_TAGs) must not retag or remove each other's.
+GOOD = f"{MODBUS_IMAGE}-bench-good"
+BAD = f"{MODBUS_IMAGE}-bench-bad"
+FORWARDER_GOOD = f"{FORWARDER_IMAGE}-bench-good"
 BAD_TIMEOUT = 20.0
 
 
