@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from itertools import pairwise
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tests.modbus.conftest import Sink, collector_config, until
 from tests.support.broker import free_port
 from tests.support.counting import counting_server
 from tests.support.http import http_get
+from tests.support.shell import running
 
 pytestmark = pytest.mark.sim
 
@@ -34,17 +33,6 @@ def counter_device(port: int) -> dict[str, object]:
             "connection": {"tcp": {"host": "127.0.0.1", "port": port}},
             "tags": [{"name": "counter", "table": "holding", "address": 0, "type": "uint16", "deadband": 0},
                      {"name": "run", "table": "holding", "address": 5, "type": "uint16", "writable": True}]}
-
-
-@asynccontextmanager
-async def running(collector: ModbusCollector) -> AsyncIterator[asyncio.Task[None]]:
-    async with collector:
-        task = asyncio.create_task(collector.run())
-        try:
-            yield task
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 def config(settings: HandoffConfig, device_port: int, metrics_port: int, tmp_path: Path) -> ModbusCollectorConfig:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,9 @@ from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
 from collectors.opcua.simulator import OpcuaSimulator
 from tests.opcua.support import Recorder
 from tests.support.broker import free_port
+from tests.support.shell import running
 
 pytestmark = pytest.mark.sim
-
-
-@asynccontextmanager
-async def running(collector: OpcuaCollector) -> AsyncIterator[asyncio.Task[None]]:
-    async with collector:
-        task = asyncio.create_task(collector.run())
-        try:
-            yield task
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_the_standby_opens_no_session_until_the_old_collector_has_left(tmp_path: Path) -> None:
