@@ -5,9 +5,10 @@
 
 Needs a running engine with the fieldgate images (`.ci/docker.sh`), and mosquitto on the host.
 Never pulls or rebuilds an image. It makes, and removes at the end, `fieldgate/collector-modbus:
-bench-good` and `fieldgate/forwarder:bench-good` (new tags of the :0.1.0 images, so an update
-is a real recreate) and `fieldgate/collector-modbus:bench-bad` (the :0.1.0 image committed with
-an entrypoint that sleeps: it runs, never answers its health check, never turns healthy).
+TAG-bench-good` and `fieldgate/forwarder:TAG-bench-good` (new tags of the :TAG images, TAG being
+FIELDGATE_TEST_IMAGE_TAG or 0.1.0, so an update is a real recreate) and `fieldgate/collector-
+modbus:TAG-bench-bad` (the :TAG image committed with an entrypoint that sleeps: it runs, never
+answers its health check, never turns healthy).
 Its gateway id is `bench-<hex>`, so its compose project and containers are
 `fieldgate-bench-<hex>-*`.
 
@@ -22,9 +23,9 @@ seconds before it until `--seconds` after the change is live:
   poll-changed   press-2's poll 100ms -> 200ms
   device-added   press-3 (its own server) added to devices/
   device-removed press-3's file removed
-  image-good     `fieldgate update DIR modbus --image fieldgate/collector-modbus:bench-good`
-  image-bad      the same to :bench-bad, `--timeout 20`: rolled back to the previous image
-  forwarder      `fieldgate update DIR forwarder --image fieldgate/forwarder:bench-good`
+  image-good     `fieldgate update DIR modbus --image fieldgate/collector-modbus:TAG-bench-good`
+  image-bad      the same to :TAG-bench-bad, `--timeout 20`: rolled back to the previous image
+  forwarder      `fieldgate update DIR forwarder --image fieldgate/forwarder:TAG-bench-good`
 
 Columns, for each of press-1 and press-2 (the devices that are there for the whole row):
 
@@ -64,42 +65,37 @@ lost and 0 duplicates in every row.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import itertools
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-from pymodbus.server import ModbusTcpServer  # noqa: E402
-from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: E402
-from pymodbus.simulator.simcore import SimCore  # noqa: E402
 
 from gateway.compose import project_name  # noqa: E402
 from tests.docker.stack import Stack, fieldgate, gateway_yaml, image  # noqa: E402
-from tests.support.broker import Mosquitto, free_port  # noqa: E402
+from tests.support.broker import Mosquitto  # noqa: E402
+from tests.support.counting import Devices  # noqa: E402
 from tests.support.mqtt import Message, Subscriber  # noqa: E402
 
 ROWS = ("tag-added", "poll-changed", "device-added", "device-removed", "image-good", "image-bad", "forwarder")
 MODBUS_IMAGE = image("collector-modbus")
 FORWARDER_IMAGE = image("forwarder")
-GOOD = "fieldgate/collector-modbus:bench-good"
-BAD = "fieldgate/collector-modbus:bench-bad"
-FORWARDER_GOOD = "fieldgate/forwarder:bench-good"
+# Named after the images they are made from: two runs on one engine (of different
+# FIELDGATE_TEST_IMAGE_TAGs) must not retag or remove each other's.
+GOOD = f"{MODBUS_IMAGE}-bench-good"
+BAD = f"{MODBUS_IMAGE}-bench-bad"
+FORWARDER_GOOD = f"{FORWARDER_IMAGE}-bench-good"
 BAD_TIMEOUT = 20.0
-HOLDING = 3  # the function code pymodbus' datastore is addressed with for holding registers
 
 
 def device_yaml(name: str, port: int, poll: str = "100ms", extra_tag: bool = False) -> str:
@@ -121,59 +117,6 @@ tags:
     if extra_tag:
         text += "  - name: level\n    table: holding\n    address: 1\n    type: uint16\n"
     return text
-
-
-class CountingCore(SimCore):
-    """pymodbus' datastore, adding one to holding register 0 on every read that covers it."""
-
-    def __init__(self, devices: list[SimDevice]) -> None:
-        super().__init__(devices)
-        self.reads = 0
-
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
-        if func_code == HOLDING and address <= 0 < address + count:
-            self.reads += 1
-            await super().async_setValues(device_id, HOLDING, 0, [self.reads % 65536])
-        return await super().async_getValues(device_id, func_code, address, count)
-
-
-class Devices:
-    """One pymodbus TCP server per device, on an event loop in a thread of this process."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: dict[str, ModbusTcpServer] = {}
-
-    def start(self, name: str) -> int:
-        port = free_port()
-
-        async def serve() -> None:
-            devices = [SimDevice(id=1, simdata=(
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-            ))]
-            server = ModbusTcpServer(devices, address=("127.0.0.1", port))
-            server.context = CountingCore(devices)
-            await server.serve_forever(background=True)
-            self.servers[name] = server
-
-        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
-        return port
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for server in self.servers.values():
-                with contextlib.suppress(Exception):
-                    await server.shutdown()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class BenchStack(Stack):

@@ -233,6 +233,12 @@ def _health_test(host: str, port: int) -> list[str]:
     return ["CMD", "python3", "-c", code]
 
 
+def health_test_on(service: RenderedService, port: int) -> list[str]:
+    """The health check of `service` asking on another port (a start-first standby's own)."""
+    assert service.config is not None, "build_service keeps each service's slice"
+    return _health_test(reach(_listen_host(service.config)), port)
+
+
 def build_service(project: str, network: Network, item: Slice) -> RenderedService:
     """The compose mapping of one service and its config hash."""
     config_text = slice_text(item.config)

@@ -22,16 +22,22 @@ The steps, and when `plan` emits them:
               from `update_order`: stop-first (the old one stops, then the new one starts)
               or start-first (the new one starts beside the old one, which keeps running).
               Start-first is the spec's `update` when two instances can run at once: not
-              with serial ports (one owner), not with a metrics port on the host's network
-              (one port). A crashed (or engine-restarting) service whose config changed is
-              recreated at once, stop-first: the new config may be the fix.
+              with serial ports (one owner); on the host's network (one metrics port) only
+              for a service that starts as a standby (`ServiceSpec.standby`: a collector of
+              network devices; the runtime gives the new instance a metrics port of its own
+              and the hand-off keeps it from polling until the old one has left). A crashed
+              (or engine-restarting) service whose config changed is recreated at once,
+              stop-first: the new config may be the fix.
 - `Reload`    running, and only its slice's devices changed (`ServiceSpec.reload_hash`, the hash
               of everything else - image, limits, ports, serial ports, command, secrets, the
               slice's other settings - is the same on both sides): the runtime hands the new
               slice to the running service (rewrites it, then SIGHUP), which applies it device by
               device; nothing restarts. A failed reload falls back to `Recreate`.
 - `Handover`  start-first, once the new instance is healthy (or running, without a health
-              check): the old one stops and the new one takes its place.
+              check): the old one stops and the new one takes its place. A standby turns
+              healthy only once the hand-off has admitted it as the standby; the old one's
+              connection closing (it drains and exits on SIGTERM) makes it active, so its
+              first poll follows the old one's last within about one poll period.
 - `Rollback`  start-first, when the new instance exits, turns unhealthy or is not healthy
               within `Policy.start_grace`: it is removed, the old one runs on, and the same
               recreate backs off like a failed execution. Also (without a failure) when the
@@ -112,6 +118,10 @@ class ServiceSpec:
     # The hash of everything but the devices of its slice, for a service that takes a new slice
     # in place (None: it cannot). Equal to the running instance's: a changed config_hash is a Reload.
     reload_hash: str | None = None
+    # A second instance of it can start beside the running one as a standby: on a metrics port
+    # of its own (the runtime picks it), polling and publishing nothing until the hand-off makes
+    # it active, which it does when the running one's connection leaves (docs/runtime.md).
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -453,12 +463,13 @@ def update_order(spec: ServiceSpec) -> tuple[UpdateOrder, str]:
     """The order a recreate of `spec` runs in, and why when it is not the one the spec asks for.
 
     Start-first runs two instances at once, so it needs two of everything an instance holds:
-    a serial port has one owner, and on the host's network the metrics port (where health
-    answers) is one port."""
+    a serial port has one owner (stop-first: the gap is one container start); on the host's
+    network the metrics port (where health answers) is one port, unless the new instance
+    starts as a standby on a port of its own (`ServiceSpec.standby`)."""
     if spec.update == "start-first":
         if spec.devices:
             return "stop-first", "start-first would need two owners of a serial port"
-        if spec.host_network and spec.metrics_port is not None:
+        if spec.host_network and spec.metrics_port is not None and not spec.standby:
             return "stop-first", f"start-first would need metrics port {spec.metrics_port} twice on the host"
     return spec.update, ""
 

@@ -8,6 +8,8 @@ Readings go up in acknowledged batches, writes come down, write results go up. F
 
     collector -> forwarder
       hello   {"t": "hello", "collector": "modbus", "epoch": "<random per process>"}
+              with `"standby": true` from a new instance that starts beside the running one
+              (a start-first update): it sends nothing more until it is made active
       batch   {"t": "batch", "seq": 7, "r": [[device, tag, value, ts_ms, quality, reason], ...]}
       state   {"t": "state", "seq": 8, "device": "press-1", "online": false, "reason": "timeout"}
       types   {"t": "types", "seq": 9, "device": "oven", "types": {"temperature": "double", "mode": "int16"}}
@@ -22,6 +24,8 @@ Readings go up in acknowledged batches, writes come down, write results go up. F
               the write after it and answers "expired"; a frame without it never expires, and
               a collector that does not know the key ignores it.
       error   {"t": "error", "error": "collector modbus is already connected"}   then the forwarder closes
+      standby {"t": "standby"}   the standby is admitted: it waits, polling nothing
+      active  {"t": "active"}    the standby is the collector now (the active one left): it polls
 
 A frame is at most MAX_FRAME bytes; a collector splits its batches to fit.
 
@@ -31,9 +35,17 @@ in a 0700 directory of the forwarder's user, and each connection's peer credenti
 the process runtime, 10001 in the containers), or root when the gateway sandboxes a collector
 under gVisor (its gofer, a root process on the host, opens the connection for the sandbox, so
 the kernel names uid 0; gVisor itself keeps the 0700 directory shut to other users inside the
-sandbox); one connection per collector name; each
-reading is checked against that collector's catalog (handoff_check.py). A peer that breaks
-the protocol gets an `error` frame and is closed, logged once per kind at ERROR.
+sandbox); one active connection per collector name, and beside it at most one standby of the
+same name; each reading is checked against that collector's catalog (handoff_check.py). A peer
+that breaks the protocol gets an `error` frame and is closed, logged once per kind at ERROR.
+
+A start-first update without a gap (docs/runtime.md, "the handover"): the new instance says
+hello as a standby and is admitted beside the active one; it sends nothing and gets no writes.
+When the active connection closes (the old instance drained what it had and exited on
+SIGTERM, or died), the standby is made active at once and starts polling. A standby that
+arrives while no collector of its name is connected is made active after STANDBY_CLAIM
+seconds unless an active one reconnects first (the forwarder restarted mid-handover: the
+old instance gets its name back, and the new one keeps waiting).
 
 A collector keeps every frame until it is acknowledged and sends the unacknowledged ones
 again after a reconnect, so a reading the forwarder acknowledged is never lost and one it
@@ -76,6 +88,7 @@ _HEADER = struct.Struct(">I")
 MAX_FRAME = 2 * 1024 * 1024
 MAX_IN_FLIGHT = 8  # frames sent and not yet acknowledged: backpressure when the forwarder is slow
 MAX_CONNECTIONS = 8  # a modbus and an opcua collector, and room for a handover's overlap
+STANDBY_CLAIM = 1.0  # a standby with no active collector of its name becomes active after this
 HELLO_TIMEOUT = 5.0  # a connection must say who it is within this
 FRAME_TIMEOUT = 30.0  # once a frame's length has arrived, its body must follow within this
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (socket(7))
@@ -145,11 +158,18 @@ class HandoffClient:
     away. Writes from the forwarder are served by `on_write`.
     """
 
-    def __init__(self, settings: HandoffConfig, collector: str, on_write: WriteHandler) -> None:
+    def __init__(self, settings: HandoffConfig, collector: str, on_write: WriteHandler,
+                 *, standby: bool = False) -> None:
         self._settings = settings
         self._collector = collector
         self._on_write = on_write
         self._epoch = uuid.uuid4().hex
+        # Active: it may send. A standby (a new instance beside the running one) sends nothing
+        # until the forwarder makes it active; `standby_admitted` once the forwarder took it as one.
+        self._active = asyncio.Event()
+        if not standby:
+            self._active.set()
+        self.standby_admitted = False
         self._queue: deque[Reading | DeviceState | DeviceTypes] = deque()
         self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # seq -> (frame, readings)
         self._seq = 0
@@ -218,6 +238,19 @@ class HandoffClient:
         self.stats.queued_bytes += READING_BYTES
         self._wakeup.set()
 
+    def make_standby(self) -> None:
+        """Before `async with`: say hello as a standby and send nothing until made active."""
+        assert self._main is None, "a client becomes a standby before it connects"
+        self._active.clear()
+
+    @property
+    def active(self) -> bool:
+        """False while this is a standby the forwarder has not made active."""
+        return self._active.is_set()
+
+    async def wait_active(self) -> None:
+        await self._active.wait()
+
     @property
     def pending(self) -> int:
         """Readings not yet acknowledged by the forwarder (queued or in flight)."""
@@ -228,9 +261,13 @@ class HandoffClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._queue or self._unacked:
-            if loop.time() >= deadline:
+            left = deadline - loop.time()
+            if left <= 0:
                 return False
-            await asyncio.sleep(0.02)
+            # Woken by the ack (a handover waits on this drain); the bound covers a missed wake.
+            self._acked.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), min(left, 0.02))
         return True
 
     def _trim(self) -> None:
@@ -295,7 +332,11 @@ class HandoffClient:
                 delay = 0.05
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(encode_frame({"t": "hello", "collector": self._collector, "epoch": self._epoch}))
+        hello: dict[str, Any] = {"t": "hello", "collector": self._collector, "epoch": self._epoch}
+        if not self._active.is_set():
+            hello["standby"] = True
+            self.standby_admitted = False
+        writer.write(encode_frame(hello))
         for frame, _ in self._unacked.values():  # sent before the loss: send again, in order
             writer.write(frame)
         await writer.drain()
@@ -318,6 +359,7 @@ class HandoffClient:
 
     async def _send_loop(self, writer: asyncio.StreamWriter) -> None:
         settings = self._settings
+        await self._active.wait()  # a standby sends nothing (the forwarder would close it)
         while True:
             if not self._queue:
                 self._wakeup.clear()
@@ -414,7 +456,15 @@ class HandoffClient:
             kind = message["t"]
             if kind == "error":
                 raise HandoffRefused(str(message.get("error"))[:500])
-            if kind == "ack":
+            if kind == "standby":
+                self.standby_admitted = True
+                log.info("admitted by the forwarder as the standby of the running %s collector: waiting, "
+                         "polling nothing", self._collector)
+            elif kind == "active":
+                if not self._active.is_set():
+                    log.info("made active by the forwarder: the previous %s collector left", self._collector)
+                self._active.set()
+            elif kind == "ack":
                 seq = int(message["seq"])
                 while self._unacked and next(iter(self._unacked)) <= seq:
                     _, (_, count) = self._unacked.popitem(last=False)
@@ -478,6 +528,7 @@ class _Peer:
     epoch: str
     writer: asyncio.StreamWriter
     pid: int
+    standby: bool = False  # admitted beside the active one; sends nothing, gets no writes
 
 
 def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
@@ -515,7 +566,9 @@ class HandoffServer:
         self._sink = sink
         self.check = check or ReadingCheck(None)
         self._server: asyncio.Server | None = None
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, _Peer] = {}  # the active connection of each collector name
+        self._standby: dict[str, _Peer] = {}  # at most one standby per name (a start-first update)
+        self._claims: dict[str, asyncio.TimerHandle] = {}  # standbys that arrived with no active peer
         self._last_seq: dict[tuple[str, str], int] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -528,7 +581,13 @@ class HandoffServer:
 
     @property
     def collectors(self) -> list[str]:
+        """The collectors connected and active (a standby is not one yet)."""
         return sorted(self._peers)
+
+    @property
+    def standbys(self) -> list[str]:
+        """The collectors with a standby waiting beside the active one."""
+        return sorted(self._standby)
 
     @property
     def serving(self) -> bool:
@@ -554,6 +613,9 @@ class HandoffServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for claim in self._claims.values():
+            claim.cancel()
+        self._claims.clear()
         if self._server is not None:
             self._server.close()
         # Close the connections and let their tasks end on the closed stream: a cancelled
@@ -631,17 +693,23 @@ class HandoffServer:
             if peer is not None and self._peers.get(peer.collector) is peer:
                 del self._peers[peer.collector]
                 log.info("collector %s left the hand-off", peer.collector)
+                self._promote(peer.collector)
+            elif peer is not None and self._standby.get(peer.collector) is peer:
+                del self._standby[peer.collector]
+                log.info("the standby of collector %s left the hand-off", peer.collector)
             writer.close()
 
     def _hello(self, hello: dict[str, Any], writer: asyncio.StreamWriter, pid: int) -> _Peer:
-        """Admit a collector: one connection per collector name.
+        """Admit a collector: one active connection per collector name, and at most one standby.
 
         The connection that holds a name keeps it (and its writes) until it closes; another
         process saying the same name is refused, so neither a stray second instance nor a
         rogue can take the writes of the real one. The same process (same epoch) reconnecting
-        before its old connection was seen closing takes over. A start-first handover (old and
-        new collector overlapping) would be decided here: admit the new peer beside the old
-        and move the routing once the new one is ready."""
+        before its old connection was seen closing takes over. A start-first update's new
+        instance says `standby`: it is admitted beside the active one (the peer check of
+        `_accept` already held: same uid), may send nothing and gets no writes, and is made
+        active when the active connection closes (`_promote`). A second standby of a name is
+        refused, so a rogue cannot queue up behind the real collector either."""
         if hello["t"] != "hello":
             raise HandoffError(f"expected hello, got {hello['t'][:40]!r}")
         name, epoch = hello.get("collector"), hello.get("epoch", "")
@@ -650,8 +718,10 @@ class HandoffServer:
         if not isinstance(epoch, str) or len(epoch) > 64:
             raise HandoffError("hello: epoch is not a text of at most 64 characters")
         assert isinstance(name, str)
-        peer = _Peer(name, epoch, writer, pid)
         current = self._peers.get(name)
+        if hello.get("standby") is True:
+            return self._admit_standby(name, epoch, writer, pid, current)
+        peer = _Peer(name, epoch, writer, pid)
         if current is not None and current.epoch != epoch:
             raise HandoffError(
                 f"collector {name} is already connected (pid {current.pid}): a second connection under that "
@@ -662,6 +732,52 @@ class HandoffServer:
         self._peers[name] = peer
         log.info("collector %s connected to the hand-off (pid %d)", name, pid)
         return peer
+
+    def _admit_standby(
+        self, name: str, epoch: str, writer: asyncio.StreamWriter, pid: int, current: _Peer | None
+    ) -> _Peer:
+        waiting = self._standby.get(name)
+        if waiting is not None and waiting.epoch != epoch:
+            raise HandoffError(
+                f"collector {name} already has a standby (pid {waiting.pid}): at most one standby per collector"
+            )
+        if current is not None and current.epoch == epoch:
+            raise HandoffError(f"collector {name} is active on this connection's epoch: it cannot be a standby too")
+        if waiting is not None:  # the same process reconnecting
+            waiting.writer.close()
+        peer = _Peer(name, epoch, writer, pid, standby=True)
+        self._standby[name] = peer
+        writer.write(encode_frame({"t": "standby"}))
+        if current is None:
+            # No active collector of this name: the old one may be reconnecting to a restarted
+            # forwarder; if it does not within STANDBY_CLAIM, this one takes over.
+            claim = self._claims.pop(name, None)
+            if claim is not None:
+                claim.cancel()
+            self._claims[name] = asyncio.get_running_loop().call_later(STANDBY_CLAIM, self._promote, name)
+            log.info("collector %s (pid %d) connected as a standby with no active instance: active in %gs "
+                     "unless one reconnects", name, pid, STANDBY_CLAIM)
+        else:
+            log.info("collector %s (pid %d) admitted as the standby of pid %d: it takes over when that one leaves",
+                     name, pid, current.pid)
+        return peer
+
+    def _promote(self, name: str) -> None:
+        """The active connection of `name` left (or a standby's claim ran out): its standby, if
+        any, is the collector now. Its first frame after this one is the first it may send."""
+        claim = self._claims.pop(name, None)
+        if claim is not None:
+            claim.cancel()
+        if name in self._peers:  # an active one came back first: the standby waits on
+            return
+        peer = self._standby.pop(name, None)
+        if peer is None:
+            return
+        peer.standby = False
+        self._peers[name] = peer
+        with suppress(ConnectionError, RuntimeError):
+            peer.writer.write(encode_frame({"t": "active"}))
+        log.info("collector %s (pid %d) made active: it polls and publishes from now on", name, peer.pid)
 
     async def _serve(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
@@ -677,6 +793,10 @@ class HandoffServer:
         """Hand one frame to the sink; the seq to acknowledge. A method of its own so that the parsed
         frame (tens of MB for a full frame of small rows) is freed before the next one is awaited."""
         kind = message["t"]
+        if peer.standby:
+            raise HandoffError(
+                f"collector {peer.collector} is a standby: it may send {kind[:40]!r} frames once it is made active"
+            )
         if kind == "result":
             self._sink.write_result(peer.collector, _write_result(message))
             return None

@@ -126,6 +126,11 @@ class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
         if tasks:
             await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
 
+    async def _quiesce(self, imminent: float) -> None:
+        for poller in self.pollers:
+            poller.stop_polling(imminent)
+        await asyncio.gather(*(poller.idle() for poller in self.pollers))
+
     async def _on_write(self, request: WriteRequest) -> WriteResult:
         return await self.writer(request)
 
@@ -165,7 +170,7 @@ class ModbusCollector(CollectorShell[ModbusCollectorConfig]):
         m.health_check(self._poll_problem)
 
     def _poll_problem(self) -> str | None:
-        if not self.pollers:
+        if not self.pollers or not self.active:  # a standby polls nothing yet
             return None
         now = time.monotonic()
         last = max((p.stats.last_success or 0.0 for p in self.pollers), default=0.0)

@@ -103,28 +103,67 @@ class DevicePoller:
         self._bad: set[str] = set()  # tags whose last report was `bad`
         self._latch = ErrorLatch(log, f"{device.name} ({link.key}, unit {device.unit})")
         self._fault_backoff = Backoff(fault_backoff_first, fault_backoff_max)
+        self._stop_at: float | None = None  # stop_polling: no poll whose tick is later starts
+        self._in_flight = 0  # polls under way (one per poll class at most)
+        self._next: dict[int, float] = {}  # poll class -> its next tick (loop time)
+        self._moved = asyncio.Event()  # a poll landed or a class chose its next tick
+
+    def stop_polling(self, imminent: float = 0.0) -> None:
+        """Start no poll whose tick is more than `imminent` seconds away; `idle()` returns once
+        the polls under way and those due sooner have landed (their readings queued for the
+        forwarder). A shutdown then cancels `run()` without cutting a request the device has
+        already answered, so a value it counted is not lost; and a handover's new collector,
+        which polls the moment this one has left, follows this one's last poll by less than
+        a period when `imminent` covers the time the handover takes."""
+        self._stop_at = asyncio.get_running_loop().time() + imminent
+        self._moved.set()
+
+    async def idle(self) -> None:
+        while not self._stopped():
+            self._moved.clear()
+            await self._moved.wait()
+
+    def _stopped(self) -> bool:
+        stop_at = self._stop_at
+        return (stop_at is not None and not self._in_flight
+                and all(tick > stop_at for tick in self._next.values()))
+
+    def _landed(self) -> None:
+        self._in_flight -= 1
+        self._moved.set()
 
     async def run(self) -> None:
         """Poll every class on its own schedule until cancelled."""
         async with asyncio.TaskGroup() as group:
-            for poll_class, blocks in zip(self.classes, self._blocks, strict=True):
+            for index, (poll_class, blocks) in enumerate(zip(self.classes, self._blocks, strict=True)):
                 group.create_task(
-                    self._run_class(poll_class.interval, blocks),
+                    self._run_class(index, poll_class.interval, blocks),
                     name=f"poll-{self.device.name}-{poll_class.interval:g}s",
                 )
 
-    async def _run_class(self, interval: float, blocks: list[_PlannedBlock]) -> None:
+    async def _run_class(self, index: int, interval: float, blocks: list[_PlannedBlock]) -> None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         next_tick = loop.time()
         while True:
+            if self._stop_at is not None and next_tick > self._stop_at:
+                self._next[index] = next_tick
+                self._moved.set()
+                await asyncio.Future()  # polls no more; the shutdown's cancel ends it
+            self._in_flight += 1
             try:
                 await self.poll_once(blocks)
             except Exception as exc:
                 self._fault(exc)
-                await asyncio.sleep(self._fault_backoff.next_delay())
-                next_tick = loop.time()
+                self._landed()
+                next_tick = loop.time() + self._fault_backoff.next_delay()
+                self._next[index] = next_tick
+                await asyncio.sleep(next_tick - loop.time())
                 continue
+            except BaseException:
+                self._landed()
+                raise
+            self._landed()
             self._fault_backoff.reset()
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for (inside pymodbus) returns an answer that arrived with
@@ -134,6 +173,8 @@ class DevicePoller:
             now = loop.time()
             if next_tick <= now:  # overran: skip the ticks we missed, keep the grid
                 next_tick += ((now - next_tick) // interval + 1) * interval
+            self._next[index] = next_tick
+            self._moved.set()
             await asyncio.sleep(next_tick - now)
 
     async def poll_once(self, blocks: list[_PlannedBlock]) -> None:

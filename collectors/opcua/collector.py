@@ -357,9 +357,9 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
         m.health_check(self._device_problem)
 
     def _device_problem(self) -> str | None:
-        if any(link.online for link in self.links.values()):
-            return None
-        quiet = time.monotonic() - self._last_online
+        if not self.active or any(link.online for link in self.links.values()):
+            return None  # a standby opens no session yet
+        quiet = time.monotonic() - max(self._last_online, self._started)
         if quiet < DEVICE_GRACE:
             return None
         reasons = "; ".join(f"{n}: {link.reason}" for n, link in self.links.items())

@@ -13,11 +13,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gateway.compose import Project
+from gateway.compose import Project, health_test_on
 from gateway.runtime.engine import EngineError
 
 CONTAINER_NUMBER = "1"
 CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy
+# A start-first replacement starts as a standby (collectors.core.shell) with /metrics and
+# /healthz on this port; the label says which port that is.
+STANDBY_PORT_ENV = "FIELDGATE_STANDBY_PORT"
+STANDBY_PORT_LABEL = "io.fieldgate.standby-port"
 
 
 def parse_seconds(text: str) -> float:
@@ -72,7 +76,12 @@ class ContainerFactory:
         name = match.group(1)
         return self.project.secrets.get(name) or os.environ.get(name, "")
 
-    def create_args(self, service: str, name: str, *, image: str | None = None) -> dict[str, Any]:
+    def create_args(
+        self, service: str, name: str, *, image: str | None = None, standby_port: int | None = None
+    ) -> dict[str, Any]:
+        """With `standby_port`, the container starts as a standby beside the running one: the
+        collector serves /metrics and /healthz on that port (0: none), and its health check asks
+        there, so its health is its own and not the running one's."""
         svc = self.project.services[service].compose
         unknown = set(svc) - self.KNOWN
         if unknown:
@@ -121,7 +130,13 @@ class ContainerFactory:
             }
         else:
             healthcheck = None
+        environment = {key: self._value(value) for key, value in (svc.get("environment") or {}).items()}
         labels = dict(svc.get("labels") or {})
+        if standby_port is not None:
+            environment[STANDBY_PORT_ENV] = str(standby_port)
+            labels[STANDBY_PORT_LABEL] = str(standby_port)
+            if healthcheck is not None and healthcheck["test"] != ["NONE"] and standby_port:
+                healthcheck["test"] = health_test_on(self.project.services[service], standby_port)
         labels.update({
             "com.docker.compose.container-number": CONTAINER_NUMBER,
             "com.docker.compose.oneoff": "False",
@@ -133,7 +148,7 @@ class ContainerFactory:
             "command": svc.get("command"),
             "name": name,
             "user": svc.get("user"),
-            "environment": {key: self._value(value) for key, value in (svc.get("environment") or {}).items()},
+            "environment": environment,
             "labels": labels,
             "healthcheck": healthcheck,
             "stop_timeout": int(parse_seconds(svc.get("stop_grace_period", "10s"))),

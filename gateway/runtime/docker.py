@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import threading
 import time
@@ -371,9 +372,7 @@ class DockerRuntime:
         elif isinstance(step, Recreate) and step.order == "start-first":
             self._start_candidate(step.spec, candidate)
         elif isinstance(step, Recreate):
-            if current is not None:
-                self._remove(current, step.name)
-            self._create_and_start(step.spec)
+            self._replace_stop_first(step.spec, current, candidate)
         elif isinstance(step, Handover):
             if candidate is None:
                 raise EngineError(f"no new {step.name} container to hand over to")
@@ -427,11 +426,11 @@ class DockerRuntime:
                 self.client.networks.create(name, driver="bridge", labels={
                     PROJECT_LABEL: project.name, "com.docker.compose.network": "default"})
 
-    def _create(self, spec: ServiceSpec, name: str) -> Any:
+    def _create(self, spec: ServiceSpec, name: str, standby_port: int | None = None) -> Any:
         factory = self._factory()
         with self._lock:
             self._ensure_shared(factory)
-            args = factory.create_args(spec.name, name, image=spec.image)
+            args = factory.create_args(spec.name, name, image=spec.image, standby_port=standby_port)
             if spec.reload_hash is not None:
                 args["labels"] = {**args["labels"], RELOAD_LABEL: spec.reload_hash}
             created = self.client.api.create_container(**args)
@@ -456,6 +455,34 @@ class DockerRuntime:
             raise
         return container
 
+    def _replace_stop_first(self, spec: ServiceSpec, current: Any, stale: Any) -> None:
+        """Stop-first with the shortest gap: the new container is created while the old one still
+        runs, so between the old one's exit and the new one's start there is only the start; the
+        old one is removed, and the new one takes its name, after that. A new container that
+        cannot start gives the service back to the old one."""
+        if current is None:
+            self._create_and_start(spec)
+            return
+        if stale is not None:  # left by an earlier handover that did not finish
+            with self._lock:
+                stale.remove(force=True)
+        name = container_name(self._project().name, spec.name)
+        new = self._create(spec, name + CANDIDATE_SUFFIX)
+        with self._lock, contextlib.suppress(docker.errors.APIError):
+            current.stop(timeout=self._stop_timeout(spec.name))
+        try:
+            self._start(new)
+        except docker.errors.APIError:
+            with self._lock:
+                with contextlib.suppress(docker.errors.APIError):
+                    new.remove(force=True)
+                with contextlib.suppress(docker.errors.APIError):
+                    current.start()
+            raise
+        with self._lock:
+            current.remove(force=True)
+            new.rename(name)
+
     def _remove(self, container: Any, service: str) -> None:
         with self._lock:
             with contextlib.suppress(docker.errors.APIError):
@@ -464,11 +491,18 @@ class DockerRuntime:
 
     def _start_candidate(self, spec: ServiceSpec, stale: Any) -> None:
         """Start-first, first half: the replacement starts beside the old container and returns at
-        once; the planner hands over once it is healthy, or rolls back."""
+        once; the planner hands over once it is healthy, or rolls back. A service that can be a
+        standby starts as one (`ServiceSpec.standby`): on the host's network on a free port of its
+        own for /metrics and /healthz, on a bridge network on the usual one (its own address)."""
         if stale is not None:  # left by an earlier handover that did not finish
             with self._lock:
                 stale.remove(force=True)
-        candidate = self._create(spec, container_name(self._project().name, spec.name) + CANDIDATE_SUFFIX)
+        port = None
+        if spec.standby:
+            port = spec.metrics_port or 0
+            if spec.host_network and spec.metrics_port is not None:
+                port = free_port()
+        candidate = self._create(spec, container_name(self._project().name, spec.name) + CANDIDATE_SUFFIX, port)
         try:
             self._start(candidate)
         except docker.errors.APIError:
@@ -531,6 +565,13 @@ class DockerRuntime:
                 track.details["readings_per_s"] = round(rate, 2)
 
 
+def free_port() -> int:
+    """A TCP port no one listens on, on any of the host's addresses (for a standby's /metrics)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
 def render_config(config: GatewayConfig, config_dir: Path) -> Project:
     from gateway.compose import render_loaded
 
@@ -559,6 +600,7 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
             update=svc.limits.update,
             devices=tuple(p.host for p in svc.ports),
             reload_key=svc.reload_digest or None,
+            standby=True,  # a candidate gets a metrics port of its own (DockerRuntime._start_candidate)
         )
 
     slices = {}

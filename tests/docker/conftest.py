@@ -3,6 +3,8 @@ the fieldgate images, a Mosquitto on the host, and a running stack shared by a m
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,25 @@ def module_subscriber(module_broker: Mosquitto) -> Iterator[Subscriber]:
         yield sub
     finally:
         sub.close()
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A null-modem cable: the collector opens the first end, the simulator serves the second.
+
+    mode=666: the container runs as uid 10001, not as the pty's owner.
+    """
+    collector_end, simulator_end = tmp_path / "ttyCOLLECTOR", tmp_path / "ttySIM"
+    socat = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,mode=666,link={collector_end}",
+         f"pty,raw,echo=0,mode=666,link={simulator_end}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (collector_end.exists() and simulator_end.exists()):
+            assert time.monotonic() < deadline, "socat made no pty pair"
+            time.sleep(0.05)
+        yield collector_end, simulator_end
+    finally:
+        socat.terminate()
+        socat.wait(5)

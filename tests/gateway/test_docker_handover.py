@@ -9,10 +9,11 @@ when a container's health check passes or when it exits; it records what happene
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Box:
         self.name: str = args["name"]
         self.labels: dict[str, str] = args["labels"]
         self.checked = bool(args.get("healthcheck") and args["healthcheck"].get("test") != ["NONE"])
+        self.args = args
         image = args["image"]
         self.attrs: dict[str, Any] = {
             "State": {"Status": "created", "StartedAt": "0001-01-01T00:00:00Z",
@@ -175,15 +177,33 @@ async def timed_step(supervisor: Supervisor) -> None:
 
 
 def set_image(config_dir: Path, image: str, supervisor: Supervisor | None = None) -> None:
-    """Edit gateway.yaml's opcua image; with a supervisor, apply it as a config change does."""
+    """Edit gateway.yaml's image of that repository; with a supervisor, apply it as a config change does."""
     gateway = config_dir / "gateway.yaml"
     text = gateway.read_text()
-    old = next(line for line in text.splitlines() if "fieldgate/collector-opcua:" in line)
+    repository = image.rsplit(":", 1)[0]
+    old = next(line for line in text.splitlines() if f"{repository}:" in line)
     gateway.write_text(text.replace(old, f"    image: {image}"))
     if supervisor is not None:
         config, errors = load(config_dir)
         assert config is not None, errors
         supervisor.desired = supervisor.runtime.desired(config, config_dir)
+
+
+@contextlib.asynccontextmanager
+async def supervised(config_dir: Path, engine: FakeEngine, out: io.StringIO) -> AsyncIterator[Supervisor]:
+    """The plant up on the fake Engine, every container healthy, the supervisor's loop settled."""
+    config, errors = load(config_dir)
+    assert config is not None, errors
+    run_dir = RunDir.for_config(config_dir)
+    async with DockerRuntime(config_dir, run_dir, client=engine, printer=lambda _: None,
+                             stats_interval=3600) as runtime:
+        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
+                                out=out)
+        await timed_step(supervisor)
+        for name in ("forwarder", "modbus", "opcua"):
+            engine.healthy(f"fieldgate-line3-{name}-1")
+        await timed_step(supervisor)
+        yield supervisor
 
 
 def opcua_state(run_dir: RunDir) -> str:
@@ -194,20 +214,11 @@ async def test_start_first_is_start_new_wait_healthy_hand_over_or_roll_back_each
     tmp_path: Path,
 ) -> None:
     config_dir = plant(tmp_path, network="bridge")  # opcua: update start-first, no serial port
-    config, errors = load(config_dir)
-    assert config is not None, errors
     run_dir = RunDir.for_config(config_dir)
     engine = FakeEngine(IMAGES)
     out = io.StringIO()
     main, candidate = "fieldgate-line3-opcua-1", "fieldgate-line3-opcua-1-next"
-    async with DockerRuntime(config_dir, run_dir, client=engine, printer=lambda _: None,
-                             stats_interval=3600) as runtime:
-        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), POLICY,
-                                out=out)
-        await timed_step(supervisor)
-        for name in ("forwarder", "modbus", "opcua"):
-            engine.healthy(f"fieldgate-line3-{name}-1")
-        await timed_step(supervisor)
+    async with supervised(config_dir, engine, out) as supervisor:
         old = engine.box(main).id
 
         # A good update: the new container starts beside the old one; the round returns at once.
@@ -272,3 +283,88 @@ async def test_an_update_without_a_supervisor_drives_the_same_handover(
     assert engine.box("fieldgate-line3-opcua-1").attrs["Config"]["Image"] == "fieldgate/collector-opcua:0.2.0"
     assert engine.events[-3:] == ["stop fieldgate-line3-opcua-1", "remove fieldgate-line3-opcua-1",
                                   f"rename {candidate} -> fieldgate-line3-opcua-1"]
+
+
+async def test_under_host_network_the_new_instance_starts_first_as_a_standby_on_a_port_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """Host network: two containers cannot both hold opcua's metrics port 9110, so the new one
+    gets another port by FIELDGATE_STANDBY_PORT, its health check asks there, and the old one
+    runs untouched until the new one is healthy (before: recreated stop-first)."""
+    config_dir = plant(tmp_path, network="host")
+    run_dir = RunDir.for_config(config_dir)
+    engine = FakeEngine(IMAGES)
+    out = io.StringIO()
+    main, candidate = "fieldgate-line3-opcua-1", "fieldgate-line3-opcua-1-next"
+    async with supervised(config_dir, engine, out) as supervisor:
+        assert "FIELDGATE_STANDBY_PORT" not in engine.box(main).args["environment"]
+
+        set_image(config_dir, "fieldgate/collector-opcua:0.2.0", supervisor)
+        engine.events.clear()
+        await timed_step(supervisor)
+        assert engine.events == [f"create {candidate} fieldgate/collector-opcua:0.2.0", f"start {candidate}"]
+        assert "recreate opcua start-first (image fieldgate/collector-opcua:0.1.0 -> " in out.getvalue()
+        args = engine.box(candidate).args
+        port = int(args["environment"]["FIELDGATE_STANDBY_PORT"])
+        assert port not in (9108, 9109, 9110) and args["labels"]["io.fieldgate.standby-port"] == str(port)
+        assert f"http://127.0.0.1:{port}/healthz" in args["healthcheck"]["test"][-1]
+        assert engine.box(main).status == "running"
+        engine.healthy(candidate)
+        await timed_step(supervisor)
+        assert engine.events[-3:] == [f"stop {main}", f"remove {main}", f"rename {candidate} -> {main}"]
+        assert opcua_state(run_dir) == "running"
+
+
+async def test_a_serial_collector_stays_stop_first_and_its_gap_is_only_the_new_containers_start(
+    tmp_path: Path,
+) -> None:
+    """One owner of a serial port: the Modbus collector with an RTU device is replaced stop-first
+    and its new container is no standby. The new container is created while the old one still
+    runs: between the old one's stop and the new one's start the Engine does nothing else (before:
+    stop, remove, create, start)."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    main, new = "fieldgate-line3-modbus-1", "fieldgate-line3-modbus-1-next"
+    try:
+        gateway = plant(tmp_path, network="host", rtu_port=os.ttyname(slave))
+        run_dir = RunDir.for_config(gateway)
+        engine = FakeEngine([*IMAGES, "fieldgate/collector-modbus:0.2.0"])
+        out = io.StringIO()
+        async with supervised(gateway, engine, out) as supervisor:
+            set_image(gateway, "fieldgate/collector-modbus:0.2.0", supervisor)
+            engine.events.clear()
+            await timed_step(supervisor)
+            status = opcua_state(run_dir)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "recreate modbus stop-first (image fieldgate/collector-modbus:0.1.0 -> " in out.getvalue()
+    assert engine.events == [f"create {new} fieldgate/collector-modbus:0.2.0", f"stop {main}", f"start {new}",
+                             f"remove {main}", f"rename {new} -> {main}"]
+    box = engine.box(main)
+    assert box.attrs["Config"]["Image"] == "fieldgate/collector-modbus:0.2.0" and box.status == "running"
+    assert "FIELDGATE_STANDBY_PORT" not in box.args["environment"]
+    assert status == "running"
+
+
+async def test_a_stop_first_new_container_that_cannot_start_gives_the_service_back_to_the_old_one(
+    tmp_path: Path,
+) -> None:
+    config_dir = plant(tmp_path, network="host")
+    engine = FakeEngine([*IMAGES, "fieldgate/collector-modbus:0.2.0"])
+    main, new = "fieldgate-line3-modbus-1", "fieldgate-line3-modbus-1-next"
+    async with supervised(config_dir, engine, io.StringIO()) as supervisor:
+        set_image(config_dir, "fieldgate/collector-modbus:0.2.0", supervisor)
+
+        def refuse(box: Box) -> None:
+            if box.name == new:
+                raise docker.errors.APIError("exec format error")
+
+        engine.on_start = refuse
+        engine.events.clear()
+        await timed_step(supervisor)
+    assert engine.events[:3] == [f"create {new} fieldgate/collector-modbus:0.2.0", f"stop {main}", f"start {new}"]
+    assert engine.events[3:] == [f"remove {new}", f"start {main}"]
+    assert engine.box(main).status == "running"

@@ -392,9 +392,9 @@ def test_a_service_the_runtime_restarts_itself(title: str, want: dict[str, Servi
 
 
 def net_spec(update: str = "start-first", host: bool = False, port: int | None = 9110,
-             devices: tuple[str, ...] = (), hash_: str = "h2") -> ServiceSpec:
+             devices: tuple[str, ...] = (), hash_: str = "h2", standby: bool = False) -> ServiceSpec:
     return ServiceSpec(name="opcua", command=("c",), config_hash=hash_, image="c-opcua:2", update=update,  # type: ignore[arg-type]
-                       metrics_port=port, host_network=host, devices=devices)
+                       metrics_port=port, host_network=host, devices=devices, standby=standby)
 
 
 ORDER = [
@@ -405,6 +405,12 @@ ORDER = [
     ("host network without a metrics port", net_spec(host=True, port=None), "start-first", ""),
     ("a serial port has one owner", net_spec(devices=("/dev/ttyUSB0",)), "stop-first",
      "start-first would need two owners of a serial port"),
+    ("host network, a collector that starts as a standby on a port of its own",
+     net_spec(host=True, standby=True), "start-first", ""),
+    ("a standby on a bridge network", net_spec(standby=True), "start-first", ""),
+    ("a standby still cannot share a serial port", net_spec(host=True, standby=True, devices=("/dev/ttyUSB0",)),
+     "stop-first", "start-first would need two owners of a serial port"),
+    ("a standby asked to update stop-first", net_spec("stop-first", host=True, standby=True), "stop-first", ""),
 ]
 
 
