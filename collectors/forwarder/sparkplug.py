@@ -67,7 +67,7 @@ from collectors.core.writes import MAX_PENDING_PER_LINK
 from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
-from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
+from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, CatalogChange, Incoming, OutMessage
 from collectors.forwarder.quarantine import bad_name, shorten, unpublishable
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
@@ -176,6 +176,7 @@ class EdgeNode:
         self.birth_count = 0
         self.bd_seq = 0  # of the current session, for births within it
         self._latest: dict[tuple[str, str], Reading] = {}  # newest reading handed off, per tag
+        self.removed: frozenset[str] = frozenset()  # devices a reload removed: their late states are ignored
         for catalog in devices:
             device = self._add_device(catalog.name)
             for tag in catalog.tags:
@@ -188,7 +189,11 @@ class EdgeNode:
         return device
 
     def _add_metric(self, device: _Device, tag: str, catalog: CatalogTag | None) -> _Metric:
-        metric = device.metrics[tag] = _Metric(tag, self._next_alias, catalog)
+        metric = device.metrics[tag] = self._new_metric(tag, catalog)
+        return metric
+
+    def _new_metric(self, tag: str, catalog: CatalogTag | None) -> _Metric:
+        metric = _Metric(tag, self._next_alias, catalog)
         self._next_alias += 1
         return metric
 
@@ -238,6 +243,58 @@ class EdgeNode:
                  len(devices))
         return out
 
+    def reload(self, change: CatalogChange) -> list[OutMessage]:
+        """Take a new catalog in place: the messages that tell the host, for the changed devices only.
+
+        A removed device gets its DDEATH (when born) and is forgotten; an added one its DBIRTH;
+        a changed one (tags added, removed, retyped, a unit or `writable` changed) a DBIRTH
+        with its new metrics, which is how Sparkplug 3.0 lets an edge node change the metrics
+        of one device without a new node session; the others get nothing. A metric that stays
+        keeps its alias, value and learned datatype; a new one takes the next free alias (never
+        one of a removed metric, which a host may still hold), so the unchanged devices'
+        DBIRTHs stay true. seq goes on. While the node is not born, the model changes only:
+        the next births carry it. A device known to be offline is not born until it answers.
+        """
+        out: list[OutMessage] = []
+        self.removed = (self.removed | change.removed) - {device.name for device in change.devices}
+        for name in sorted(change.removed):
+            device = self.devices.pop(name, None)
+            if device is not None and self.born and device.born:
+                log.info("Sparkplug DDEATH of %s: removed from the configuration", name)
+                out.append(self._ddeath(device))
+            self._latest = {key: r for key, r in self._latest.items() if key[0] != name}
+        for catalog in change.devices:
+            if catalog.name not in change.changed:
+                continue
+            device = self.devices.get(catalog.name)
+            added = device is None
+            if device is None:
+                device = self._add_device(catalog.name)
+            self._retag(device, catalog.tags)
+            if self.born and device.online is not False:
+                log.info("Sparkplug DBIRTH of %s: %s by a new configuration", device.name,
+                         "added" if added else "changed")
+                out.append(self._dbirth(device))
+        return out
+
+    def _retag(self, device: _Device, tags: list[CatalogTag]) -> None:
+        """The device's metrics as the catalog now lists them, keeping what stays (see `reload`)."""
+        metrics: dict[str, _Metric] = {}
+        for tag in tags:
+            old = device.metrics.get(tag.name)
+            if old is None:
+                metrics[tag.name] = self._new_metric(tag.name, tag)
+                continue
+            metric = _Metric(tag.name, old.alias, tag)
+            if not metric.declared and old.settled:  # learned from values, or declared by the collector
+                metric.set_datatype(old.datatype)
+            if metric.datatype == old.datatype:
+                metric.value, metric.ts_ms, metric.quality = old.value, old.ts_ms, old.quality
+            metrics[tag.name] = metric
+        for name in device.metrics.keys() - metrics.keys():
+            self._latest.pop((device.name, name), None)
+        device.metrics = metrics
+
     def session_ended(self) -> None:
         self.born = False
         for device in self.devices.values():
@@ -284,6 +341,8 @@ class EdgeNode:
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
         device = self.devices.get(state.device)
+        if device is None and state.device in self.removed:
+            return []  # a state buffered before the reload that removed it
         if device is None:
             why = bad_name("device", state.device)
             if why is not None:  # it would be in every birth's topics from now on
@@ -747,6 +806,15 @@ class SparkplugFormat:
             return []
         log.info("Sparkplug: datatypes of %s changed; the node is born again", types.device)
         return self._births(new_session=False)
+
+    def reload(self, change: CatalogChange) -> list[OutMessage]:
+        """A new catalog in place (app.py): DBIRTH/DDEATH of the changed devices only, see
+        EdgeNode.reload; the node session, its bdSeq and seq go on."""
+        out = self.node.reload(change)
+        self._awaiting = {key for key in self._awaiting if key[0] not in change.changed | change.removed}
+        if self._clock() < self._settle_until:  # the first births, still to come, wait for these too
+            self._awaiting |= {key for key in self.node.untyped() if key[0] in change.changed}
+        return out
 
     def observe(self, readings: list[Reading]) -> None:
         """Readings as they reach the forwarder (app.py): see EdgeNode.observe; and the settle wait's
