@@ -1,0 +1,184 @@
+"""The forwarder under `fieldgate up` (process runtime) when the config changes: a device edit
+is taken in place (the same process, the same MQTT session), a change of its MQTT settings
+recreates it with one `offline` (json) or one NDEATH whose bdSeq is the last NBIRTH's
+(Sparkplug), and no reading is lost either way.
+
+A real Mosquitto (its log counts the forwarder's CONNECTs), a real Modbus collector and a
+Modbus device whose counter register counts its own reads (tests/support/counting_modbus.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import free_port_run
+from gateway.runtime.common import RunDir
+from tests.gateway.test_process_runtime import popen_cli, service_pids, stop, wait_sync
+from tests.support import sparkplug as sp
+from tests.support.broker import Mosquitto
+from tests.support.counting_modbus import CountingDevice, missing, repeated
+from tests.support.mqtt import Message, Subscriber
+
+pytestmark = pytest.mark.sim
+
+GATEWAY = """\
+gateway: {{id: line9, group: plant1}}
+mqtt: {{host: 127.0.0.1, port: {broker}, qos: 1, format: {format}, keepalive: {keepalive}}}
+metrics: {{port: {metrics}}}
+buffer: {{dir: {buffer}}}
+runtime: process
+"""
+
+DEVICE = """\
+name: press-1
+protocol: modbus
+connection:
+  tcp: {{host: 127.0.0.1, port: {port}}}
+unit: 1
+poll: 100ms
+tags:
+  - name: counter
+    table: holding
+    address: 0
+    type: uint16
+{extra}"""
+
+LEVEL = """\
+  - name: level
+    table: holding
+    address: 1
+    type: uint16
+    unit: cm
+"""
+PREFIX = "fieldgate/line9"
+SPB = "spBv1.0/plant1"
+
+
+class Plant:
+    """A config directory on one counting device, run by `fieldgate up` until the block ends."""
+
+    def __init__(self, tmp_path: Path, broker: Mosquitto, device: CountingDevice, format: str) -> None:
+        self.dir = tmp_path / "plant"
+        (self.dir / "devices").mkdir(parents=True)
+        self.gateway = self.dir / "gateway.yaml"
+        self.device = self.dir / "devices" / "press-1.yaml"
+        self.values = {"broker": broker.port, "format": format, "keepalive": "30s", "metrics": free_port_run(3),
+                       "buffer": tmp_path / "buffer"}
+        self.gateway.write_text(GATEWAY.format(**self.values))
+        self.device.write_text(DEVICE.format(port=device.port, extra=""))
+        self.port = device.port
+        self.log = tmp_path / "up.log"
+        self.run_dir = RunDir.for_config(self.dir)
+        self.broker = broker
+
+    def pids(self) -> dict[str, int | None]:
+        return service_pids(self.run_dir)
+
+    def connects(self) -> int:
+        """CONNECTs the broker accepted from the forwarder."""
+        return self.broker.log.read_text(errors="replace").count(" as fieldgate-line9 (")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, broker: Mosquitto, format: str) -> Iterator[tuple[Plant, Subscriber]]:
+    with CountingDevice() as device:
+        plant = Plant(tmp_path, broker, device, format)
+        sub = Subscriber(broker.host, broker.port, [f"{PREFIX}/#", "spBv1.0/#"])
+        up: subprocess.Popen[bytes] | None = None
+        try:
+            up = popen_cli(plant.log, "up", str(plant.dir))
+            wait_sync(lambda: set(plant.pids()) == {"forwarder", "modbus"} and all(plant.pids().values()),
+                      what="both services")
+            yield plant, sub
+        finally:
+            if up is not None:
+                stop(up)
+            sub.close()
+
+
+def json_counter(messages: list[Message]) -> list[int]:
+    return [int(m.json()["value"]) for m in messages if m.topic == f"{PREFIX}/press-1/counter"]
+
+
+def spb_counter(messages: list[Message]) -> list[int]:
+    """Every counter value a Sparkplug host got: in DBIRTHs (by name) and DDATA (by the alias the
+    last DBIRTH gave it)."""
+    values: list[int] = []
+    alias = None
+    for message in messages:
+        if message.topic == f"{SPB}/DBIRTH/line9/press-1":
+            birth = sp.decode(message.payload)
+            counter = birth.metric("counter")
+            alias = counter.alias
+            if counter.value is not None and not counter.is_null:
+                values.append(int(counter.value))
+        elif message.topic == f"{SPB}/DDATA/line9/press-1":
+            values += [int(m.value) for m in sp.decode(message.payload).metrics if m.alias == alias]
+    return values
+
+
+def settle(sub: Subscriber, topic: str, since: float, count: int = 10, within: float = 60.0) -> None:
+    sub.wait_for(lambda m: m.topic == topic and m.at > since, within, count=count)
+
+
+def test_a_tag_added_reloads_the_forwarder_in_place(tmp_path: Path, broker: Mosquitto) -> None:
+    with running(tmp_path, broker, "json") as (plant, sub):
+        settle(sub, f"{PREFIX}/press-1/counter", 0)
+        pids = plant.pids()
+        assert plant.connects() == 1
+        plant.device.write_text(DEVICE.format(port=plant.port, extra=LEVEL))
+        level = sub.wait_for(lambda m: m.topic == f"{PREFIX}/press-1/level", 60)[0]
+        assert level.json()["unit"] == "cm"
+        settle(sub, f"{PREFIX}/press-1/counter", level.at)
+        log = plant.log_text()
+        assert "reload forwarder in place" in log and "reload modbus in place" in log
+        assert "recreate forwarder" not in log
+        assert plant.pids() == pids  # neither process was replaced
+        assert plant.connects() == 1  # the same MQTT session
+        status = [m.payload for m in list(sub.messages) if m.topic == f"{PREFIX}/status"]
+        assert status == [b"online"], status
+        counter = json_counter(list(sub.messages))
+        assert missing(counter) == [] and repeated(counter) == 0
+
+
+def test_a_forwarder_recreate_says_offline_once_and_loses_nothing(tmp_path: Path, broker: Mosquitto) -> None:
+    with running(tmp_path, broker, "json") as (plant, sub):
+        settle(sub, f"{PREFIX}/press-1/counter", 0)
+        pids = plant.pids()
+        plant.gateway.write_text(GATEWAY.format(**{**plant.values, "keepalive": "20s"}))
+        wait_sync(lambda: plant.pids().get("forwarder") not in (None, pids["forwarder"]), 60, "a new forwarder")
+        again = sub.wait_for(lambda m: m.topic == f"{PREFIX}/status" and m.payload == b"online", 60, count=2)[1]
+        settle(sub, f"{PREFIX}/press-1/counter", again.at, count=20)
+        assert "recreate forwarder" in plant.log_text()
+        assert plant.pids()["modbus"] == pids["modbus"]
+        assert plant.connects() == 2
+        status = [m.payload for m in list(sub.messages) if m.topic == f"{PREFIX}/status"]
+        assert status == [b"online", b"offline", b"online"], status
+        counter = json_counter(list(sub.messages))
+        assert missing(counter) == [], "readings the collector handed off while the forwarder was away"
+        assert repeated(counter) == 0
+
+
+def test_a_sparkplug_forwarder_recreate_is_a_clean_ndeath_then_nbirth(tmp_path: Path, broker: Mosquitto) -> None:
+    with running(tmp_path, broker, "sparkplug") as (plant, sub):
+        settle(sub, f"{SPB}/DDATA/line9/press-1", 0)
+        pids = plant.pids()
+        plant.gateway.write_text(GATEWAY.format(**{**plant.values, "keepalive": "20s"}))
+        wait_sync(lambda: plant.pids().get("forwarder") not in (None, pids["forwarder"]), 60, "a new forwarder")
+        reborn = sub.wait_for(lambda m: m.topic == f"{SPB}/NBIRTH/line9", 60, count=2)[1]
+        settle(sub, f"{SPB}/DDATA/line9/press-1", reborn.at, count=10)
+        messages = list(sub.messages)
+        node = [(m.topic.split("/")[2], sp.decode(m.payload).metric("bdSeq").value) for m in messages
+                if m.topic in (f"{SPB}/NBIRTH/line9", f"{SPB}/NDEATH/line9")]
+        first = node[0][1]
+        assert node == [("NBIRTH", first), ("NDEATH", first), ("NBIRTH", (first + 1) % 256)], node
+        counter = spb_counter(messages)
+        assert missing(counter) == [], "readings the collector handed off while the forwarder was away"
