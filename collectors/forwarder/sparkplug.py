@@ -34,7 +34,12 @@ Choices where the specification leaves room, made the way Ignition reads them:
   with a guessed datatype the host would have to unlearn; its first value brings it in
   with one rebirth of the node. The OPC UA collector hands off its nodes' datatypes right
   before their first values, so the wait costs a few seconds once, with nothing lost; a
-  declared datatype that differs from what the host was told makes the node born again.
+  declared datatype that differs from what the host was told makes the node born again,
+  while datatypes declared only for metrics the host has not been told of (a server back,
+  a tag added while running) make their device born again (one DBIRTH), no other.
+- A catalog changed while running (`reload`: a device file edited) is told device by device:
+  a DBIRTH of each added or changed device, a DDEATH of each removed one, in the same node
+  session (no NDEATH/NBIRTH); metrics that stay keep their aliases.
 - Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
   before any data; one known to be offline then gets its DDEATH. A metric with a datatype
   but no value yet is born null (is_null) with Quality 500 (stale). A device or tag
@@ -57,7 +62,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -276,6 +281,14 @@ class EdgeNode:
                          "added" if added else "changed")
                 out.append(self._dbirth(device))
         return out
+
+    def rebirth_device(self, name: str) -> list[OutMessage]:
+        """A DBIRTH of one born device, for metrics the host has not been told of yet."""
+        device = self.devices.get(name)
+        if device is None or not (self.born and device.born):
+            return []  # not born: its next birth carries them
+        log.info("Sparkplug DBIRTH of %s: datatypes of new metrics declared", name)
+        return [self._dbirth(device)]
 
     def _retag(self, device: _Device, tags: list[CatalogTag]) -> None:
         """The device's metrics as the catalog now lists them, keeping what stays (see `reload`)."""
@@ -526,13 +539,16 @@ class EdgeNode:
             metric.value, metric.ts_ms, metric.quality = value, reading.ts_ms, reading.quality
         self._latest.clear()
 
-    def declare(self, device_name: str, types: dict[str, str]) -> bool:
+    def declare(self, device_name: str, types: dict[str, str]) -> Literal["device", "node"] | None:
         """Datatypes a collector read from the device (hand-off `types`) for the tags the catalog
-        gives none; True when one changed while the node is born (the host must be told again)."""
+        gives none. What the host must be told, while the node is born: "device" when only
+        metrics it has never been told of got a datatype (their device's DBIRTH adds them, as
+        for a tag added by a reload), "node" when a datatype it knows changed (the node is born
+        again); None: nothing."""
         device = self.devices.get(device_name)
         if device is None:
-            return False
-        changed = False
+            return None
+        changed = known = False
         for tag, type_name in types.items():
             metric = device.metrics.get(tag)
             datatype = CATALOG_TYPES.get(type_name.lower())
@@ -543,10 +559,14 @@ class EdgeNode:
                     TYPE_RULES[datatype].coerce(metric.value)
                 except DoesNotFit:  # the device's values say otherwise: they win, with no flip-flop
                     continue
+            was_settled = metric.settled
             if metric.set_datatype(datatype):
                 self.types_version += 1
                 changed = True
-        return changed and self.born
+                known = known or was_settled
+        if not (changed and self.born):
+            return None
+        return "node" if known else "device"
 
     def untyped(self) -> list[tuple[str, str]]:
         """(device, tag) of every metric whose datatype is not known yet."""
@@ -800,9 +820,13 @@ class SparkplugFormat:
         return self.node.device_state(state)
 
     def datatypes(self, types: DeviceTypes) -> list[OutMessage]:
-        """A device's datatypes as its collector read them (app.py): births use them; a change the
-        host has not been told of makes the node born again (within the session)."""
-        if not self.node.declare(types.device, types.types):
+        """A device's datatypes as its collector read them (app.py): births use them; a change of
+        a datatype the host knows makes the node born again (within the session), datatypes of
+        metrics it was never told of a DBIRTH of their device (EdgeNode.declare)."""
+        told = self.node.declare(types.device, types.types)
+        if told == "device":
+            return self.node.rebirth_device(types.device)
+        if told is None:
             return []
         log.info("Sparkplug: datatypes of %s changed; the node is born again", types.device)
         return self._births(new_session=False)
