@@ -6,6 +6,10 @@
     broker /set, DCMD --> format.handle_incoming --> catalog checks --> HandoffServer.send_write
     collector's WriteResult --> format.write_result --> broker
 
+A new catalog (`devices:`) is taken in place (`Forwarder.reload`, on SIGHUP: __main__.py): the
+session, the hand-off connections and the buffer go on; the format tells the broker about the
+changed devices only (formats.PayloadFormat.reload).
+
 The hand-off is acknowledged once `Buffer.put` returns: in memory for `outage` durability,
 written to disk for `always`. A batch leaves the buffer when every message the format made
 of it is delivered (see formats.py for the seam and buffer.py for the lanes).

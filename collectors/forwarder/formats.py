@@ -17,6 +17,8 @@ Life of a session, as the forwarder drives it::
         handle_incoming(topic, payload) -> Incoming: publish its messages, route its writes,
                                            disconnect when it asks (Sparkplug primary host offline)
         write_result(result)        the collector's answer (or the forwarder's refusal)
+    any time: reload(change)        a new catalog (SIGHUP): what to tell about the changed devices;
+                                    published at once while connected (the session goes on)
     connection lost -> connection_lost(graceful=False); shutdown -> publish(disconnecting()),
                        then a clean DISCONNECT and connection_lost(graceful=True)
 

@@ -157,6 +157,16 @@ def spb(messages: list[Message], kind: str, device: str | None = None) -> list[M
     return [m for m in messages if m.topic == topic]
 
 
+def temperatures(messages: list[Message]) -> list[float]:
+    """press-1/temperature's values in DDATA, by the alias its first DBIRTH gave it (kept since)."""
+    births = spb(messages, "DBIRTH", "press-1")
+    if not births:
+        return []
+    alias = sp.decode(births[0].payload).metric("temperature").alias
+    return [m.value for msg in spb(messages, "DDATA", "press-1") for m in sp.decode(msg.payload).metrics
+            if m.alias == alias]
+
+
 async def test_sparkplug_catalog_change_births_the_changed_devices_only(tmp_path: Path, broker: Mosquitto) -> None:
     base = config_dict(tmp_path, broker, format="sparkplug")
     config = with_catalog(base, [PRESS, OVEN, MILL])
@@ -183,10 +193,11 @@ async def test_sparkplug_catalog_change_births_the_changed_devices_only(tmp_path
             feeders[-1].start()
             await until(lambda: any(m.topic == f"{SPB}/DDATA/line3/dryer-4" for m in sub.messages[before:]), 15,
                         "DDATA of dryer-4")
-            await asyncio.sleep(0.5)
             for feeder in feeders:
                 if feeder._task is not None and not feeder._task.done():
                     await feeder.stop()
+            sent = feeders[0].sent["temperature"]
+            await until(lambda: len(temperatures(list(sub.messages))) >= sent, 15, "every temperature reading")
 
         assert forwarder.process is not None and forwarder.process.pid == pid and forwarder.process.poll() is None
         messages = list(sub.messages)
@@ -216,10 +227,7 @@ async def test_sparkplug_catalog_change_births_the_changed_devices_only(tmp_path
         level_values = [m.value for p in press_data for m in p.metrics if m.alias == level.alias]
         assert level_values and level_values == list(range(len(level_values)))
         # nothing lost on the tag that stayed: every temperature value, in order, once
-        temp_alias = birth.metric("temperature").alias
-        temps = [m.value for msg in spb(messages, "DDATA", "press-1") for m in sp.decode(msg.payload).metrics
-                 if m.alias == temp_alias]
-        assert temps == [float(i) for i in range(feeders[0].sent["temperature"])]
+        assert temperatures(messages) == [float(i) for i in range(sent)]
     finally:
         sub.close()
         assert forwarder.stop() == 0
