@@ -259,6 +259,9 @@ class EdgeNode:
         one of a removed metric, which a host may still hold), so the unchanged devices'
         DBIRTHs stay true. seq goes on. While the node is not born, the model changes only:
         the next births carry it. A device known to be offline is not born until it answers.
+        Tags without a datatype yet (OPC UA) are in no birth: a change that adds only such tags
+        births nothing now, their collector's declaration does (`declare`: one DBIRTH), or, for
+        a new device, its first values.
         """
         out: list[OutMessage] = []
         self.removed = (self.removed | change.removed) - {device.name for device in change.devices}
@@ -275,8 +278,11 @@ class EdgeNode:
             added = device is None
             if device is None:
                 device = self._add_device(catalog.name)
+            told = _birth_signature(device)
             self._retag(device, catalog.tags)
-            if self.born and device.online is not False:
+            if device.born and _birth_signature(device) == told:
+                continue  # only tags without a datatype yet were added: their declaration births them
+            if self.born and device.online is not False and any(m.settled for m in device.metrics.values()):
                 log.info("Sparkplug DBIRTH of %s: %s by a new configuration", device.name,
                          "added" if added else "changed")
                 out.append(self._dbirth(device))
@@ -588,6 +594,11 @@ class EdgeNode:
             datatype = _BY_NAME.get(type_name)
             if metric is not None and not metric.declared and datatype is not None:
                 metric.set_datatype(datatype)
+
+
+def _birth_signature(device: _Device) -> list[tuple[str, int, int, str | None, bool]]:
+    """What a DBIRTH of `device` tells a host about its metrics (values aside)."""
+    return [(m.name, m.alias, m.datatype, m.unit, m.writable) for m in device.metrics.values() if m.settled]
 
 
 def _property(props: pb.Payload.PropertySet, key: str, datatype: int, field: str, value: Any) -> None:

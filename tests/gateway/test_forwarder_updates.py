@@ -20,7 +20,7 @@ from gateway.demo import free_port_run
 from gateway.runtime.common import RunDir
 from tests.gateway.test_process_runtime import popen_cli, service_pids, stop, wait_sync
 from tests.support import sparkplug as sp
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, free_port, wait_port
 from tests.support.counting_modbus import CountingDevice, missing, repeated
 from tests.support.mqtt import Message, Subscriber
 
@@ -62,7 +62,9 @@ SPB = "spBv1.0/plant1"
 class Plant:
     """A config directory on one counting device, run by `fieldgate up` until the block ends."""
 
-    def __init__(self, tmp_path: Path, broker: Mosquitto, device: CountingDevice, format: str) -> None:
+    def __init__(
+        self, tmp_path: Path, broker: Mosquitto, device: CountingDevice, format: str, extra: dict[str, str]
+    ) -> None:
         self.dir = tmp_path / "plant"
         (self.dir / "devices").mkdir(parents=True)
         self.gateway = self.dir / "gateway.yaml"
@@ -71,6 +73,8 @@ class Plant:
                        "buffer": tmp_path / "buffer"}
         self.gateway.write_text(GATEWAY.format(**self.values))
         self.device.write_text(DEVICE.format(port=device.port, extra=""))
+        for name, text in extra.items():
+            (self.dir / "devices" / f"{name}.yaml").write_text(text)
         self.port = device.port
         self.log = tmp_path / "up.log"
         self.run_dir = RunDir.for_config(self.dir)
@@ -88,15 +92,18 @@ class Plant:
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, broker: Mosquitto, format: str) -> Iterator[tuple[Plant, Subscriber]]:
+def running(
+    tmp_path: Path, broker: Mosquitto, format: str, extra: dict[str, str] | None = None
+) -> Iterator[tuple[Plant, Subscriber]]:
+    """`extra`: more device files (name -> text)."""
     with CountingDevice() as device:
-        plant = Plant(tmp_path, broker, device, format)
+        plant = Plant(tmp_path, broker, device, format, extra or {})
         sub = Subscriber(broker.host, broker.port, [f"{PREFIX}/#", "spBv1.0/#"])
         up: subprocess.Popen[bytes] | None = None
         try:
             up = popen_cli(plant.log, "up", str(plant.dir))
-            wait_sync(lambda: set(plant.pids()) == {"forwarder", "modbus"} and all(plant.pids().values()),
-                      what="both services")
+            services = {"forwarder", "modbus"} | ({"opcua"} if extra else set())
+            wait_sync(lambda: set(plant.pids()) == services and all(plant.pids().values()), what="the services")
             yield plant, sub
         finally:
             if up is not None:
@@ -182,3 +189,55 @@ def test_a_sparkplug_forwarder_recreate_is_a_clean_ndeath_then_nbirth(tmp_path: 
         assert node == [("NBIRTH", first), ("NDEATH", first), ("NBIRTH", (first + 1) % 256)], node
         counter = spb_counter(messages)
         assert missing(counter) == [], "readings the collector handed off while the forwarder was away"
+
+
+OVEN = """\
+name: oven-2
+protocol: opcua
+endpoint: opc.tcp://127.0.0.1:{port}
+subscription: {{publishing_interval: 200ms, sampling_interval: 100ms}}
+tags:
+  - name: temperature
+    node: "ns=2;s=Oven.Temperature"
+    unit: degC
+    simulate: {{kind: ramp, min: 0, max: 100, period: 10s}}
+{extra}"""
+
+ZONE = """\
+  - name: zone
+    node: "ns=2;s=Oven.Zone"
+    simulate: {kind: counter, min: 0, max: 100000, step: 5}
+"""
+
+
+def test_an_opcua_tag_added_is_born_by_its_device_alone(tmp_path: Path, broker: Mosquitto) -> None:
+    """Sparkplug, a real OPC UA collector: the new tag's datatype comes from its server, and its
+    device's one DBIRTH announces it; the node and the Modbus device are not born again."""
+    port = free_port()
+    sim = tmp_path / "oven-sim.yaml"
+    sim.write_text(OVEN.format(port=port, extra=ZONE))
+    simulator = popen_cli(tmp_path / "simulator.log", "simulate", str(sim))
+    try:
+        wait_port(port, timeout=30)
+        with running(tmp_path, broker, "sparkplug", extra={"oven-2": OVEN.format(port=port, extra="")}) as (
+                plant, sub):
+            settle(sub, f"{SPB}/DDATA/line9/oven-2", 0, count=5)
+            settle(sub, f"{SPB}/DDATA/line9/press-1", 0, count=5)
+            pids = plant.pids()
+            before = len(sub.messages)
+            (plant.dir / "devices" / "oven-2.yaml").write_text(OVEN.format(port=port, extra=ZONE))
+            birth = sub.wait_for(lambda m: m.topic == f"{SPB}/DBIRTH/line9/oven-2" and m.at > 0, 60,
+                                 count=2)[1]
+            zone = sp.decode(birth.payload).metric("zone")
+            data = sub.wait_for(lambda m: m.topic == f"{SPB}/DDATA/line9/oven-2" and m.at > birth.at and any(
+                x.alias == zone.alias for x in sp.decode(m.payload).metrics), 30)[0]
+            settle(sub, f"{SPB}/DDATA/line9/press-1", data.at, count=5)
+            after = list(sub.messages)[before:]
+            assert "reload forwarder in place" in plant.log_text()
+            assert plant.pids() == pids and plant.connects() == 1
+            topics = [m.topic for m in after if "/DDATA/" not in m.topic]
+            assert topics == [f"{SPB}/DBIRTH/line9/oven-2"], topics  # one birth, of the changed device
+            assert zone.datatype == sp.DOUBLE, zone  # the datatype the collector read from the server
+            assert [m.name for m in sp.decode(birth.payload).metrics] == ["temperature", "zone"]
+    finally:
+        stop(simulator)
