@@ -70,32 +70,26 @@ The forwarder image row: `offline online` once, 1 CONNECT, 0 lost, 0 duplicates,
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import itertools
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
-from pymodbus.server import ModbusTcpServer  # noqa: E402
-from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: E402
-from pymodbus.simulator.simcore import SimCore  # noqa: E402
 
 from gateway.compose import project_name  # noqa: E402
 from tests.docker.stack import Stack, fieldgate, gateway_yaml, image  # noqa: E402
-from tests.support.broker import Mosquitto, free_port  # noqa: E402
+from tests.support.broker import Mosquitto  # noqa: E402
+from tests.support.counting_modbus import CountingDevice  # noqa: E402
 from tests.support.mqtt import Message, Subscriber  # noqa: E402
 
 ROWS = ("tag-added", "poll-changed", "device-added", "device-removed", "image-good", "image-bad", "forwarder")
@@ -105,7 +99,6 @@ GOOD = "fieldgate/collector-modbus:bench-good"
 BAD = "fieldgate/collector-modbus:bench-bad"
 FORWARDER_GOOD = "fieldgate/forwarder:bench-good"
 BAD_TIMEOUT = 20.0
-HOLDING = 3  # the function code pymodbus' datastore is addressed with for holding registers
 
 
 def device_yaml(name: str, port: int, poll: str = "100ms", extra_tag: bool = False) -> str:
@@ -129,57 +122,19 @@ tags:
     return text
 
 
-class CountingCore(SimCore):
-    """pymodbus' datastore, adding one to holding register 0 on every read that covers it."""
-
-    def __init__(self, devices: list[SimDevice]) -> None:
-        super().__init__(devices)
-        self.reads = 0
-
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
-        if func_code == HOLDING and address <= 0 < address + count:
-            self.reads += 1
-            await super().async_setValues(device_id, HOLDING, 0, [self.reads % 65536])
-        return await super().async_getValues(device_id, func_code, address, count)
-
-
 class Devices:
-    """One pymodbus TCP server per device, on an event loop in a thread of this process."""
+    """One counting Modbus TCP server per device (tests/support/counting_modbus.py), in this process."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: dict[str, ModbusTcpServer] = {}
+        self.servers: dict[str, CountingDevice] = {}
 
     def start(self, name: str) -> int:
-        port = free_port()
-
-        async def serve() -> None:
-            devices = [SimDevice(id=1, simdata=(
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
-            ))]
-            server = ModbusTcpServer(devices, address=("127.0.0.1", port))
-            server.context = CountingCore(devices)
-            await server.serve_forever(background=True)
-            self.servers[name] = server
-
-        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
-        return port
+        device = self.servers[name] = CountingDevice().__enter__()
+        return device.port
 
     def close(self) -> None:
-        async def stop() -> None:
-            for server in self.servers.values():
-                with contextlib.suppress(Exception):
-                    await server.shutdown()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        for device in self.servers.values():
+            device.__exit__(None, None, None)
 
 
 class BenchStack(Stack):
