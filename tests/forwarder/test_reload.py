@@ -255,3 +255,37 @@ async def test_a_reload_changing_more_than_the_catalog_is_refused_and_the_sessio
     finally:
         sub.close()
         assert forwarder.stop() == 0
+
+
+async def test_a_reload_that_fails_half_way_stops_the_forwarder_for_a_fresh_start(
+    tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while taking the catalog: the forwarder stops cleanly (its goodbye
+    published) and `main` exits with code 3, so the supervisor starts it anew on the new slice
+    (plan.py: a crashed service whose config changed is recreated at once)."""
+    from collectors.forwarder.__main__ import RELOAD_FAILED, serve
+    from collectors.forwarder.app import Forwarder
+
+    config = config_dict(tmp_path, broker)
+    path = tmp_path / "forwarder.json"
+    path.write_text(json.dumps(config))
+    forwarder = Forwarder(ForwarderConfig.model_validate(config))
+
+    def broken(new: ForwarderConfig) -> None:
+        raise RuntimeError("half way")
+
+    monkeypatch.setattr(forwarder, "reload", broken)
+    sub = Subscriber(broker.host, broker.port, f"{PREFIX}/status")
+    failed: list[BaseException] = []
+    task = asyncio.create_task(serve(forwarder, path, failed))
+    try:
+        await until(lambda: any(m.payload == b"online" for m in sub.messages), 15, "online")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.wait_for(task, 15)
+        assert [type(exc) for exc in failed] == [RuntimeError]
+        assert RELOAD_FAILED == 3
+        sub.wait_for(lambda m: m.payload == b"offline", 15)  # a clean goodbye, not the will
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sub.close()
