@@ -1,0 +1,91 @@
+"""`fieldgate update DIR forwarder --image` on a running Sparkplug stack: a host sees one clean
+NDEATH then NBIRTH, bdSeq in order (the NDEATH's is the last NBIRTH's, the new NBIRTH's the
+next: the bdSeq lives in the buffer volume, which the new container mounts again), and the
+readings the collector hands off while the forwarder is away are all published after it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+import docker
+import pytest
+
+from tests.docker.stack import ROOT, Stack, fieldgate, image
+from tests.support import sparkplug as sp
+from tests.support.broker import Mosquitto
+from tests.support.counting_modbus import CountingDevice, missing
+from tests.support.mqtt import Message, Subscriber
+
+pytestmark = pytest.mark.docker
+
+# A device whose register 0 counts its reads (tests/support/counting_modbus.py), polled every 100 ms.
+COUNTER = """\
+name: press-1
+protocol: modbus
+connection:
+  tcp: {{host: 127.0.0.1, port: {port}}}
+unit: 1
+poll: 100ms
+tags:
+  - name: counter
+    table: holding
+    address: 0
+    type: uint16
+"""
+
+
+def counter_values(messages: list[Message], group: str, node: str) -> list[tuple[int, int]]:
+    """(ts, value) of press-1/counter in every DBIRTH and DDATA, by the alias its last DBIRTH gave it."""
+    alias = None
+    out: list[tuple[int, int]] = []
+    for message in messages:
+        if message.topic == f"spBv1.0/{group}/DBIRTH/{node}/press-1":
+            metric = sp.decode(message.payload).metric("counter")
+            alias = metric.alias
+            if not metric.is_null and metric.timestamp is not None:
+                out.append((metric.timestamp, int(metric.value)))
+        elif message.topic == f"spBv1.0/{group}/DDATA/{node}/press-1":
+            out += [(m.timestamp or 0, int(m.value)) for m in sp.decode(message.payload).metrics if m.alias == alias]
+    return out
+
+
+def test_a_forwarder_image_update_is_one_clean_ndeath_then_nbirth(
+    make_stack: Callable[..., Stack], engine: docker.DockerClient, broker: Mosquitto
+) -> None:
+    target = image("forwarder") + "-next"
+    repository, tag = target.rsplit(":", 1)
+    engine.images.get(image("forwarder")).tag(repository, tag)
+    sub = Subscriber(broker.host, broker.port, "spBv1.0/#")
+    device = CountingDevice().__enter__()
+    try:
+        stack = make_stack(broker.port)
+        gateway = stack.plant / "gateway.yaml"
+        gateway.write_text(gateway.read_text().replace("  qos: 1\n", "  qos: 1\n  format: sparkplug\n", 1))
+        stack.add_device("press-1", COUNTER.format(port=device.port), simulate=False)
+        group, node = "fieldgate", stack.gateway_id
+        stack.up()
+        data = f"spBv1.0/{group}/DDATA/{node}/press-1"
+        sub.wait_for(lambda m: m.topic == data, timeout=120, count=10)
+
+        result = subprocess.run(
+            fieldgate("update", str(stack.plant), "forwarder", "--image", target, "--timeout", "90",
+                      "--keep-images"), capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        reborn = sub.wait_for(lambda m: m.topic == f"spBv1.0/{group}/NBIRTH/{node}", timeout=60, count=2)[1]
+        sub.wait_for(lambda m: m.topic == data and m.at > reborn.at + 1, timeout=60)
+        assert stack.containers()["forwarder"].attrs["Config"]["Image"] == target
+
+        messages = list(sub.messages)
+        lifecycle = [(m.topic.split("/")[2], sp.decode(m.payload).metric("bdSeq").value) for m in messages
+                     if m.topic in (f"spBv1.0/{group}/NBIRTH/{node}", f"spBv1.0/{group}/NDEATH/{node}")]
+        first = lifecycle[0][1]
+        assert lifecycle == [("NBIRTH", first), ("NDEATH", first), ("NBIRTH", (first + 1) % 256)], lifecycle
+        # Every poll the collector made while the forwarder was away reached the host after it.
+        values = [value for _, value in counter_values(messages, group, node)]
+        assert missing(values) == [], "counter values read from the device and never published"
+    finally:
+        sub.close()
+        device.__exit__(None, None, None)
+        engine.images.remove(target, noprune=True)
