@@ -47,19 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m collectors.forwarder", description=__doc__)
     parser.add_argument("--config", required=True, type=Path, help="the forwarder's config (YAML or JSON)")
     args = parser.parse_args(argv)
+    # A SIGHUP while starting (the supervisor reloads as soon as it sees the process run) must
+    # neither end the process (the default action) nor be lost: noted here, taken once serving.
+    early: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
     config = load(args.config)
     setup_logging(config.log_level, "forwarder")
 
     from collectors.forwarder.app import Forwarder  # after logging: importing paho is not free
 
     failed: list[BaseException] = []
-    run_service(serve(Forwarder(config), args.config, failed))
+    run_service(serve(Forwarder(config), args.config, failed, early))
     return RELOAD_FAILED if failed else 0
 
 
-async def serve(forwarder: Forwarder, path: Path, failed: list[BaseException]) -> None:
-    """Run the forwarder until cancelled, taking a new catalog from `path` on each SIGHUP; return
-    (the forwarder stopped cleanly) after a reload that failed, with the error in `failed`."""
+async def serve(
+    forwarder: Forwarder, path: Path, failed: list[BaseException], early: list[int] | None = None
+) -> None:
+    """Run the forwarder until cancelled, taking a new catalog from `path` on each SIGHUP (and
+    once at the start when `early` noted one); return (the forwarder stopped cleanly) after a
+    reload that failed, with the error in `failed`."""
     loop = asyncio.get_running_loop()
     broken = asyncio.Event()
 
@@ -73,6 +80,9 @@ async def serve(forwarder: Forwarder, path: Path, failed: list[BaseException]) -
 
     async with forwarder:
         loop.add_signal_handler(signal.SIGHUP, hangup)
+        if early:
+            early.clear()
+            hangup()
         try:
             await broken.wait()
         finally:

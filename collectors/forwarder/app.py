@@ -525,6 +525,8 @@ class Forwarder:
              lambda: stats.latency_sum),
             ("forwarder_publish_latency_seconds_count", "live batches measured", lambda: stats.latency_count),
             ("forwarder_reconnects_total", "sessions after the first", lambda: max(0, session.connects - 1)),
+            ("forwarder_catalog_reloads_total", "new catalogs taken in place (SIGHUP), the session kept",
+             lambda: self.reloads),
             ("forwarder_writes_total", "writes asked from the broker", lambda: stats.writes),
             ("forwarder_writes_refused_total", "writes answered with an error", lambda: stats.writes_refused),
             ("forwarder_unpublishable_readings_total", "readings dropped as unpublishable (bad name, timestamp, "

@@ -289,3 +289,25 @@ async def test_a_reload_that_fails_half_way_stops_the_forwarder_for_a_fresh_star
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         sub.close()
+
+
+async def test_a_sighup_while_starting_is_taken_once_serving(tmp_path: Path, broker: Mosquitto) -> None:
+    """The supervisor may signal a forwarder that is still starting: `main` notes the SIGHUP
+    (instead of dying of it) and `serve` takes the file's catalog once the forwarder serves."""
+    from collectors.forwarder.__main__ import serve
+    from collectors.forwarder.app import Forwarder
+
+    config = config_dict(tmp_path, broker)
+    forwarder = Forwarder(ForwarderConfig.model_validate(config))  # started on the old catalog
+    path = tmp_path / "forwarder.json"
+    path.write_text(json.dumps(with_catalog(config, [PRESS_EDITED])))  # the new one, already written
+    failed: list[BaseException] = []
+    task = asyncio.create_task(serve(forwarder, path, failed, early=[signal.SIGHUP]))
+    try:
+        await until(lambda: forwarder.reloads == 1, 15, "the noted reload")
+        assert [d.name for d in forwarder.config.devices] == ["press-1"]
+        assert [t.name for t in forwarder.config.devices[0].tags] == ["temperature", "level"]
+        assert not failed and not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
