@@ -15,40 +15,10 @@ import pytest
 from tests.docker.stack import ROOT, Stack, fieldgate, image
 from tests.support import sparkplug as sp
 from tests.support.broker import Mosquitto
-from tests.support.counting_modbus import CountingDevice, missing
-from tests.support.mqtt import Message, Subscriber
+from tests.support.counting_modbus import CountingDevice, device_yaml, missing, sparkplug_counter
+from tests.support.mqtt import Subscriber
 
 pytestmark = pytest.mark.docker
-
-# A device whose register 0 counts its reads (tests/support/counting_modbus.py), polled every 100 ms.
-COUNTER = """\
-name: press-1
-protocol: modbus
-connection:
-  tcp: {{host: 127.0.0.1, port: {port}}}
-unit: 1
-poll: 100ms
-tags:
-  - name: counter
-    table: holding
-    address: 0
-    type: uint16
-"""
-
-
-def counter_values(messages: list[Message], group: str, node: str) -> list[tuple[int, int]]:
-    """(ts, value) of press-1/counter in every DBIRTH and DDATA, by the alias its last DBIRTH gave it."""
-    alias = None
-    out: list[tuple[int, int]] = []
-    for message in messages:
-        if message.topic == f"spBv1.0/{group}/DBIRTH/{node}/press-1":
-            metric = sp.decode(message.payload).metric("counter")
-            alias = metric.alias
-            if not metric.is_null and metric.timestamp is not None:
-                out.append((metric.timestamp, int(metric.value)))
-        elif message.topic == f"spBv1.0/{group}/DDATA/{node}/press-1":
-            out += [(m.timestamp or 0, int(m.value)) for m in sp.decode(message.payload).metrics if m.alias == alias]
-    return out
 
 
 def test_a_forwarder_image_update_is_one_clean_ndeath_then_nbirth(
@@ -63,7 +33,7 @@ def test_a_forwarder_image_update_is_one_clean_ndeath_then_nbirth(
         stack = make_stack(broker.port)
         gateway = stack.plant / "gateway.yaml"
         gateway.write_text(gateway.read_text().replace("  qos: 1\n", "  qos: 1\n  format: sparkplug\n", 1))
-        stack.add_device("press-1", COUNTER.format(port=device.port), simulate=False)
+        stack.add_device("press-1", device_yaml(device.port), simulate=False)
         group, node = "fieldgate", stack.gateway_id
         stack.up()
         data = f"spBv1.0/{group}/DDATA/{node}/press-1"
@@ -83,7 +53,7 @@ def test_a_forwarder_image_update_is_one_clean_ndeath_then_nbirth(
         first = lifecycle[0][1]
         assert lifecycle == [("NBIRTH", first), ("NDEATH", first), ("NBIRTH", (first + 1) % 256)], lifecycle
         # Every poll the collector made while the forwarder was away reached the host after it.
-        values = [value for _, value in counter_values(messages, group, node)]
+        values = sparkplug_counter(messages, group, node)
         assert missing(values) == [], "counter values read from the device and never published"
     finally:
         sub.close()

@@ -21,7 +21,7 @@ from gateway.runtime.common import RunDir
 from tests.gateway.test_process_runtime import popen_cli, service_pids, stop, wait_sync
 from tests.support import sparkplug as sp
 from tests.support.broker import Mosquitto, free_port, wait_port
-from tests.support.counting_modbus import CountingDevice, missing, repeated
+from tests.support.counting_modbus import CountingDevice, device_yaml, missing, repeated, sparkplug_counter
 from tests.support.mqtt import Message, Subscriber
 
 pytestmark = pytest.mark.sim
@@ -33,20 +33,6 @@ metrics: {{port: {metrics}}}
 buffer: {{dir: {buffer}}}
 runtime: process
 """
-
-DEVICE = """\
-name: press-1
-protocol: modbus
-connection:
-  tcp: {{host: 127.0.0.1, port: {port}}}
-unit: 1
-poll: 100ms
-tags:
-  - name: counter
-    table: holding
-    address: 0
-    type: uint16
-{extra}"""
 
 LEVEL = """\
   - name: level
@@ -72,7 +58,7 @@ class Plant:
         self.values = {"broker": broker.port, "format": format, "keepalive": "30s", "metrics": free_port_run(3),
                        "buffer": tmp_path / "buffer"}
         self.gateway.write_text(GATEWAY.format(**self.values))
-        self.device.write_text(DEVICE.format(port=device.port, extra=""))
+        self.device.write_text(device_yaml(device.port))
         for name, text in extra.items():
             (self.dir / "devices" / f"{name}.yaml").write_text(text)
         self.port = device.port
@@ -115,23 +101,6 @@ def json_counter(messages: list[Message]) -> list[int]:
     return [int(m.json()["value"]) for m in messages if m.topic == f"{PREFIX}/press-1/counter"]
 
 
-def spb_counter(messages: list[Message]) -> list[int]:
-    """Every counter value a Sparkplug host got: in DBIRTHs (by name) and DDATA (by the alias the
-    last DBIRTH gave it)."""
-    values: list[int] = []
-    alias = None
-    for message in messages:
-        if message.topic == f"{SPB}/DBIRTH/line9/press-1":
-            birth = sp.decode(message.payload)
-            counter = birth.metric("counter")
-            alias = counter.alias
-            if counter.value is not None and not counter.is_null:
-                values.append(int(counter.value))
-        elif message.topic == f"{SPB}/DDATA/line9/press-1":
-            values += [int(m.value) for m in sp.decode(message.payload).metrics if m.alias == alias]
-    return values
-
-
 def settle(sub: Subscriber, topic: str, since: float, count: int = 10, within: float = 60.0) -> None:
     sub.wait_for(lambda m: m.topic == topic and m.at > since, within, count=count)
 
@@ -141,7 +110,7 @@ def test_a_tag_added_reloads_the_forwarder_in_place(tmp_path: Path, broker: Mosq
         settle(sub, f"{PREFIX}/press-1/counter", 0)
         pids = plant.pids()
         assert plant.connects() == 1
-        plant.device.write_text(DEVICE.format(port=plant.port, extra=LEVEL))
+        plant.device.write_text(device_yaml(plant.port, extra=LEVEL))
         level = sub.wait_for(lambda m: m.topic == f"{PREFIX}/press-1/level", 60)[0]
         assert level.json()["unit"] == "cm"
         settle(sub, f"{PREFIX}/press-1/counter", level.at)
@@ -187,7 +156,7 @@ def test_a_sparkplug_forwarder_recreate_is_a_clean_ndeath_then_nbirth(tmp_path: 
                 if m.topic in (f"{SPB}/NBIRTH/line9", f"{SPB}/NDEATH/line9")]
         first = node[0][1]
         assert node == [("NBIRTH", first), ("NDEATH", first), ("NBIRTH", (first + 1) % 256)], node
-        counter = spb_counter(messages)
+        counter = sparkplug_counter(messages, "plant1", "line9")
         assert missing(counter) == [], "readings the collector handed off while the forwarder was away"
 
 
