@@ -50,7 +50,8 @@ Columns, for each of press-1 and press-2 (the devices that are there for the who
   dup       readings delivered twice (the same counter value again): QoS 1 redelivery or two
             collectors publishing one poll.
 Under each row: what `{prefix}/status` carried during the row's window (a forwarder restart
-shows `offline online`; the broker's will for a lost session shows as `offline` too).
+shows `offline online`; the broker's will for a lost session shows as `offline` too), and the
+MQTT sessions the forwarder opened meanwhile (CONNECTs in Mosquitto's log; 0: the session went on).
 Prints one row per change; asserts nothing.
 
 Measured before issue 12's items 2-4 (3 runs on the 2-core machine, other work running): gap ts
@@ -60,6 +61,11 @@ removed, 0.6-0.7 s good collector image (start-first runs as stop-first under ne
 19.6-20.7 s bad image (the old container stopped first, rolled back after the 20 s timeout),
 0.1-0.2 s forwarder image (no poll missed, readings held and delivered 0.7-1.1 s late); 0
 lost and 0 duplicates in every row.
+
+The forwarder taking a catalog change in place (issue 12 item 2, its side): tag added, 4 runs
+with images of that tree: the status topic silent, 0 forwarder CONNECTs, gap arr 0.10-0.20 s
+(before, 3 runs: `offline online`, 1 CONNECT, gap arr 0.79-1.51 s; gap ts 0.10-0.15 s either way).
+The forwarder image row: `offline online` once, 1 CONNECT, 0 lost, 0 duplicates, before and after.
 """
 
 from __future__ import annotations
@@ -149,6 +155,7 @@ class Row:
     devices: dict[str, Figures] = field(default_factory=dict)
     note: str = ""
     status: list[str] = field(default_factory=list)
+    connects: int = 0  # MQTT sessions the forwarder opened at the broker during the row
 
 
 def ts_of(message: Message) -> float:
@@ -179,8 +186,11 @@ def figures(messages: list[Message], period: Callable[[float], float]) -> Figure
 
 
 class Bench:
-    def __init__(self, stack: BenchStack, sub: Subscriber, devices: Devices, pre: float, post: float) -> None:
+    def __init__(
+        self, stack: BenchStack, sub: Subscriber, devices: Devices, pre: float, post: float, broker: Mosquitto
+    ) -> None:
         self.stack = stack
+        self.broker = broker
         self.sub = sub
         self.devices = devices
         self.pre = pre
@@ -189,6 +199,10 @@ class Bench:
         self.files: dict[str, Path] = {}
         self.period: dict[str, float] = {"press-1": 0.1, "press-2": 0.1}
         self.period_changed_at: float = float("inf")
+
+    def connects(self) -> int:
+        """CONNECTs the broker accepted from the forwarder so far (Mosquitto logs each one)."""
+        return self.broker.log.read_text(errors="replace").count(f" as fieldgate-{self.stack.gateway_id} (")
 
     def period_at(self, device: str) -> Callable[[float], float]:
         """The device's poll period at a reading's ts (press-2's changes at poll-changed)."""
@@ -216,6 +230,7 @@ class Bench:
     def measure(self, change: str, apply: Callable[[], tuple[float, str, str]]) -> Row:
         self.settle()
         start = time.time() - self.pre
+        connects = self.connects()
         changed = time.time()
         live_at, live_means, note = apply()
         live = live_at - changed if live_at == live_at else None  # NaN: never live
@@ -223,6 +238,7 @@ class Bench:
         end = time.time()
         row = Row(change, live, live_means, note=note)
         status = f"{self.stack.topic_prefix}/status"
+        row.connects = self.connects() - connects
         row.status = [m.payload.decode(errors="replace") for m in list(self.sub.messages)
                       if m.topic == status and start <= m.at <= end]
         for device in ("press-1", "press-2"):
@@ -348,7 +364,8 @@ def print_rows(rows: list[Row]) -> None:
         for i, (device, f) in enumerate(row.devices.items()):
             lead = f"{row.change:<15} {live:>7}" if i == 0 else f"{'':<15} {'':>7}"
             tail = (f"{row.live_means}{'; ' + row.note if row.note else ''}" if i == 0
-                    else f"status topic: {' '.join(row.status) or '-'}" if i == 1 else "")
+                    else f"status topic: {' '.join(row.status) or '-'}; forwarder CONNECTs: {row.connects}"
+                    if i == 1 else "")
             print(f"{lead}  {device:<8} {f.gap_ts:>7.2f} {f.gap_arrival:>7.2f} {f.missed:>6} {f.lost:>5} "
                   f"{f.dup:>4} {f.count:>5}  {tail}")
     sys.stdout.flush()
@@ -380,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             made = make_images(client) if {"image-good", "image-bad", "forwarder"} & set(selected) else []
             stack = BenchStack(work / "stack", broker.port)
             sub = Subscriber(broker.host, broker.port, topics=f"{stack.topic_prefix}/#")
-            bench = Bench(stack, sub, devices, args.pre, args.seconds)
+            bench = Bench(stack, sub, devices, args.pre, args.seconds, broker)
             bench.add_device("press-1")
             bench.add_device("press-2")
             started = time.time()

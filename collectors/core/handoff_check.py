@@ -125,6 +125,11 @@ class Rejections:
         return [({"collector": c, "reason": r}, n) for (c, r), n in sorted(self.counts.items())]
 
 
+def catalog_of(devices: Iterable[Any]) -> dict[str, CatalogEntry]:
+    """The forwarder's `devices:` (CatalogDevice: name, collector, tags[name, type]) as a lookup."""
+    return {d.name: CatalogEntry(d.collector, {t.name: t.type for t in d.tags}) for d in devices}
+
+
 class ReadingCheck:
     """Turns the rows of a `batch` frame into the Readings a collector may hand off."""
 
@@ -136,7 +141,12 @@ class ReadingCheck:
     @classmethod
     def from_catalog(cls, devices: Iterable[Any]) -> ReadingCheck:
         """From the forwarder's `devices:` (CatalogDevice: name, collector, tags[name, type])."""
-        return cls({d.name: CatalogEntry(d.collector, {t.name: t.type for t in d.tags}) for d in devices})
+        return cls(catalog_of(devices))
+
+    def use_catalog(self, devices: Iterable[Any]) -> None:
+        """Check against a new catalog from now on (the forwarder's reload in place); the
+        counts of what was dropped go on."""
+        self._catalog = catalog_of(devices)
 
     def readings(self, collector: str, rows: object) -> list[Reading]:
         """The good readings of a batch, in order; the others counted and logged."""

@@ -6,6 +6,10 @@
     broker /set, DCMD --> format.handle_incoming --> catalog checks --> HandoffServer.send_write
     collector's WriteResult --> format.write_result --> broker
 
+A new catalog (`devices:`) is taken in place (`Forwarder.reload`, on SIGHUP: __main__.py): the
+session, the hand-off connections and the buffer go on; the format tells the broker about the
+changed devices only (formats.PayloadFormat.reload).
+
 The hand-off is acknowledged once `Buffer.put` returns: in memory for `outage` durability,
 written to disk for `always`. A batch leaves the buffer when every message the format made
 of it is delivered (see formats.py for the seam and buffer.py for the lanes).
@@ -32,6 +36,7 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
+from collectors.core.errors import FieldgateError
 from collectors.core.handoff import HandoffServer
 from collectors.core.handoff_check import ReadingCheck
 from collectors.core.metrics import Metrics
@@ -39,7 +44,7 @@ from collectors.core.model import DeviceState, DeviceTypes, Reading, WriteReques
 from collectors.core.service import ErrorLatch
 from collectors.forwarder.buffer import Batch, Buffer
 from collectors.forwarder.config import CatalogDevice, ForwarderConfig
-from collectors.forwarder.formats import ERROR_ECHO, OutMessage, PayloadFormat, create_format
+from collectors.forwarder.formats import ERROR_ECHO, CatalogChange, OutMessage, PayloadFormat, create_format
 from collectors.forwarder.mqtt import BACKOFF_MAX, BrokerSession
 from collectors.forwarder.quarantine import Screen, shorten
 
@@ -59,6 +64,10 @@ RESEND_MAX = 100_000  # most readings kept for the format's resend window (newes
 # PINGRESP, the last byte at most one keep-alive before the wait began), and it becomes an outage.
 STUCK_KEEPALIVES = 4
 PUBLISH_ERROR_PAUSE = 1.0  # after an unexpected error in the publisher, before it tries again
+
+
+class ReloadRefused(FieldgateError):
+    """A new config that changes more than the catalog: it needs a restart of the forwarder."""
 
 
 @dataclass(slots=True)
@@ -97,6 +106,9 @@ class Forwarder:
         self._screen = Screen()
         self._publisher_latch = ErrorLatch(log, "forwarder publisher")
         self._catalog: dict[str, CatalogDevice] = {device.name: device for device in config.devices}
+        # Tags a reload removed -> their collector: what the buffer still holds of them is dropped.
+        self._removed_tags: dict[tuple[str, str], str] = {}
+        self.reloads = 0  # catalogs taken in place
         self._write_timeout = write_timeout
         self._pending_writes: dict[tuple[str, str, str], asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
@@ -224,6 +236,55 @@ class Forwarder:
             self.stats.writes_refused += 1
         self._publish_all(self.format.write_result(result))
 
+    # -- a new catalog, in place
+
+    def reload(self, config: ForwarderConfig) -> None:
+        """Take a new catalog (`devices:`) in place: the broker session, the hand-off connections
+        and the buffer go on. From now on the hand-off checks readings against the new catalog
+        (a removed tag's are refused, a new tag's taken), writes are routed by it, and the
+        format tells the broker about the changed devices only (formats.PayloadFormat.reload).
+        What the buffer still holds of a removed tag is dropped when its turn comes, counted
+        like a refusal at the hand-off. Any other setting needs a new process: ReloadRefused."""
+        if config.settings() != self.config.settings():
+            raise ReloadRefused(
+                "only `devices` (the catalog) can change in place; the other settings (mqtt, buffer, "
+                "gateway, handoff, metrics, log_level) take effect when the forwarder is restarted"
+            )
+        change = CatalogChange.between(self.config.devices, config.devices)
+        for device in self.config.devices:
+            for tag in device.tags:
+                if (device.name, tag.name) in change.removed_tags:
+                    self._removed_tags[device.name, tag.name] = device.collector
+        for device in config.devices:
+            for tag in device.tags:
+                self._removed_tags.pop((device.name, tag.name), None)
+        self.config = config
+        self._catalog = {device.name: device for device in config.devices}
+        self.handoff.check.use_catalog(config.devices)
+        messages = self.format.reload(change)
+        if messages and self.session.connected:
+            self._publish_all(messages)
+        self.reloads += 1
+        log.info("new catalog applied in place: %d devices (%d added or changed, %d removed, %d untouched); "
+                 "the broker session goes on", len(config.devices), len(change.changed), len(change.removed),
+                 len(config.devices) - len(change.changed))
+        self._wake.set()
+
+    def _drop_removed(self, readings: list[Reading]) -> list[Reading]:
+        """The readings of tags still in the catalog; the others counted as the hand-off counts them."""
+        removed = self._removed_tags
+        kept: list[Reading] = []
+        for reading in readings:
+            collector = removed.get((reading[0], reading[1]))
+            if collector is None:
+                kept.append(reading)
+                continue
+            reason = "unknown_tag" if reading[0] in self._catalog else "unknown_device"
+            self.handoff.check.rejected.add(
+                collector, reason, f"{shorten(reading[0])}/{shorten(reading[1])}: buffered before a reload "
+                "removed it from the catalog")
+        return kept
+
     # -- SessionHandler: what the broker session tells us
 
     def session_up(self) -> None:
@@ -320,6 +381,8 @@ class Forwarder:
         where = batch.lane.name
         readings, dropped = self._screen.split(batch.readings)
         self.quarantine.drop(dropped, where)
+        if self._removed_tags:
+            readings = self._drop_removed(readings)
         try:
             return readings, self.format.encode(readings, batch.historical)
         except Exception as exc:
@@ -463,6 +526,8 @@ class Forwarder:
              lambda: stats.latency_sum),
             ("forwarder_publish_latency_seconds_count", "live batches measured", lambda: stats.latency_count),
             ("forwarder_reconnects_total", "sessions after the first", lambda: max(0, session.connects - 1)),
+            ("forwarder_catalog_reloads_total", "new catalogs taken in place (SIGHUP), the session kept",
+             lambda: self.reloads),
             ("forwarder_writes_total", "writes asked from the broker", lambda: stats.writes),
             ("forwarder_writes_refused_total", "writes answered with an error", lambda: stats.writes_refused),
             ("forwarder_unpublishable_readings_total", "readings dropped as unpublishable (bad name, timestamp, "

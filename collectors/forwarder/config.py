@@ -159,6 +159,10 @@ class ForwarderConfig(StrictModel):
     def topic_prefix(self) -> str:
         return self.mqtt.topic_prefix or f"fieldgate/{self.gateway.id}"
 
+    def settings(self) -> ForwarderConfig:
+        """Everything but the catalog: what a reload in place cannot change (app.Forwarder.reload)."""
+        return self.model_copy(update={"devices": []})
+
 
 def load_forwarder_config(path: Path) -> ForwarderConfig:
     return ForwarderConfig.model_validate(read_slice(path))

@@ -17,6 +17,8 @@ Life of a session, as the forwarder drives it::
         handle_incoming(topic, payload) -> Incoming: publish its messages, route its writes,
                                            disconnect when it asks (Sparkplug primary host offline)
         write_result(result)        the collector's answer (or the forwarder's refusal)
+    any time: reload(change)        a new catalog (SIGHUP): what to tell about the changed devices;
+                                    published at once while connected (the session goes on)
     connection lost -> connection_lost(graceful=False); shutdown -> publish(disconnecting()),
                        then a clean DISCONNECT and connection_lost(graceful=True)
 
@@ -60,7 +62,7 @@ ERROR_ECHO = 300  # characters of a write's error text published or logged (it m
 ID_ECHO = 128  # characters of a write's id echoed back
 
 if TYPE_CHECKING:
-    from collectors.forwarder.config import ForwarderConfig
+    from collectors.forwarder.config import CatalogDevice, ForwarderConfig
 
 
 class OutMessage(NamedTuple):
@@ -135,6 +137,35 @@ class PayloadFormat(Protocol):
     def write_result(self, result: WriteResult) -> list[OutMessage]:
         """The answer to a write that `handle_incoming` asked for."""
         ...
+
+    def reload(self, change: CatalogChange) -> list[OutMessage]:
+        """A new catalog, taken in place (the forwarder's reload on SIGHUP): what to publish now
+        about the changed devices only (Sparkplug: their DBIRTH or DDEATH; json: the retained
+        messages of removed tags cleared). The session goes on."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChange:
+    """What a reload changed in the catalog, device by device (app.py computes it)."""
+
+    devices: list[CatalogDevice]  # the new catalog, in its order
+    changed: frozenset[str]  # devices added, or whose tags (names, types, units, writable) changed
+    removed: frozenset[str]  # devices no longer in the catalog
+    removed_tags: frozenset[tuple[str, str]]  # (device, tag) no longer in it, removed devices' included
+
+    @classmethod
+    def between(cls, old: list[CatalogDevice], new: list[CatalogDevice]) -> CatalogChange:
+        before = {device.name: device for device in old}
+        after = {device.name: device for device in new}
+        gone = {(device.name, tag.name) for device in old for tag in device.tags}
+        gone -= {(device.name, tag.name) for device in new for tag in device.tags}
+        return cls(
+            list(new),
+            frozenset(name for name, device in after.items() if before.get(name) != device),
+            frozenset(before.keys() - after.keys()),
+            frozenset(gone),
+        )
 
 
 def create_format(config: ForwarderConfig) -> PayloadFormat:

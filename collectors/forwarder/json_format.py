@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from collectors.core.model import DeviceState, Reading, WriteRequest, WriteResult, iso_ms
-from collectors.forwarder.config import ForwarderConfig
-from collectors.forwarder.formats import ERROR_ECHO, ID_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
+from collectors.forwarder.config import CatalogDevice, ForwarderConfig
+from collectors.forwarder.formats import (
+    ERROR_ECHO,
+    ID_ECHO,
+    MAX_COMMAND_BYTES,
+    CatalogChange,
+    Incoming,
+    OutMessage,
+)
 from collectors.forwarder.quarantine import shorten
 
 if TYPE_CHECKING:
@@ -39,15 +46,19 @@ class JsonFormat:
         self._retain = config.mqtt.retain
         self._layout = config.mqtt.layout
         self._status = f"{self._prefix}/status"
-        self._units: dict[tuple[str, str], str | None] = {
-            (device.name, tag.name): tag.unit for device in config.devices for tag in device.tags
-        }
+        self._units = self._units_of(config.devices)
         # Topic strings are built once per tag, not once per reading.
         self._topics: dict[tuple[str, str], str] = {}
         self._set_levels = self._prefix.count("/") + 1
         self._seconds: dict[int, str] = {}  # `2026-11-28T08:00:00.` per epoch second: strftime is costly
         self._last_ts, self._last_iso = -1, ""
         self.set_refused = 0  # /set payloads refused before routing (not JSON, not an object, no value)
+        self._connected = False
+        self._clears: list[OutMessage] = []  # retained messages to clear once connected (reload)
+
+    @staticmethod
+    def _units_of(devices: list[CatalogDevice]) -> dict[tuple[str, str], str | None]:
+        return {(device.name, tag.name): tag.unit for device in devices for tag in device.tags}
 
     def _iso(self, ts_ms: int) -> str:
         if ts_ms == self._last_ts:  # the readings of one poll share their timestamp
@@ -72,10 +83,32 @@ class JsonFormat:
         return OutMessage(self._status, b"offline", 1, True)
 
     def connected(self) -> list[OutMessage]:
-        return [OutMessage(self._status, b"online", 1, True)]
+        self._connected = True
+        clears, self._clears = self._clears, []
+        return [OutMessage(self._status, b"online", 1, True), *clears]
 
     def connection_lost(self, graceful: bool) -> None:
-        pass
+        self._connected = False
+
+    def reload(self, change: CatalogChange) -> list[OutMessage]:
+        """Units from the new catalog for the readings from now on; with `retain`, the retained
+        message of each removed tag (layout device: removed device) is cleared, so a subscriber
+        does not find a tag the gateway no longer has. Other topics are left alone."""
+        self._units = self._units_of(change.devices)
+        for key in change.removed_tags:
+            self._topics.pop(key, None)
+        if not self._retain:
+            return []
+        if self._layout == "device":
+            topics = sorted(f"{self._prefix}/{device}" for device in change.removed)
+        else:
+            topics = sorted(f"{self._prefix}/{device}/{tag}" for device, tag in change.removed_tags)
+        # An empty retained message removes the retained one (MQTT 3.1.1, 3.3.1.3).
+        clears = [OutMessage(topic, b"", 1, True) for topic in topics]
+        if self._connected:
+            return clears
+        self._clears += clears
+        return []
 
     def disconnecting(self) -> list[OutMessage]:
         return [OutMessage(self._status, b"offline", 1, True)]

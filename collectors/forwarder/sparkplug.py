@@ -34,7 +34,12 @@ Choices where the specification leaves room, made the way Ignition reads them:
   with a guessed datatype the host would have to unlearn; its first value brings it in
   with one rebirth of the node. The OPC UA collector hands off its nodes' datatypes right
   before their first values, so the wait costs a few seconds once, with nothing lost; a
-  declared datatype that differs from what the host was told makes the node born again.
+  declared datatype that differs from what the host was told makes the node born again,
+  while datatypes declared only for metrics the host has not been told of (a server back,
+  a tag added while running) make their device born again (one DBIRTH), no other.
+- A catalog changed while running (`reload`: a device file edited) is told device by device:
+  a DBIRTH of each added or changed device, a DDEATH of each removed one, in the same node
+  session (no NDEATH/NBIRTH); metrics that stay keep their aliases.
 - Every configured device is born right after the NBIRTH, as the spec requires all DBIRTHs
   before any data; one known to be offline then gets its DDEATH. A metric with a datatype
   but no value yet is born null (is_null) with Quality 500 (stale). A device or tag
@@ -57,7 +62,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -67,7 +72,7 @@ from collectors.core.writes import MAX_PENDING_PER_LINK
 from collectors.forwarder import sparkplug_b_pb2 as pb
 from collectors.forwarder.buffer import private_dir
 from collectors.forwarder.config import CatalogDevice, CatalogTag, ForwarderConfig
-from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, Incoming, OutMessage
+from collectors.forwarder.formats import ERROR_ECHO, MAX_COMMAND_BYTES, CatalogChange, Incoming, OutMessage
 from collectors.forwarder.quarantine import bad_name, shorten, unpublishable
 from collectors.forwarder.sparkplug_types import (
     CATALOG_TYPES,
@@ -176,6 +181,7 @@ class EdgeNode:
         self.birth_count = 0
         self.bd_seq = 0  # of the current session, for births within it
         self._latest: dict[tuple[str, str], Reading] = {}  # newest reading handed off, per tag
+        self.removed: frozenset[str] = frozenset()  # devices a reload removed: their late states are ignored
         for catalog in devices:
             device = self._add_device(catalog.name)
             for tag in catalog.tags:
@@ -188,7 +194,11 @@ class EdgeNode:
         return device
 
     def _add_metric(self, device: _Device, tag: str, catalog: CatalogTag | None) -> _Metric:
-        metric = device.metrics[tag] = _Metric(tag, self._next_alias, catalog)
+        metric = device.metrics[tag] = self._new_metric(tag, catalog)
+        return metric
+
+    def _new_metric(self, tag: str, catalog: CatalogTag | None) -> _Metric:
+        metric = _Metric(tag, self._next_alias, catalog)
         self._next_alias += 1
         return metric
 
@@ -238,6 +248,72 @@ class EdgeNode:
                  len(devices))
         return out
 
+    def reload(self, change: CatalogChange) -> list[OutMessage]:
+        """Take a new catalog in place: the messages that tell the host, for the changed devices only.
+
+        A removed device gets its DDEATH (when born) and is forgotten; an added one its DBIRTH;
+        a changed one (tags added, removed, retyped, a unit or `writable` changed) a DBIRTH
+        with its new metrics, which is how Sparkplug 3.0 lets an edge node change the metrics
+        of one device without a new node session; the others get nothing. A metric that stays
+        keeps its alias, value and learned datatype; a new one takes the next free alias (never
+        one of a removed metric, which a host may still hold), so the unchanged devices'
+        DBIRTHs stay true. seq goes on. While the node is not born, the model changes only:
+        the next births carry it. A device known to be offline is not born until it answers.
+        Tags without a datatype yet (OPC UA) are in no birth: a change that adds only such tags
+        births nothing now, their collector's declaration does (`declare`: one DBIRTH), or, for
+        a new device, its first values.
+        """
+        out: list[OutMessage] = []
+        self.removed = (self.removed | change.removed) - {device.name for device in change.devices}
+        for name in sorted(change.removed):
+            device = self.devices.pop(name, None)
+            if device is not None and self.born and device.born:
+                log.info("Sparkplug DDEATH of %s: removed from the configuration", name)
+                out.append(self._ddeath(device))
+            self._latest = {key: r for key, r in self._latest.items() if key[0] != name}
+        for catalog in change.devices:
+            if catalog.name not in change.changed:
+                continue
+            device = self.devices.get(catalog.name)
+            added = device is None
+            if device is None:
+                device = self._add_device(catalog.name)
+            told = _birth_signature(device)
+            self._retag(device, catalog.tags)
+            if device.born and _birth_signature(device) == told:
+                continue  # only tags without a datatype yet were added: their declaration births them
+            if self.born and device.online is not False and any(m.settled for m in device.metrics.values()):
+                log.info("Sparkplug DBIRTH of %s: %s by a new configuration", device.name,
+                         "added" if added else "changed")
+                out.append(self._dbirth(device))
+        return out
+
+    def rebirth_device(self, name: str) -> list[OutMessage]:
+        """A DBIRTH of one born device, for metrics the host has not been told of yet."""
+        device = self.devices.get(name)
+        if device is None or not (self.born and device.born):
+            return []  # not born: its next birth carries them
+        log.info("Sparkplug DBIRTH of %s: datatypes of new metrics declared", name)
+        return [self._dbirth(device)]
+
+    def _retag(self, device: _Device, tags: list[CatalogTag]) -> None:
+        """The device's metrics as the catalog now lists them, keeping what stays (see `reload`)."""
+        metrics: dict[str, _Metric] = {}
+        for tag in tags:
+            old = device.metrics.get(tag.name)
+            if old is None:
+                metrics[tag.name] = self._new_metric(tag.name, tag)
+                continue
+            metric = _Metric(tag.name, old.alias, tag)
+            if not metric.declared and old.settled:  # learned from values, or declared by the collector
+                metric.set_datatype(old.datatype)
+            if metric.datatype == old.datatype:
+                metric.value, metric.ts_ms, metric.quality = old.value, old.ts_ms, old.quality
+            metrics[tag.name] = metric
+        for name in device.metrics.keys() - metrics.keys():
+            self._latest.pop((device.name, name), None)
+        device.metrics = metrics
+
     def session_ended(self) -> None:
         self.born = False
         for device in self.devices.values():
@@ -284,6 +360,8 @@ class EdgeNode:
     def device_state(self, state: DeviceState) -> list[OutMessage]:
         """DDEATH when a born device goes offline, DBIRTH when it is back (only while the node is born)."""
         device = self.devices.get(state.device)
+        if device is None and state.device in self.removed:
+            return []  # a state buffered before the reload that removed it
         if device is None:
             why = bad_name("device", state.device)
             if why is not None:  # it would be in every birth's topics from now on
@@ -467,13 +545,16 @@ class EdgeNode:
             metric.value, metric.ts_ms, metric.quality = value, reading.ts_ms, reading.quality
         self._latest.clear()
 
-    def declare(self, device_name: str, types: dict[str, str]) -> bool:
+    def declare(self, device_name: str, types: dict[str, str]) -> Literal["device", "node"] | None:
         """Datatypes a collector read from the device (hand-off `types`) for the tags the catalog
-        gives none; True when one changed while the node is born (the host must be told again)."""
+        gives none. What the host must be told, while the node is born: "device" when only
+        metrics it has never been told of got a datatype (their device's DBIRTH adds them, as
+        for a tag added by a reload), "node" when a datatype it knows changed (the node is born
+        again); None: nothing."""
         device = self.devices.get(device_name)
         if device is None:
-            return False
-        changed = False
+            return None
+        changed = known = False
         for tag, type_name in types.items():
             metric = device.metrics.get(tag)
             datatype = CATALOG_TYPES.get(type_name.lower())
@@ -484,10 +565,14 @@ class EdgeNode:
                     TYPE_RULES[datatype].coerce(metric.value)
                 except DoesNotFit:  # the device's values say otherwise: they win, with no flip-flop
                     continue
+            was_settled = metric.settled
             if metric.set_datatype(datatype):
                 self.types_version += 1
                 changed = True
-        return changed and self.born
+                known = known or was_settled
+        if not (changed and self.born):
+            return None
+        return "node" if known else "device"
 
     def untyped(self) -> list[tuple[str, str]]:
         """(device, tag) of every metric whose datatype is not known yet."""
@@ -509,6 +594,11 @@ class EdgeNode:
             datatype = _BY_NAME.get(type_name)
             if metric is not None and not metric.declared and datatype is not None:
                 metric.set_datatype(datatype)
+
+
+def _birth_signature(device: _Device) -> list[tuple[str, int, int, str | None, bool]]:
+    """What a DBIRTH of `device` tells a host about its metrics (values aside)."""
+    return [(m.name, m.alias, m.datatype, m.unit, m.writable) for m in device.metrics.values() if m.settled]
 
 
 def _property(props: pb.Payload.PropertySet, key: str, datatype: int, field: str, value: Any) -> None:
@@ -741,12 +831,25 @@ class SparkplugFormat:
         return self.node.device_state(state)
 
     def datatypes(self, types: DeviceTypes) -> list[OutMessage]:
-        """A device's datatypes as its collector read them (app.py): births use them; a change the
-        host has not been told of makes the node born again (within the session)."""
-        if not self.node.declare(types.device, types.types):
+        """A device's datatypes as its collector read them (app.py): births use them; a change of
+        a datatype the host knows makes the node born again (within the session), datatypes of
+        metrics it was never told of a DBIRTH of their device (EdgeNode.declare)."""
+        told = self.node.declare(types.device, types.types)
+        if told == "device":
+            return self.node.rebirth_device(types.device)
+        if told is None:
             return []
         log.info("Sparkplug: datatypes of %s changed; the node is born again", types.device)
         return self._births(new_session=False)
+
+    def reload(self, change: CatalogChange) -> list[OutMessage]:
+        """A new catalog in place (app.py): DBIRTH/DDEATH of the changed devices only, see
+        EdgeNode.reload; the node session, its bdSeq and seq go on."""
+        out = self.node.reload(change)
+        self._awaiting = {key for key in self._awaiting if key[0] not in change.changed | change.removed}
+        if self._clock() < self._settle_until:  # the first births, still to come, wait for these too
+            self._awaiting |= {key for key in self.node.untyped() if key[0] in change.changed}
+        return out
 
     def observe(self, readings: list[Reading]) -> None:
         """Readings as they reach the forwarder (app.py): see EdgeNode.observe; and the settle wait's

@@ -132,6 +132,37 @@ def test_device_edit_reloads_the_modbus_service_in_place(stack: Stack, sub: Subs
     assert "config change applied: modbus" in stack.supervisor.text() if stack.supervisor else False
 
 
+def test_tag_added_reloads_the_forwarder_in_place_too(
+    stack: Stack, sub: Subscriber, module_broker: Mosquitto
+) -> None:
+    """A tag added changes the forwarder's catalog as well: it takes it in place (the same
+    container, the same MQTT session: no second CONNECT, no `offline`) and publishes the new tag.
+    Needs images built from this tree (FIELDGATE_TEST_IMAGE_TAG): an older forwarder image
+    ends on SIGHUP."""
+    containers = stack.containers()
+    before = {name: c.id for name, c in containers.items()}
+    started = containers["forwarder"].attrs["State"]["StartedAt"]
+    client_id = f" as fieldgate-{stack.gateway_id} ("
+    connects = module_broker.log.read_text(errors="replace").count(client_id)
+    device = stack.plant / "devices" / "press-1.yaml"
+    device.write_text(device.read_text() + "  - name: raw\n    table: holding\n    address: 0\n"
+                      "    type: uint16\n    unit: cnt\n")
+    edited = time.time()
+    raw = sub.wait_for(after(edited, readings(stack.topic_prefix, "press-1", "raw")), timeout=120)[0]
+    assert raw.json()["unit"] == "cnt"
+    sub.wait_for(after(raw.at + 1, readings(stack.topic_prefix, "press-1", "counter")), timeout=60)
+    log = stack.supervisor.text() if stack.supervisor else ""
+    assert "reload forwarder in place" in log and "recreate forwarder" not in log
+    now = stack.containers()
+    assert {name: c.id for name, c in now.items()} == before, "a container was recreated"
+    state = now["forwarder"].attrs["State"]
+    assert (state["Status"], state["StartedAt"], now["forwarder"].attrs["RestartCount"]) == ("running", started, 0)
+    assert "new catalog applied in place" in now["forwarder"].logs().decode()
+    assert module_broker.log.read_text(errors="replace").count(client_id) == connects
+    status = f"{stack.topic_prefix}/status"
+    assert [m.payload for m in list(sub.messages) if m.topic == status and m.at > edited] == []
+
+
 def test_killed_container_is_restarted_and_readings_resume(stack: Stack, sub: Subscriber) -> None:
     container = stack.containers()["modbus"]
     started_before = container.attrs["State"]["StartedAt"]

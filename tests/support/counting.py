@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from typing import Any
 
@@ -16,9 +17,26 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from tests.support import sparkplug as sp
 from tests.support.broker import free_port
+from tests.support.mqtt import Message
 
 HOLDING = 3  # the function code pymodbus' datastore is addressed with for holding registers
+
+# The device file of a counting device polled every 100 ms; `extra`: more tags (YAML list items).
+DEVICE_YAML = """\
+name: {name}
+protocol: modbus
+connection:
+  tcp: {{host: 127.0.0.1, port: {port}}}
+unit: 1
+poll: 100ms
+tags:
+  - name: counter
+    table: holding
+    address: 0
+    type: uint16
+{extra}"""
 
 
 class CountingCore(SimCore):
@@ -105,3 +123,48 @@ class Devices:
             asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+class CountingDevice:
+    """`with CountingDevice() as device:` serves unit 1 on `device.port` until the block ends."""
+
+    def __init__(self) -> None:
+        self._devices = Devices()
+        self.port = self._devices.start("device")
+
+    def __enter__(self) -> CountingDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._devices.close()
+
+
+def device_yaml(port: int, name: str = "press-1", extra: str = "") -> str:
+    return DEVICE_YAML.format(name=name, port=port, extra=extra)
+
+
+def missing(values: list[int]) -> list[int]:
+    """Counter values between the first and the last seen that never arrived (wrap at 65536 ignored)."""
+    seen = sorted(set(values))
+    return [v for a, b in itertools.pairwise(seen) for v in range(a + 1, b)]
+
+
+def repeated(values: list[int]) -> int:
+    """Values that arrived more than once."""
+    return len(values) - len(set(values))
+
+
+def sparkplug_counter(messages: list[Message], group: str, node: str, device: str = "press-1") -> list[int]:
+    """Every counter value a Sparkplug host got: in DBIRTHs (by name) and DDATA (by the alias the
+    last DBIRTH gave it)."""
+    values: list[int] = []
+    alias = None
+    for message in messages:
+        if message.topic == f"spBv1.0/{group}/DBIRTH/{node}/{device}":
+            counter = sp.decode(message.payload).metric("counter")
+            alias = counter.alias
+            if counter.value is not None and not counter.is_null:
+                values.append(int(counter.value))
+        elif message.topic == f"spBv1.0/{group}/DDATA/{node}/{device}":
+            values += [int(m.value) for m in sp.decode(message.payload).metrics if m.alias == alias]
+    return values
