@@ -58,6 +58,7 @@ from gateway.runtime.containers import (
     container_name,
     parse_seconds,
 )
+from gateway.runtime.desired import Desired, in_process
 from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, connect
 from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
 from gateway.services import Run, desired_services
@@ -180,6 +181,11 @@ class DockerRuntime:
             self._print(f"warning: {warning}")
         write_project(self.project, self.out_dir)
         return specs_of(self.project, self.out_dir)
+
+    def load_desired(self, config_dir: Path) -> Desired:
+        """Load DIR in this process (it keeps the rendered project; docker-py is loaded anyway)."""
+        return in_process(lambda config: Desired(self.desired(config, config_dir), runtime=config.runtime),
+                          config_dir)
 
     async def observe(self) -> dict[str, Observed]:
         return await asyncio.to_thread(self._observe)

@@ -24,10 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hmac
-import json
 import os
-import re
 import secrets
 import signal
 import sys
@@ -39,7 +36,6 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from gateway.plan import (
-    FORWARDER,
     FailureKind,
     Health,
     Observed,
@@ -54,12 +50,11 @@ from gateway.plan import (
     Step,
     Stop,
     Wait,
-    config_hash,
     stop_order,
 )
 from gateway.runtime.common import RunDir, write_atomic
+from gateway.runtime.desired import Desired, in_child, process_desired
 from gateway.runtime.metrics import ReadingsRate, http_get, scrape
-from gateway.services import Placement, Run, desired_services, service_slices
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -77,18 +72,6 @@ ESSENTIAL_VARIABLES = frozenset({
     "PATH", "HOME", "PYTHONPATH", "LANG", "LANGUAGE", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME",
     "SHELL", "TERM",
 })
-_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)")
-
-
-def config_variables(config: GatewayConfig) -> set[str]:
-    """Every `${VAR}` the files of the config directory name (their values are in the slices)."""
-    from gateway.config import GATEWAY_FILE
-
-    names: set[str] = set()
-    for path in (config.dir / GATEWAY_FILE, *(entry.source for entry in config.devices)):
-        with contextlib.suppress(OSError):
-            names.update(_VARIABLE.findall(path.read_text(encoding="utf-8", errors="replace")))
-    return names
 
 
 def service_environment(
@@ -141,36 +124,6 @@ def _exists(path: str | Path) -> bool:
 def _remove(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-# ------------------------------------------------------------------ desired services from the config
-
-
-def process_specs(
-    config: GatewayConfig, run_dir: RunDir,
-    secrets_digest: Callable[[tuple[str, ...]], str] = lambda names: "",
-) -> dict[str, ServiceSpec]:
-    """The forwarder and one collector per protocol in use, as process specs
-    (`gateway.services.desired_services`, run as `python -m collectors.<name> --config FILE`).
-
-    `secrets_digest(names)` stands for the passwords a child gets in its environment (see
-    `gateway.config.slice_environment`), so a changed password recreates the service using it.
-    """
-    socket = run_dir.handoff_socket
-
-    def run(spec: ServiceSpec) -> Run:
-        file = run_dir.slice_file(spec.name)
-        command = (sys.executable, "-m", f"collectors.{spec.name}", "--config", str(file))
-        return Run(
-            command=command,
-            config_hash=config_hash(spec.config_text, command, secrets_digest(spec.secrets)),
-            config_file=str(file),
-            ready_path=str(socket) if spec.name == FORWARDER else None,
-            reload_key=config_hash(command, secrets_digest(spec.secrets)),
-        )
-
-    slices = service_slices(config, Placement(socket, run_dir.state, run_dir.buffer))
-    return desired_services(slices, run, metrics_host=config.metrics.host, host_network=True)
 
 
 READY_TIMEOUT = 10.0
@@ -262,18 +215,21 @@ class ProcessRuntime:
     # -------------------------------------------------------------- the Runtime seam
 
     def desired(self, config: GatewayConfig, config_dir: Path) -> dict[str, ServiceSpec]:
-        from gateway.config import slice_environment
+        """The services of a config loaded in this process (tests, `fieldgate demo`)."""
+        specs = self.adopt(process_desired(config, self.run_dir, self._key)).specs
+        assert specs is not None
+        return specs
 
-        passwords = slice_environment(config)
+    def load_desired(self, config_dir: Path) -> Desired:
+        """Load DIR in a short-lived child (gateway.runtime.desired): the supervisor keeps only
+        the specs, never the config models. Blocks: the supervisor calls it in a thread."""
+        return self.adopt(in_child(config_dir, self.run_dir, self._key, self._base_env))
 
-        def digest(names: tuple[str, ...]) -> str:
-            # Keyed with a key that lives as long as this runtime (and its children): the hash
-            # shows in status.json, and must say nothing about the passwords themselves.
-            own = {name: passwords.get(name) for name in names}
-            return hmac.new(self._key, json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
-
-        self._passwords, self._named = passwords, config_variables(config)
-        return process_specs(config, self.run_dir, digest)
+    def adopt(self, desired: Desired) -> Desired:
+        """Take the passwords and `${VAR}` names of an accepted config for the children's environment."""
+        if desired.specs is not None:
+            self._passwords, self._named = dict(desired.passwords), set(desired.named)
+        return desired
 
     async def observe(self) -> dict[str, Observed]:
         return {name: child.observed() for name, child in self._children.items()}

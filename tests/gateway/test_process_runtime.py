@@ -324,7 +324,7 @@ def test_a_hand_off_socket_path_too_long_moves_to_a_private_tmp_folder(tmp_path:
 def test_slices_are_json_and_a_simulate_edit_restarts_nothing(tmp_path: Path) -> None:
     from collectors.core.config import read_slice
     from gateway.config import load_config
-    from gateway.runtime.process import process_specs
+    from gateway.runtime.desired import process_specs
 
     plant = tmp_path / "plant"
     (plant / "devices").mkdir(parents=True)
