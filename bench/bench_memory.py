@@ -22,6 +22,12 @@ and the Engine's memory figure (what `fieldgate status` shows) is printed beside
 its `run/status.json` debug section is not available, so it is read by `py-spy`-free means:
 the .so files its /proc/PID/maps holds, and for the children the driver libraries found there).
 
+Bytecode: an installed fieldgate has its modules compiled (pip compiles them at install, the
+images too), but a checkout run with PYTHONDONTWRITEBYTECODE=1 compiles every module of
+`gateway` and `collectors` in every process at every start, which leaves 1.5-2.5 MiB more
+resident per process. The bench compiles the tree first (`compileall`, into the ignored
+`__pycache__` folders), so the figures are those of an installed gateway.
+
 Prints figures; asserts nothing. The test tests/gateway/test_memory.py guards the limits.
 """
 
@@ -241,6 +247,10 @@ def main() -> int:
         print("mosquitto is not installed: apt-get install -y mosquitto", file=sys.stderr)
         return 1
     runtimes = ["process", "docker"] if args.runtime == "both" else [args.runtime]
+    import compileall
+
+    for package in ("gateway", "collectors"):  # see the module docstring: "Bytecode"
+        compileall.compile_dir(str(ROOT / package), quiet=1)
     print(f"plant: 1 Modbus TCP device, {args.tags} tags every {args.poll_ms:g} ms "
           f"(offered {args.tags * 1000 / args.poll_ms:.0f} readings/s), JSON layout tag at QoS 1")
     for runtime in runtimes:

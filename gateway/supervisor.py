@@ -51,7 +51,8 @@ from gateway.plan import (
 from gateway.runtime.common import RunDir, write_atomic
 from gateway.runtime.desired import Desired
 from gateway.runtime.desired import load as load  # `fieldgate update` and tests load DIR through it
-from gateway.runtime.process import ProcessRuntime
+from gateway.runtime.metrics import process_memory
+from gateway.runtime.process import METRICS_INTERVAL, ProcessRuntime
 
 LOOP_INTERVAL = 1.0  # how often the loop observes and DIR is polled
 STATUS_REFRESH = 10.0  # rewrite the status file at least this often (rates), else only on change
@@ -170,6 +171,8 @@ class Supervisor:
         self._last_status = ""
         self._status_written = 0.0
         self._observed: dict[str, Observed] = {}
+        self._memory: tuple[int, str] | None = None
+        self._memory_at: float | None = None
 
     def say(self, text: str) -> None:
         print(f"fieldgate: {text}", file=self.out, flush=True)
@@ -283,9 +286,13 @@ class Supervisor:
                 "crash_looping": self.backoff.crash_looping(name),
                 "metrics_port": spec.metrics_port if spec else None,
             })
+        if self._memory_at is None or now_mono - self._memory_at >= METRICS_INTERVAL:  # not every loop: flash
+            self._memory, self._memory_at = process_memory(os.getpid()), now_mono
         status = {
             "supervisor": {"pid": os.getpid(), "running": running, "runtime": self.runtime.kind,
-                           "config_dir": str(self.config_dir.absolute())},
+                           "config_dir": str(self.config_dir.absolute()),
+                           "memory": self._memory[0] if self._memory else None,
+                           "memory_source": self._memory[1] if self._memory else None},
             "config": {"applied_at": round(self.config_applied, 3), "error": self.config_error or None},
             "services": services,
         }
@@ -421,13 +428,31 @@ def _buffered(svc: Mapping[str, Any]) -> str:
     return f"{text} ({quarantined:.0f} quarantined)" if quarantined else text
 
 
+def _memory(svc: Mapping[str, Any]) -> str:
+    """The MEMORY column: a process's PSS (or RSS) to a tenth of a MiB, named; a container's
+    memory as the Engine counts it, against its limit."""
+    value, source = svc.get("memory"), svc.get("memory_source", "engine")
+    if value is None:
+        text = "-"
+    elif source == "engine":
+        text = _mib(value)
+    else:
+        text = f"{value / 1024**2:.1f}MiB {str(source).upper()}"
+    if svc.get("memory_limit"):
+        text += f" of {_mib(svc['memory_limit'])}"
+    return text
+
+
 def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
-    """The `fieldgate status` table, header row first. CPU and MEMORY appear when the runtime
-    measures them (docker: from the Engine's stats, against the limits)."""
+    """The `fieldgate status` table, header row first. CPU appears when the runtime measures it
+    (docker: from the Engine's stats, against the limits), MEMORY when it measures memory
+    (docker: the Engine's figure; process: each child's PSS from /proc)."""
     services = status.get("services", [])
-    resources = any("cpu_percent" in svc or "memory" in svc for svc in services)
+    cpu = any("cpu_percent" in svc or "cpu_limit" in svc
+              or ("memory" in svc and svc.get("memory_source", "engine") == "engine") for svc in services)
+    memory = cpu or any("memory" in svc for svc in services)
     header = ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME"]
-    rows = [[*header, *(["CPU", "MEMORY"] if resources else []), "IMAGE"]]
+    rows = [[*header, *(["CPU"] if cpu else []), *(["MEMORY"] if memory else []), "IMAGE"]]
     for svc in services:
         state = str(svc.get("state", "?"))
         ended = state in ("absent", "stopped") or state.startswith(("exited", "crash-looping (exited"))
@@ -438,14 +463,13 @@ def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
             "-" if ended else _num(svc.get("readings_per_s"), "{:.1f}"), _buffered(svc),
             str(svc.get("restarts", 0)), uptime,
         ]
-        if resources:
-            cpu = _num(svc.get("cpu_percent"), "{:.1f}%")
+        if cpu:
+            text = _num(svc.get("cpu_percent"), "{:.1f}%")
             if svc.get("cpu_limit"):
-                cpu += f" of {svc['cpu_limit']:g}"
-            memory = _mib(svc.get("memory"))
-            if svc.get("memory_limit"):
-                memory += f" of {_mib(svc['memory_limit'])}"
-            row += [cpu, memory]
+                text += f" of {svc['cpu_limit']:g}"
+            row.append(text)
+        if memory:
+            row.append(_memory(svc))
         rows.append([*row, image])
     return rows
 
@@ -464,11 +488,15 @@ def main_status(args: argparse.Namespace) -> int:
         print(f"fieldgate: no supervisor has run for {args.dir} (no {run_dir.status_file})", file=sys.stderr)
         return 1
     alive = supervisor_alive(status)
+    if getattr(args, "json", False):
+        print(json.dumps({**status, "supervisor": {**status.get("supervisor", {}), "alive": alive}}, indent=2))
+        return 0 if alive else 1
     sup = status.get("supervisor", {})
     updated = status.get("updated_at", 0.0)
     age = _age(time.time() - updated)
     if alive:
-        print(f"supervisor pid {sup.get('pid')} ({sup.get('runtime')} runtime), updated {age} ago")
+        own = "" if sup.get("memory") is None else f", {_memory(sup)}"
+        print(f"supervisor pid {sup.get('pid')} ({sup.get('runtime')} runtime{own}), updated {age} ago")
     else:
         print(f"supervisor not running; last known state from {age} ago")
     error = status.get("config", {}).get("error")

@@ -495,6 +495,7 @@ class DockerRuntime:
             memory = memory_used(stats)
             if memory is not None:
                 track.details["memory"] = memory
+                track.details["memory_source"] = "engine"  # the container's, as `docker stats` shows it
             port = self.project.services[service].metrics_port if self.project else None
             if port is not None:
                 address = self.project.services[service].metrics_host if self.project else "127.0.0.1"

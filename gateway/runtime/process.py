@@ -54,7 +54,7 @@ from gateway.plan import (
 )
 from gateway.runtime.common import RunDir, write_atomic
 from gateway.runtime.desired import Desired, in_child, process_desired
-from gateway.runtime.metrics import ReadingsRate, http_get, scrape
+from gateway.runtime.metrics import ReadingsRate, http_get, process_memory, scrape
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -148,8 +148,19 @@ class Child:
     readings_per_s: float | None = None
     buffered: float | None = None
     quarantined: float | None = None
+    memory: tuple[int, str] | None = None  # (bytes, "pss" | "rss"), sampled every METRICS_INTERVAL
+    memory_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     readings: ReadingsRate = field(default_factory=ReadingsRate)
+
+    def sample_memory(self, now: float) -> tuple[int, str] | None:
+        """The child's memory, read again at most every METRICS_INTERVAL: a figure that changed
+        by a few pages must not rewrite status.json every second (small gateways run on flash)."""
+        if self.exited is not None:
+            self.memory = None
+        elif self.memory_at is None or now - self.memory_at >= METRICS_INTERVAL:
+            self.memory, self.memory_at = process_memory(self.pid), now
+        return self.memory
 
     @property
     def pid(self) -> int:
@@ -292,13 +303,18 @@ class ProcessRuntime:
         pass  # the loop sleeps until step.until
 
     def details(self) -> dict[str, dict[str, Any]]:
-        """Status columns only this runtime knows: pid, readings/s and buffered (from /metrics)."""
-        return {
-            name: {"pid": child.pid if child.exited is None else None,
-                   "readings_per_s": child.readings_per_s, "buffered": child.buffered,
-                   "quarantined": child.quarantined}
-            for name, child in self._children.items()
-        }
+        """Status columns only this runtime knows: pid, readings/s and buffered (from /metrics),
+        and the child's memory (its PSS from /proc, or its RSS where PSS cannot be read)."""
+        now = time.monotonic()
+        details: dict[str, dict[str, Any]] = {}
+        for name, child in self._children.items():
+            memory = child.sample_memory(now)
+            details[name] = {"pid": child.pid if child.exited is None else None,
+                             "readings_per_s": child.readings_per_s, "buffered": child.buffered,
+                             "quarantined": child.quarantined,
+                             "memory": memory[0] if memory else None,
+                             "memory_source": memory[1] if memory else None}
+        return details
 
     def children(self) -> dict[str, Child]:
         return dict(self._children)

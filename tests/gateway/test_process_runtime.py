@@ -380,6 +380,23 @@ def test_status_table_shows_resources_when_the_runtime_measures_them() -> None:
         "modbus", "running", "starting", "-", "-", "1", "2h00m", "pid 4242"]
 
 
+@pytest.mark.unit
+def test_status_table_names_the_memory_the_process_runtime_measures() -> None:
+    now = 1_000_000.0
+    status = {"services": [
+        {"name": "forwarder", "state": "running", "health": "healthy", "restarts": 0, "since": now - 60,
+         "pid": 4242, "memory": int(24.6 * 2**20), "memory_source": "pss"},
+        {"name": "modbus", "state": "running", "health": "healthy", "restarts": 0, "since": now - 60,
+         "pid": 4243, "memory": int(30.25 * 2**20), "memory_source": "rss"},
+        {"name": "opcua", "state": "exited with code 1", "health": None, "restarts": 2, "since": now - 5,
+         "memory": None, "memory_source": None},
+    ]}
+    rows = status_rows(status, now)
+    assert rows[0] == ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME", "MEMORY",
+                       "IMAGE"]
+    assert [row[7] for row in rows[1:]] == ["24.6MiB PSS", "30.2MiB RSS", "-"]
+
+
 # ---------------------------------------------------------------------- fieldgate up, end to end
 
 GATEWAY_YAML = """\
