@@ -155,9 +155,13 @@ class Child:
 
     def sample_memory(self, now: float) -> tuple[int, str] | None:
         """The child's memory, read again at most every METRICS_INTERVAL: a figure that changed
-        by a few pages must not rewrite status.json every second (small gateways run on flash)."""
+        by a few pages must not rewrite status.json every second (small gateways run on flash).
+        None while it starts (before its first healthy /healthz, or its first second without
+        one): a figure of half-imported modules would stand for METRICS_INTERVAL."""
         if self.exited is not None:
             self.memory = None
+        elif self.health == "starting" or now - self.started < 1.0:
+            pass
         elif self.memory_at is None or now - self.memory_at >= METRICS_INTERVAL:
             self.memory, self.memory_at = process_memory(self.pid), now
         return self.memory
