@@ -197,7 +197,10 @@ def run(runtime: str, tags: int, poll_ms: float, seconds: float, show_modules: b
                     pids[name] = container_pid(services[name]["container"])
             figures: dict[str, dict[str, Any]] = {}
             for name, pid in pids.items():
-                figures[name] = {"pid": pid, **smaps_rollup(pid),
+                # A container's processes: its init (State.Pid) and what it runs, summed.
+                tree = [pid, *child_pids(pid)] if runtime == "docker" and name != "supervisor" else [pid]
+                rollups = [smaps_rollup(p) for p in tree]
+                figures[name] = {"pid": pid, **{key: sum(r[key] for r in rollups) for key in ("rss", "pss", "uss")},
                                  "status_memory": services.get(name, {}).get("memory"),
                                  "readings_per_s": services.get(name, {}).get("readings_per_s")}
                 if show_modules:
