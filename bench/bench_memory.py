@@ -15,12 +15,12 @@ supervisor and each child process, /proc/PID/smaps_rollup:
   USS  private pages only (Private_Clean + Private_Dirty): what its exit would free
 
 and prints them with the total PSS, next to the 65 MiB of the closest Python peer (ThingsBoard
-IoT Gateway 3.8.5, one process, same 100-tag plant). With the docker runtime the children are
-containers: their PSS is read from the host's /proc of each container's process (root needed)
-and the Engine's memory figure (what `fieldgate status` shows) is printed beside it.
-`--modules` also prints how many modules each process has imported (the supervisor: from
-its `run/status.json` debug section is not available, so it is read by `py-spy`-free means:
-the .so files its /proc/PID/maps holds, and for the children the driver libraries found there).
+IoT Gateway 3.8.5, one process, same 100-tag plant), and what `fieldgate status` shows
+(status MiB: the PSS the process runtime reads). With the docker runtime the children are
+containers: the PSS of each container's processes (its init and what it runs) is read from the
+host's /proc (root needed), and status MiB is the Engine's figure.
+`--modules` also lists the extension modules and libraries each process has mapped
+(/proc/PID/maps): the supervisor maps none of pydantic, PyYAML or a driver.
 
 Bytecode: an installed fieldgate has its modules compiled (pip compiles them at install, the
 images too), but a checkout run with PYTHONDONTWRITEBYTECODE=1 compiles every module of
@@ -50,6 +50,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.demo import free_port_run  # noqa: E402
 from tests.support.broker import Mosquitto, free_port, wait_port  # noqa: E402
 
 PEER_MIB = 65.0  # ThingsBoard IoT Gateway 3.8.5, one process, the same 100-tag plant (issue 10)
@@ -93,21 +94,6 @@ def device_file(port: int, tags: int, poll_ms: float) -> dict[str, Any]:
     }
 
 
-def free_port_pair() -> int:
-    """A port P with P+1 free too: the forwarder's metrics port and the Modbus collector's."""
-    import socket
-
-    while True:
-        port = free_port()
-        if port < 65535:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-
-
 def write_plant(folder: Path, broker_port: int, device_port: int, tags: int, poll_ms: float) -> None:
     (folder / "devices").mkdir(parents=True, exist_ok=True)
     (folder / "devices" / "plant.yaml").write_text(
@@ -116,7 +102,7 @@ def write_plant(folder: Path, broker_port: int, device_port: int, tags: int, pol
         "gateway": {"id": "bench", "group": "memory"},
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "client_id": "fieldgate-bench-memory",
                  "qos": 1, "format": "json", "layout": "tag"},
-        "metrics": {"port": free_port_pair()},
+        "metrics": {"port": free_port_run(2)},  # the forwarder's, then the Modbus collector's
         "buffer": {"max_bytes": "64MiB", "durability": "outage"},
     }
     (folder / "gateway.yaml").write_text(yaml.safe_dump(gateway, sort_keys=False))
@@ -200,8 +186,9 @@ def run(runtime: str, tags: int, poll_ms: float, seconds: float, show_modules: b
                 # A container's processes: its init (State.Pid) and what it runs, summed.
                 tree = [pid, *child_pids(pid)] if runtime == "docker" and name != "supervisor" else [pid]
                 rollups = [smaps_rollup(p) for p in tree]
+                shown = status["supervisor"] if name == "supervisor" else services.get(name, {})
                 figures[name] = {"pid": pid, **{key: sum(r[key] for r in rollups) for key in ("rss", "pss", "uss")},
-                                 "status_memory": services.get(name, {}).get("memory"),
+                                 "status_memory": shown.get("memory"),
                                  "readings_per_s": services.get(name, {}).get("readings_per_s")}
                 if show_modules:
                     figures[name]["so"] = shared_objects(pid)

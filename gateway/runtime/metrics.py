@@ -118,20 +118,14 @@ def process_memory(pid: int) -> tuple[int, str] | None:
     processes that map them, so the services' figures add up to what they take together
     (/proc/PID/smaps_rollup, Linux 4.14+). (bytes, "rss") where that file cannot be read;
     None when the process is gone (or this is not Linux)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
-            for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024, "pss"
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024, "rss"
-    except OSError:
-        pass
+    for path, key, source in ((f"/proc/{pid}/smaps_rollup", b"Pss:", "pss"), (f"/proc/{pid}/status", b"VmRSS:", "rss")):
+        try:
+            with open(path, "rb") as proc:
+                kib = next((int(line.split()[1]) for line in proc if line.startswith(key)), None)
+        except (OSError, ValueError, IndexError):
+            continue
+        if kib is not None:
+            return kib * 1024, source
     return None
 
 
