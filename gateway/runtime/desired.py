@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 CHILD = (sys.executable, "-m", "gateway.runtime.desired")
+# The readers' limits (docs/config.md, "Limits") keep a check to seconds; past this the child is
+# stopped and the change refused, and the supervisor goes on.
+CHILD_TIMEOUT = 120.0
 
 _VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)")
 
@@ -173,14 +176,17 @@ def in_child(config_dir: Path, run_dir: RunDir, key: bytes, env: Mapping[str, st
     a thread from the event loop."""
     request = json.dumps({"config_dir": str(config_dir), "run_dir": str(run_dir.root),
                           "key": key.hex()})
-    # Its own session: a Ctrl-C meant for the supervisor does not interrupt the check.
-    done = subprocess.run(CHILD, input=request.encode(), stdout=subprocess.PIPE, env=dict(env),
-                          start_new_session=True, check=False)
     try:
+        # Its own session: a Ctrl-C meant for the supervisor does not interrupt the check.
+        done = subprocess.run(CHILD, input=request.encode(), stdout=subprocess.PIPE, env=dict(env),
+                              start_new_session=True, check=False, timeout=CHILD_TIMEOUT)
         if done.returncode != 0:
             raise ValueError(f"exited with code {done.returncode}")
         return from_json(json.loads(done.stdout))
-    except (ValueError, KeyError, TypeError) as exc:  # a crash of the child (its stderr says more)
+    except subprocess.TimeoutExpired:
+        return Desired(None, f"{config_dir}: the config could not be checked within {CHILD_TIMEOUT:.0f} s "
+                             "(`python -m gateway.runtime.desired` was stopped)")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # it cannot start, or it crashed (stderr says more)
         return Desired(None, f"{config_dir}: the config could not be checked (`python -m gateway.runtime.desired` "
                              f"failed: {exc}; a fieldgate bug: please report it with the config that caused it)")
 

@@ -119,3 +119,21 @@ def test_a_config_loaded_in_the_child_gives_the_services_loaded_here(tmp_path: P
         assert refused.specs is None
         assert refused.errors == load(plant)[1]
         assert re.search(r"press-1\.yaml:\d+:\d+: ", refused.errors)
+
+
+@pytest.mark.parametrize(("child", "says"), [
+    ((sys.executable, "-c", "import sys; sys.exit(3)"), "failed: exited with code 3"),
+    (("/nonexistent/python",), "failed: [Errno 2] No such file or directory"),
+    ((sys.executable, "-c", "print('not JSON')"), "failed: Expecting value"),
+])
+def test_a_check_that_cannot_run_refuses_the_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: tuple[str, ...], says: str
+) -> None:
+    # Whatever happens to the child, the supervisor gets a refusal (and keeps what runs), never
+    # an exception that would end its loop.
+    import gateway.runtime.desired
+
+    monkeypatch.setattr(gateway.runtime.desired, "CHILD", child)
+    loaded = ProcessRuntime(RunDir.for_config(tmp_path)).load_desired(tmp_path)
+    assert loaded.specs is None
+    assert loaded.errors.startswith(f"{tmp_path}: the config could not be checked") and says in loaded.errors
