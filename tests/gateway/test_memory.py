@@ -137,3 +137,12 @@ def test_a_check_that_cannot_run_refuses_the_change(
     loaded = ProcessRuntime(RunDir.for_config(tmp_path)).load_desired(tmp_path)
     assert loaded.specs is None
     assert loaded.errors.startswith(f"{tmp_path}: the config could not be checked") and says in loaded.errors
+
+
+def test_a_component_on_a_good_slice_does_not_import_pyyaml() -> None:
+    # Slices are JSON (orjson); PyYAML (~1 MiB resident) is loaded only to report a broken one.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, collectors.forwarder.__main__, collectors.forwarder.app, "
+         "collectors.modbus.__main__, collectors.opcua.__main__; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, env=child_environment(), timeout=60).stdout.split()
+    assert [m for m in loaded if m.split(".")[0] == "yaml"] == []
