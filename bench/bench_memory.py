@@ -99,7 +99,7 @@ def write_plant(folder: Path, broker_port: int, device_port: int, tags: int, pol
     (folder / "devices" / "plant.yaml").write_text(
         yaml.safe_dump(device_file(device_port, tags, poll_ms), sort_keys=False))
     gateway = {
-        "gateway": {"id": "bench", "group": "memory"},
+        "gateway": {"id": "bench-memory", "group": "memory"},  # docker: project fieldgate-bench-memory
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "client_id": "fieldgate-bench-memory",
                  "qos": 1, "format": "json", "layout": "tag"},
         "metrics": {"port": free_port_run(2)},  # the forwarder's, then the Modbus collector's
@@ -154,6 +154,21 @@ def container_pid(container: str) -> int:
     return int(out.strip())
 
 
+PROJECT = "fieldgate-bench-memory"
+
+
+def remove_project(project: str) -> None:
+    """The docker runtime stops its containers on shutdown and keeps them and their volumes
+    (a restart resumes them); the bench's are removed."""
+    label = f"label=com.docker.compose.project={project}"
+    for kind in ("container", "volume"):
+        listed = subprocess.run(["docker", kind, "ls", *(["-a"] if kind == "container" else []), "-q",
+                                 "--filter", label], capture_output=True, text=True, timeout=60).stdout.split()
+        if listed:
+            subprocess.run(["docker", kind, "rm", *(["-f"] if kind == "container" else []), *listed],
+                           capture_output=True, timeout=120)
+
+
 def run(runtime: str, tags: int, poll_ms: float, seconds: float, show_modules: bool) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fieldgate-bench-memory-") as tmp:
         work = Path(tmp)
@@ -203,6 +218,8 @@ def run(runtime: str, tags: int, poll_ms: float, seconds: float, show_modules: b
             sim.terminate()
             sim.wait(10)
             broker.stop()
+            if runtime == "docker":
+                remove_project(PROJECT)
             logs.close()
             if up is not None and up.returncode not in (0, -signal.SIGTERM):
                 print((work / "logs.txt").read_text()[-4000:], file=sys.stderr)
