@@ -168,27 +168,47 @@ def _spec(item: Mapping[str, Any]) -> ServiceSpec:
     return ServiceSpec(**fields)
 
 
-def in_child(config_dir: Path, run_dir: RunDir, key: bytes, env: Mapping[str, str]) -> Desired:
-    """Load DIR and build the process runtime's services in a child (see the module docstring).
-
-    `env` is the environment DIR's `${VAR}`s are read from (the supervisor's own). The child's
-    stderr is the caller's: a crash of it shows there. Blocks until the child exits: call it in
-    a thread from the event loop."""
-    request = json.dumps({"config_dir": str(config_dir), "run_dir": str(run_dir.root),
-                          "key": key.hex()})
+def ask_child(command: tuple[str, ...], request: Mapping[str, Any], config_dir: Path,
+              env: Mapping[str, str]) -> bytes | Desired:
+    """Run a checking child with `request` (JSON) on its stdin: its stdout, or the refusal that
+    says why there is none. Never raises: whatever happens to the child, the supervisor goes on.
+    The child's stderr is the caller's: a crash of it shows there. Blocks until the child
+    exits: call it in a thread from the event loop."""
+    name = _name(command)
     try:
         # Its own session: a Ctrl-C meant for the supervisor does not interrupt the check.
-        done = subprocess.run(CHILD, input=request.encode(), stdout=subprocess.PIPE, env=dict(env),
+        done = subprocess.run(command, input=json.dumps(request).encode(), stdout=subprocess.PIPE, env=dict(env),
                               start_new_session=True, check=False, timeout=CHILD_TIMEOUT)
-        if done.returncode != 0:
-            raise ValueError(f"exited with code {done.returncode}")
-        return from_json(json.loads(done.stdout))
     except subprocess.TimeoutExpired:
         return Desired(None, f"{config_dir}: the config could not be checked within {CHILD_TIMEOUT:.0f} s "
-                             "(`python -m gateway.runtime.desired` was stopped)")
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # it cannot start, or it crashed (stderr says more)
-        return Desired(None, f"{config_dir}: the config could not be checked (`python -m gateway.runtime.desired` "
-                             f"failed: {exc}; a fieldgate bug: please report it with the config that caused it)")
+                             f"(`{name}` was stopped)")
+    except OSError as exc:
+        return _failed(config_dir, name, str(exc))
+    if done.returncode != 0:
+        return _failed(config_dir, name, f"exited with code {done.returncode}")
+    return done.stdout
+
+
+def _name(command: tuple[str, ...]) -> str:
+    return f"python -m {command[2]}" if command[1:2] == ("-m",) else command[0]
+
+
+def _failed(config_dir: Path, name: str, why: str) -> Desired:
+    return Desired(None, f"{config_dir}: the config could not be checked (`{name}` failed: {why}; "
+                         "a fieldgate bug: please report it with the config that caused it)")
+
+
+def in_child(config_dir: Path, run_dir: RunDir, key: bytes, env: Mapping[str, str]) -> Desired:
+    """Load DIR and build the process runtime's services in a child (see the module docstring).
+    `env` is the environment DIR's `${VAR}`s are read from (the supervisor's own)."""
+    request = {"config_dir": str(config_dir), "run_dir": str(run_dir.root), "key": key.hex()}
+    answer = ask_child(CHILD, request, config_dir, env)
+    if isinstance(answer, Desired):
+        return answer
+    try:
+        return from_json(json.loads(answer))
+    except (ValueError, KeyError, TypeError) as exc:
+        return _failed(config_dir, _name(CHILD), str(exc))
 
 
 def main() -> int:

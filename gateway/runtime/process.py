@@ -52,7 +52,7 @@ from gateway.plan import (
     Wait,
     stop_order,
 )
-from gateway.runtime.common import RunDir, write_atomic
+from gateway.runtime.common import RunDir, child_environment, write_atomic
 from gateway.runtime.desired import Desired, in_child, process_desired
 from gateway.runtime.metrics import ReadingsRate, http_get, process_memory, scrape
 
@@ -85,18 +85,6 @@ def service_environment(
     env = {key: value for key, value in base.items()
            if key not in withheld and not key.startswith("FIELDGATE_PASSWORD_")}
     env.update({name: passwords[name] for name in own if name in passwords})
-    return env
-
-
-def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's environment, with the import root of the running `collectors` first on
-    PYTHONPATH: children run the very code the supervisor runs, installed or from a checkout."""
-    import collectors
-
-    env = dict(os.environ if base is None else base)
-    root = str(Path(collectors.__file__).resolve().parent.parent)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     return env
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.runtime.common import RunDir
+from gateway.runtime.docker import DockerRuntime
 from gateway.runtime.process import ProcessRuntime, child_environment
 from gateway.supervisor import load, read_status
 from tests.gateway.test_process_runtime import plant_for, popen_cli, run_cli, stop, wait_sync
@@ -72,12 +73,22 @@ def test_the_supervisor_holds_no_config_models_nor_driver_libraries(running: Run
               if ".so" in line}
     assert not [path for path in mapped if any(re.search(rf"/{name}[/.]", path) for name in NOT_IN_SUPERVISOR)]
     # ...and its modules import none of them, pure-Python ones included.
-    modules = subprocess.run(
-        [sys.executable, "-c", "import sys, gateway.cli, gateway.supervisor, gateway.runtime.process, "
-         "gateway.runtime.desired, asyncio.subprocess; print(' '.join(sys.modules))"],
-        capture_output=True, text=True, check=True, env=child_environment(), timeout=60).stdout.split()
-    assert not [m for m in modules if m.split(".")[0] in NOT_IN_SUPERVISOR]
+    assert not supervisor_modules("gateway.runtime.process") & set(NOT_IN_SUPERVISOR)
     assert pss(running.supervisor) <= SUPERVISOR_PSS_MAX, f"supervisor PSS {pss(running.supervisor) / MIB:.1f} MiB"
+
+
+def supervisor_modules(runtime: str) -> set[str]:
+    """The top-level packages a supervisor with that runtime imports, read in a fresh interpreter."""
+    modules = subprocess.run(
+        [sys.executable, "-c", f"import sys, gateway.cli, gateway.supervisor, {runtime}, asyncio.subprocess; "
+         "print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, env=child_environment(), timeout=60).stdout.split()
+    return {m.split(".")[0] for m in modules}
+
+
+def test_the_docker_runtimes_supervisor_holds_no_config_models() -> None:
+    # It renders the project in a child too; docker-py is its Engine client.
+    assert supervisor_modules("gateway.runtime.docker") & set(NOT_IN_SUPERVISOR) == {"docker"}
 
 
 def test_status_shows_each_services_memory(running: Running) -> None:
@@ -119,6 +130,24 @@ def test_a_config_loaded_in_the_child_gives_the_services_loaded_here(tmp_path: P
         assert refused.specs is None
         assert refused.errors == load(plant)[1]
         assert re.search(r"press-1\.yaml:\d+:\d+: ", refused.errors)
+
+
+def test_a_project_rendered_in_the_child_is_the_one_rendered_here(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)  # only its port: nothing connects here
+    with plant_for(tmp_path, broker) as plant:
+        runtime = DockerRuntime(plant, RunDir.for_config(plant), printer=lambda line: None)  # no Engine needed
+        loaded = runtime.load_desired(plant)
+        assert loaded.errors == "" and loaded.specs is not None
+        project = runtime.project
+        assert project is not None and all(svc.config is None for svc in project.services.values())
+        assert loaded.specs == runtime.desired(load_config(plant), plant)
+        assert project == runtime.project  # the config models are left out of the comparison
+
+        device = plant / "devices" / "press-1.yaml"
+        device.write_text(device.read_text().replace("type: int16", "type: int17"))
+        refused = runtime.load_desired(plant)
+        assert (refused.specs, refused.errors) == (None, load(plant)[1])
+        assert runtime.project is not None and runtime.project == project  # the running project stays
 
 
 @pytest.mark.parametrize(("child", "says"), [
