@@ -14,6 +14,12 @@ supervisor and each child process, /proc/PID/smaps_rollup:
        the PSS of several processes adds up to what they take together
   USS  private pages only (Private_Clean + Private_Dirty): what its exit would free
 
+PSS divides a library's pages among every process on the machine that maps them, other Python
+programs and the simulator included, so the total moves by a few MiB with what else runs. The
+bench also prints what the three take on their own: the physical pages they have resident
+(/proc/PID/pagemap, root), each counted once however many of the three map it: the PSS total
+they would have on a gateway that runs nothing else in Python.
+
 and prints them with the total PSS, next to the 65 MiB of the closest Python peer (ThingsBoard
 IoT Gateway 3.8.5, one process, same 100-tag plant), and what `fieldgate status` shows
 (status MiB: the PSS the process runtime reads). With the docker runtime the children are
@@ -38,6 +44,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +62,7 @@ from tests.support.broker import Mosquitto, free_port, wait_port  # noqa: E402
 
 PEER_MIB = 65.0  # ThingsBoard IoT Gateway 3.8.5, one process, the same 100-tag plant (issue 10)
 MIB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def smaps_rollup(pid: int) -> dict[str, int]:
@@ -67,6 +75,22 @@ def smaps_rollup(pid: int) -> dict[str, int]:
                 fields[parts[0][:-1]] = int(parts[1]) * 1024
     return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0),
             "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
+
+
+def resident_pages(pid: int) -> set[int]:
+    """The physical pages (frame numbers) a process has resident, from /proc/PID/pagemap (root:
+    others read frame number 0)."""
+    frames: set[int] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            if line.rstrip().endswith("[vsyscall]"):  # not in the page tables
+                continue
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            pagemap.seek(start // PAGE * 8)
+            for (entry,) in struct.iter_unpack("<Q", pagemap.read((end - start) // PAGE * 8)):
+                if entry >> 63 & 1:  # present
+                    frames.add(entry & ((1 << 55) - 1))
+    return frames
 
 
 def shared_objects(pid: int) -> list[str]:
@@ -205,6 +229,7 @@ def run(runtime: str, tags: int, poll_ms: float, seconds: float, show_modules: b
                 figures[name] = {"pid": pid, **{key: sum(r[key] for r in rollups) for key in ("rss", "pss", "uss")},
                                  "status_memory": shown.get("memory"),
                                  "readings_per_s": services.get(name, {}).get("readings_per_s")}
+                figures[name]["pages"] = set().union(*(resident_pages(p) for p in tree))
                 if show_modules:
                     figures[name]["so"] = shared_objects(pid)
             return figures
@@ -237,9 +262,13 @@ def print_table(runtime: str, figures: dict[str, dict[str, Any]]) -> None:
             print(f"{'':<11}   {so}")
     total_pss = sum(fig["pss"] for fig in figures.values()) / MIB
     total_rss = sum(fig["rss"] for fig in figures.values()) / MIB
-    print(f"{'total':<11} {'':>7} {total_rss:>8.1f} {total_pss:>8.1f}")
+    total_uss = sum(fig["uss"] for fig in figures.values()) / MIB
+    together = len(set().union(*(fig["pages"] for fig in figures.values()))) * PAGE / MIB
+    print(f"{'total':<11} {'':>7} {total_rss:>8.1f} {total_pss:>8.1f} {total_uss:>8.1f}")
     print(f"total PSS {total_pss:.1f} MiB (target <= 65 MiB; the peer's one process: {PEER_MIB:.0f} MiB); "
           f"supervisor PSS {figures['supervisor']['pss'] / MIB:.1f} MiB (target <= 20 MiB)")
+    print(f"the three alone: {together:.1f} MiB resident, every page counted once (what the PSS total "
+          "would be if no other process on this machine shared their libraries)")
 
 
 def main() -> int:
