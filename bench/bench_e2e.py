@@ -385,7 +385,8 @@ class Pipeline:
     def __init__(self, folder: Path, logs: Path, linger: float | None = None) -> None:
         from gateway.config import load_config
         from gateway.runtime.common import RunDir
-        from gateway.runtime.process import child_environment, process_specs
+        from gateway.runtime.desired import process_specs
+        from gateway.runtime.process import child_environment
 
         config = load_config(folder)
         run_dir = RunDir.for_config(folder)

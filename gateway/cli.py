@@ -63,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="docker: create containers only from image ids a signed bundle loaded "
                         "(`fieldgate images load --trust`)")
 
-    p = verbs.add_parser("status", help="one row per collector: state, health, readings/s, buffered, restarts")
+    p = verbs.add_parser("status", help="one row per service: state, health, readings/s, buffered, restarts, memory")
     p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true",
+                   help="print the supervisor's status as JSON (memory in bytes, with memory_source: "
+                        "pss or rss of a process, engine for a container)")
     p.add_argument("--state", type=Path, default=None, help="as given to `up` (default DIR/.fieldgate)")
 
     p = verbs.add_parser("update", help="hot update of one collector, health-gated, rolled back on failure")

@@ -23,14 +23,16 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
-
-import yaml
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any, Literal
 
 from collectors.core.errors import FieldgateError
 from collectors.core.metrics import reach
 from gateway.services import Placement, metrics_port, secret_names, service_slices, slice_text
+
+if TYPE_CHECKING:
+    # Only for rendering: the docker runtime imports this module for `Project`, and its
+    # supervisor keeps no pydantic nor PyYAML (the config is rendered in a child).
+    from pydantic import BaseModel
 
 COMPOSE_FILE = "docker-compose.yml"
 CONFIG_IN_CONTAINER = "/etc/fieldgate/config.yaml"
@@ -179,20 +181,23 @@ def _generator() -> str:
     return f"fieldgate {package_version()}"
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style, and lists indented under their key, as people write compose files."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> Any:
-        return super().increase_indent(flow, False)
-
-
 def _dump(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000,
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        """Block style, and lists indented under their key, as people write compose files."""
+
+        def increase_indent(self, flow: bool = False, indentless: bool = False) -> Any:
+            return super().increase_indent(flow, False)
+
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=1000,
                      allow_unicode=True)
 
 
 def _host_paths(value: Any, skip: frozenset[str]) -> Iterator[Path]:
     """Every absolute path in a config model that names something on this host (certs, secrets)."""
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
             yield from _host_paths(getattr(value, name), skip)

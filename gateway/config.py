@@ -50,9 +50,8 @@ from collectors.forwarder.config import (
 from collectors.modbus.config import ModbusCollectorConfig, ModbusDevice, ModbusTag
 from collectors.opcua.config import OpcuaCollectorConfig, OpcuaDevice
 from gateway.include import resolve_model
+from gateway.layout import DEVICES_DIR, GATEWAY_FILE, device_files
 
-GATEWAY_FILE = "gateway.yaml"
-DEVICES_DIR = "devices"
 PROTOCOLS = ("modbus", "opcua")
 # Each collector's metrics port is the forwarder's plus this, whichever protocols are in use,
 # so adding an OPC UA device never moves the Modbus collector's port.
@@ -273,18 +272,6 @@ def _capped(problems: list[Problem]) -> list[Problem]:
             more = n - MAX_PROBLEMS_PER_FILE
             kept.append(Problem(file, None, f"{more:,} more problems in this file not shown; fix these first"))
     return kept
-
-
-def device_files(dir: Path) -> list[Path]:
-    """The device files of a config directory, in name order (hidden files and editor backups skipped).
-
-    Every `*.yaml` / `*.yml` name counts, whatever it is: a directory, a pipe or a symlink loop
-    under such a name is refused when read (load_yaml), never silently left out. Raises OSError
-    when devices/ cannot be listed."""
-    folder = dir / DEVICES_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
 
 
 def load_device_files(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> list[DeviceFile]:
@@ -642,12 +629,15 @@ def main_validate(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "DEVICES_DIR",
+    "GATEWAY_FILE",
     "ConfigErrors",
     "DeviceFile",
     "GatewayConfig",
     "GatewayFile",
     "SecretStr",
     "collector_slices",
+    "device_files",
     "forwarder_slice",
     "load_config",
     "load_device_files",

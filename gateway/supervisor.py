@@ -30,9 +30,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from collectors.core.errors import FieldgateError
+from gateway.layout import GATEWAY_FILE, device_files
 from gateway.plan import (
     BackoffState,
     Observed,
@@ -48,10 +49,10 @@ from gateway.plan import (
     start_order,
 )
 from gateway.runtime.common import RunDir, write_atomic
-from gateway.runtime.process import ProcessRuntime
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+from gateway.runtime.desired import Desired
+from gateway.runtime.desired import load as load  # `fieldgate update` and tests load DIR through it
+from gateway.runtime.metrics import process_memory
+from gateway.runtime.process import METRICS_INTERVAL, ProcessRuntime
 
 LOOP_INTERVAL = 1.0  # how often the loop observes and DIR is polled
 STATUS_REFRESH = 10.0  # rewrite the status file at least this often (rates), else only on change
@@ -64,7 +65,10 @@ class Runtime(Protocol):
     kind: str  # "process" | "docker"
     changed: asyncio.Event  # set by the runtime when something it runs changes state
 
-    def desired(self, config: GatewayConfig, config_dir: Path) -> dict[str, ServiceSpec]: ...
+    def load_desired(self, config_dir: Path) -> Desired:
+        """Load and check DIR and describe its services (blocking: called in a thread). A refusal
+        is a `Desired` without specs and with the errors, never an exception."""
+        ...
 
     async def observe(self) -> dict[str, Observed]: ...
 
@@ -101,23 +105,6 @@ def make_runtime(kind: str, config_dir: Path, run_dir: RunDir, trusted_only: boo
 # ------------------------------------------------------------------ config loading and watching
 
 
-def load(config_dir: Path) -> tuple[GatewayConfig | None, str]:
-    """The validated config, or None and every error (file:line:column: message) as text.
-
-    Never raises (but for cancellation): whatever a file in DIR holds, a running supervisor
-    refuses the change and keeps what runs. An exception the loader does not expect is a
-    fieldgate bug; it is refused all the same, named by its type (its text could quote the file)."""
-    from gateway.config import load_config
-
-    try:
-        return load_config(config_dir), ""
-    except (FieldgateError, ValueError, OSError) as exc:  # reported whole; nothing runs on it
-        return None, str(exc)
-    except Exception as exc:  # RecursionError, MemoryError, ...: see above
-        return None, (f"{config_dir}: the config could not be read ({type(exc).__name__}, a fieldgate "
-                      "bug: please report it with the file that caused it)")
-
-
 class ConfigWatcher:
     """Notices edits in DIR by polling mtimes (no inotify dependency; works on every mount).
 
@@ -131,8 +118,6 @@ class ConfigWatcher:
         self._pending: dict[str, tuple[int, int]] | None = None
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
-        from gateway.config import GATEWAY_FILE, device_files
-
         # A file added, removed or renamed to a backup name changes the set of paths itself.
         try:
             files = [self._dir / GATEWAY_FILE, *device_files(self._dir)]
@@ -186,6 +171,8 @@ class Supervisor:
         self._last_status = ""
         self._status_written = 0.0
         self._observed: dict[str, Observed] = {}
+        self._memory: tuple[int, str] | None = None
+        self._memory_at: float | None = None
 
     def say(self, text: str) -> None:
         print(f"fieldgate: {text}", file=self.out, flush=True)
@@ -251,19 +238,11 @@ class Supervisor:
             return
         # In a thread: a big file takes seconds to read (200,000 values: ~2 s), and the loop keeps
         # observing the services meanwhile (health checks, restarts).
-        config, errors = await asyncio.to_thread(load, self.config_dir)
-        if config is None:
-            self._refuse(errors)
+        loaded = await asyncio.to_thread(self.runtime.load_desired, self.config_dir)
+        if loaded.specs is None:
+            self._refuse(loaded.errors)
             return
-        try:
-            desired = self.runtime.desired(config, self.config_dir)
-        except (FieldgateError, ValueError, OSError) as exc:  # e.g. a slice the runtime cannot render
-            self._refuse(str(exc))
-            return
-        except Exception as exc:  # a fieldgate bug; what runs stays as it is all the same
-            self._refuse(f"{self.config_dir}: the services could not be planned ({type(exc).__name__}, "
-                         "a fieldgate bug: please report it with the config that caused it)")
-            return
+        desired = loaded.specs
         names = set(desired) | set(self.desired)
         changed = sorted((n for n in names if desired.get(n) != self.desired.get(n)), key=start_order)
         self.config_error = ""
@@ -307,11 +286,15 @@ class Supervisor:
                 "crash_looping": self.backoff.crash_looping(name),
                 "metrics_port": spec.metrics_port if spec else None,
             })
+        if self._memory_at is None or now_mono - self._memory_at >= METRICS_INTERVAL:  # not every loop: flash
+            self._memory, self._memory_at = process_memory(os.getpid()), now_mono
         status = {
             "supervisor": {"pid": os.getpid(), "running": running, "runtime": self.runtime.kind,
                            "config_dir": str(self.config_dir.absolute()),
                            # `up --trusted-images`: the trust store it runs images from (None: any image)
-                           "trusted_images": _trust_store(self.runtime)},
+                           "trusted_images": _trust_store(self.runtime),
+                           "memory": self._memory[0] if self._memory else None,
+                           "memory_source": self._memory[1] if self._memory else None},
             "config": {"applied_at": round(self.config_applied, 3), "error": self.config_error or None},
             "services": services,
         }
@@ -335,11 +318,14 @@ def run_dir_lock(run_dir: RunDir) -> Iterator[None]:
         yield
 
 
-async def _up(
-    config_dir: Path, kind: str, run_dir: RunDir, config: GatewayConfig, policy: Policy, trusted_only: bool = False
-) -> None:
-    async with make_runtime(kind, config_dir, run_dir, trusted_only) as runtime:
-        supervisor = Supervisor(config_dir, runtime, run_dir, runtime.desired(config, config_dir), policy)
+async def _up(runtime: Runtime, config_dir: Path, run_dir: RunDir, desired: Desired, policy: Policy) -> None:
+    async with runtime:
+        if desired.runtime is None:  # a runtime of its own (docker): it loads DIR itself
+            desired = await asyncio.to_thread(runtime.load_desired, config_dir)
+            if desired.specs is None:
+                raise SystemExit(f"{desired.errors}\nfieldgate: {config_dir} is not valid; nothing started")
+        assert desired.specs is not None
+        supervisor = Supervisor(config_dir, runtime, run_dir, desired.specs, policy)
         loop = asyncio.get_running_loop()
         signals = 0
 
@@ -371,17 +357,24 @@ def _kill_now(runtime: Runtime) -> None:
 
 def main_up(args: argparse.Namespace) -> int:
     config_dir: Path = args.dir
-    config, errors = load(config_dir)
-    if config is None:
-        print(errors, file=sys.stderr)
+    run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
+    # Loaded in a child (gateway.runtime.desired): this process never imports the config models.
+    # It also says which runtime gateway.yaml asks for.
+    process = ProcessRuntime(run_dir)
+    desired = process.load_desired(config_dir)
+    if desired.specs is None:
+        print(desired.errors, file=sys.stderr)
         print(f"fieldgate: {config_dir} is not valid; nothing started", file=sys.stderr)
         return 1
-    kind = args.runtime or getattr(config, "runtime", "process")
-    run_dir = RunDir.for_config(config_dir, getattr(args, "state", None))
+    kind = args.runtime or desired.runtime or "process"
+    trusted_only = bool(getattr(args, "trusted_images", False))
     with run_dir_lock(run_dir):
         try:
-            trusted_only = bool(getattr(args, "trusted_images", False))
-            asyncio.run(_up(config_dir, kind, run_dir, config, Policy(), trusted_only))
+            runtime = process if kind == "process" and not trusted_only else make_runtime(
+                kind, config_dir, run_dir, trusted_only)
+            if runtime is not process:
+                desired = Desired(None)  # loaded again by that runtime, in _up
+            asyncio.run(_up(runtime, config_dir, run_dir, desired, Policy()))
         except KeyboardInterrupt:  # before the signal handlers were in place: nothing ran yet
             return 130
     return 0
@@ -442,13 +435,31 @@ def _buffered(svc: Mapping[str, Any]) -> str:
     return f"{text} ({quarantined:.0f} quarantined)" if quarantined else text
 
 
+def _memory(svc: Mapping[str, Any]) -> str:
+    """The MEMORY column: a process's PSS (or RSS) to a tenth of a MiB, named; a container's
+    memory as the Engine counts it, against its limit."""
+    value, source = svc.get("memory"), svc.get("memory_source", "engine")
+    if value is None:
+        text = "-"
+    elif source == "engine":
+        text = _mib(value)
+    else:
+        text = f"{value / 1024**2:.1f}MiB {str(source).upper()}"
+    if svc.get("memory_limit"):
+        text += f" of {_mib(svc['memory_limit'])}"
+    return text
+
+
 def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
-    """The `fieldgate status` table, header row first. CPU and MEMORY appear when the runtime
-    measures them (docker: from the Engine's stats, against the limits)."""
+    """The `fieldgate status` table, header row first. CPU appears when the runtime measures it
+    (docker: from the Engine's stats, against the limits), MEMORY when it measures memory
+    (docker: the Engine's figure; process: each child's PSS from /proc)."""
     services = status.get("services", [])
-    resources = any("cpu_percent" in svc or "memory" in svc for svc in services)
+    cpu = any("cpu_percent" in svc or "cpu_limit" in svc
+              or ("memory" in svc and svc.get("memory_source", "engine") == "engine") for svc in services)
+    memory = cpu or any("memory" in svc for svc in services)
     header = ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME"]
-    rows = [[*header, *(["CPU", "MEMORY"] if resources else []), "IMAGE"]]
+    rows = [[*header, *(["CPU"] if cpu else []), *(["MEMORY"] if memory else []), "IMAGE"]]
     for svc in services:
         state = str(svc.get("state", "?"))
         ended = state in ("absent", "stopped") or state.startswith(("exited", "crash-looping (exited"))
@@ -459,14 +470,13 @@ def status_rows(status: Mapping[str, Any], now: float) -> list[list[str]]:
             "-" if ended else _num(svc.get("readings_per_s"), "{:.1f}"), _buffered(svc),
             str(svc.get("restarts", 0)), uptime,
         ]
-        if resources:
-            cpu = _num(svc.get("cpu_percent"), "{:.1f}%")
+        if cpu:
+            text = _num(svc.get("cpu_percent"), "{:.1f}%")
             if svc.get("cpu_limit"):
-                cpu += f" of {svc['cpu_limit']:g}"
-            memory = _mib(svc.get("memory"))
-            if svc.get("memory_limit"):
-                memory += f" of {_mib(svc['memory_limit'])}"
-            row += [cpu, memory]
+                text += f" of {svc['cpu_limit']:g}"
+            row.append(text)
+        if memory:
+            row.append(_memory(svc))
         rows.append([*row, image])
     return rows
 
@@ -485,11 +495,15 @@ def main_status(args: argparse.Namespace) -> int:
         print(f"fieldgate: no supervisor has run for {args.dir} (no {run_dir.status_file})", file=sys.stderr)
         return 1
     alive = supervisor_alive(status)
+    if getattr(args, "json", False):
+        print(json.dumps({**status, "supervisor": {**status.get("supervisor", {}), "alive": alive}}, indent=2))
+        return 0 if alive else 1
     sup = status.get("supervisor", {})
     updated = status.get("updated_at", 0.0)
     age = _age(time.time() - updated)
     if alive:
-        print(f"supervisor pid {sup.get('pid')} ({sup.get('runtime')} runtime), updated {age} ago")
+        own = "" if sup.get("memory") is None else f", {_memory(sup)}"
+        print(f"supervisor pid {sup.get('pid')} ({sup.get('runtime')} runtime{own}), updated {age} ago")
     else:
         print(f"supervisor not running; last known state from {age} ago")
     error = status.get("config", {}).get("error")

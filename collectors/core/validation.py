@@ -12,18 +12,21 @@ from __future__ import annotations
 import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ValidationError
 from pydantic.fields import FieldInfo
 
 from collectors.core.config import format_duration, format_size, parse_duration, parse_size
 from collectors.core.errors import ConfigError
 from collectors.core.names import NAME_PATTERN
-from collectors.core.yamlnodes import Loc, Problem, Source, load_yaml
+
+if TYPE_CHECKING:
+    # Only for an error, or the gateway's loader: a component that starts on a good slice
+    # never imports PyYAML (~1 MiB it would keep: docs/runtime.md, "Memory").
+    from collectors.core.yamlnodes import Loc, Problem, Source
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,6 +43,8 @@ def load_validated(path: Path, model: type[M], env: Mapping[str, str] | None = N
     """Read a YAML (or JSON) file and validate it with `model`; raises ConfigErrors listing every
     problem as `file:line:column: message`. `env`: replace `${VAR}` from it (None: values as written,
     as in the slices the gateway renders)."""
+    from collectors.core.yamlnodes import load_yaml
+
     source = load_yaml(path, env)
     result: M | None = None
     if not source.broken:
@@ -65,8 +70,14 @@ def load_slice(path: Path, model: type[M]) -> M:
 
     try:
         return model.model_validate(read_slice(path))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, ValueError):
+    except (OSError, UnicodeDecodeError, ValidationError, ValueError):
         return load_validated(path, model)
+    except Exception as exc:
+        import yaml  # read_slice has imported it when it read YAML: this costs nothing then
+
+        if isinstance(exc, yaml.YAMLError):
+            return load_validated(path, model)
+        raise
 
 
 def in_order(problems: list[Problem]) -> list[Problem]:
@@ -341,7 +352,7 @@ def scrub(problems: list[Problem], sources: Iterable[Source | None]) -> list[Pro
         message = problem.message
         for secret in secrets:
             message = message.replace(secret, "***")
-        clean.append(Problem(problem.file, problem.position, message))
+        clean.append(replace(problem, message=message))
     return clean
 
 

@@ -1,4 +1,5 @@
-"""What both runtimes share: the run directory and atomic writes of what they generate.
+"""What both runtimes share: the run directory, atomic writes of what they generate, and the
+environment of the Python processes they start (services, the config-checking child).
 
 The desired services (`gateway.runtime.services`) and the scraping of a service's /metrics
 (`gateway.runtime.metrics`) are shared too, each in its own module.
@@ -79,6 +80,18 @@ class RunDir:
         st = folder.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
             raise RuntimeError(f"{folder} is not a private directory of this user: remove it, or use --state")
+
+
+def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's environment, with the import root of the running `collectors` first on
+    PYTHONPATH: children run the very code the supervisor runs, installed or from a checkout."""
+    import collectors
+
+    env = dict(os.environ if base is None else base)
+    root = str(Path(collectors.__file__).resolve().parent.parent)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    return env
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:

@@ -16,12 +16,19 @@ container stopped behind its back (`docker kill` counts as a manual stop, so the
 leaves it down) and one that stays unhealthy, which the Engine only reports. A container
 the Engine is restarting is observed as `restarting`, with its RestartCount: the planner
 counts those restarts as failures and calls the service crash-looping, as for its own.
+
+The config is rendered in a short-lived child, `python -m gateway.runtime.docker`, which loads
+and checks DIR, writes the project into `RUN/compose/` and hands back the rendered `Project`
+(without its config models) and the specs: the supervisor imports neither pydantic nor PyYAML
+(docs/runtime.md, "Memory").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import pickle
 import socket
 import sys
 import threading
@@ -53,13 +60,14 @@ from gateway.plan import (
     Stop,
     Wait,
 )
-from gateway.runtime.common import RunDir
+from gateway.runtime.common import RunDir, child_environment
 from gateway.runtime.containers import (
     CANDIDATE_SUFFIX,
     ContainerFactory,
     container_name,
     parse_seconds,
 )
+from gateway.runtime.desired import Desired, ask_child, in_process
 from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, RuntimeMissing, connect
 from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
 from gateway.services import Run, desired_services
@@ -189,6 +197,25 @@ class DockerRuntime:
             self._print(f"warning: {warning}")
         write_project(self.project, self.out_dir)
         return specs_of(self.project, self.out_dir)
+
+    def load_desired(self, config_dir: Path) -> Desired:
+        """Load DIR, render and write its project in a short-lived child (see the module
+        docstring) and keep the project it hands back. Blocks: the supervisor calls it in a thread."""
+        request = {"config_dir": str(config_dir), "out_dir": str(self.out_dir)}
+        answer = ask_child(CHILD, request, config_dir, child_environment())
+        if isinstance(answer, Desired):
+            return answer
+        try:  # our own child's answer, on a pipe only we read
+            desired, project = pickle.loads(answer)
+        except Exception as exc:  # a child that printed something else: refused, the loop goes on
+            return Desired(None, f"{config_dir}: the config could not be checked (`python -m "
+                                 f"gateway.runtime.docker` answered no project: {type(exc).__name__}; a "
+                                 "fieldgate bug: please report it with the config that caused it)")
+        if desired.specs is not None:
+            self.project = project
+            for warning in project.warnings:
+                self._print(f"warning: {warning}")
+        return desired
 
     async def observe(self) -> dict[str, Observed]:
         return await asyncio.to_thread(self._observe)
@@ -540,6 +567,7 @@ class DockerRuntime:
             memory = memory_used(stats)
             if memory is not None:
                 track.details["memory"] = memory
+                track.details["memory_source"] = "engine"  # the container's, as `docker stats` shows it
             port = self.project.services[service].metrics_port if self.project else None
             if port is not None:
                 address = self.project.services[service].metrics_host if self.project else "127.0.0.1"
@@ -610,6 +638,37 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
     return desired_services(slices, run, metrics_host=project.metrics_host, host_network=project.network == "host")
 
 
+CHILD = (sys.executable, "-m", "gateway.runtime.docker")
+
+
+def render_in_child(config_dir: Path, out: Path) -> tuple[Desired, Project | None]:
+    """What the child does: load and check DIR, render and write its project; the project
+    without its config models (the supervisor never unpickles pydantic), refusals as text."""
+    rendered: list[Project] = []
+
+    def build(config: GatewayConfig) -> Desired:
+        project = render_config(config, config_dir)
+        write_project(project, out)
+        specs = specs_of(project, out)
+        rendered.append(replace(project, services={
+            name: replace(svc, config=None) for name, svc in project.services.items()}))
+        return Desired(specs, runtime=config.runtime)
+
+    desired = in_process(build, config_dir)
+    return desired, (rendered[0] if rendered and desired.specs is not None else None)
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    answer = render_in_child(Path(request["config_dir"]), Path(request["out_dir"]))
+    sys.stdout.buffer.write(pickle.dumps(answer))
+    return 0
+
+
 def make_runtime(config_dir: Path, run_dir: RunDir, trusted_only: bool = False) -> DockerRuntime:
     """What `gateway.supervisor.make_runtime` calls for `--runtime docker`."""
     return DockerRuntime(config_dir, run_dir, trusted_only=trusted_only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """The status columns a runtime measures: readings/s and buffered from a service's /metrics,
-and CPU and memory from the Docker Engine's stats (the docker runtime only).
+CPU and memory from the Docker Engine's stats (the docker runtime), and a process's memory
+from /proc (the process runtime, and the supervisor itself).
 
 Both runtimes scrape the same way (`scrape`) and compute readings/s the same way
 (`ReadingsRate`); this module does no scheduling and holds no state beyond a `ReadingsRate`.
@@ -107,6 +108,25 @@ async def scrape(host: str, port: int) -> Scraped | None:
     totals = parse_metrics(text)
     return Scraped(first_of(totals, READINGS_COUNTERS), first_of(totals, BUFFERED_GAUGES),
                    first_of(totals, QUARANTINED_GAUGES))
+
+
+# ------------------------------------------------------------------ a process's memory
+
+
+def process_memory(pid: int) -> tuple[int, str] | None:
+    """(bytes, "pss") of a process: its proportional set size, shared pages divided among the
+    processes that map them, so the services' figures add up to what they take together
+    (/proc/PID/smaps_rollup, Linux 4.14+). (bytes, "rss") where that file cannot be read;
+    None when the process is gone (or this is not Linux)."""
+    for path, key, source in ((f"/proc/{pid}/smaps_rollup", b"Pss:", "pss"), (f"/proc/{pid}/status", b"VmRSS:", "rss")):
+        try:
+            with open(path, "rb") as proc:
+                kib = next((int(line.split()[1]) for line in proc if line.startswith(key)), None)
+        except (OSError, ValueError, IndexError):
+            continue
+        if kib is not None:
+            return kib * 1024, source
+    return None
 
 
 # ------------------------------------------------------------------ the Engine's stats

@@ -24,10 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hmac
-import json
 import os
-import re
 import secrets
 import signal
 import sys
@@ -39,7 +36,6 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from gateway.plan import (
-    FORWARDER,
     FailureKind,
     Health,
     Observed,
@@ -54,12 +50,11 @@ from gateway.plan import (
     Step,
     Stop,
     Wait,
-    config_hash,
     stop_order,
 )
-from gateway.runtime.common import RunDir, write_atomic
-from gateway.runtime.metrics import ReadingsRate, http_get, scrape
-from gateway.services import Placement, Run, desired_services, service_slices
+from gateway.runtime.common import RunDir, child_environment, write_atomic
+from gateway.runtime.desired import Desired, in_child, process_desired
+from gateway.runtime.metrics import ReadingsRate, http_get, process_memory, scrape
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -77,18 +72,6 @@ ESSENTIAL_VARIABLES = frozenset({
     "PATH", "HOME", "PYTHONPATH", "LANG", "LANGUAGE", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME",
     "SHELL", "TERM",
 })
-_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)")
-
-
-def config_variables(config: GatewayConfig) -> set[str]:
-    """Every `${VAR}` the files of the config directory name (their values are in the slices)."""
-    from gateway.config import GATEWAY_FILE
-
-    names: set[str] = set()
-    for path in (config.dir / GATEWAY_FILE, *(entry.source for entry in config.devices)):
-        with contextlib.suppress(OSError):
-            names.update(_VARIABLE.findall(path.read_text(encoding="utf-8", errors="replace")))
-    return names
 
 
 def service_environment(
@@ -102,18 +85,6 @@ def service_environment(
     env = {key: value for key, value in base.items()
            if key not in withheld and not key.startswith("FIELDGATE_PASSWORD_")}
     env.update({name: passwords[name] for name in own if name in passwords})
-    return env
-
-
-def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's environment, with the import root of the running `collectors` first on
-    PYTHONPATH: children run the very code the supervisor runs, installed or from a checkout."""
-    import collectors
-
-    env = dict(os.environ if base is None else base)
-    root = str(Path(collectors.__file__).resolve().parent.parent)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     return env
 
 
@@ -143,36 +114,6 @@ def _remove(path: str | Path) -> None:
         os.unlink(path)
 
 
-# ------------------------------------------------------------------ desired services from the config
-
-
-def process_specs(
-    config: GatewayConfig, run_dir: RunDir,
-    secrets_digest: Callable[[tuple[str, ...]], str] = lambda names: "",
-) -> dict[str, ServiceSpec]:
-    """The forwarder and one collector per protocol in use, as process specs
-    (`gateway.services.desired_services`, run as `python -m collectors.<name> --config FILE`).
-
-    `secrets_digest(names)` stands for the passwords a child gets in its environment (see
-    `gateway.config.slice_environment`), so a changed password recreates the service using it.
-    """
-    socket = run_dir.handoff_socket
-
-    def run(spec: ServiceSpec) -> Run:
-        file = run_dir.slice_file(spec.name)
-        command = (sys.executable, "-m", f"collectors.{spec.name}", "--config", str(file))
-        return Run(
-            command=command,
-            config_hash=config_hash(spec.config_text, command, secrets_digest(spec.secrets)),
-            config_file=str(file),
-            ready_path=str(socket) if spec.name == FORWARDER else None,
-            reload_key=config_hash(command, secrets_digest(spec.secrets)),
-        )
-
-    slices = service_slices(config, Placement(socket, run_dir.state, run_dir.buffer))
-    return desired_services(slices, run, metrics_host=config.metrics.host, host_network=True)
-
-
 READY_TIMEOUT = 10.0
 
 
@@ -195,8 +136,23 @@ class Child:
     readings_per_s: float | None = None
     buffered: float | None = None
     quarantined: float | None = None
+    memory: tuple[int, str] | None = None  # (bytes, "pss" | "rss"), sampled every METRICS_INTERVAL
+    memory_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     readings: ReadingsRate = field(default_factory=ReadingsRate)
+
+    def sample_memory(self, now: float) -> tuple[int, str] | None:
+        """The child's memory, read again at most every METRICS_INTERVAL: a figure that changed
+        by a few pages must not rewrite status.json every second (small gateways run on flash).
+        None while it starts (before its first healthy /healthz, or its first second without
+        one): a figure of half-imported modules would stand for METRICS_INTERVAL."""
+        if self.exited is not None:
+            self.memory = None
+        elif self.health == "starting" or now - self.started < 1.0:
+            pass
+        elif self.memory_at is None or now - self.memory_at >= METRICS_INTERVAL:
+            self.memory, self.memory_at = process_memory(self.pid), now
+        return self.memory
 
     @property
     def pid(self) -> int:
@@ -262,25 +218,24 @@ class ProcessRuntime:
     # -------------------------------------------------------------- the Runtime seam
 
     def desired(self, config: GatewayConfig, config_dir: Path) -> dict[str, ServiceSpec]:
-        from gateway.config import slice_environment
+        """The services of a config loaded in this process (tests, `fieldgate demo`)."""
+        specs = self.adopt(process_desired(config, self.run_dir, self._key)).specs
+        assert specs is not None
+        return specs
 
-        passwords = slice_environment(config)
+    def load_desired(self, config_dir: Path) -> Desired:
+        """Load DIR in a short-lived child (gateway.runtime.desired): the supervisor keeps only
+        the specs, never the config models. Blocks: the supervisor calls it in a thread."""
+        return self.adopt(in_child(config_dir, self.run_dir, self._key, self._base_env))
 
-        def digest(names: tuple[str, ...]) -> str:
-            # Keyed with a key that lives as long as this runtime (and its children): the hash
-            # shows in status.json, and must say nothing about the passwords themselves.
-            own = {name: passwords.get(name) for name in names}
-            return hmac.new(self._key, json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
-
-        self._passwords, self._named = passwords, config_variables(config)
-        from gateway.checks import sandboxed
-
-        for key in sandboxed(config):
-            # Warned, not refused: one config directory serves both runtimes (a laptop runs it
-            # as processes, the plant PC in containers), and a sandbox is a container's property.
-            self._print(f"warning: {'.'.join(key)}: gvisor applies to the docker runtime only; "
-                        f"this service runs as an ordinary child process, not sandboxed")
-        return process_specs(config, self.run_dir, digest)
+    def adopt(self, desired: Desired) -> Desired:
+        """Take the passwords and `${VAR}` names of an accepted config for the children's
+        environment, and say its warnings."""
+        if desired.specs is not None:
+            self._passwords, self._named = dict(desired.passwords), set(desired.named)
+            for warning in desired.warnings:
+                self._print(f"warning: {warning}")
+        return desired
 
     async def observe(self) -> dict[str, Observed]:
         return {name: child.observed() for name, child in self._children.items()}
@@ -343,13 +298,18 @@ class ProcessRuntime:
         pass  # the loop sleeps until step.until
 
     def details(self) -> dict[str, dict[str, Any]]:
-        """Status columns only this runtime knows: pid, readings/s and buffered (from /metrics)."""
-        return {
-            name: {"pid": child.pid if child.exited is None else None,
-                   "readings_per_s": child.readings_per_s, "buffered": child.buffered,
-                   "quarantined": child.quarantined}
-            for name, child in self._children.items()
-        }
+        """Status columns only this runtime knows: pid, readings/s and buffered (from /metrics),
+        and the child's memory (its PSS from /proc, or its RSS where PSS cannot be read)."""
+        now = time.monotonic()
+        details: dict[str, dict[str, Any]] = {}
+        for name, child in self._children.items():
+            memory = child.sample_memory(now)
+            details[name] = {"pid": child.pid if child.exited is None else None,
+                             "readings_per_s": child.readings_per_s, "buffered": child.buffered,
+                             "quarantined": child.quarantined,
+                             "memory": memory[0] if memory else None,
+                             "memory_source": memory[1] if memory else None}
+        return details
 
     def children(self) -> dict[str, Child]:
         return dict(self._children)

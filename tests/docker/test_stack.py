@@ -108,6 +108,10 @@ def test_services_turn_healthy_and_status_shows_them(stack: Stack) -> None:
     assert result.returncode == 0
     assert image("collector-modbus") in rows["modbus"]
     assert "running" in rows["opcua"]
+    # status.json (what `status --json` prints) names the figure: the Engine's, in bytes
+    services = {svc["name"]: svc for svc in stack.status_json()["services"]}
+    assert {name: (svc.get("memory_source"), (svc.get("memory") or 0) > 2**20) for name, svc in services.items()} == {
+        name: ("engine", True) for name in SERVICES}
 
 
 def test_device_edit_reloads_the_modbus_service_in_place(stack: Stack, sub: Subscriber) -> None:

@@ -324,7 +324,7 @@ def test_a_hand_off_socket_path_too_long_moves_to_a_private_tmp_folder(tmp_path:
 def test_slices_are_json_and_a_simulate_edit_restarts_nothing(tmp_path: Path) -> None:
     from collectors.core.config import read_slice
     from gateway.config import load_config
-    from gateway.runtime.process import process_specs
+    from gateway.runtime.desired import process_specs
 
     plant = tmp_path / "plant"
     (plant / "devices").mkdir(parents=True)
@@ -378,6 +378,23 @@ def test_status_table_shows_resources_when_the_runtime_measures_them() -> None:
                              "since": now - 7200, "pid": 4242}]}
     assert status_rows(process, now)[1] == [
         "modbus", "running", "starting", "-", "-", "1", "2h00m", "pid 4242"]
+
+
+@pytest.mark.unit
+def test_status_table_names_the_memory_the_process_runtime_measures() -> None:
+    now = 1_000_000.0
+    status = {"services": [
+        {"name": "forwarder", "state": "running", "health": "healthy", "restarts": 0, "since": now - 60,
+         "pid": 4242, "memory": int(24.6 * 2**20), "memory_source": "pss"},
+        {"name": "modbus", "state": "running", "health": "healthy", "restarts": 0, "since": now - 60,
+         "pid": 4243, "memory": int(30.25 * 2**20), "memory_source": "rss"},
+        {"name": "opcua", "state": "exited with code 1", "health": None, "restarts": 2, "since": now - 5,
+         "memory": None, "memory_source": None},
+    ]}
+    rows = status_rows(status, now)
+    assert rows[0] == ["SERVICE", "STATE", "HEALTH", "READINGS/S", "BUFFERED", "RESTARTS", "UPTIME", "MEMORY",
+                       "IMAGE"]
+    assert [row[7] for row in rows[1:]] == ["24.6MiB PSS", "30.2MiB RSS", "-"]
 
 
 # ---------------------------------------------------------------------- fieldgate up, end to end

@@ -46,6 +46,9 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+# 23 files, each written and removed: 46 changes, each read once it settled (1-2 s) and checked
+# in a short-lived child (gateway.runtime.desired, ~0.5 s): about 2 minutes on an idle machine.
+@pytest.mark.timeout(360)
 def test_a_running_supervisor_refuses_every_hostile_file_and_keeps_its_services(
     tmp_path: Path, broker: Mosquitto, subscriber: Subscriber
 ) -> None:
