@@ -94,6 +94,27 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def secrets_key(directory: Path) -> bytes:
+    """The key the hashes of passwords are made with (`directory/.secrets.key`, 0600, made on
+    first use). It outlives the supervisor, because the hashes do: a container is labelled with
+    the hash it was created with, so the same password must hash the same after a restart."""
+    path = directory / ".secrets.key"
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = os.urandom(32)
+    tmp = path.with_name(f".secrets.key.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    os.replace(tmp, path)
+    return key
+
+
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     """Write via a temp file and rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
+import os
 import pickle
 import socket
 import sys
@@ -59,8 +61,9 @@ from gateway.plan import (
     Step,
     Stop,
     Wait,
+    config_hash,
 )
-from gateway.runtime.common import RunDir, child_environment
+from gateway.runtime.common import RunDir, child_environment, secrets_key
 from gateway.runtime.containers import (
     CANDIDATE_SUFFIX,
     ContainerFactory,
@@ -614,20 +617,27 @@ def write_project(project: Project, out: Path) -> None:
 
 def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
     """The planner's view of each rendered service (`gateway.services.desired_services`): the
-    compose hash covers image, limits and slice."""
+    compose hash covers image, limits and slice; the passwords a container gets in its
+    environment (the compose file names them only, `${MQTT_PASSWORD}`) are hashed in too, keyed
+    (`secrets_key`), so a changed password recreates the service that uses it."""
+
+    def digest(names: tuple[str, ...]) -> str:
+        own = {name: project.secrets.get(name) or os.environ.get(name, "") for name in names}
+        return hmac.new(secrets_key(out), json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
 
     def run(spec: ServiceSpec) -> Run:
         svc = project.services[spec.name]
+        secret = (digest(spec.secrets),) if spec.secrets else ()
         return Run(
             command=tuple(svc.compose.get("command") or ()),
-            config_hash=svc.config_hash,
+            config_hash=config_hash(svc.config_hash, *secret) if secret else svc.config_hash,
             config_file=str(out / svc.config_path),
             image=svc.limits.image,
             cpus=svc.limits.cpus,
             memory=svc.limits.memory,
             update=svc.limits.update,
             devices=tuple(p.host for p in svc.ports),
-            reload_key=svc.reload_digest or None,
+            reload_key=(config_hash(svc.reload_digest, *secret) if secret else svc.reload_digest) or None,
             standby=True,  # a candidate gets a metrics port of its own (DockerRuntime._start_candidate)
         )
 

@@ -250,3 +250,29 @@ def test_a_crash_loop_stays_one_while_the_engines_delay_is_long_and_a_stable_run
     clock[0] += policy.stable_after
     assert look() == "running"
     assert not backoff.crash_looping("modbus")
+
+
+def test_a_changed_password_recreates_only_the_service_that_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose file names a password (`${MQTT_PASSWORD}`), so its hash alone would not change
+    with the password: the forwarder would go on with the old one until something else changed."""
+    config_dir = plant(tmp_path)
+    gateway = config_dir / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace(
+        "  qos: 1\n", "  qos: 1\n  username: plant\n  password: ${MQTT_PASSWORD}\n"))
+    out = tmp_path / "out"
+
+    def specs(password: str) -> dict[str, Any]:
+        monkeypatch.setenv("MQTT_PASSWORD", password)
+        return specs_of(render(config_dir), out)
+
+    first, changed, back = specs("s3cret-Pa55"), specs("n3w-Pa55"), specs("s3cret-Pa55")
+    assert changed["forwarder"].config_hash != first["forwarder"].config_hash
+    assert changed["forwarder"].reload_hash != first["forwarder"].reload_hash  # no reload: a new session
+    assert changed["modbus"].config_hash == first["modbus"].config_hash
+    # The same password hashes the same (the key outlives the supervisor, as container labels do),
+    # and the hash says nothing of the password.
+    assert back["forwarder"].config_hash == first["forwarder"].config_hash
+    assert (out / ".secrets.key").stat().st_mode & 0o777 == 0o600
+    assert "s3cret" not in repr(first["forwarder"])
