@@ -1,4 +1,4 @@
-"""The OPC UA collector: one self-healing link per device, readings to the forwarder, writes back.
+"""The OPC UA collector: one self-healing session per device, readings to the forwarder, writes back.
 
 Each device runs a loop: connect a Session, read it with a DeviceReader until the session is
 lost, report every tag `bad` (with its last value) and the device offline, wait with capped
@@ -71,8 +71,9 @@ class Backoff:
     stable: float = STABLE_AFTER
 
 
-class DeviceLink:
-    """One device's connection loop (see the module docstring)."""
+class DeviceSession:
+    """One device's session, kept up: connect a Session, read, and after it ends connect again
+    (see the module docstring)."""
 
     def __init__(self, device: OpcuaDevice, collector: OpcuaCollector, backoff: Backoff | None = None) -> None:
         self.device = device
@@ -236,8 +237,8 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
         super().__init__(config, on_write=self.write, handoff_grace=handoff_grace, drain_timeout=drain_timeout)
         self.settings = config
         self._backoff = backoff
-        self.links = {d.name: DeviceLink(d, self, backoff) for d in config.devices}
-        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        self.sessions = {d.name: DeviceSession(d, self, backoff) for d in config.devices}
+        self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self.readings: dict[str, int] = {d.name: 0 for d in config.devices}
         self.writes = {"ok": 0, "failed": 0, "busy": 0, "expired": 0}  # failed: the other refusals
         self.pending = PendingWrites()  # per device (its session) and per tag
@@ -245,14 +246,15 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
         self._register_metrics()
 
     def _started_line(self) -> str:
-        return f"opcua collector: {len(self.links)} devices, hand-off {self.config.handoff.socket}"
+        return f"opcua collector: {len(self.sessions)} devices, hand-off {self.config.handoff.socket}"
 
     def _device_tasks(self, group: asyncio.TaskGroup) -> None:
-        for link in self.links.values():
-            self._start(group, link)
+        for session in self.sessions.values():
+            self._start(group, session)
 
-    def _start(self, group: asyncio.TaskGroup, link: DeviceLink) -> None:
-        self._link_tasks[link.device.name] = group.create_task(link.run(), name=f"opcua-device-{link.device.name}")
+    def _start(self, group: asyncio.TaskGroup, session: DeviceSession) -> None:
+        name = session.device.name
+        self._session_tasks[name] = group.create_task(session.run(), name=f"opcua-device-{name}")
 
     # ------------------------------------------------------------------ a new slice in place
 
@@ -265,29 +267,29 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
         (the supervisor plans one)."""
         assert self._group is not None, "run() applies reloads"
         new = {d.name: d for d in config.devices}
-        stop = [name for name, link in self.links.items() if new.get(name) != link.device]
-        tasks = [self._link_tasks.pop(name) for name in stop if name in self._link_tasks]
+        stop = [name for name, session in self.sessions.items() if new.get(name) != session.device]
+        tasks = [self._session_tasks.pop(name) for name in stop if name in self._session_tasks]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)  # never raises: our own cancellation still reaches us
         for name in stop:
-            del self.links[name]
+            del self.sessions[name]
             if name not in new:
                 del self.readings[name]
-        started = [DeviceLink(d, self, self._backoff) for d in config.devices if d.name not in self.links]
-        links = {**self.links, **{link.device.name: link for link in started}}
-        self.links.clear()  # in place: the metrics read this dict
-        self.links.update((d.name, links[d.name]) for d in config.devices)
+        started = [DeviceSession(d, self, self._backoff) for d in config.devices if d.name not in self.sessions]
+        sessions = {**self.sessions, **{session.device.name: session for session in started}}
+        self.sessions.clear()  # in place: the metrics read this dict
+        self.sessions.update((d.name, sessions[d.name]) for d in config.devices)
         self.settings = config
-        for link in started:
-            self.readings.setdefault(link.device.name, 0)
-            self._start(self._group, link)
+        for session in started:
+            self.readings.setdefault(session.device.name, 0)
+            self._start(self._group, session)
         log.info("opcua collector: new config applied in place (%d devices started, %d stopped, %d untouched)",
-                 len(started), len(stop), len(self.links) - len(started))
+                 len(started), len(stop), len(self.sessions) - len(started))
 
     def _observe(self, now: float) -> None:
-        if any(link.online for link in self.links.values()):
+        if any(session.online for session in self.sessions.values()):
             self._last_online = now
 
     # ------------------------------------------------------------------ to the forwarder
@@ -309,8 +311,8 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
         self.handoff.device_state(state)
 
     async def write(self, request: WriteRequest) -> WriteResult:
-        link = self.links.get(request.device)
-        if link is None:
+        session = self.sessions.get(request.device)
+        if session is None:
             result = WriteResult(
                 request.id,
                 request.device,
@@ -319,10 +321,10 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
                 f"device {request.device} is not served by the opcua collector",
             )
         else:
-            result = await link.write(request)
+            result = await session.write(request)
         if result.ok:
             self.writes["ok"] += 1
-        elif not result.error or not result.error.startswith(("busy:", "expired:")):  # counted by the link
+        elif not result.error or not result.error.startswith(("busy:", "expired:")):  # counted by the session
             self.writes["failed"] += 1
         return result
 
@@ -330,10 +332,10 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
 
     def _register_metrics(self) -> None:
         m = self.metrics
-        links = self.links
+        sessions = self.sessions
 
-        def per_device(read: Callable[[DeviceLink], float]) -> Callable[[], list[Sample]]:
-            return lambda: [({"device": name}, float(read(link))) for name, link in links.items()]
+        def per_device(read: Callable[[DeviceSession], float]) -> Callable[[], list[Sample]]:
+            return lambda: [({"device": name}, float(read(session))) for name, session in sessions.items()]
 
         m.counter(
             "opcua_readings_total",
@@ -341,12 +343,12 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
             lambda: [({"device": n}, float(c)) for n, c in self.readings.items()],
         )
         m.gauge(
-            "opcua_device_online", "1 while the device's session is up", per_device(lambda link: link.online)
+            "opcua_device_online", "1 while the device's session is up", per_device(lambda session: session.online)
         )
         m.counter(
             "opcua_reconnects_total",
             "sessions lost or refused per device",
-            per_device(lambda link: link.failures),
+            per_device(lambda session: session.failures),
         )
         m.counter(
             "opcua_writes_total",
@@ -357,12 +359,12 @@ class OpcuaCollector(CollectorShell[OpcuaCollectorConfig]):
         m.health_check(self._device_problem)
 
     def _device_problem(self) -> str | None:
-        if not self.active or any(link.online for link in self.links.values()):
+        if not self.active or any(session.online for session in self.sessions.values()):
             return None  # a standby opens no session yet
         quiet = time.monotonic() - max(self._last_online, self._started)
         if quiet < DEVICE_GRACE:
             return None
-        reasons = "; ".join(f"{n}: {link.reason}" for n, link in self.links.items())
+        reasons = "; ".join(f"{n}: {session.reason}" for n, session in self.sessions.items())
         return f"no OPC UA session for {quiet:.0f}s ({reasons})"
 
 

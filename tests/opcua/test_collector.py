@@ -148,7 +148,7 @@ async def test_every_type_arrives_with_its_value_quality_and_source_timestamp(
     async with running_collector([_device(endpoint, tags)], tmp_path) as (collector, sink):
         await sink.wait_for(lambda r: True, count=len(tags))
         await asyncio.sleep(0.5)
-        reader = collector.links["oven"].reader
+        reader = collector.sessions["oven"].reader
         assert reader is not None  # read in pieces of 5 nodes, items created 4 per call
         assert (reader.session.max_nodes_per_read, reader.session.max_items_per_call) == (5, 4)
         first: dict[str, Any] = {}

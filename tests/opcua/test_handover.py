@@ -42,7 +42,7 @@ async def test_the_standby_opens_no_session_until_the_old_collector_has_left(tmp
                     assert time.monotonic() < deadline, "the standby was not admitted"
                     await asyncio.sleep(0.02)
                 await asyncio.sleep(1.0)
-                standby_link = new.links["oven"]
+                standby_link = new.sessions["oven"]
                 assert not standby_link.online and standby_link.reader is None  # no session beside the old one
                 assert handoff.standbys == ["opcua"]
                 old_task.cancel()
@@ -51,6 +51,6 @@ async def test_the_standby_opens_no_session_until_the_old_collector_has_left(tmp
                 left, before = time.monotonic(), len(sink.got)
                 await sink.wait_for(lambda r: True, within=20, count=before + 1)  # the new one's first
                 took = time.monotonic() - left
-                assert new.active and new.links["oven"].online
+                assert new.active and new.sessions["oven"].online
     print(f"\nopcua handover: the new collector's first reading {took * 1000:.0f} ms after the old one left "
           "(its session and subscription are set up once it is active)")

@@ -104,7 +104,7 @@ async def test_an_unexpected_exception_in_one_device_leaves_the_other_good(
         injected_at = time.time() * 1000
         errors_before = len(caplog.records)
         async with running_collector(devices, tmp_path) as (collector, sink):
-            link = collector.links["broken"]
+            link = collector.sessions["broken"]
             failures_before = link.failures
             if not gremlin.active:
                 await sink.wait_for(lambda r: r.device == "broken" and r.quality == Quality.GOOD, within=20)

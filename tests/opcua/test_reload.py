@@ -46,7 +46,7 @@ async def test_editing_one_devices_tags_keeps_the_other_devices_session(tmp_path
     async with OpcuaSimulator(served, tick=0.05), running_collector([a, b], tmp_path) as (collector, sink):
         await sink.wait_for(lambda r: r.device == "a" and r.quality == Quality.GOOD, within=20, count=5)
         await sink.wait_for(lambda r: r.device == "b" and r.quality == Quality.GOOD, within=20)
-        link = collector.links["a"]
+        link = collector.sessions["a"]
         session = link.reader.session if link.reader else None
         failures = link.failures
         reloaded_at = time.time() * 1000
@@ -55,7 +55,7 @@ async def test_editing_one_devices_tags_keeps_the_other_devices_session(tmp_path
                             within=20)
         live_ms = time.time() * 1000 - reloaded_at
         await sink.wait_for(lambda r: r.device == "a" and r.ts_ms > reloaded_at + 1000, within=20)
-        assert collector.links["a"] is link and link.failures == failures
+        assert collector.sessions["a"] is link and link.failures == failures
         assert link.reader is not None and link.reader.session is session  # no new session
         assert collector.reloaded == 1
     stamps = sorted({r.ts_ms for r in sink.got if r.device == "a" and r.tag == "temperature"
