@@ -217,10 +217,12 @@ def _rtu_ports(loaded: list[tuple[Source, AnyDevice]]) -> list[str]:
 def _start_first_serial(
     gateway_source: Source, gateway: object, loaded: list[tuple[Source, AnyDevice]]
 ) -> Iterator[Problem]:
-    """start-first would run two Modbus collectors at once: two owners of one serial port."""
+    """start-first, asked for in gateway.yaml, would run two Modbus collectors at once: two owners
+    of one serial port. The default (start-first) is not refused: the planner updates a collector
+    with serial ports stop-first by itself (gateway.plan.update_order)."""
     collectors = getattr(gateway, "collectors", None)
-    update = getattr(getattr(collectors, "modbus", None), "update", "stop-first")
-    if update != "start-first":
+    modbus = getattr(collectors, "modbus", None)
+    if getattr(modbus, "update", None) != "start-first" or "update" not in getattr(modbus, "model_fields_set", ()):
         return
     ports = _rtu_ports(loaded)
     if ports:

@@ -135,6 +135,9 @@ class RenderedService:
     metrics_host: str = "127.0.0.1"  # the address the supervisor scrapes under host networking
     config: BaseModel | None = field(default=None, repr=False, compare=False)  # the slice, as rendered
     reload_digest: str = ""  # like config_hash, without the slice: what a reload in place cannot change
+    # Where the health check asks, inside the container (the slice's metrics.host, reachable):
+    # kept apart from `config`, which the supervisor drops (gateway.runtime.docker, the check child).
+    health_host: str = "127.0.0.1"
 
     @property
     def config_path(self) -> str:
@@ -240,8 +243,7 @@ def _health_test(host: str, port: int) -> list[str]:
 
 def health_test_on(service: RenderedService, port: int) -> list[str]:
     """The health check of `service` asking on another port (a start-first standby's own)."""
-    assert service.config is not None, "build_service keeps each service's slice"
-    return _health_test(reach(_listen_host(service.config)), port)
+    return _health_test(service.health_host, port)
 
 
 def build_service(project: str, network: Network, item: Slice) -> RenderedService:
@@ -305,9 +307,10 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     for name in sorted(set(secret_names(item.config))):
         env[name] = "${" + name + "}"  # compose takes it from the shell; never the value itself
     svc["environment"] = env
+    health_host = reach(_listen_host(item.config))
     if item.metrics_port is not None:
         svc["healthcheck"] = {
-            "test": _health_test(reach(_listen_host(item.config)), item.metrics_port),
+            "test": _health_test(health_host, item.metrics_port),
             "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "30s",
         }
     else:
@@ -325,7 +328,7 @@ def build_service(project: str, network: Network, item: Slice) -> RenderedServic
     reload_digest = hashlib.sha256(_dump({**hashed, "config": None}).encode()).hexdigest()[:16]
     svc["labels"] = {PROJECT_LABEL: project, SERVICE_LABEL: item.name, HASH_LABEL: digest}
     return RenderedService(item.name, svc, config_text, digest, item.limits, item.metrics_port, item.ports,
-                           reach(item.metrics_host), item.config, reload_digest)
+                           reach(item.metrics_host), item.config, reload_digest, health_host)
 
 
 def project_name(gateway_id: str) -> str:

@@ -92,22 +92,16 @@ class CollectorResources(ForwarderResources):
         None, description="image to run; default fieldgate/collector-{protocol}:{version}"
     )
     update: Literal["stop-first", "start-first"] = Field(
-        "stop-first",
-        description="stop-first: stop the old collector, then start the new one (a serial port has one "
-        "owner) | start-first: start the new one, switch when healthy (no gap in readings)",
-    )
-
-
-class OpcuaResources(CollectorResources):
-    update: Literal["stop-first", "start-first"] = Field(
         "start-first",
-        description="stop-first | start-first: start the new collector, switch when it is healthy",
+        description="start-first: start the new collector as a standby, switch when it is healthy (no "
+        "missed poll) | stop-first: stop the old one, then start the new one. A collector with a serial "
+        "port is always updated stop-first (a port has one owner), and so is a process-runtime child",
     )
 
 
 class CollectorsResources(StrictModel):
     modbus: CollectorResources = Field(default_factory=CollectorResources, description="the Modbus collector")
-    opcua: OpcuaResources = Field(default_factory=OpcuaResources, description="the OPC UA collector")
+    opcua: CollectorResources = Field(default_factory=CollectorResources, description="the OPC UA collector")
 
 
 class GatewayFile(StrictModel):

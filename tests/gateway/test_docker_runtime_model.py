@@ -8,6 +8,7 @@ the stack tests run the same code against a real engine.
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,15 @@ def test_a_changed_password_recreates_only_the_service_that_uses_it(
     assert back["forwarder"].config_hash == first["forwarder"].config_hash
     assert (out / ".secrets.key").stat().st_mode & 0o777 == 0o600
     assert "s3cret" not in repr(first["forwarder"])
+
+
+def test_a_standby_is_created_from_the_project_the_check_child_hands_back(tmp_path: Path) -> None:
+    """The supervisor keeps the rendered project without its config models (the check child,
+    gateway.runtime.docker): a start-first standby's health check must be built from that alone."""
+    project = render(plant(tmp_path))
+    kept = dataclasses.replace(project, services={
+        name: dataclasses.replace(svc, config=None) for name, svc in project.services.items()})
+    factory = ContainerFactory(api(), kept, tmp_path / "out")
+    args = factory.create_args("opcua", "fieldgate-line3-opcua-1-next", standby_port=45123)
+    assert args["environment"]["FIELDGATE_STANDBY_PORT"] == "45123"
+    assert "http://127.0.0.1:45123/healthz" in " ".join(args["healthcheck"]["test"])
