@@ -62,6 +62,12 @@ removed, 0.6-0.7 s good collector image (start-first runs as stop-first under ne
 0.1-0.2 s forwarder image (no poll missed, readings held and delivered 0.7-1.1 s late); 0
 lost and 0 duplicates in every row.
 
+After issue 12 (2 runs, images of that tree): gap ts 0.10-0.11 s for press-1 in every row and
+the poll period for press-2 (0.20 s once it polls every 200 ms); 0 missed, 0 lost, 0 duplicates
+in every row; no forwarder CONNECT and a silent status topic for every config change; the bad
+image rolled back after its 20 s without touching the running collector; the forwarder image
+row still says `offline online` once and delivers 0.8-0.95 s late, nothing lost.
+
 The forwarder taking a catalog change in place (issue 12 item 2, its side): tag added, 4 runs
 with images of that tree: the status topic silent, 0 forwarder CONNECTs, gap arr 0.10-0.20 s
 (before, 3 runs: `offline online`, 1 CONNECT, gap arr 0.79-1.51 s; gap ts 0.10-0.15 s either way).
