@@ -53,7 +53,7 @@ from collectors.forwarder.quarantine import Screen, shorten
 
 log = logging.getLogger(__name__)
 
-SYNC_INTERVAL = 1.0  # fsync of the disk buffer (see buffer.py for why not per batch)
+SYNC_INTERVAL = 1.0  # fsync of the disk buffer under `outage` (`always` flushes before each ack: GroupSync)
 COMMIT_INTERVAL = 0.25  # how often delivered offsets are persisted (a crash resends at most this much)
 WRITE_TIMEOUT = 10.0
 # A write's deadline comes this much before the forwarder's own "no answer" (but at most half the
