@@ -4,7 +4,8 @@ not fill up with every image a gateway ever ran.
 Kept: the image now running and the one before it (what a rollback returns to), and every
 image any container uses (running or stopped, any project). Removed: the other images of the
 updated image's repository that are fieldgate images (they carry the `io.fieldgate.component`
-label of the updated image). An image that also carries a tag of another repository, or no
+label of the updated image) and are built for its platform (a build host keeps the arm64 images
+it cross-built beside its own). An image that also carries a tag of another repository, or no
 tag at all, is never touched: someone else named it, or `fieldgate images build` prunes it.
 The choice is the pure `stale_images`; `clean_after_update` asks the Engine and removes.
 """
@@ -24,6 +25,7 @@ class LocalImage:
     component: str | None  # the io.fieldgate.component label; None: not a fieldgate image
     created: str = ""  # RFC 3339, for the order removals are reported in
     size: int = 0
+    platform: str = ""  # os/architecture: another platform's build is never an older version
 
 
 def repository(reference: str) -> str:
@@ -43,6 +45,7 @@ def stale_images(images: Iterable[LocalImage], running: LocalImage, keep: set[st
         (image for image in images
          if image.id not in keep
          and image.component == running.component
+         and image.platform == running.platform
          and image.tags
          and all(repository(tag) == repo for tag in image.tags)),
         key=lambda image: image.created,

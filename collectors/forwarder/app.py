@@ -10,9 +10,12 @@ A new catalog (`devices:`) is taken in place (`Forwarder.reload`, on SIGHUP: __m
 session, the hand-off connections and the buffer go on; the format tells the broker about the
 changed devices only (formats.PayloadFormat.reload).
 
-The hand-off is acknowledged once `Buffer.put` returns: in memory for `outage` durability,
-written to disk for `always`. A batch leaves the buffer when every message the format made
-of it is delivered (see formats.py for the seam and buffer.py for the lanes).
+The hand-off is acknowledged once `Buffer.put` returns: in memory for `outage` durability;
+for `always`, written to disk and flushed to the device (fsync), so a power cut loses nothing
+acknowledged. The flush is a group commit (`GroupSync`): the batches that arrive while one
+fsync runs share the next one, so the cost is one fsync per round, not per batch. A batch
+leaves the buffer when every message the format made of it is delivered (see formats.py for
+the seam and buffer.py for the lanes).
 
 Health (`/healthz`, which the supervisor restarts on): unhealthy only when a restart can help,
 that is when something of ours is stuck: the hand-off not listening or the buffer unable to
@@ -50,7 +53,7 @@ from collectors.forwarder.quarantine import Screen, shorten
 
 log = logging.getLogger(__name__)
 
-SYNC_INTERVAL = 1.0  # fsync of the disk buffer (see buffer.py for why not per batch)
+SYNC_INTERVAL = 1.0  # fsync of the disk buffer under `outage` (`always` flushes before each ack: GroupSync)
 COMMIT_INTERVAL = 0.25  # how often delivered offsets are persisted (a crash resends at most this much)
 WRITE_TIMEOUT = 10.0
 # A write's deadline comes this much before the forwarder's own "no answer" (but at most half the
@@ -68,6 +71,44 @@ PUBLISH_ERROR_PAUSE = 1.0  # after an unexpected error in the publisher, before 
 
 class ReloadRefused(FieldgateError):
     """A new config that changes more than the catalog: it needs a restart of the forwarder."""
+
+
+class GroupSync:
+    """fsync of the buffer's written segments, shared by every batch that waits for one: a batch
+    that arrives while a flush runs waits for the next, which covers all of them."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self._buffer = buffer
+        self._waiting: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.flushes = 0
+
+    async def flushed(self) -> None:
+        """Return once what the buffer wrote before this call is on the device; OSError if the
+        flush failed (the caller does not acknowledge then)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="buffer-fsync")
+        await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            waiting, self._waiting = self._waiting, []
+            error: OSError | None = None
+            handles = self._buffer.sync_handles()
+            if handles:
+                try:
+                    await asyncio.to_thread(Buffer.fsync, handles)  # blocks: away from the loop
+                    self.flushes += 1
+                except OSError as exc:
+                    error = exc
+            for future in waiting:
+                if not future.done():
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
 
 
 @dataclass(slots=True)
@@ -103,6 +144,7 @@ class Forwarder:
         self.metrics = Metrics()
         self.stats = ForwarderStats()
         self.quarantine = self.buffer.quarantine
+        self._sync = GroupSync(self.buffer) if config.buffer.durability == "always" else None
         self._screen = Screen()
         self._publisher_latch = ErrorLatch(log, "forwarder publisher")
         self._catalog: dict[str, CatalogDevice] = {device.name: device for device in config.devices}
@@ -201,6 +243,8 @@ class Forwarder:
         assert self._loop is not None
         try:
             self.buffer.put(readings, self._loop.time())
+            if self._sync is not None:
+                await self._sync.flushed()  # `always`: on the device before the collector's ack
         except OSError as exc:  # disk full or gone: not acknowledged, so the collector keeps them
             if self._put_error is None:
                 log.error("buffer cannot store readings in %s: %s", self.config.buffer.dir, exc)

@@ -39,10 +39,10 @@ A row is `[device, tag, value, ts_ms, quality, reason]`, as on the hand-off. A b
 a lane (its commit offset moves past it) only when `ack()` says the broker has it, so after
 a crash or a kill -9 everything past the commit offset is sent again: at-least-once.
 Records are written with one `os.write` each, so a kill -9 of the forwarder loses nothing
-written; `sync()` fsyncs what was written since the last call (the forwarder calls it once
-a second): an fsync per hand-off batch would cost the flash of small IPCs a flush for
-every few readings, and only a power loss, not a crash of the forwarder, can lose the
-last second. A torn record at the end of a segment (power loss mid-write) is cut off at
+written; `sync_handles()` hands out what was written since the last call for an fsync away
+from the event loop. Under `always` the forwarder flushes before it acknowledges a hand-off
+batch (a group commit: app.GroupSync), so a power loss loses nothing acknowledged either;
+otherwise it flushes once a second. A torn record at the end of a segment (power loss mid-write) is cut off at
 start-up.
 
 Past `max_bytes` on disk the oldest segments are deleted (backlog first), the readings in

@@ -170,7 +170,8 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise EngineError(f"cannot list images: {exc}") from exc
         return [LocalImage(str(i.id), tuple(i.tags), (i.labels or {}).get(COMPONENT_LABEL),
-                           str(i.attrs.get("Created", "")), int(i.attrs.get("Size") or 0)) for i in found]
+                           str(i.attrs.get("Created", "")), int(i.attrs.get("Size") or 0),
+                           f"{i.attrs.get('Os', '')}/{i.attrs.get('Architecture', '')}") for i in found]
 
     def image_ids_in_use(self) -> set[str]:
         """The image id of every container on the engine, running or not."""

@@ -191,3 +191,33 @@ async def test_buffered_readings_survive_a_clean_restart(
         await until(lambda: forwarder.buffer.pending == 0, 30, "the replay")
     await until(lambda: len(distinct(durable_subscriber)) >= 2000, 30, "the replayed readings")
     assert distinct(durable_subscriber) >= set(range(2000))
+
+
+async def test_under_always_the_collector_is_acknowledged_only_once_the_disk_has_flushed(
+    tmp_path: Path, durable_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut keeps only what reached the device: under `always` the hand-off's ack waits
+    for the fsync of what was written (a slow flash here: the flush is held)."""
+    import threading
+
+    from collectors.forwarder.buffer import Buffer
+
+    held = threading.Event()
+    flushes: list[int] = []
+    real_fsync = Buffer.fsync
+
+    def slow_fsync(handles: list[int]) -> None:
+        held.wait(30)
+        flushes.append(len(handles))
+        real_fsync(handles)
+
+    monkeypatch.setattr(Buffer, "fsync", staticmethod(slow_fsync))
+    config = make_config(tmp_path, durable_broker, qos=1, buffer={"durability": "always"})
+    async with Forwarder(config), collector(config) as client:
+        for start in range(0, 400, 40):  # ten batches while the first flush is held
+            client.publish(counter_readings(start, 40, TAGS))
+            await asyncio.sleep(0.02)
+        assert not await client.drain(1.0), "acknowledged before the flush"
+        held.set()
+        assert await client.drain(15)
+        assert flushes and all(count >= 1 for count in flushes)

@@ -7,8 +7,8 @@ the stack tests run the same code against a real engine.
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -11,8 +11,9 @@ pytestmark = pytest.mark.unit
 REPO = "fieldgate/collector-modbus"
 
 
-def img(id_: str, *tags: str, component: str | None = "modbus", created: str = "") -> LocalImage:
-    return LocalImage(f"sha256:{id_}", tuple(tags), component, created or id_)
+def img(id_: str, *tags: str, component: str | None = "modbus", created: str = "",
+        platform: str = "linux/amd64") -> LocalImage:
+    return LocalImage(f"sha256:{id_}", tuple(tags), component, created or id_, platform=platform)
 
 
 V1, V2, V3, V4 = (img(f"v{n}", f"{REPO}:0.1.{n}") for n in range(1, 5))
@@ -39,6 +40,8 @@ V1, V2, V3, V4 = (img(f"v{n}", f"{REPO}:0.1.{n}") for n in range(1, 5))
      [img("dangling"), V4], V4, set(), []),
     ("an image with several tags of the repository goes, all tags",
      [img("two", f"{REPO}:0.1.0", f"{REPO}:stable"), V4], V4, set(), ["sha256:two"]),
+    ("another platform's build (a cross-built arm64 image on the build host) stays",
+     [img("arm", f"{REPO}:0.1.0-arm64", platform="linux/arm64"), V1, V4], V4, set(), ["sha256:v1"]),
     ("a running image that is not a fieldgate image: nothing is removed",
      [V1, V2], img("z", f"{REPO}:custom", component=None), set(), []),
     ("a registry with a port is part of the repository, not a tag",
