@@ -158,17 +158,16 @@ class HandoffClient:
     away. Writes from the forwarder are served by `on_write`.
     """
 
-    def __init__(self, settings: HandoffConfig, collector: str, on_write: WriteHandler,
-                 *, standby: bool = False) -> None:
+    def __init__(self, settings: HandoffConfig, collector: str, on_write: WriteHandler) -> None:
         self._settings = settings
         self._collector = collector
         self._on_write = on_write
         self._epoch = uuid.uuid4().hex
         # Active: it may send. A standby (a new instance beside the running one) sends nothing
-        # until the forwarder makes it active; `standby_admitted` once the forwarder took it as one.
+        # until the forwarder makes it active (`make_standby`); `standby_admitted` once the
+        # forwarder took it as one.
         self._active = asyncio.Event()
-        if not standby:
-            self._active.set()
+        self._active.set()
         self.standby_admitted = False
         self._queue: deque[Reading | DeviceState | DeviceTypes] = deque()
         self._unacked: OrderedDict[int, tuple[bytes, int]] = OrderedDict()  # seq -> (frame, readings)

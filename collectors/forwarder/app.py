@@ -81,7 +81,6 @@ class GroupSync:
         self._buffer = buffer
         self._waiting: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
-        self.flushes = 0
 
     async def flushed(self) -> None:
         """Return once what the buffer wrote before this call is on the device; OSError if the
@@ -100,7 +99,6 @@ class GroupSync:
             if handles:
                 try:
                     await asyncio.to_thread(Buffer.fsync, handles)  # blocks: away from the loop
-                    self.flushes += 1
                 except OSError as exc:
                     error = exc
             for future in waiting:

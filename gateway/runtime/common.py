@@ -7,8 +7,11 @@ The desired services (`gateway.runtime.services`) and the scraping of a service'
 
 from __future__ import annotations
 
+import hmac
+import json
 import os
 import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +95,13 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
     env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     return env
+
+
+def secrets_digest(key: bytes, passwords: Mapping[str, str], names: Iterable[str]) -> str:
+    """A keyed hash of the passwords named `names`: it goes into a service's config hash, so a
+    changed password recreates the service, and says nothing of the passwords themselves."""
+    own = {name: passwords.get(name) for name in names}
+    return hmac.new(key, json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
 
 
 def secrets_key(directory: Path) -> bytes:

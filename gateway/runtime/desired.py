@@ -16,7 +16,6 @@ project, and imports docker-py anyway.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import re
 import subprocess
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from collectors.core.errors import FieldgateError
 from gateway.plan import FORWARDER, ServiceSpec, config_hash
-from gateway.runtime.common import RunDir
+from gateway.runtime.common import RunDir, secrets_digest
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -137,9 +136,8 @@ def process_desired(config: GatewayConfig, run_dir: RunDir, key: bytes) -> Desir
 
     def digest(names: tuple[str, ...]) -> str:
         # Keyed with a key that lives as long as the runtime (and its children): the hash
-        # shows in status.json, and must say nothing about the passwords themselves.
-        own = {name: passwords.get(name) for name in names}
-        return hmac.new(key, json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
+        # shows in status.json.
+        return secrets_digest(key, passwords, names)
 
     from gateway.checks import sandboxed
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import os
 import pickle
@@ -63,7 +62,7 @@ from gateway.plan import (
     Wait,
     config_hash,
 )
-from gateway.runtime.common import RunDir, child_environment, secrets_key
+from gateway.runtime.common import RunDir, child_environment, secrets_digest, secrets_key
 from gateway.runtime.containers import (
     CANDIDATE_SUFFIX,
     ContainerFactory,
@@ -622,8 +621,8 @@ def specs_of(project: Project, out: Path) -> dict[str, ServiceSpec]:
     (`secrets_key`), so a changed password recreates the service that uses it."""
 
     def digest(names: tuple[str, ...]) -> str:
-        own = {name: project.secrets.get(name) or os.environ.get(name, "") for name in names}
-        return hmac.new(secrets_key(out), json.dumps(own, sort_keys=True).encode(), "sha256").hexdigest()
+        values = {name: project.secrets.get(name) or os.environ.get(name, "") for name in names}
+        return secrets_digest(secrets_key(out), values, names)
 
     def run(spec: ServiceSpec) -> Run:
         svc = project.services[spec.name]
