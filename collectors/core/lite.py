@@ -9,10 +9,11 @@ modules use, so the same class statements build either way (`collectors.core.mod
 chooses): an instance is built by the class's type hints (nested models, `X | None`, lists,
 dicts and tuples of them, enums by value, Literal, Path, SecretStr, float from int), defaults
 filled in, and every model validator (before and after), field validator and BeforeValidator
-runs, because some transform data (`password_from_env`, durations written as text). Types and
-constraints (ge, pattern, ...) are not checked; unknown and missing keys are (`LiteError`), so
-a slice edited by hand either builds as pydantic would build it or is refused, and the entry
-point reports it with the full models (`collectors.core.entry`).
+runs, because some transform data (`password_from_env`, durations written as text).
+Constraints (ge, le, pattern, ...) are not checked. What a hand edit breaks most often is
+(`LiteError`): an unknown or missing key, a value of another JSON type than its field's (text
+for a number, a number for a list), a value outside a Literal or an enum; the entry point then
+reports the slice with the full models (`collectors.core.entry`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _MISSING: Any = object()
 
 
 class LiteError(ValueError):
-    """A slice the lite models cannot build: a key they do not know, or one missing."""
+    """A slice the lite models cannot build: an unknown or missing key, a value of the wrong type."""
 
 
 def ConfigDict(**settings: Any) -> dict[str, Any]:
@@ -129,8 +130,40 @@ def _same(value: Any, context: Any) -> Any:
     return value
 
 
+def _exactly(kind: type) -> Convert:
+    """JSON's own types as they are; anything else is a hand edit for the full models to judge."""
+    def check(value: Any, context: Any) -> Any:
+        if type(value) is not kind:
+            raise LiteError(f"{kind.__name__} expected, not {type(value).__name__}")
+        return value
+    return check
+
+
 def _to_float(value: Any, context: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise LiteError(f"a number expected, not {type(value).__name__}")
+
+
+def _literal(choices: tuple[Any, ...]) -> Convert:
+    def check(value: Any, context: Any) -> Any:
+        if not any(value == choice and type(value) is type(choice) for choice in choices):
+            raise LiteError(f"one of {choices} expected, not {value!r}")
+        return value
+    return check
+
+
+def _of(kind: type) -> Convert:
+    """An enum member by value, a Path or a SecretStr from text."""
+    def make(value: Any, context: Any) -> Any:
+        if isinstance(value, kind):
+            return value
+        if not issubclass(kind, Enum) and type(value) is not str:
+            raise LiteError(f"text expected for {kind.__name__}, not {type(value).__name__}")
+        return kind(value)
+    return make
 
 
 def _converter(hint: Any) -> Convert:
@@ -149,46 +182,68 @@ def _converter(hint: Any) -> Convert:
             return inner(value, context)
         return annotated
     if origin is typing.Union or origin is UnionType:
-        return _union([a for a in typing.get_args(hint) if a is not NoneType])
-    if origin is Literal or hint is Any or hint in (str, int, bool):
-        return _same
-    if origin in (list, tuple, dict):
         args = typing.get_args(hint)
-        if origin is dict:
-            value_of = _converter(args[1])
-            return lambda value, context: {k: value_of(v, context) for k, v in value.items()}
-        item = _converter(args[0])
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            items = [_converter(a) for a in args]
-            return lambda value, context: tuple(c(v, context) for c, v in zip(items, value, strict=True))
-        make = list if origin is list else tuple
-        return lambda value, context: make(item(v, context) for v in value)
+        return _union([a for a in args if a is not NoneType], optional=NoneType in args)
+    if origin is Literal:
+        return _literal(typing.get_args(hint))
+    if hint is Any:
+        return _same
+    if hint in (str, int, bool):
+        return _exactly(hint)
     if hint is float:
         return _to_float
+    if origin in (list, tuple, dict):
+        return _container(origin, typing.get_args(hint))
     if isinstance(hint, type) and issubclass(hint, BaseModel):
         return lambda value, context: value if isinstance(value, hint) else hint._build(value, context)
     if isinstance(hint, type) and issubclass(hint, Enum | Path | SecretStr):
-        return lambda value, context: value if isinstance(value, hint) else hint(value)
+        return _of(hint)
     raise TypeError(f"collectors.core.lite cannot build a field of type {hint!r}")
 
 
-def _union(members: list[Any]) -> Convert:
-    if len(members) == 1:
-        inner = _converter(members[0])
-        return lambda value, context: None if value is None else inner(value, context)
+def _container(origin: type, args: tuple[Any, ...]) -> Convert:
+    if origin is dict:
+        value_of = _converter(args[1])
+
+        def mapping(value: Any, context: Any) -> Any:
+            if type(value) is not dict:
+                raise LiteError(f"a mapping expected, not {type(value).__name__}")
+            return {k: value_of(v, context) for k, v in value.items()}
+        return mapping
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        items = [_converter(a) for a in args]
+
+        def fixed(value: Any, context: Any) -> Any:
+            if type(value) not in (list, tuple) or len(value) != len(items):
+                raise LiteError(f"a list of {len(items)} expected, not {value!r}")
+            return tuple(c(v, context) for c, v in zip(items, value, strict=True))
+        return fixed
+    item = _converter(args[0])
+    make = list if origin is list else tuple
+
+    def sequence(value: Any, context: Any) -> Any:
+        if type(value) not in (list, tuple):
+            raise LiteError(f"a list expected, not {type(value).__name__}")
+        return make(item(v, context) for v in value)
+    return sequence
+
+
+def _union(members: list[Any], *, optional: bool) -> Convert:
+    converters = [_converter(m) for m in members]
     # pydantic's "smart" union: a member of the value's exact type first, else the first that takes it
     exact = {m for m in members if m in (str, int, float, bool)}
-    converters = [_converter(m) for m in members]
 
     def union(value: Any, context: Any) -> Any:
-        if value is None or type(value) in exact:
+        if value is None and optional:
+            return None
+        if type(value) in exact:
             return value
         for convert in converters:
             try:
                 return convert(value, context)
-            except (TypeError, ValueError):
+            except ValueError:  # LiteError, or a validator's own
                 continue
-        return value
+        raise LiteError(f"none of {members} takes {value!r}")
     return union
 
 

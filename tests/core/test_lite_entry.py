@@ -53,6 +53,9 @@ def full_report(path: Path, model: type[Any]) -> str:
     # an after-validator's check: the lite models run them too
     ("collectors.modbus", ModbusCollectorConfig, lambda t: modbus_slice(t, bit=3, type="float32"), "bit applies"),
     ("collectors.forwarder", ForwarderConfig, lambda t: forwarder_slice(t, qso=1), "unknown key"),
+    # a value of another type: the lite models check JSON types, not ranges
+    ("collectors.modbus", ModbusCollectorConfig, lambda t: modbus_slice(t, address="zero"), "whole number"),
+    ("collectors.forwarder", ForwarderConfig, lambda t: forwarder_slice(t, qos="high"), "qos"),
 ])
 def test_a_rendered_slice_edited_by_hand_is_reported_at_its_line_and_column(
     tmp_path: Path, module: str, model: type[Any], data: Callable[[Path], dict[str, Any]], problem: str
