@@ -65,20 +65,33 @@ def choose_models_for(argv: list[str]) -> bool:
 
 def load_slice(path: Path, model: type[M], *, reload: bool = False) -> M:
     """The config in `path` as `model`; raises ConfigErrors (one `file:line:column: message` per
-    problem). With lite models a slice they cannot build is reported by the full models: at
-    start (`reload` false) by starting this process again with them, which does not return."""
+    problem). With lite models a slice they cannot build, or a file that is not a rendered slice,
+    goes to the full models: at start (`reload` false) by starting this process again with
+    them, which does not return; on a reload by a child that validates it."""
     if not modelbase.lite():
         from collectors.core.validation import load_slice as load_validated_slice
 
         return load_validated_slice(path, model)
     from collectors.core.config import read_slice
 
-    try:
-        return model.model_validate(read_slice(path))
-    except Exception as exc:
-        if not reload:
-            restart_with_full_validation()
-        raise ConfigErrors(refusal(path, model, exc)) from exc
+    failure: Exception | None = None
+    if is_rendered(path):
+        try:
+            return model.model_validate(read_slice(path))
+        except Exception as exc:
+            failure = exc
+    if not reload:
+        restart_with_full_validation()
+    problems = full_check(path, model)
+    if problems:
+        raise CheckedElsewhere(problems) from failure
+    if failure is None:  # a file written by hand, valid: validated just now, so the lite models may build it
+        try:
+            return model.model_validate(read_slice(path))
+        except Exception as exc:
+            failure = exc
+    raise CheckedElsewhere([f"{path}: not built without validation ({type(failure).__name__}: {failure}); "
+                            "the full models accept it: restart the service to run on it"]) from failure
 
 
 def restart_with_full_validation() -> None:
@@ -90,19 +103,18 @@ def restart_with_full_validation() -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-class _Said:
-    """A problem as the checking child printed it (one `file:line:column: message` line)."""
+class CheckedElsewhere(ConfigErrors):
+    """ConfigErrors as the checking child worded them: `str()` is its lines (`problems` is empty:
+    the positions stay in the child, which has the reader that finds them)."""
 
-    def __init__(self, line: str) -> None:
-        self.line = line
-
-    def __str__(self) -> str:
-        return self.line
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__([])
+        self.args = ("\n".join(lines),)
 
 
-def refusal(path: Path, model: type[Any], exc: BaseException) -> list[Any]:
-    """What the full models say about a slice the lite ones refused, from a child (this process
-    keeps its lite models)."""
+def full_check(path: Path, model: type[Any]) -> list[str]:
+    """What the full models say about `path` (nothing: valid), from a child: this process keeps
+    its lite models."""
     import subprocess
 
     env = {**os.environ, modelbase.FULL_VALIDATION_ENV: "1"}
@@ -111,12 +123,13 @@ def refusal(path: Path, model: type[Any], exc: BaseException) -> list[Any]:
         child = subprocess.run([sys.executable, "-m", "collectors.core.entry", target, str(path)],
                                capture_output=True, text=True, env=env, timeout=CHECK_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as error:
-        return [_Said(f"{path}: not built without validation ({exc}), and the check with the full models "
-                      f"failed: {error}")]
+        return [f"{path}: the check with the full models failed: {error}"]
+    if child.returncode == 0:
+        return []
     if child.returncode == 2 and child.stdout.strip():
-        return [_Said(line) for line in child.stdout.splitlines() if line]
-    return [_Said(f"{path}: not built without validation ({type(exc).__name__}: {exc}); the full models "
-                  f"accept it: restart the service to run on it")]
+        return [line for line in child.stdout.splitlines() if line]
+    return [f"{path}: the check with the full models failed (exit code {child.returncode}): "
+            f"{child.stderr.strip()[-500:]}"]
 
 
 def check(target: str, path: Path) -> int:

@@ -105,6 +105,24 @@ def test_a_reload_the_lite_models_cannot_build_is_refused_and_the_running_config
         os.kill(collector.pid, signal.SIGHUP)
         wait_for_line(log, "applying it in place", mark)
         assert collector.poll() is None
+
+        # a file written by hand (no header: not what the gateway renders) is validated in full
+        # first, in a child: a broken one is refused, a good one taken
+        mark = log.stat().st_size
+        device = good["devices"][0]
+        path.write_text(f"name: modbus\nhandoff: {{socket: {good['handoff']['socket']}}}\nmetrics_port: null\n"
+                        f"state_dir: {good['state_dir']}\ndevices:\n  - name: {device['name']}\n"
+                        f"    protocol: modbus\n    connection: {{tcp: {{host: 127.0.0.1, port: 1}}}}\n"
+                        "    tags: [{name: speed, table: holding, address: -3, type: uint16}]\n")
+        os.kill(collector.pid, signal.SIGHUP)
+        said = wait_for_line(log, "input should be greater than or equal to 0", mark)
+        assert f"{path}:9:" in said and "keeping the running one" in said
+        mark = log.stat().st_size
+        path.write_text(path.read_text().replace("address: -3", "address: 3"))
+        os.kill(collector.pid, signal.SIGHUP)
+        wait_for_line(log, "applying it in place", mark)
+        assert collector.poll() is None
+        assert "pydantic_core" not in Path(f"/proc/{collector.pid}/maps").read_text()
     finally:
         collector.send_signal(signal.SIGTERM)
         collector.wait(30)
