@@ -6,10 +6,6 @@ config models one way only: collectors.core.modelbase), which must not import py
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +17,10 @@ from collectors.modbus.config import ModbusCollectorConfig
 from collectors.opcua.config import OpcuaCollectorConfig
 from gateway.config import ConfigErrors, load_config
 from gateway.services import SLICE_HEADER, Placement, service_slices, slice_text
-from tests.support.model_values import model_values
+from tests.support.model_values import ROOT, lite_values, model_values
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS: dict[str, type[Any]] = {
     "forwarder": ForwarderConfig, "modbus": ModbusCollectorConfig, "opcua": OpcuaCollectorConfig,
 }
@@ -70,53 +65,21 @@ def render(tmp_path: Path) -> list[Path]:
         except ConfigErrors:
             continue
         for name, model in service_slices(config, placement).items():
-            rendered = tmp_path / f"{number}-{config_dir.parent.name}-{config_dir.name}-{name}.json"
+            rendered = tmp_path / f"{name}-{number}-{config_dir.parent.name}-{config_dir.name}.json"
             rendered.write_text(slice_text(model))
             sparse = rendered.with_suffix(".sparse.json")
             sparse.write_text(dump_slice(model.model_dump(mode="json", exclude_none=True, exclude_defaults=True),
                                          f"{SLICE_HEADER} (sparse)"))
             files += [rendered, sparse]
     for name, data in TERSE.items():
-        terse = tmp_path / f"terse-{name}.json"
+        terse = tmp_path / f"{name}-terse.json"
         terse.write_text(dump_slice(data, SLICE_HEADER))
         files.append(terse)
     return files
 
 
 def model_of(path: Path) -> type[Any]:
-    return MODELS[path.name.split(".")[0].rsplit("-", 1)[1]]
-
-
-LITE_CHILD = """
-import json, sys
-from pathlib import Path
-from collectors.core import modelbase
-assert modelbase.use_lite()
-from collectors.core.config import read_slice
-from collectors.forwarder.config import ForwarderConfig
-from collectors.modbus.config import ModbusCollectorConfig
-from collectors.opcua.config import OpcuaCollectorConfig
-from tests.support.model_values import model_values
-models = {"forwarder": ForwarderConfig, "modbus": ModbusCollectorConfig, "opcua": OpcuaCollectorConfig}
-out = {}
-for name in sys.argv[1:]:
-    path = Path(name)
-    model = models[path.name.split(".")[0].rsplit("-", 1)[1]]
-    out[name] = model_values(model.model_validate(read_slice(path)))
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core", "yaml"))
-print(json.dumps({"values": out, "heavy": heavy}))
-"""
-
-
-def lite_values(files: list[Path]) -> dict[str, Any]:
-    env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
-    env.pop("FIELDGATE_FULL_VALIDATION", None)
-    child = subprocess.run([sys.executable, "-c", LITE_CHILD, *map(str, files)], capture_output=True, text=True,
-                           env=env, cwd=ROOT, timeout=120)
-    assert child.returncode == 0, child.stderr
-    answer = json.loads(child.stdout)
-    assert answer["heavy"] == [], "the lite models imported pydantic or PyYAML"
-    return dict(answer["values"])
+    return MODELS[path.name.split("-")[0]]
 
 
 def test_lite_models_build_what_pydantic_builds_from_every_rendered_slice(
@@ -127,11 +90,11 @@ def test_lite_models_build_what_pydantic_builds_from_every_rendered_slice(
     files = render(tmp_path)
     kinds = {model_of(path) for path in files}
     assert kinds == set(MODELS.values()) and len(files) >= 30  # every component, many configs
-    lite = lite_values(files)
+    lite = lite_values(files, ENV)
     for path in files:
         full = model_values(model_of(path).model_validate(read_slice(path)))
         assert lite[str(path)] == full, path.name
     # the transforming validators ran: a password from the environment, durations from text
-    every_key = next(p for p in files if "every_key_plant-forwarder.json" in p.name)
+    every_key = next(p for p in files if p.name.startswith("forwarder-") and p.name.endswith("every_key_plant.json"))
     mqtt = lite[str(every_key)]["fields"]["mqtt"]["fields"]
     assert mqtt["password"] == {"secret": "mqtt-s3cret"} and mqtt["keepalive"] == {"float": 60.0}

@@ -10,11 +10,7 @@ of the every-key plant; the lite side is built in a child process without pydant
 from __future__ import annotations
 
 import copy
-import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +20,13 @@ from pydantic import ValidationError
 from collectors.core.config import dump_slice, read_slice
 from gateway.config import load_config
 from gateway.services import SLICE_HEADER, Placement, service_slices
-from tests.core.test_lite_models import ENV, MODELS, ROOT
-from tests.support.model_values import model_values
+from tests.core.test_lite_models import ENV, MODELS
+from tests.support.model_values import ROOT, lite_values, model_values
 
 pytestmark = pytest.mark.security
 
 MUTATIONS = 400  # per run: ~2 s in the child
 VALUES: list[Any] = [None, True, False, 0, -1, 1.5, 70000, "x", "250ms", "1e3", "", [], {}, [{}], {"a": 1}]
-
-CHILD = """
-import json, sys
-from pathlib import Path
-from collectors.core import modelbase
-assert modelbase.use_lite()
-from collectors.core.config import read_slice
-from collectors.forwarder.config import ForwarderConfig
-from collectors.modbus.config import ModbusCollectorConfig
-from collectors.opcua.config import OpcuaCollectorConfig
-from tests.support.model_values import model_values
-models = {"forwarder": ForwarderConfig, "modbus": ModbusCollectorConfig, "opcua": OpcuaCollectorConfig}
-out = {}
-for name in sys.argv[1:]:
-    path = Path(name)
-    try:
-        out[name] = model_values(models[path.name.split("-")[0]].model_validate(read_slice(path)))
-    except Exception as exc:
-        out[name] = {"refused": f"{type(exc).__name__}: {exc}"}
-assert "pydantic" not in sys.modules
-print(json.dumps(out))
-"""
-
 
 def places(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every key and list index in `data`, as paths."""
@@ -100,12 +73,7 @@ def test_a_hand_edited_slice_is_refused_or_built_as_validation_builds_it(
         path = tmp_path / f"{name}-{number}.json"
         path.write_text(dump_slice(data, SLICE_HEADER))
         edits[str(path)] = edit
-    env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
-    env.pop("FIELDGATE_FULL_VALIDATION", None)
-    child = subprocess.run([sys.executable, "-c", CHILD, *edits], capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=120)
-    assert child.returncode == 0, child.stderr
-    lite = json.loads(child.stdout)
+    lite = lite_values([Path(name) for name in edits], ENV)
 
     outcomes = {"both refuse": 0, "both build the same": 0, "lite refuses, validation accepts": 0,
                 "lite builds, validation refuses a range": 0}
