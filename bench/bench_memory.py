@@ -26,7 +26,9 @@ IoT Gateway 3.8.5, one process, same 100-tag plant), and what `fieldgate status`
 containers: the PSS of each container's processes (its init and what it runs) is read from the
 host's /proc (root needed), and status MiB is the Engine's figure.
 `--modules` also lists the extension modules and libraries each process has mapped
-(/proc/PID/maps): the supervisor maps none of pydantic, PyYAML or a driver.
+(/proc/PID/maps): the supervisor maps none of pydantic, PyYAML or a driver, and the forwarder
+and the collector, which build their rendered slices with collectors.core.lite, neither
+pydantic nor PyYAML.
 
 Bytecode: an installed fieldgate has its modules compiled (pip compiles them at install, the
 images too), but a checkout run with PYTHONDONTWRITEBYTECODE=1 compiles every module of

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import (
+from collectors.core.modelbase import (
     BaseModel,
     BeforeValidator,
     ConfigDict,

@@ -1,5 +1,13 @@
 """The one exception base of the collectors package."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collectors.core.yamlnodes import Problem
+
 
 class FieldgateError(Exception):
     """Base of every error fieldgate raises on purpose."""
@@ -13,6 +21,14 @@ class ConfigError(FieldgateError):
         super().__init__(message)
         self.device = device
         self.tag = tag
+
+
+class ConfigErrors(ConfigError, ValueError):
+    """Every problem of a config directory or file; str() is one `file:line:column: message` per line."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class DeviceError(FieldgateError):

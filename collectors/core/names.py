@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import Field
+from collectors.core.modelbase import Field
 
 # No '/', '+', '#' (MQTT topic levels and wildcards) and no spaces: a name is one topic level.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"

@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from collectors.core.config import CollectorSettings
+from collectors.core.entry import load_slice
+from collectors.core.errors import ConfigErrors
 from collectors.core.handoff import HandoffClient
 from collectors.core.metrics import Metrics
 from collectors.core.model import WriteRequest, WriteResult
 from collectors.core.report import ReportFilter
 from collectors.core.service import run_service, setup_logging
-from collectors.core.validation import ConfigErrors, load_slice
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def reload_from(
     from collectors.core.errors import ConfigError
 
     try:
-        config = load_slice(path, model)
+        config = load_slice(path, model, reload=True)
         if check is not None:
             check(config)
     except ConfigErrors as exc:

@@ -18,9 +18,8 @@ import zlib
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import Field, model_validator
-
 from collectors.core.config import Duration, StrictModel
+from collectors.core.modelbase import Field, model_validator
 
 SimValue = float | bool | str
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import astuple, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ValidationError
 from pydantic.fields import FieldInfo
 
 from collectors.core.config import format_duration, format_size, parse_duration, parse_size
-from collectors.core.errors import ConfigError
+from collectors.core.errors import ConfigErrors
 from collectors.core.names import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -29,14 +29,6 @@ if TYPE_CHECKING:
     from collectors.core.yamlnodes import Loc, Problem, Source
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigErrors(ConfigError, ValueError):
-    """Every problem of a config directory or file; str() is one `file:line:column: message` per line."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 def load_validated(path: Path, model: type[M], env: Mapping[str, str] | None = None) -> M:

@@ -10,6 +10,9 @@ take their slices (collectors.core.shell): the supervisor rewrites FILE and sign
 the catalog changed (gateway/plan.py, Reload). A file that does not load, or that changes
 other settings, is refused (ERROR) and the running config kept. A reload that fails half way
 ends the process (exit code 3), so the supervisor starts a new one on the new file.
+
+A slice the gateway rendered is built without pydantic (`collectors.core.entry`): this module
+imports no config module before `main`.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from collectors.core.entry import choose_models_for, load_slice
+from collectors.core.errors import ConfigErrors
 from collectors.core.service import run_service, setup_logging
-from collectors.core.validation import ConfigErrors, load_slice
-from collectors.forwarder.config import ForwarderConfig
 
 if TYPE_CHECKING:
     from collectors.forwarder.app import Forwarder
+    from collectors.forwarder.config import ForwarderConfig
 
 log = logging.getLogger("collectors.forwarder")
 RELOAD_FAILED = 3  # exit code after a reload that failed half way
@@ -36,6 +40,8 @@ RELOAD_FAILED = 3  # exit code after a reload that failed half way
 def load(path: Path) -> ForwarderConfig:
     """Read and validate the slice; SystemExit(2), like the collectors, after listing every
     problem with its position."""
+    from collectors.forwarder.config import ForwarderConfig
+
     try:
         return load_slice(path, ForwarderConfig)
     except ConfigErrors as exc:
@@ -93,9 +99,10 @@ def reload_from(forwarder: Forwarder, path: Path) -> bool:
     """Read the slice at `path` again and hand its catalog to `forwarder`; False (logged at
     ERROR, the running config kept) when the file does not load or changes more than the catalog."""
     from collectors.forwarder.app import ReloadRefused
+    from collectors.forwarder.config import ForwarderConfig
 
     try:
-        config = load_slice(path, ForwarderConfig)
+        config = load_slice(path, ForwarderConfig, reload=True)
     except ConfigErrors as exc:
         log.error("new config refused, keeping the running one:\n%s", exc)
         return False
@@ -109,4 +116,5 @@ def reload_from(forwarder: Forwarder, path: Path) -> bool:
 
 
 if __name__ == "__main__":
+    choose_models_for(sys.argv[1:])
     sys.exit(main())

@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-
 from collectors.core.config import (
     HOST_PATTERN,
     ByteSize,
@@ -20,6 +18,7 @@ from collectors.core.config import (
     password_from_env,
     read_slice,
 )
+from collectors.core.modelbase import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from collectors.core.names import Name
 
 

@@ -10,8 +10,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
-
 from collectors.core.config import (
     HOST_PATTERN,
     CollectorSettings,
@@ -21,6 +19,7 @@ from collectors.core.config import (
     check_write_limits,
     read_slice,
 )
+from collectors.core.modelbase import Field, model_validator
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 

@@ -2,7 +2,8 @@
 
 FILE is the collector's rendered config (OpcuaCollectorConfig) as YAML or JSON. An invalid file
 is refused whole, one `file:line:column: message` per problem (as `fieldgate validate` words
-them), exit code 2, and nothing starts.
+them), exit code 2, and nothing starts. A slice the gateway rendered is built without pydantic
+(`collectors.core.entry`): this module imports no config module before `main`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from collectors.core.shell import collector_main
-from collectors.opcua.collector import OpcuaCollector
-from collectors.opcua.config import OpcuaCollectorConfig
+from collectors.core.entry import choose_models_for
 
 log = logging.getLogger("collectors.opcua")
 
@@ -23,9 +22,14 @@ def quiet() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from collectors.core.shell import collector_main
+    from collectors.opcua.collector import OpcuaCollector
+    from collectors.opcua.config import OpcuaCollectorConfig
+
     return collector_main(argv, prog="python -m collectors.opcua", doc=__doc__, model=OpcuaCollectorConfig,
                           log_name="opcua", make=OpcuaCollector, quiet=quiet)
 
 
 if __name__ == "__main__":
+    choose_models_for(sys.argv[1:])
     sys.exit(main())

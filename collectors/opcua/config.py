@@ -6,8 +6,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-
 from collectors.core.config import (
     CollectorSettings,
     Duration,
@@ -17,6 +15,7 @@ from collectors.core.config import (
     password_from_env,
     read_slice,
 )
+from collectors.core.modelbase import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from collectors.core.names import Name
 from collectors.core.simulate import Simulate
 

@@ -114,6 +114,21 @@ def test_services_turn_healthy_and_status_shows_them(stack: Stack) -> None:
         name: ("engine", True) for name in SERVICES}
 
 
+# Run inside a container: the extension modules of pydantic and PyYAML any of its processes maps.
+HEAVY_MAPPED = ("import glob; print(sorted({line.split()[-1] for maps in glob.glob('/proc/[0-9]*/maps') "
+                "for line in open(maps) if '/pydantic_core/' in line or '/_yaml' in line}))")
+
+
+def test_the_components_in_containers_build_their_slices_without_pydantic(stack: Stack) -> None:
+    # The mounted slice is the one the supervisor rendered (and validated): the components build it
+    # with collectors.core.lite, as under the process runtime (docs/runtime.md, "Memory").
+    containers = stack.wait_containers(lambda c: set(c) == SERVICES, 30, "three containers")
+    for service, container in containers.items():
+        result = container.exec_run(["python3", "-c", HEAVY_MAPPED], user="10001")
+        assert result.exit_code == 0, result.output
+        assert result.output.decode().strip() == "[]", f"{service}: {result.output.decode()}"
+
+
 def test_device_edit_reloads_the_modbus_service_in_place(stack: Stack, sub: Subscriber) -> None:
     """Needs images built from this tree: an older collector image ends on SIGHUP (exit 129) and
     is restarted by the engine, which this test reports as a restart."""
