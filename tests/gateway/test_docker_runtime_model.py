@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from gateway.compose import render
@@ -21,14 +20,15 @@ from gateway.plan import BackoffState, Policy, Recreate, Restart, describe_state
 from gateway.runtime.common import RunDir
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import DockerRuntime, parse_time, specs_of
+from gateway.runtime.engine_api import APIClient, Transport
 from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.unit
 
 
-def api() -> docker.APIClient:
+def api() -> APIClient:
     # An explicit version: the client builds host configs without asking an engine.
-    return docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    return APIClient(Transport("/nonexistent.sock"), version="1.41")
 
 
 def test_create_args_carry_every_limit_of_the_compose_file(
@@ -73,7 +73,7 @@ def test_create_args_carry_every_limit_of_the_compose_file(
 
 @dataclass
 class FakeContainer:
-    """What docker-py's Container exposes that the runtime reads."""
+    """What the Engine client's Container exposes that the runtime reads."""
 
     name: str
     attrs: dict[str, Any]
