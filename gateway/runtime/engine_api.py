@@ -404,43 +404,28 @@ class APIClient:
         """HostConfig of POST /containers/create: the fields `gateway.runtime.containers` passes,
         translated as docker-py's create_host_config translates them (the same keys, set under
         the same conditions)."""
-        host: dict[str, Any] = {}
+        # docker-py sets these when given (not None)...
+        given = {"ReadonlyRootfs": read_only, "SecurityOpt": security_opt, "Init": init, "Mounts": mounts,
+                 "DeviceCgroupRules": device_cgroup_rules}
+        # ...and these when not empty (nor 0)
+        truthy = {"RestartPolicy": restart_policy, "CapDrop": cap_drop, "Tmpfs": tmpfs, "PidsLimit": pids_limit,
+                  "NanoCpus": nano_cpus, "Runtime": runtime}
+        host: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+        host.update((key, value) for key, value in truthy.items() if value)
+        host["NetworkMode"] = network_mode or "default"
         if mem_limit is not None:
             host["Memory"] = _bytes(mem_limit)
         if memswap_limit is not None:
             host["MemorySwap"] = _bytes(memswap_limit)
-        if read_only is not None:
-            host["ReadonlyRootfs"] = read_only
-        host["NetworkMode"] = network_mode or "default"
-        if restart_policy:
-            host["RestartPolicy"] = restart_policy
-        if cap_drop:
-            host["CapDrop"] = cap_drop
         if devices:
             host["Devices"] = _devices(devices)
         if group_add:
             host["GroupAdd"] = [str(group) for group in group_add]
-        if security_opt is not None:
-            host["SecurityOpt"] = security_opt
         if extra_hosts is not None:
             host["ExtraHosts"] = ([f"{k}:{v}" for k, v in sorted(extra_hosts.items())]
                                   if isinstance(extra_hosts, dict) else extra_hosts)
         if log_config is not None:
             host["LogConfig"] = {"Type": log_config.get("type"), "Config": log_config.get("config") or {}}
-        if tmpfs:
-            host["Tmpfs"] = tmpfs
-        if pids_limit:
-            host["PidsLimit"] = pids_limit
-        if init is not None:
-            host["Init"] = init
-        if nano_cpus:
-            host["NanoCpus"] = nano_cpus
-        if runtime:
-            host["Runtime"] = runtime
-        if mounts is not None:
-            host["Mounts"] = mounts
-        if device_cgroup_rules is not None:
-            host["DeviceCgroupRules"] = device_cgroup_rules
         return host
 
     @staticmethod
@@ -550,10 +535,14 @@ class Container(Model):
         self.api.call("POST", self._path("start"))
 
     def stop(self, timeout: int | None = None) -> None:
-        self.api.call("POST", self._path("stop"), {"t": timeout}, timeout=self.api.timeout + (timeout or 0))
+        self._stopping("stop", timeout)
 
     def restart(self, timeout: int | None = None) -> None:
-        self.api.call("POST", self._path("restart"), {"t": timeout}, timeout=self.api.timeout + (timeout or 0))
+        self._stopping("restart", timeout)
+
+    def _stopping(self, action: str, timeout: int | None) -> None:
+        """The Engine answers once the container stopped: up to `timeout` s more than any call."""
+        self.api.call("POST", self._path(action), {"t": timeout}, timeout=self.api.timeout + (timeout or 0))
 
     def kill(self, signal: str | int | None = None) -> None:
         self.api.call("POST", self._path("kill"), {"signal": signal})
