@@ -201,7 +201,10 @@ def read_body(file: IO[bytes], status: int, headers: dict[str, str], method: str
             parts.append(_exactly(file, size))
             _line(file)  # the CRLF after the chunk
     if "content-length" in headers:
-        return _exactly(file, int(headers["content-length"])), True
+        length = headers["content-length"]
+        if not length.isdigit():
+            raise EngineError(f"the Docker engine sent a bad Content-Length {length[:20]!r}")
+        return _exactly(file, int(length)), True
     return file.read(), False
 
 
@@ -369,7 +372,10 @@ class APIClient:
              timeout: float | None = None, versioned: bool = True) -> Any:
         """One request; its JSON answer (None for an empty one)."""
         answer = self.raw(method, path, params, body, timeout, versioned)
-        return json.loads(answer) if answer.strip() else None
+        try:
+            return json.loads(answer) if answer.strip() else None
+        except ValueError:  # UnicodeDecodeError too
+            raise EngineError(f"the Docker engine answered {method} {path} with no JSON: {answer[:80]!r}") from None
 
     # ---------------------------------------------------------------------------- system
 

@@ -53,11 +53,13 @@ def version(api: str = "1.41") -> bytes:
 
 
 class Server:
-    """A Unix-socket HTTP server; `answer(method, target, body)` scripts each answer."""
+    """A Unix-socket HTTP server; `answer(method, target, body)` scripts each answer. With
+    `close_after`, each connection ends after its first answer (a broken answer ends there)."""
 
-    def __init__(self, path: Path, answer: Answer) -> None:
+    def __init__(self, path: Path, answer: Answer, close_after: bool = False) -> None:
         self.path = path
         self.answer = answer
+        self.close_after = close_after
         self.requests: list[tuple[str, str, bytes]] = []
         self.connections = 0
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,6 +109,8 @@ class Server:
                     self.stopped.wait(30)
                     return
                 conn.sendall(answer)
+                if self.close_after:
+                    return
         except OSError:
             return
         finally:
@@ -126,8 +130,9 @@ class Server:
 
 
 @contextmanager
-def engine(tmp_path: Path, answer: Answer, timeout: float = 5.0) -> Iterator[tuple[Server, EngineClient]]:
-    server = Server(tmp_path / "docker.sock", answer)
+def engine(tmp_path: Path, answer: Answer, timeout: float = 5.0,
+           close_after: bool = False) -> Iterator[tuple[Server, EngineClient]]:
+    server = Server(tmp_path / "docker.sock", answer, close_after)
     client = EngineClient(f"unix://{tmp_path / 'docker.sock'}", timeout=timeout)
     try:
         yield server, client
