@@ -8,7 +8,7 @@ and reports its `Outcome` (an image not on the engine is `image-missing`, a sand
 it does not declare `runtime-missing`, both checked before anything is touched), and turns
 the Engine's containers back into the planner's observed state.
 It speaks to the Engine with our own small client (`gateway.runtime.engine_api`), not
-docker-py, which would cost the long-running supervisor ~13 MiB (docs/runtime.md, "Memory").
+docker-py, which cost the long-running supervisor 9.5 MiB PSS (docs/runtime.md, "Memory").
 
 Who restarts what: containers keep `restart: unless-stopped`, as the compose file says, so
 the Engine restarts a crashed container at once (with its own capped backoff), also while

@@ -1,11 +1,12 @@
 """A small Docker Engine API client: what the docker runtime's supervisor asks of the Engine.
 
-docker-py costs a process ~13 MiB (requests, urllib3, http.client and email, its API mixins and
-models); the supervisor runs for months on a small gateway, so it speaks HTTP/1.1 to the Engine
-itself: one request per connection at a time, kept alive, over the Unix socket (DOCKER_HOST
+`import docker` costs a process ~13 MiB PSS (requests, urllib3, http.client and email, its API
+mixins and models); the supervisor runs for months on a small gateway, so it speaks HTTP/1.1 to
+the Engine itself: one request per connection at a time, kept alive, over the Unix socket (DOCKER_HOST
 `unix://PATH`, by default /var/run/docker.sock) or plain `tcp://HOST:PORT`. The body is JSON;
 Content-Length and chunked transfer coding are read (RFC 9112, 6 and 7.1). The API version is
-negotiated as docker-py does: GET /version, then the lower of ours and the Engine's.
+negotiated once, as docker-py's version="auto" asks it (GET /version), but never above the newest
+this client knows: the lower of ours and the Engine's.
 
 Its surface is the part of docker-py's that the runtime calls (`client.containers.list/get`,
 `Container.attrs/reload/start/stop/kill/remove/rename`, `client.images.get/list/remove`,
@@ -343,7 +344,7 @@ class APIClient:
 
     @property
     def api_version(self) -> str:
-        """min(ours, the Engine's); asked once, on first use, as docker-py's version="auto"."""
+        """min(ours, the Engine's); asked once, on first use."""
         if self._version is None:
             server = str(self.call("GET", "/version", versioned=False)["ApiVersion"])
             if _version_tuple(server) < _version_tuple(MINIMUM_API_VERSION):

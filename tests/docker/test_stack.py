@@ -7,6 +7,7 @@ One stack serves the tests of this module in order (starting one costs ~15 s of 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,16 @@ def test_services_turn_healthy_and_status_shows_them(stack: Stack) -> None:
     services = {svc["name"]: svc for svc in stack.status_json()["services"]}
     assert {name: (svc.get("memory_source"), (svc.get("memory") or 0) > 2**20) for name, svc in services.items()} == {
         name: ("engine", True) for name in SERVICES}
+
+
+def test_the_supervisor_takes_at_most_20_mib(stack: Stack) -> None:
+    """Issue 10: the docker runtime's supervisor <= 20 MiB PSS (26.5 with docker-py as its Engine
+    client); the figure `fieldgate status` prints in its first line, read from its own /proc."""
+    line = stack.status().stdout.splitlines()[0]
+    match = re.fullmatch(r"supervisor pid \d+ \(docker runtime, (\d+\.\d)MiB PSS\), updated \d+s ago", line)
+    assert match, line
+    print(f"\n{line}")
+    assert float(match.group(1)) <= 20.0, line
 
 
 def test_device_edit_reloads_the_modbus_service_in_place(stack: Stack, sub: Subscriber) -> None:
