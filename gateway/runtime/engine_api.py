@@ -440,14 +440,15 @@ class APIClient:
         image: str, command: list[str] | str | None = None, user: str | int | None = None,
         environment: dict[str, str | None] | list[str] | None = None, labels: dict[str, str] | None = None,
         healthcheck: dict[str, Any] | None = None, stop_timeout: int | None = None,
-        host_config: dict[str, Any] | None = None,
+        host_config: dict[str, Any] | None = None, entrypoint: list[str] | str | None = None,
     ) -> dict[str, Any]:
         """The body of POST /containers/create, as docker-py's ContainerConfig writes it (not
         detached: stdout and stderr attached, the Engine's default for `docker create`)."""
-        if isinstance(command, str):
+        if isinstance(command, str) or isinstance(entrypoint, str):
             import shlex  # lazily: only a command given as one string needs it
 
-            command = shlex.split(command)
+            command = shlex.split(command) if isinstance(command, str) else command
+            entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else entrypoint
         if isinstance(environment, dict):
             environment = [key if value is None else f"{key}={value}" for key, value in environment.items()]
         if healthcheck is not None:
@@ -461,7 +462,7 @@ class APIClient:
             "Tty": False, "OpenStdin": False, "StdinOnce": False,
             "AttachStdin": False, "AttachStdout": True, "AttachStderr": True,
             "Env": environment, "Cmd": command, "Image": image, "Volumes": None, "NetworkDisabled": False,
-            "Entrypoint": None, "WorkingDir": None, "HostConfig": host_config, "NetworkingConfig": None,
+            "Entrypoint": entrypoint, "WorkingDir": None, "HostConfig": host_config, "NetworkingConfig": None,
             "MacAddress": None, "Labels": labels, "StopSignal": None, "Healthcheck": healthcheck,
             "StopTimeout": stop_timeout, "Runtime": None,
         }
