@@ -3,7 +3,7 @@
 Containers carry the compose labels (project, service, container-number, oneoff) and the
 rendered config hash, and are named `<project>-<service>-1` as `docker compose` names them,
 so `docker compose ps` on the rendered file and `fieldgate status` see the same containers.
-Pure: it builds arguments and calls no Engine (the runtime passes them to docker-py).
+Pure: it builds arguments and calls no Engine (the runtime passes them to `engine_api`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.compose import Project, health_test_on
-from gateway.runtime.engine import EngineError
+from gateway.runtime.engine_api import EngineError
 
 CONTAINER_NUMBER = "1"
 CANDIDATE_SUFFIX = "-next"  # a start-first replacement, renamed once it is healthy

@@ -9,8 +9,8 @@ supervisor keeps only those plain `ServiceSpec`s and the passwords its children 
 environment (docs/runtime.md, "Memory"). The child reads its request (DIR, the run directory and
 the key the config hashes of secrets are made with) on its stdin, so no secret is on a command line.
 
-The docker runtime loads DIR in its own process (`in_process`): it keeps the rendered compose
-project, and imports docker-py anyway.
+The docker runtime's child (`python -m gateway.runtime.docker`) loads DIR with `in_process` and
+also renders and writes the compose project, which it hands back without the config models.
 """
 
 from __future__ import annotations

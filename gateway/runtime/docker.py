@@ -1,4 +1,4 @@
-"""The docker runtime: executes the planner's steps on containers (docker-py, Engine API).
+"""The docker runtime: executes the planner's steps on containers (Docker Engine API).
 
 It decides nothing itself: what to create, start or remove, when to try again after a failure
 and what counts as a crash loop comes from the pure planner (`gateway.plan`). This module
@@ -7,7 +7,8 @@ one step at a time on the Engine (the create arguments come from `gateway.runtim
 and reports its `Outcome` (an image not on the engine is `image-missing`, a sandbox runtime
 it does not declare `runtime-missing`, both checked before anything is touched), and turns
 the Engine's containers back into the planner's observed state.
-Besides `gateway.runtime.engine`, the only module that imports docker-py.
+It speaks to the Engine with our own small client (`gateway.runtime.engine_api`), not
+docker-py, which cost the long-running supervisor 9.5 MiB PSS (docs/runtime.md, "Memory").
 
 Who restarts what: containers keep `restart: unless-stopped`, as the compose file says, so
 the Engine restarts a crashed container at once (with its own capped backoff), also while
@@ -41,9 +42,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
-
 from gateway.compose import HASH_LABEL, PROJECT_LABEL, SERVICE_LABEL, Project
 from gateway.plan import (
     Handover,
@@ -70,7 +68,17 @@ from gateway.runtime.containers import (
     parse_seconds,
 )
 from gateway.runtime.desired import Desired, ask_child, in_process
-from gateway.runtime.engine import EngineError, ImageMissing, ImageUntrusted, RuntimeMissing, connect
+from gateway.runtime.engine_api import (
+    APIError,
+    EngineClient,
+    EngineError,
+    ImageMissing,
+    ImageNotFound,
+    ImageUntrusted,
+    NotFound,
+    RuntimeMissing,
+    connect,
+)
 from gateway.runtime.metrics import ReadingsRate, cpu_percent, cpu_sample, memory_used, scrape
 from gateway.services import Run, desired_services
 
@@ -138,7 +146,7 @@ class DockerRuntime:
         config_dir: Path,
         run_dir: RunDir,
         *,
-        client: docker.DockerClient | None = None,
+        client: EngineClient | None = None,
         printer: Callable[[str], None] | None = None,
         stats_interval: float = STATS_INTERVAL,
         trusted_only: bool = False,
@@ -162,12 +170,12 @@ class DockerRuntime:
         self._stats_interval = stats_interval
         self._stats_task: asyncio.Task[None] | None = None
         self._image_ids: dict[str, tuple[float, str | None]] = {}
-        self._lock = threading.Lock()  # docker-py calls from worker threads, one at a time
+        self._lock = threading.Lock()  # Engine calls from worker threads, one at a time
 
     # -------------------------------------------------------------- lifecycle
 
     @property
-    def client(self) -> docker.DockerClient:
+    def client(self) -> EngineClient:
         if self._client is None:
             self._client = connect()
         return self._client
@@ -232,9 +240,9 @@ class DockerRuntime:
             return Outcome.failed(step, "image-untrusted", str(exc))
         except RuntimeMissing as exc:
             return Outcome.failed(step, "runtime-missing", str(exc))
-        except docker.errors.ImageNotFound as exc:  # removed between our check and the create
+        except ImageNotFound as exc:  # removed between our check and the create
             return Outcome.failed(step, "image-missing", str(exc.explanation or exc))
-        except (docker.errors.DockerException, EngineError, OSError) as exc:  # OSError: the socket
+        except (EngineError, OSError) as exc:
             return Outcome.failed(step, "engine", str(getattr(exc, "explanation", None) or exc))
         return Outcome.done(step)
 
@@ -278,7 +286,7 @@ class DockerRuntime:
         try:
             with self._lock:
                 image_id: str | None = str(self.client.images.get(name).id)
-        except docker.errors.ImageNotFound:
+        except ImageNotFound:
             image_id = None
         self._image_ids[name] = (time.monotonic(), image_id)
         return image_id
@@ -446,7 +454,7 @@ class DockerRuntime:
             name = factory.volume_name(volume)
             try:
                 self.client.volumes.get(name)
-            except docker.errors.NotFound:
+            except NotFound:
                 self.client.volumes.create(name, labels={
                     PROJECT_LABEL: project.name, "com.docker.compose.volume": volume})
         if project.network == "bridge":
@@ -472,14 +480,14 @@ class DockerRuntime:
     def _create_and_start(self, spec: ServiceSpec) -> Any:
         assert self.project is not None
         name = container_name(self.project.name, spec.name)
-        with self._lock, contextlib.suppress(docker.errors.NotFound):
+        with self._lock, contextlib.suppress(NotFound):
             # A leftover of that name (crashed start-first, a hand-made one) is in the way.
             self.client.containers.get(name).remove(force=True)
         container = self._create(spec, name)
         try:
             self._start(container)
-        except docker.errors.APIError:
-            with self._lock, contextlib.suppress(docker.errors.APIError):
+        except APIError:
+            with self._lock, contextlib.suppress(APIError):
                 container.remove(force=True)
             raise
         return container
@@ -497,15 +505,15 @@ class DockerRuntime:
                 stale.remove(force=True)
         name = container_name(self._project().name, spec.name)
         new = self._create(spec, name + CANDIDATE_SUFFIX)
-        with self._lock, contextlib.suppress(docker.errors.APIError):
+        with self._lock, contextlib.suppress(APIError):
             current.stop(timeout=self._stop_timeout(spec.name))
         try:
             self._start(new)
-        except docker.errors.APIError:
+        except APIError:
             with self._lock:
-                with contextlib.suppress(docker.errors.APIError):
+                with contextlib.suppress(APIError):
                     new.remove(force=True)
-                with contextlib.suppress(docker.errors.APIError):
+                with contextlib.suppress(APIError):
                     current.start()
             raise
         with self._lock:
@@ -514,7 +522,7 @@ class DockerRuntime:
 
     def _remove(self, container: Any, service: str) -> None:
         with self._lock:
-            with contextlib.suppress(docker.errors.APIError):
+            with contextlib.suppress(APIError):
                 container.stop(timeout=self._stop_timeout(service))
             container.remove(force=True)
 
@@ -534,8 +542,8 @@ class DockerRuntime:
         candidate = self._create(spec, container_name(self._project().name, spec.name) + CANDIDATE_SUFFIX, port)
         try:
             self._start(candidate)
-        except docker.errors.APIError:
-            with self._lock, contextlib.suppress(docker.errors.APIError):
+        except APIError:
+            with self._lock, contextlib.suppress(APIError):
                 candidate.remove(force=True)
             raise
 
@@ -546,7 +554,7 @@ class DockerRuntime:
             await asyncio.sleep(self._stats_interval)
             try:
                 samples = await asyncio.to_thread(self._stats)
-            except docker.errors.DockerException:
+            except EngineError:
                 continue
             for service, (address, port) in samples.items():
                 await self._scrape(service, address, port)

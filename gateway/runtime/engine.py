@@ -1,6 +1,7 @@
-"""The Docker Engine's images: build, save and load for `fieldgate images`, and the client
-every Engine user connects with. With the docker runtime (`gateway.runtime.docker`), the only
-module that imports docker-py.
+"""The Docker Engine's images: build, save and load for `fieldgate images`, the image queries and
+removals of `fieldgate update`. The one module that imports docker-py for the Engine (swarm.py
+for Swarm services): these are CLI verbs. The long-running supervisor speaks to the Engine with
+our own small client (`gateway.runtime.engine_api`), whose errors are these modules' too.
 """
 
 from __future__ import annotations
@@ -15,43 +16,10 @@ import docker
 import docker.errors
 import requests
 
-from collectors.core.errors import FieldgateError
+from gateway.runtime.engine_api import EngineError as EngineError
 
 if TYPE_CHECKING:
     from gateway.retention import LocalImage
-
-
-class EngineError(FieldgateError):
-    """The Docker engine is not reachable, or refused what we asked of it."""
-
-
-class ImageMissing(EngineError):
-    """A service's image is not on this engine (we never pull: a plant PC is often offline)."""
-
-    def __init__(self, image: str) -> None:
-        super().__init__(f"image {image} is not on this engine: `fieldgate images build` "
-                         "or `fieldgate images load BUNDLE` first")
-        self.image = image
-
-
-class ImageUntrusted(EngineError):
-    """`fieldgate up --trusted-images`: no bundle signed by a trusted key loaded this image id."""
-
-    def __init__(self, image: str, image_id: str) -> None:
-        super().__init__(f"image {image} ({image_id[:19]}) came from no trusted bundle: "
-                         "`fieldgate images load BUNDLE --trust KEY.pub` first")
-
-
-class RuntimeMissing(EngineError):
-    """A `sandbox: gvisor` service names an Engine runtime that dockerd does not declare."""
-
-    def __init__(self, runtime: str, known: list[str]) -> None:
-        super().__init__(
-            f"the Docker engine has no runtime {runtime!r} (it has: {', '.join(sorted(known)) or 'none'}); "
-            f"install gVisor (runsc) and declare it under \"runtimes\" in /etc/docker/daemon.json "
-            f"with \"runtimeArgs\": [\"--network=host\", \"--host-uds=all\"], then `kill -HUP $(pidof dockerd)` "
-            "(docs/docker.md, \"Sandbox\"), or set sandbox: none")
-        self.runtime = runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +31,8 @@ class ImageInfo:
 
 
 def connect(timeout: float = 60.0) -> docker.DockerClient:
-    """A client for the engine named by DOCKER_HOST (default: the local socket), API version negotiated."""
+    """A docker-py client for the engine named by DOCKER_HOST (default: the local socket), API
+    version negotiated; for the CLI verbs (the supervisor uses `engine_api.connect`)."""
     try:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
@@ -189,5 +158,5 @@ class Engine:
 
 
 # What a call to the Engine may raise: our own refusals and docker-py's (the API refused, the
-# socket is gone). Callers outside the two docker modules catch these without importing docker.
+# socket is gone). Callers outside this module catch these without importing docker.
 ENGINE_ERRORS: tuple[type[Exception], ...] = (EngineError, docker.errors.DockerException)

@@ -23,6 +23,7 @@ from gateway.plan import BackoffState, Reload, Start, plan
 from gateway.runtime.common import RunDir
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import RELOAD_LABEL, DockerRuntime
+from gateway.runtime.engine_api import connect
 from gateway.supervisor import load
 from tests.gateway.test_compose_render import plant
 
@@ -69,7 +70,8 @@ async def test_reload_hands_the_new_slice_to_the_running_container(
     device = config_dir / "devices" / "press-1.yaml"
     config, errors = load(config_dir)
     assert config is not None, errors
-    async with DockerRuntime(config_dir, RunDir.for_config(config_dir), client=engine, printer=lambda _: None,
+    # The runtime's own Engine client (engine_api); docker-py, the test's, reads the container's output.
+    async with DockerRuntime(config_dir, RunDir.for_config(config_dir), client=connect(), printer=lambda _: None,
                              stats_interval=3600) as runtime:
         container = None
         try:

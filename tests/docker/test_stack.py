@@ -7,6 +7,7 @@ One stack serves the tests of this module in order (starting one costs ~15 s of 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,16 @@ def test_the_components_in_containers_build_their_slices_without_pydantic(stack:
         result = container.exec_run(["python3", "-c", HEAVY_MAPPED], user="10001")
         assert result.exit_code == 0, result.output
         assert result.output.decode().strip() == "[]", f"{service}: {result.output.decode()}"
+
+
+def test_the_supervisor_takes_at_most_20_mib(stack: Stack) -> None:
+    """Issue 10: the docker runtime's supervisor <= 20 MiB PSS (26.5 with docker-py as its Engine
+    client); the figure `fieldgate status` prints in its first line, read from its own /proc."""
+    line = stack.status().stdout.splitlines()[0]
+    match = re.fullmatch(r"supervisor pid \d+ \(docker runtime, (\d+\.\d)MiB PSS\), updated \d+s ago", line)
+    assert match, line
+    print(f"\n{line}")
+    assert float(match.group(1)) <= 20.0, line
 
 
 def test_device_edit_reloads_the_modbus_service_in_place(stack: Stack, sub: Subscriber) -> None:

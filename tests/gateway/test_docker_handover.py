@@ -18,13 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
 import pytest
 
 from gateway.plan import Policy
 from gateway.runtime.common import RunDir
 from gateway.runtime.docker import DockerRuntime
+from gateway.runtime.engine_api import APIClient, APIError, ImageNotFound, NotFound, Transport
 from gateway.supervisor import Supervisor, load, read_status
 from tests.gateway.test_compose_render import plant
 
@@ -109,7 +108,7 @@ class FakeEngine:
         for box in self.boxes.values():
             if key in (box.id, box.name):
                 return box
-        raise docker.errors.NotFound(f"no container {key}")
+        raise NotFound(f"no container {key}")
 
     def close(self) -> None:
         pass
@@ -138,7 +137,7 @@ class _Images:
 
     def get(self, name: str) -> Any:
         if name not in self.engine.images_present:
-            raise docker.errors.ImageNotFound(name)
+            raise ImageNotFound(name)
         return type("Image", (), {"id": self.engine.images_present[name]})()
 
 
@@ -153,7 +152,7 @@ class _Anything:
 class _Api:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
-        self._local = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+        self._local = APIClient(Transport("/nonexistent.sock"), version="1.41")
 
     def create_host_config(self, **kwargs: Any) -> Any:
         return self._local.create_host_config(**kwargs)
@@ -360,7 +359,7 @@ async def test_a_stop_first_new_container_that_cannot_start_gives_the_service_ba
 
         def refuse(box: Box) -> None:
             if box.name == new:
-                raise docker.errors.APIError("exec format error")
+                raise APIError("exec format error")
 
         engine.on_start = refuse
         engine.events.clear()

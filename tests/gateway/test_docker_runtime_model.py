@@ -8,12 +8,12 @@ the stack tests run the same code against a real engine.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from gateway.compose import render
@@ -21,14 +21,15 @@ from gateway.plan import BackoffState, Policy, Recreate, Restart, describe_state
 from gateway.runtime.common import RunDir
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import DockerRuntime, parse_time, specs_of
+from gateway.runtime.engine_api import APIClient, Transport
 from tests.gateway.test_compose_render import plant
 
 pytestmark = pytest.mark.unit
 
 
-def api() -> docker.APIClient:
+def api() -> APIClient:
     # An explicit version: the client builds host configs without asking an engine.
-    return docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    return APIClient(Transport("/nonexistent.sock"), version="1.41")
 
 
 def test_create_args_carry_every_limit_of_the_compose_file(
@@ -71,9 +72,44 @@ def test_create_args_carry_every_limit_of_the_compose_file(
     assert forwarder["stop_timeout"] == 30
 
 
+@pytest.mark.parametrize("network", ["host", "bridge"])
+def test_the_create_request_is_the_one_docker_py_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: str
+) -> None:
+    """Our Engine client translates the create arguments as docker-py did (its create_host_config
+    and ContainerConfig, the reference): the same HostConfig and the same body of POST
+    /containers/create for every service, with a serial port, a sandbox runtime, a standby port
+    and a password from the environment."""
+    import docker  # the reference translation; the supervisor no longer imports it
+
+    from tests.gateway.test_sandbox import sandboxed
+
+    monkeypatch.setenv("MQTT_PASSWORD", "pw-from-env")
+    config_dir = sandboxed(plant(tmp_path, network=network, rtu_port="/dev/ttyUSB9"), key="opcua")
+    project = render(config_dir)
+    reference = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    ours, theirs = (ContainerFactory(client, project, tmp_path / "out") for client in (api(), reference))
+
+    def body(config: dict[str, Any]) -> Any:  # as sent: top-level nulls left out, JSON
+        return json.loads(json.dumps({key: value for key, value in config.items() if value is not None}))
+
+    compared = 0
+    for service in project.services:
+        for standby in (None, 0, 9200):
+            args = ours.create_args(service, "x", standby_port=standby)
+            expected = theirs.create_args(service, "x", standby_port=standby)
+            assert args["host_config"] == expected["host_config"], service
+            del args["name"], expected["name"]
+            assert body(APIClient.container_config(**args)) == body(reference.create_container_config(**expected))
+            compared += 1
+    assert compared == 3 * len(project.services) >= 9
+    assert any(svc.compose.get("devices") for svc in project.services.values())
+    assert any(svc.compose.get("runtime") for svc in project.services.values())
+
+
 @dataclass
 class FakeContainer:
-    """What docker-py's Container exposes that the runtime reads."""
+    """What the Engine client's Container exposes that the runtime reads."""
 
     name: str
     attrs: dict[str, Any]

@@ -15,13 +15,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
 import pytest
 
 from gateway.plan import Policy, ServiceSpec, Start
 from gateway.runtime.common import RunDir
 from gateway.runtime.docker import DockerRuntime
+from gateway.runtime.engine_api import APIClient, ImageNotFound, NotFound, Transport
 from gateway.runtime.process import ProcessRuntime
 from gateway.supervisor import Supervisor, load, read_status
 from tests.gateway.test_compose_render import plant
@@ -56,9 +55,9 @@ class FakeEngine:
         if call in ("containers.list", "images.list", "networks.list"):
             return [object()] if call == "networks.list" else []
         if call == "containers.get":
-            raise docker.errors.NotFound(f"no container {args[0]}")
+            raise NotFound(f"no container {args[0]}")
         if call == "images.get":
-            raise docker.errors.ImageNotFound(f"no image {args[0]}")
+            raise ImageNotFound(f"no image {args[0]}")
         if call == "volumes.get":
             return object()
         raise AssertionError(f"the runtime called {call} on an engine that has none of its images")
@@ -80,7 +79,7 @@ class _Api:
 
     def __init__(self, engine: FakeEngine) -> None:
         self._engine = engine
-        self._local = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+        self._local = APIClient(Transport("/nonexistent.sock"), version="1.41")
 
     def create_host_config(self, **kwargs: Any) -> Any:
         return self._local.create_host_config(**kwargs)

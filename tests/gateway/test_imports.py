@@ -1,7 +1,8 @@
 """The gateway's modules import in layers: no import cycle, also through the imports made inside
 functions (compose -> images -> runtime/docker -> supervisor -> runtime/docker was one), and
-every module imports alone in a fresh interpreter. docker-py stays in the two modules that talk
-to the Engine.
+every module imports alone in a fresh interpreter. docker-py stays in the two modules that serve
+the CLI's Engine verbs (images, fleet); the docker runtime's supervisor, a long-running process,
+loads neither docker-py nor the HTTP stack under it (its own client: gateway.runtime.engine_api).
 
 The fresh-interpreter imports start one `python -c 'import gateway.X'` per module (so that test
 is in the sim tier; the rest are unit): the only way to see what importing one module alone does. A
@@ -22,8 +23,11 @@ import gateway
 
 PACKAGE = Path(gateway.__file__).resolve().parent
 ROOT = PACKAGE.parent
-# The Engine clients: images (engine), containers (the docker runtime), Swarm services (fleet deploy/status).
-DOCKER_MODULES = {"gateway.runtime.engine", "gateway.runtime.docker", "gateway.swarm"}
+# The docker-py users: images for the CLI verbs (engine), Swarm services (fleet deploy/status).
+DOCKER_MODULES = {"gateway.runtime.engine", "gateway.swarm"}
+# What `fieldgate up DIR --runtime docker` must not load: docker-py and what it brings cost the
+# supervisor ~9 MiB PSS (issue 10: the supervisor <= 20 MiB).
+NOT_IN_DOCKER_SUPERVISOR = {"docker", "requests", "urllib3", "charset_normalizer", "idna", "email", "http.client"}
 PACKAGES = {"gateway", "gateway.runtime"}
 
 
@@ -150,3 +154,14 @@ def test_every_gateway_module_imports_alone_in_a_fresh_interpreter() -> None:
             failed[name] = out.strip().splitlines()[-1] if out.strip() else f"exit {run.returncode}"
     assert not failed, failed
     assert {"gateway.supervisor", "gateway.runtime.docker", "gateway.runtime.process"} <= set(MODULES)
+
+
+@pytest.mark.sim
+def test_the_docker_runtimes_supervisor_loads_no_docker_py_nor_its_http_stack() -> None:
+    modules = subprocess.run(
+        [sys.executable, "-c", "import sys, gateway.cli, gateway.supervisor, gateway.runtime.docker, "
+         "asyncio.subprocess; print(' '.join(sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    loaded = {m if m in NOT_IN_DOCKER_SUPERVISOR else m.split(".")[0] for m in modules
+              if m in NOT_IN_DOCKER_SUPERVISOR or m.split(".")[0] in NOT_IN_DOCKER_SUPERVISOR}
+    assert not loaded, f"the docker supervisor imports {sorted(loaded)}"

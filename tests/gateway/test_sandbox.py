@@ -12,7 +12,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import pytest
 import yaml
 
@@ -21,6 +20,7 @@ from gateway.compose import render, write
 from gateway.config import load_config
 from gateway.runtime.containers import ContainerFactory
 from gateway.runtime.docker import DockerRuntime
+from gateway.runtime.engine_api import APIError
 from gateway.runtime.process import RunDir
 from gateway.supervisor import Supervisor, load
 from tests.gateway.test_compose_render import SCHEMA, plant
@@ -115,7 +115,7 @@ class EngineWithoutRunsc(FakeEngine):
             return [type("Image", (), {"id": "sha256:" + "ab" * 32})()]
         if call == "api.create_container":
             self.calls[call] += 1
-            raise docker.errors.APIError("the fake engine creates nothing")
+            raise APIError("the fake engine creates nothing")
         return super().answer(call, *args, **kwargs)
 
     def info(self) -> dict[str, Any]:

@@ -8,10 +8,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import pytest
 
 from gateway.runtime.docker import DockerRuntime
+from gateway.runtime.engine_api import APIError
 from gateway.runtime.process import RunDir
 from gateway.signing import TRUST_STORE_ENV, record_trusted
 from gateway.supervisor import Supervisor, load
@@ -36,7 +36,7 @@ class EngineWithImages(FakeEngine):
             return [_Image()]
         if call == "api.create_container":
             self.calls[call] += 1
-            raise docker.errors.APIError("the fake engine creates nothing")
+            raise APIError("the fake engine creates nothing")
         return super().answer(call, *args, **kwargs)
 
 
