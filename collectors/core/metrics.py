@@ -13,6 +13,7 @@ buffers and keeps retrying).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -26,6 +27,12 @@ Sample = tuple[dict[str, str], float]
 MAX_CONNECTIONS = 16
 REQUEST_DEADLINE = 5.0  # seconds for the whole request: head in, answer out
 MAX_HEAD = 8192  # bytes of request line plus headers
+# After a 431: how long, and how many bytes, of what the client still sends are taken in and
+# dropped before the close (a "lingering close"). Closing with bytes unread makes the kernel send
+# a reset, which can throw the answer away before the client reads it: a client refused while
+# its head is still on its way would see "connection reset" instead of the 431.
+LINGER = 1.0
+LINGER_BYTES = 4 * 1024 * 1024
 
 
 def reach(host: str) -> str:
@@ -125,6 +132,9 @@ class Metrics:
                         f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
                     )
+                    if status.startswith("431") and writer.can_write_eof():
+                        writer.write_eof()  # the answer, then FIN: the client reads it whole
+                        await self._linger(reader)  # the rest of its head may still be coming
                 writer.close()  # flushes what is written, then closes
                 await writer.wait_closed()
         except (TimeoutError, ConnectionError):
@@ -132,6 +142,15 @@ class Metrics:
         finally:
             self._open -= 1
             writer.transport.abort()  # past the deadline too: the fd goes, whatever the peer does
+
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader) -> None:
+        """Drop what the client still sends until it closes, for at most LINGER s and LINGER_BYTES."""
+        taken = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER):
+                while taken < LINGER_BYTES and (chunk := await reader.read(65536)):
+                    taken += len(chunk)
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[str, str] | None:
         """(status, body) for the request whose head `reader` holds; None when the peer sent nothing."""
