@@ -111,8 +111,9 @@ class _Decorated:
 
 
 def model_validator(*, mode: Literal["before", "after", "wrap"]) -> Callable[[Any], Any]:
-    if mode == "wrap":
-        raise NotImplementedError("collectors.core.lite has no wrap validators")
+    if mode == "wrap":  # refused on purpose: no config model has one, and none should come in unseen
+        raise TypeError("collectors.core.lite builds before and after model validators only: write the check "
+                        "as one of those, or teach lite the wrap mode with a case in tests/core/test_lite_models.py")
     return lambda func: _Decorated(func, mode)
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +61,6 @@ def run_rogue(socket: Path) -> dict[str, Any]:
         capture_output=True, text=True, timeout=30, check=True,
     )
     return dict(json.loads(done.stdout))
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every user may traverse, as a plant's config dir or /run usually is."""
-    base = Path(tempfile.mkdtemp(prefix="fg-handoff-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def forwarder_config(tmp_path: Path, broker: Mosquitto, socket: Path) -> ForwarderConfig:

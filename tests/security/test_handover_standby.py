@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -111,16 +109,6 @@ try:
 except OSError as exc:
     print(json.dumps({"answer": type(exc).__name__}))
 """
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="fg-standby-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_a_standby_from_another_user_is_refused_without_an_answer(open_dir: Path) -> None:
